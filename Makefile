@@ -1,0 +1,43 @@
+# streamrec: `make demo` and `make test` work on a fresh clone with Python 3.11 and nothing else.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# One BLAS thread: OpenBLAS worker threads spinning doubled CPU per event (issue 7).
+export OPENBLAS_NUM_THREADS ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint soak bench evaluate clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install streamrec with its test tools
+
+demo: $(STAMP) ## run the whole pipeline on embedded Kafka and Redis, then summarise
+	$(BIN)/streamrec demo
+
+test: $(STAMP) ## run every test (unit, integration, fault); fails if none ran
+	$(BIN)/python -m pytest -m "not soak" -p no:cacheprovider
+
+test-fast: $(STAMP) ## unit tests only
+	$(BIN)/python -m pytest -m "not integration and not fault and not soak" -p no:cacheprovider
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check streamrec streams models producers consumers tests
+
+soak: $(STAMP) ## 5-minute memory soak at a steady rate
+	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider
+
+bench: $(STAMP) ## throughput and latency benchmark
+	$(BIN)/streamrec bench --events 300000 --report bench.json
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

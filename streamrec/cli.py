@@ -1,0 +1,95 @@
+"""The ``streamrec`` command line: one console script, one subcommand per task.
+
+Each subcommand lives in the module that does the work, which provides
+``add_arguments(parser)`` and ``run(args, settings) -> int``; heavy imports stay inside
+``run`` so ``streamrec --help`` is quick. Mistakes get one line on stderr and exit code 2;
+failures of Kafka or Redis get one line and exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import NoReturn
+
+from streamrec.exceptions import ConfigError, StreamrecError
+from streamrec.settings import Settings
+
+# name -> (module, one-line help). The module provides add_arguments() and run().
+COMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("streamrec.broker_cmd", "run the embedded Kafka-protocol broker"),
+    "worker": ("streams.worker", "run the stream processor (faust app + batched events path)"),
+    "simulate": ("producers.simulator", "generate a catalogue and viewing sessions"),
+    "replay": ("producers.replay", "replay recorded events into Kafka"),
+    "record": ("consumers.record", "capture a topic to a JSONL file"),
+    "tail": ("consumers.tail", "print what arrives on a topic"),
+    "recs": ("consumers.inspect", "print a user's latest recommendations"),
+    "features": ("consumers.inspect", "print a user's feature state"),
+    "demo": ("streamrec.demo", "run everything on embedded services and summarise"),
+    "evaluate": ("streamrec.evaluate", "prequential evaluation of the models on a stream"),
+    "bench": ("streamrec.bench", "measure throughput, latency and memory"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="streamrec",
+        description="A streaming, event-driven recommender for a video catalogue.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
+        (adder or module.add_arguments)(command)
+        runner = getattr(module, f"run_{name.replace('-', '_')}", None)
+        command.set_defaults(func=runner or module.run)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_env(os.environ)
+        configure_logging("DEBUG" if args.verbose else settings.log_level)
+        return int(args.func(args, settings) or 0)
+    except ConfigError as exc:
+        sys.stderr.write(f"streamrec {args.command}: error: {exc}\n")
+        return 2
+    except StreamrecError as exc:
+        sys.stderr.write(f"streamrec {args.command}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"streamrec {args.command}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # `streamrec tail | head`: the reader went away, which is not an error.
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

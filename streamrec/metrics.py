@@ -1,0 +1,94 @@
+"""Every Prometheus metric streamrec exports, defined once.
+
+Labels stay low-cardinality: event types, reasons, stages, model names, topics and
+partition numbers; never a user or title id. The hot path updates them once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets in seconds: from sub-millisecond batches to multi-second stalls.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                  0.25, 1.0)
+
+EVENTS_CONSUMED = Counter(
+    "streamrec_events_consumed", "Valid events consumed and processed, by event type", ["type"]
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "streamrec_events_dead_lettered", "Records sent to the dead-letter topic, by reason",
+    ["reason"],
+)
+EVENTS_DUPLICATE = Counter(
+    "streamrec_events_duplicate", "Redelivered events recognised by event_id and not re-applied"
+)
+RECOMMENDATIONS_EMITTED = Counter(
+    "streamrec_recommendations_emitted", "Recommendation messages produced"
+)
+EVENT_TO_RECOMMENDATION = Histogram(
+    "streamrec_event_to_recommendation_seconds",
+    "Event time to the emission of the recommendation it triggered", buckets=_LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "streamrec_stage_seconds", "Seconds per batch spent in each stage of the hot path",
+    ["stage"], buckets=_STAGE_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "streamrec_consumer_lag", "Records behind the end of each partition", ["topic", "partition"]
+)
+RECORDS_LOST = Counter(
+    "streamrec_records_lost",
+    "Records removed by the broker before this worker consumed them (embedded broker "
+    "retention overrun, or retention on a real cluster)", ["topic"],
+)
+REDIS_ERRORS = Counter("streamrec_redis_errors", "Failed Redis operations", ["op"])
+REDIS_SECONDS = Histogram(
+    "streamrec_redis_seconds", "Redis round-trip time per operation", ["op"],
+    buckets=_STAGE_BUCKETS,
+)
+ONLINE_RECALL = Gauge(
+    "streamrec_online_recall_at_k",
+    "Rolling share of users' next engaged title that was in the list last emitted to them",
+    ["model"],
+)
+MODEL_SIZE = Gauge("streamrec_model_size", "Entries held by each model", ["model", "kind"])
+BATCH_SIZE = Histogram(
+    "streamrec_batch_events", "Events per hot-path batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+PIPELINE_UP = Gauge(
+    "streamrec_pipeline_up", "1 while the events pipeline is consuming, 0 while paused by an "
+    "outage (Redis or Kafka unreachable)"
+)
+
+# The names the README, the dashboards and the alert rules may rely on, with their types.
+EXPORTED = {
+    "streamrec_events_consumed_total": "counter",
+    "streamrec_events_dead_lettered_total": "counter",
+    "streamrec_events_duplicate_total": "counter",
+    "streamrec_recommendations_emitted_total": "counter",
+    "streamrec_event_to_recommendation_seconds": "histogram",
+    "streamrec_stage_seconds": "histogram",
+    "streamrec_consumer_lag": "gauge",
+    "streamrec_records_lost_total": "counter",
+    "streamrec_redis_errors_total": "counter",
+    "streamrec_redis_seconds": "histogram",
+    "streamrec_online_recall_at_k": "gauge",
+    "streamrec_model_size": "gauge",
+    "streamrec_batch_events": "histogram",
+    "streamrec_pipeline_up": "gauge",
+}
+
+
+def serve(host: str, port: int) -> None:
+    """Start the /metrics endpoint (a daemon thread). Port 0 disables it."""
+    if port == 0:
+        return
+    start_http_server(port, addr=host)
+    logger.info("metrics on http://%s:%d/metrics", host, port)

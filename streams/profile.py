@@ -1,0 +1,75 @@
+"""How one event changes a user's profile: the pure function behind per-user state.
+
+The worker keeps profiles in Redis (``streams.state``, whose Lua script applies the same
+rules) and replays a batch's events on the profiles it read, so models learn each event
+with the profile as it was just before that event. The offline evaluator keeps profiles
+in memory and calls the same function, so the two learn identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.base import UserProfile
+from streams.signals import hour_of_day
+
+# A playback position at or beyond this share of the duration counts as finished.
+COMPLETION_RATIO = 0.95
+# Most completed titles remembered per user (they are excluded from recommendations).
+COMPLETED_CAP = 1000
+# Most recent search queries remembered per user.
+SEARCH_CAP = 20
+
+
+def is_completion(event: dict[str, Any]) -> bool:
+    if event["type"] == "complete":
+        return True
+    duration = event.get("duration_s")
+    return bool(
+        event["type"] in ("stop", "pause", "seek")
+        and duration
+        and event.get("position_s", 0.0) >= COMPLETION_RATIO * duration
+    )
+
+
+def apply_event(
+    profile: UserProfile, event: dict[str, Any], y: float, history_cap: int = 200
+) -> UserProfile:
+    """Fold one validated event with feedback ``y`` into ``profile`` (in place) and return it.
+
+    Examples
+    --------
+    >>> p = UserProfile("u1")
+    >>> p = apply_event(p, {"type": "play", "title_id": "a", "ts": 0.0}, 0.3)
+    >>> p = apply_event(p, {"type": "complete", "title_id": "a", "ts": 60.0}, 2.0)
+    >>> p.history, sorted(p.completed)
+    ([('a', 2.3)], ['a'])
+    """
+    kind = event["type"]
+    profile.hour = hour_of_day(event["ts"])
+    if event.get("device"):
+        profile.device = event["device"]
+    if event.get("country"):
+        profile.country = event["country"]
+    if kind == "search":
+        profile.search_terms.insert(0, event["query"])
+        del profile.search_terms[SEARCH_CAP:]
+        return profile
+    title = event.get("title_id")
+    if title is None or kind == "impression":
+        return profile
+    history = profile.history
+    weight = y
+    for i, (t, w) in enumerate(history):
+        if t == title:
+            weight += w
+            del history[i]
+            break
+    history.insert(0, (title, round(weight, 6)))
+    del history[history_cap:]
+    if is_completion(event):
+        profile.completed.add(title)
+        if len(profile.completed) > COMPLETED_CAP:
+            # Sets are unordered; drop an arbitrary old one rather than grow without bound.
+            profile.completed.pop()
+    return profile
