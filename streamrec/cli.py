@@ -42,7 +42,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _selected_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser. Only the selected command's module is imported (keeps start-up fast)."""
     parser = _Parser(
         prog="streamrec",
         description="A streaming, event-driven recommender for a video catalogue.",
@@ -50,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
-        (adder or module.add_arguments)(command)
-        runner = getattr(module, f"run_{name.replace('-', '_')}", None)
-        command.set_defaults(func=runner or module.run)
+        if name != selected:
+            continue
+        module = importlib.import_module(module_name)
+        snake = name.replace("-", "_")
+        adder = getattr(module, f"add_{snake}_arguments", None) or module.add_arguments
+        adder(command)
+        command.set_defaults(func=getattr(module, f"run_{snake}", None) or module.run)
     return parser
 
 
@@ -68,7 +79,8 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.base import UserProfile
-from streams.signals import hour_of_day
+from streams.signals import feedback, hour_of_day
 
 # A playback position at or beyond this share of the duration counts as finished.
 COMPLETION_RATIO = 0.95
@@ -30,6 +30,28 @@ def is_completion(event: dict[str, Any]) -> bool:
         and duration
         and event.get("position_s", 0.0) >= COMPLETION_RATIO * duration
     )
+
+
+def event_feedback(profile: UserProfile, event: dict[str, Any]) -> float:
+    """What the models learn from ``event`` given the user's ``profile`` just before it.
+
+    ``streams.signals.feedback`` with the re-watch bonus for a play of a completed title;
+    0 for events that are not about a title (searches, impressions). The worker and the
+    offline evaluator both learn ``model.learn_one(...)`` from this when it is not 0.
+
+    Examples
+    --------
+    >>> p = UserProfile("u1", completed={"a"})
+    >>> event_feedback(p, {"type": "play", "title_id": "a"})
+    1.8
+    >>> event_feedback(p, {"type": "impression", "title_id": "b"})
+    0.0
+    """
+    title = event.get("title_id")
+    kind = event["type"]
+    if title is None or kind in ("search", "impression"):
+        return 0.0
+    return feedback(event, rewatch=kind == "play" and title in profile.completed)
 
 
 def apply_event(

@@ -1,0 +1,200 @@
+"""The faust application: lifecycle, the catalogue agent, timers, and the events service.
+
+faust-streaming is the application framework: it runs the worker (signals, graceful
+shutdown, services), consumes the low-volume ``catalog`` topic with an agent, and runs
+the periodic timers. The high-volume ``events`` topic is consumed by
+:class:`~streams.pipeline.EventsPipeline`, a batched confluent-kafka loop started as a
+faust service inside the same event loop (see that module for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import mode
+import orjson
+
+from models.hybrid import Hybrid
+from streamrec import metrics
+from streamrec.exceptions import InvalidRecord, StateStoreUnavailable
+from streamrec.redis_conn import async_client
+from streamrec.schema import dead_letter, decode_catalog
+from streamrec.settings import Settings
+from streams.checkpoint import Checkpointer
+from streams.pipeline import EventsPipeline
+from streams.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+# How often lag and model-size gauges are refreshed, seconds.
+GAUGE_INTERVAL_S = 5.0
+# Longest a graceful shutdown may take to finish the batch, flush and commit, seconds.
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class WorkerRuntime:
+    """What the worker holds: the model, the state store, the pipeline. No I/O until start()."""
+
+    def __init__(self, settings: Settings, model: Hybrid | None = None) -> None:
+        self.settings = settings
+        self.model = model if model is not None else Hybrid(capacity=settings.model_capacity)
+        self.redis: Any = None
+        self.store: StateStore | None = None
+        self.checkpointer: Checkpointer | None = None
+        self.pipeline: EventsPipeline | None = None
+        self.catalog_dead_letters = 0
+
+    def model_version(self) -> str:
+        version = self.checkpointer.version if self.checkpointer else 0
+        return f"hybrid-v{version}"
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.redis = async_client(settings)
+        self.store = StateStore(self.redis, settings.state_ttl_s, settings.history_cap,
+                                settings.dedup_window)
+        self.checkpointer = Checkpointer(self.redis, settings.app_id)
+        restored = await self._retry(self.checkpointer.load)
+        if restored is not None:
+            self.model = restored
+        else:
+            titles = await self._retry(self.checkpointer.load_catalog)
+            for title in titles:
+                self.model.add_title(title)
+            if titles:
+                logger.info("loaded %d titles from the catalogue copy in Redis", len(titles))
+        self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version)
+        self.pipeline.start()
+
+    async def _retry(self, call: Any) -> Any:
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except StateStoreUnavailable as exc:
+                logger.error("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def checkpoint(self) -> None:
+        if self.checkpointer is None:
+            return
+        try:
+            await self.checkpointer.save(self.model)
+        except StateStoreUnavailable as exc:
+            logger.error("checkpoint skipped: %s", exc)
+
+    async def handle_catalog(self, key: bytes | None, value: bytes | None, partition: int,
+                             offset: int) -> None:
+        try:
+            title = decode_catalog(value, self.settings.max_message_bytes)
+        except InvalidRecord as exc:
+            self.catalog_dead_letters += 1
+            metrics.EVENTS_DEAD_LETTERED.labels(reason=exc.reason).inc()
+            letter = dead_letter(exc.reason, exc.detail, self.settings.topics.catalog,
+                                 partition, offset, key, value, time.time())
+            if self.pipeline is not None and self.pipeline._producer is not None:
+                self.pipeline._produce(self.pipeline._producer.produce,
+                                       self.settings.topics.dlq, key, orjson.dumps(letter))
+            logger.warning("catalog %s[%d]@%d dead-lettered: %s", self.settings.topics.catalog,
+                           partition, offset, exc)
+            return
+        assert self.checkpointer is not None
+        if title["type"] == "title_removed":
+            self.model.remove_title(title["title_id"])
+            await self._retry(lambda: self.checkpointer.remove_title(title["title_id"]))
+        else:
+            self.model.add_title(title)
+            await self._retry(lambda: self.checkpointer.save_title(title))
+
+    def update_gauges(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.update_lag()
+        sizes = self.model.size()
+        for kind, value in sizes.items():
+            metrics.MODEL_SIZE.labels(model="streamrec", kind=kind).set(value)
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def faust_broker_credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    context = None
+    if "SSL" in settings.kafka_security_protocol:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=(settings.kafka_sasl_password.reveal()
+                      if settings.kafka_sasl_password else None),
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
+    """The faust app for ``settings`` (Kafka and Redis addresses already resolved)."""
+    runtime = runtime if runtime is not None else WorkerRuntime(settings)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=faust_broker_credentials(settings),
+        # The embedded broker cannot create topics; streamrec creates them up front.
+        topic_allow_declare=False,
+        topic_partitions=settings.partitions,
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+    )
+    app.runtime = runtime  # type: ignore[attr-defined]
+    catalog_topic = app.topic(settings.topics.catalog, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+
+    @app.agent(catalog_topic)
+    async def catalog(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            await runtime.handle_catalog(message.key, message.value, message.partition,
+                                         message.offset)
+
+    @app.timer(interval=GAUGE_INTERVAL_S)
+    async def gauges() -> None:
+        runtime.update_gauges()
+
+    @app.timer(interval=settings.checkpoint_interval_s)
+    async def checkpoint() -> None:
+        await runtime.checkpoint()
+
+    class EventsService(mode.Service):
+        """Runs the batched events pipeline for as long as the app runs."""
+
+        async def on_start(self) -> None:
+            await runtime.start()
+
+        async def on_started(self) -> None:
+            assert runtime.pipeline is not None
+            self._task = asyncio.ensure_future(runtime.pipeline.run())
+
+        async def on_stop(self) -> None:
+            if runtime.pipeline is not None:
+                runtime.pipeline.request_stop()
+                try:
+                    await asyncio.wait_for(self._task, SHUTDOWN_TIMEOUT_S)
+                except (asyncio.TimeoutError, AttributeError):
+                    logger.error("events pipeline did not stop within %ss", SHUTDOWN_TIMEOUT_S)
+            await runtime.checkpoint()
+            await runtime.stop()
+
+    app.service(EventsService)
+    return app

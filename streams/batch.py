@@ -1,0 +1,157 @@
+"""The pure core of the events path: a batch of records in, outputs out, no I/O.
+
+``decode_batch`` validates records and builds dead letters; ``learn_and_rank`` replays
+the applied events on the users' profiles (so each model update sees the profile as it
+was just before that event), teaches the models, measures online recall against the
+lists last emitted, and ranks each touched user once. The async shell in
+``streams.pipeline`` does the Kafka and Redis I/O around these two functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from models.hybrid import Hybrid
+from streamrec.exceptions import InvalidRecord
+from streamrec.schema import dead_letter, decode_event
+from streams.profile import apply_event
+from streams.signals import feedback
+from streams.state import StoredProfile
+
+# Lists kept per user for online recall@k: the product's and the popularity baseline's.
+RECALL_K = 10
+RECALLED_MODELS = ("streamrec", "popularity")
+# Event types that say the user engaged with a title (what online recall tries to predict).
+ENGAGEMENT_TYPES = frozenset({"play", "resume", "complete", "click"})
+
+
+class Record(Protocol):
+    """What the batch needs of a Kafka message (confluent_kafka.Message satisfies it)."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | None: ...
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+
+
+@dataclass
+class DecodedBatch:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def decode_batch(records: Sequence[Record], max_bytes: int, now: float) -> DecodedBatch:
+    """Validate every record; invalid ones become dead-letter messages with a reason."""
+    out = DecodedBatch()
+    events, dead, reasons = out.events, out.dead_letters, out.dead_reasons
+    for record in records:
+        value = record.value()
+        try:
+            events.append(decode_event(value, max_bytes, now))
+        except InvalidRecord as exc:
+            key = record.key()
+            letter = dead_letter(exc.reason, exc.detail, record.topic(), record.partition(),
+                                 record.offset(), key, value, now)
+            dead.append((key, orjson.dumps(letter)))
+            reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+    return out
+
+
+def feedbacks_for_store(events: Sequence[dict[str, Any]]) -> list[float]:
+    """Feedback without the re-watch bonus: the Lua script adds it from its own state."""
+    return [feedback(e) for e in events]
+
+
+@dataclass
+class RankedBatch:
+    # (key, value) messages for the recommendations topic.
+    recommendations: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # user -> serialized lists just emitted (stored for the next online-recall check).
+    last_lists: dict[str, bytes] = field(default_factory=dict)
+    # event time of every applied event, for event-to-recommendation latency.
+    event_times: list[float] = field(default_factory=list)
+    applied_by_type: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    # model -> (hits, tests) of online recall@k in this batch.
+    recall: dict[str, list[int]] = field(default_factory=dict)
+    learn_seconds: float = 0.0
+    rank_seconds: float = 0.0
+
+
+def learn_and_rank(
+    events: Sequence[dict[str, Any]],
+    applied: Sequence[bool],
+    profiles: dict[str, StoredProfile],
+    model: Hybrid,
+    *,
+    top_n: int,
+    history_cap: int,
+    model_version: str,
+    clock: Callable[[], float] = time.time,
+) -> RankedBatch:
+    """Teach the model the applied events and rank once for every user in the batch.
+
+    Users whose events were all duplicates (a redelivery) are re-ranked too: the
+    previous run may have crashed after writing state but before emitting.
+    """
+    out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS})
+    started = time.perf_counter()
+    last_event: dict[str, dict[str, Any]] = {}
+    recall_checked: set[str] = set()
+    for event, is_new in zip(events, applied, strict=True):
+        uid = event["user_id"]
+        last_event[uid] = event
+        if not is_new:
+            out.duplicates += 1
+            continue
+        kind = event["type"]
+        out.applied_by_type[kind] = out.applied_by_type.get(kind, 0) + 1
+        out.event_times.append(event["ts"])
+        stored = profiles[uid]
+        profile = stored.profile
+        title = event.get("title_id")
+        if title is not None and kind in ENGAGEMENT_TYPES and uid not in recall_checked:
+            recall_checked.add(uid)
+            for name, titles in stored.last_lists.items():
+                if name in out.recall:
+                    out.recall[name][1] += 1
+                    out.recall[name][0] += title in titles
+        if title is not None and kind not in ("search", "impression"):
+            y = feedback(event, rewatch=kind == "play" and title in profile.completed)
+            if y != 0.0:
+                model.learn_one(uid, title, y, profile, event["ts"])
+        else:
+            y = 0.0
+        apply_event(profile, event, y, history_cap)
+    learned = time.perf_counter()
+    out.learn_seconds = learned - started
+
+    popular = [t for t, _ in model.trending.top(RECALL_K)]
+    for uid, event in last_event.items():
+        stored = profiles[uid]
+        recs = model.recommend(stored.profile, n=top_n, ts=event["ts"])
+        message = {
+            "user_id": uid,
+            "ts": clock(),
+            "event_id": event["event_id"],
+            "event_ts": event["ts"],
+            "model_version": model_version,
+            "items": [
+                {"title_id": r.title_id, "score": round(r.score, 6), "reason": r.reason}
+                for r in recs
+            ],
+        }
+        out.recommendations.append((uid.encode(), orjson.dumps(message)))
+        out.last_lists[uid] = orjson.dumps({
+            "streamrec": [r.title_id for r in recs[:RECALL_K]],
+            "popularity": [t for t in popular if t not in stored.profile.completed][:RECALL_K],
+        })
+    out.rank_seconds = time.perf_counter() - learned
+    return out

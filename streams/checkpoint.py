@@ -1,0 +1,93 @@
+"""Model checkpoints and the catalogue copy in Redis, so a restarted worker is not cold.
+
+``sr:model:<app_id>`` holds a HASH: ``blob`` (the pickled model), ``version`` (a counter,
+incremented on every save), ``saved_at`` and ``offsets`` (the events offsets committed
+when it was taken). ``sr:catalog:<app_id>`` holds title_id -> catalogue JSON.
+
+Pickle is only ever read back from the product's own Redis; anyone who can write there
+can already rewrite every user's state, so this adds no new trust boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from models.hybrid import Hybrid
+from streamrec.exceptions import StateStoreUnavailable
+from streamrec.metrics import REDIS_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+def model_key(app_id: str) -> str:
+    return f"sr:model:{app_id}"
+
+
+def catalog_key(app_id: str) -> str:
+    return f"sr:catalog:{app_id}"
+
+
+class Checkpointer:
+    def __init__(self, client: redis.asyncio.Redis, app_id: str) -> None:
+        self._client = client
+        self.app_id = app_id
+        self.version = 0
+
+    async def load(self) -> Hybrid | None:
+        try:
+            stored = await self._client.hgetall(model_key(self.app_id))
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="checkpoint_load").inc()
+            raise StateStoreUnavailable(f"could not read the model checkpoint: {exc}") from exc
+        if not stored or b"blob" not in stored:
+            return None
+        try:
+            model = pickle.loads(stored[b"blob"])  # noqa: S301 - our own Redis, see module doc
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not stop startup
+            logger.error("model checkpoint unreadable (%s); starting from scratch", exc)
+            return None
+        if not isinstance(model, Hybrid):
+            logger.error("model checkpoint holds a %s, not a Hybrid; ignoring it",
+                         type(model).__name__)
+            return None
+        self.version = int(stored.get(b"version", b"0"))
+        logger.info("restored model checkpoint version %d (%d titles)", self.version,
+                    model.size().get("titles", 0))
+        return model
+
+    async def save(self, model: Hybrid, offsets: dict[str, int] | None = None) -> int:
+        blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        self.version += 1
+        try:
+            await self._client.hset(model_key(self.app_id), mapping={
+                "blob": blob, "version": self.version, "saved_at": time.time(),
+                "offsets": orjson.dumps(offsets or {}),
+            })
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="checkpoint_save").inc()
+            raise StateStoreUnavailable(f"could not save the model checkpoint: {exc}") from exc
+        logger.info("saved model checkpoint version %d (%d bytes)", self.version, len(blob))
+        return self.version
+
+    async def save_title(self, title: dict[str, Any]) -> None:
+        await self._client.hset(catalog_key(self.app_id), title["title_id"], orjson.dumps(title))
+
+    async def remove_title(self, title_id: str) -> None:
+        await self._client.hdel(catalog_key(self.app_id), title_id)
+
+    async def load_catalog(self) -> list[dict[str, Any]]:
+        raw = await self._client.hgetall(catalog_key(self.app_id))
+        return [orjson.loads(v) for v in raw.values()]
+
+
+def load_catalog_sync(client: redis.Redis, app_id: str) -> dict[str, dict[str, Any]]:
+    """title_id -> catalogue entry, for commands outside the worker."""
+    raw = client.hgetall(catalog_key(app_id))
+    return {k.decode(): orjson.loads(v) for k, v in raw.items()}

@@ -1,0 +1,291 @@
+"""Per-user feature state in Redis: one atomic, idempotent Lua call per batch.
+
+Key scheme (``{uid}`` is a Redis Cluster hash tag, so one user's keys share a slot); every
+key expires ``state_ttl_s`` after the user's last event:
+
+=============================  ===============================================================
+``sr:u:{uid}:seen``            ZSET event_id -> ts: the last ``dedup_window`` applied event ids
+``sr:u:{uid}:meta``            HASH events_applied, last_ts, device, country, ``dev:<d>`` and
+                               ``hod:<hour>`` counts (device and time-of-day profile)
+``sr:u:{uid}:hist``            ZSET title -> last event ts: recent titles (``history_cap``)
+``sr:u:{uid}:aff``             HASH title -> accumulated implicit feedback (for hist titles)
+``sr:u:{uid}:done``            ZSET title -> ts: completed titles (``COMPLETED_CAP``)
+``sr:u:{uid}:prog``            HASH title -> "position|duration|ts": in progress (resume point)
+``sr:u:{uid}:q``               LIST recent search queries (``SEARCH_CAP``)
+``sr:u:{uid}:last``            STRING the lists last emitted to the user (online recall)
+=============================  ===============================================================
+
+The script first reads every batch user's profile *as it was before the batch*, then
+applies the events in order, skipping any whose ``event_id`` is already in ``seen``
+(``ZADD NX``), so a redelivered batch is never applied twice. Redis runs a script
+atomically, so a crash leaves either all of a batch's state or none of it; the worker
+commits Kafka offsets only after this call returns (state before offsets).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from models.base import UserProfile
+from streamrec.exceptions import StateStoreUnavailable
+from streamrec.metrics import REDIS_ERRORS, REDIS_SECONDS
+from streams.profile import COMPLETED_CAP, COMPLETION_RATIO, SEARCH_CAP
+from streams.signals import REWATCH_BONUS
+
+# How many recent titles the script returns per user: what the models look at.
+PROFILE_HISTORY = 50
+FIELDS_PER_EVENT = 11
+
+APPLY_BATCH_LUA = """
+local ttl = tonumber(ARGV[1])
+local hist_cap = tonumber(ARGV[2])
+local dedup_window = tonumber(ARGV[3])
+local done_cap = tonumber(ARGV[4])
+local bonus = tonumber(ARGV[5])
+local done_ratio = tonumber(ARGV[6])
+local profile_hist = tonumber(ARGV[7])
+local search_cap = tonumber(ARGV[8])
+local n_users = tonumber(ARGV[9])
+local base = 9 + n_users
+local n_events = (#ARGV - base) / 11
+
+local out = {}
+for u = 1, n_users do
+  local p = 'sr:u:{' .. ARGV[9 + u] .. '}:'
+  local hist = redis.call('ZREVRANGE', p .. 'hist', 0, profile_hist - 1)
+  local aff = {}
+  if #hist > 0 then aff = redis.call('HMGET', p .. 'aff', unpack(hist)) end
+  for i = 1, #aff do if not aff[i] then aff[i] = '0' end end
+  local prof = {
+    h = hist, w = aff,
+    d = redis.call('ZRANGE', p .. 'done', 0, -1),
+    p = redis.call('HGETALL', p .. 'prog'),
+    m = redis.call('HMGET', p .. 'meta', 'device', 'country', 'events_applied'),
+    q = redis.call('LRANGE', p .. 'q', 0, search_cap - 1),
+    l = redis.call('GET', p .. 'last'),
+  }
+  for i = 1, 3 do if not prof.m[i] then prof.m[i] = '' end end
+  if not prof.l then prof.l = '' end
+  out[u + 1] = cjson.encode(prof)
+end
+
+local flags = {}
+local touched = {}
+local playback = {play=true, pause=true, resume=true, seek=true, stop=true, complete=true}
+local partial_done = {stop=true, pause=true, seek=true}
+for i = 0, n_events - 1 do
+  local b = base + i * 11
+  local eid, uid, typ, title = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local ts, y = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  local pos, dur = tonumber(ARGV[b + 7]), tonumber(ARGV[b + 8])
+  local device, country, query = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
+  local p = 'sr:u:{' .. uid .. '}:'
+  if redis.call('ZADD', p .. 'seen', 'NX', ts, eid) == 1 then
+    flags[i + 1] = '1'
+    touched[uid] = true
+    local meta = p .. 'meta'
+    redis.call('HINCRBY', meta, 'events_applied', 1)
+    redis.call('HSET', meta, 'last_ts', ARGV[b + 5])
+    redis.call('HINCRBY', meta, 'hod:' .. (math.floor(ts / 3600) % 24), 1)
+    if device ~= '' then
+      redis.call('HSET', meta, 'device', device)
+      redis.call('HINCRBY', meta, 'dev:' .. device, 1)
+    end
+    if country ~= '' then redis.call('HSET', meta, 'country', country) end
+    if typ == 'search' then
+      redis.call('LPUSH', p .. 'q', query)
+      redis.call('LTRIM', p .. 'q', 0, search_cap - 1)
+    elseif typ ~= 'impression' and title ~= '' then
+      if typ == 'play' and redis.call('ZSCORE', p .. 'done', title) then y = y + bonus end
+      redis.call('HINCRBYFLOAT', p .. 'aff', title, y)
+      redis.call('ZADD', p .. 'hist', ts, title)
+      local n = redis.call('ZCARD', p .. 'hist')
+      if n > hist_cap then
+        local old = redis.call('ZRANGE', p .. 'hist', 0, n - hist_cap - 1)
+        redis.call('ZREMRANGEBYRANK', p .. 'hist', 0, n - hist_cap - 1)
+        redis.call('HDEL', p .. 'aff', unpack(old))
+      end
+      if playback[typ] then
+        if typ == 'complete' or (partial_done[typ] and dur > 0 and pos >= done_ratio * dur) then
+          redis.call('ZADD', p .. 'done', ts, title)
+          redis.call('HDEL', p .. 'prog', title)
+          local nd = redis.call('ZCARD', p .. 'done')
+          if nd > done_cap then redis.call('ZREMRANGEBYRANK', p .. 'done', 0, nd - done_cap - 1) end
+        elseif pos > 0 then
+          redis.call('HSET', p .. 'prog', title, ARGV[b + 7] .. '|' .. ARGV[b + 8] .. '|' .. ARGV[b + 5])
+        end
+      end
+    end
+    local ns = redis.call('ZCARD', p .. 'seen')
+    if ns > dedup_window then redis.call('ZREMRANGEBYRANK', p .. 'seen', 0, ns - dedup_window - 1) end
+  else
+    flags[i + 1] = '0'
+  end
+end
+for uid, _ in pairs(touched) do
+  local p = 'sr:u:{' .. uid .. '}:'
+  for _, k in ipairs({'seen', 'meta', 'hist', 'aff', 'done', 'prog', 'q'}) do
+    redis.call('EXPIRE', p .. k, ttl)
+  end
+end
+out[1] = table.concat(flags)
+return out
+"""
+
+
+def user_key(user_id: str, kind: str) -> str:
+    return f"sr:u:{{{user_id}}}:{kind}"
+
+
+@dataclass
+class StoredProfile:
+    """A profile read from Redis, plus what the models do not need but the worker does."""
+
+    profile: UserProfile
+    in_progress: dict[str, tuple[float, float, float]]  # title -> (position, duration, ts)
+    events_applied: int
+    last_lists: dict[str, list[str]]
+
+
+def _as_list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}; treat it as an empty list.
+    return value if isinstance(value, list) else []
+
+
+def parse_profile(user_id: str, raw: bytes | str) -> StoredProfile:
+    data = orjson.loads(raw)
+    titles = _as_list(data.get("h"))
+    weights = _as_list(data.get("w"))
+    history = [(t, float(w)) for t, w in zip(titles, weights, strict=False)]
+    device, country, applied = (_as_list(data.get("m")) + ["", "", ""])[:3]
+    prog_flat = _as_list(data.get("p"))
+    in_progress: dict[str, tuple[float, float, float]] = {}
+    for title, packed in zip(prog_flat[::2], prog_flat[1::2], strict=False):
+        pos, dur, ts = (float(x) for x in packed.split("|"))
+        in_progress[title] = (pos, dur, ts)
+    last = data.get("l") or ""
+    profile = UserProfile(
+        user_id=user_id, history=history, completed=set(_as_list(data.get("d"))),
+        device=device or None, country=country or None,
+        search_terms=list(_as_list(data.get("q"))),
+    )
+    return StoredProfile(
+        profile=profile, in_progress=in_progress,
+        events_applied=int(applied) if applied else 0,
+        last_lists=orjson.loads(last) if last else {},
+    )
+
+
+def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float]) -> list[Any]:
+    args: list[Any] = []
+    for event, y in zip(events, feedbacks, strict=True):
+        args += (
+            event["event_id"], event["user_id"], event["type"], event.get("title_id") or "",
+            repr(event["ts"]), repr(y), repr(event.get("position_s", 0.0)),
+            repr(event.get("duration_s") or 0.0), event.get("device") or "",
+            event.get("country") or "", event.get("query") or "",
+        )
+    return args
+
+
+class StateStore:
+    """Async access to per-user state; one round trip per batch.
+
+    Parameters
+    ----------
+    client
+        A ``redis.asyncio.Redis``; connected lazily by redis-py, closed by :meth:`close`.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, ttl_s: int, history_cap: int,
+                 dedup_window: int) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+        self.history_cap = history_cap
+        self.dedup_window = dedup_window
+        self._script = client.register_script(APPLY_BATCH_LUA)
+
+    async def apply_batch(
+        self, events: Sequence[dict[str, Any]], feedbacks: Sequence[float]
+    ) -> tuple[list[bool], dict[str, StoredProfile]]:
+        """Apply valid events (in order) idempotently; returns per-event "applied" flags and
+        every batch user's profile as it was *before* the batch."""
+        users = list(dict.fromkeys(e["user_id"] for e in events))
+        argv = [
+            self.ttl_s, self.history_cap, self.dedup_window, COMPLETED_CAP, REWATCH_BONUS,
+            COMPLETION_RATIO, PROFILE_HISTORY, SEARCH_CAP, len(users), *users,
+            *_encode_events(events, feedbacks),
+        ]
+        started = time.perf_counter()
+        try:
+            reply = await self._script(keys=[], args=argv)
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="apply_batch").inc()
+            raise StateStoreUnavailable(f"Redis apply_batch failed: {exc}") from exc
+        REDIS_SECONDS.labels(op="apply_batch").observe(time.perf_counter() - started)
+        flags_raw = reply[0]
+        flags_text = flags_raw.decode() if isinstance(flags_raw, bytes) else flags_raw
+        flags = [c == "1" for c in flags_text]
+        profiles = {uid: parse_profile(uid, raw) for uid, raw in zip(users, reply[1:], strict=True)}
+        return flags, profiles
+
+    async def save_last_lists(self, lists: dict[str, bytes]) -> None:
+        """Remember what was just emitted to each user (for online recall)."""
+        if not lists:
+            return
+        started = time.perf_counter()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for uid, payload in lists.items():
+                    pipe.set(user_key(uid, "last"), payload, ex=self.ttl_s)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="save_last_lists").inc()
+            raise StateStoreUnavailable(f"Redis save_last_lists failed: {exc}") from exc
+        REDIS_SECONDS.labels(op="save_last_lists").observe(time.perf_counter() - started)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def read_features(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
+    """A user's whole feature state, for ``streamrec features`` (synchronous client)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(user_key(user_id, "meta"))
+    pipe.zrevrange(user_key(user_id, "hist"), 0, -1, withscores=True)
+    pipe.hgetall(user_key(user_id, "aff"))
+    pipe.zrevrange(user_key(user_id, "done"), 0, -1)
+    pipe.hgetall(user_key(user_id, "prog"))
+    pipe.lrange(user_key(user_id, "q"), 0, -1)
+    meta, hist, aff, done, prog, queries = pipe.execute()
+    if not meta:
+        return None
+    text = {k.decode(): v.decode() for k, v in meta.items()}
+    affinity = {k.decode(): float(v) for k, v in aff.items()}
+    return {
+        "user_id": user_id,
+        "events_applied": int(text.get("events_applied", 0)),
+        "last_event_ts": float(text.get("last_ts", 0) or 0),
+        "device": text.get("device"),
+        "country": text.get("country"),
+        "devices": {k[4:]: int(v) for k, v in text.items() if k.startswith("dev:")},
+        "hours": {int(k[4:]): int(v) for k, v in text.items() if k.startswith("hod:")},
+        "recent_titles": [
+            {"title_id": t.decode(), "last_ts": ts, "affinity": affinity.get(t.decode(), 0.0)}
+            for t, ts in hist
+        ],
+        "completed": [t.decode() for t in done],
+        "in_progress": {
+            t.decode(): dict(zip(("position_s", "duration_s", "ts"),
+                                 (float(x) for x in v.decode().split("|")), strict=True))
+            for t, v in prog.items()
+        },
+        "searches": [q.decode() for q in queries],
+    }

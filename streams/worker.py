@@ -1,0 +1,44 @@
+"""``streamrec worker``: run the stream processor until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streamrec.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of /metrics (default STREAMREC_METRICS_PORT, 9464; 0 = off)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from streamrec import metrics
+    from streamrec.redis_conn import redacted
+    from streamrec.runtime import Services
+    from streams.app import create_app
+
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
+    with Services(settings) as services:
+        settings = services.settings
+        if services.broker is not None or services.redis is not None:
+            # Other commands can reach these only with the addresses: say them.
+            print(f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}", flush=True)
+            print(f"REDIS_URL={redacted(settings.redis_url)}", flush=True)
+            print("(embedded services: in memory only, gone when this worker stops)",
+                  file=sys.stderr, flush=True)
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        app = create_app(settings)
+        worker = faust.Worker(
+            app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
+            override_logging=False,
+        )
+        worker.execute_from_commandline()
+    return 0
