@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("producers.replay", "replay recorded events into Kafka"),
     "record": ("consumers.record", "capture a topic to a JSONL file"),
     "tail": ("consumers.tail", "print what arrives on a topic"),
+    "sink": ("consumers.sink", "keep each user's latest recommendations in Redis"),
     "recs": ("consumers.inspect", "print a user's latest recommendations"),
     "features": ("consumers.inspect", "print a user's feature state"),
     "demo": ("streamrec.demo", "run everything on embedded services and summarise"),

@@ -1,0 +1,61 @@
+"""``streamrec tail``: print what arrives on a topic, readable for a person."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from consumers.common import read_topic, require_cluster
+from streamrec.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", default=None,
+                        help="topic to read (default: the recommendations topic)")
+    parser.add_argument("--user", default=None, help="only records keyed by this user id")
+    parser.add_argument("--from-beginning", action="store_true",
+                        help="start at the oldest record instead of new ones")
+    parser.add_argument("--max", type=int, default=None, help="stop after N records")
+    parser.add_argument("--until-idle", type=float, default=None, metavar="S",
+                        help="stop after S seconds without a record")
+    parser.add_argument("--json", action="store_true", help="print raw JSON values")
+
+
+def format_record(topic: str, key: bytes | None, value: bytes | None, now: float) -> str:
+    """One readable line for a record of any streamrec topic."""
+    try:
+        obj: Any = orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return f"{topic} {key!r}: (not JSON) {value[:80]!r}"
+    if isinstance(obj, dict) and "items" in obj and "user_id" in obj:
+        lag_ms = (obj.get("ts", now) - obj.get("event_ts", now)) * 1000
+        items = ", ".join(f"{i['title_id']} ({i['reason']})" for i in obj["items"][:5])
+        more = len(obj["items"]) - 5
+        extra = f" +{more} more" if more > 0 else ""
+        return f"{obj['user_id']:>10} <- {obj.get('event_id')} ({lag_ms:.1f} ms): {items}{extra}"
+    if isinstance(obj, dict) and "reason" in obj and "offset" in obj:
+        return (f"DEAD LETTER {obj.get('topic')}[{obj.get('partition')}]@{obj.get('offset')} "
+                f"{obj['reason']}: {obj.get('error')}")
+    text = orjson.dumps(obj).decode()
+    return f"{(key or b'').decode(errors='replace'):>10}: {text[:160]}"
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    require_cluster(settings, "tail")
+    topic = args.topic or settings.topics.recommendations
+    wanted = args.user.encode() if args.user else None
+    for record in read_topic(settings, topic, from_beginning=args.from_beginning,
+                             until_idle_s=args.until_idle, max_records=args.max):
+        if wanted is not None and record.key() != wanted:
+            continue
+        if args.json:
+            sys.stdout.write((record.value() or b"null").decode(errors="replace") + "\n")
+        else:
+            sys.stdout.write(format_record(record.topic(), record.key(), record.value(),
+                                           time.time()) + "\n")
+        sys.stdout.flush()
+    return 0
