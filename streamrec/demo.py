@@ -170,6 +170,7 @@ def _child(args: list[str], env: dict[str, str], log_path: str) -> Iterator[subp
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    _validate(args)
     import tempfile
 
     from producers.simulator import generate_events, generate_world
@@ -177,7 +178,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.redis_conn import redacted
     from streamrec.runtime import Services, child_environment
 
-    _validate(args)
     metrics_port = _free_port()
     logs = tempfile.mkdtemp(prefix="streamrec-demo-")
     print("streamrec demo: starting embedded services" if settings.uses_embedded_broker

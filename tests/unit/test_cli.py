@@ -1,0 +1,55 @@
+"""A user who makes a mistake gets one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.cli import main
+
+
+def run(argv, capsys, monkeypatch, env=None):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse exits for usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["demo", "--users", "0"], "--users must be a positive"),
+        (["demo", "--events", "many"], "invalid int value"),
+        (["demo", "--invalid-fraction", "2"], "--invalid-fraction"),
+        (["broker", "--partitions", "0"], "--partitions must be positive"),
+        (["broker", "--port", "99999"], "--port"),
+        (["tail"], "KAFKA_BOOTSTRAP_SERVERS is not set"),
+        (["recs", "u1"], "REDIS_URL is not set"),
+        (["features", "u1"], "REDIS_URL is not set"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_mistakes_get_one_line_and_nonzero_exit(argv, fragment, capsys, monkeypatch):
+    code, _, err = run(argv, capsys, monkeypatch)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_bad_environment_is_one_line(capsys, monkeypatch):
+    code, _, err = run(["tail"], capsys, monkeypatch, {"STREAMREC_BATCH_SIZE": "x"})
+    assert code == 2
+    assert "STREAMREC_BATCH_SIZE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_every_command(capsys, monkeypatch):
+    code, out, _ = run(["--help"], capsys, monkeypatch)
+    assert code == 0
+    for command in ("broker", "worker", "simulate", "replay", "demo", "recs", "features"):
+        assert command in out
