@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint soak bench evaluate clean
+.PHONY: help install demo test test-fast lint soak bench evaluate clean tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,13 +21,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install streamrec with its test tools
 
+# tests/unit/test_deploy.py runs promtool (Debian package prometheus) and docker-compose.
+# Installed with apt when missing and running as root; otherwise this says what to run and
+# those tests fail with the same advice (they skip only on an OS without apt-get).
+DEPLOY_TOOLS := promtool:prometheus docker-compose:docker-compose
+
+tools: ## install promtool and docker-compose for the deploy checks (apt, as root; no-op if present)
+	@missing=""; \
+	for pair in $(DEPLOY_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make tools: no apt-get on this OS; install$$missing by hand for the deploy checks" >&2; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make tools: not root; run: sudo apt-get install -y --no-install-recommends$$missing" >&2; exit 0; fi; \
+	echo "make tools: apt-get install$$missing"; \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends$$missing >/dev/null; } \
+	|| echo "make tools: apt-get install$$missing FAILED; the deploy tests will fail" >&2
+
 demo: $(STAMP) ## run the whole pipeline on embedded Kafka and Redis, then summarise
 	$(BIN)/streamrec demo
 
-test: $(STAMP) ## run every test (unit, integration, fault); fails if none ran
+test: $(STAMP) tools ## run every test (unit, integration, fault); fails if none ran
 	$(BIN)/python -m pytest -m "not soak" -p no:cacheprovider
 
-test-fast: $(STAMP) ## unit tests only
+test-fast: $(STAMP) tools ## unit tests only
 	$(BIN)/python -m pytest -m "not integration and not fault and not soak" -p no:cacheprovider
 
 lint: $(STAMP) ## ruff
