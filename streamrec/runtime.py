@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from streamrec.broker import EmbeddedBroker
 from streamrec.kafka import ensure_topics, required_topics
 from streamrec.redis_conn import EmbeddedRedis, ping
-from streamrec.settings import Secret, Settings
+from streamrec.settings import ENV_VARS, Secret, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +68,15 @@ class Services(AbstractContextManager["Services"]):
 
 
 def child_environment(settings: Settings, base: dict[str, str]) -> dict[str, str]:
-    """Environment for a child process so it uses the same Kafka and Redis as ``settings``."""
+    """Environment for a child process so it runs with exactly these ``settings``."""
     env = dict(base)
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    if settings.redis_url is not None:
-        env["REDIS_URL"] = settings.redis_url.reveal()
-    env["STREAMREC_PARTITIONS"] = str(settings.partitions)
-    env["STREAMREC_APP_ID"] = settings.app_id
-    for name, value in (
-        ("STREAMREC_TOPIC_EVENTS", settings.topics.events),
-        ("STREAMREC_TOPIC_CATALOG", settings.topics.catalog),
-        ("STREAMREC_TOPIC_RECOMMENDATIONS", settings.topics.recommendations),
-        ("STREAMREC_TOPIC_DLQ", settings.topics.dlq),
-        ("STREAMREC_TOPIC_NOTIFICATIONS", settings.topics.notifications),
-        ("STREAMREC_TOPIC_CACHE_HINTS", settings.topics.cache_hints),
-    ):
-        env[name] = value
+    for var, (attr, _parse, _doc) in ENV_VARS.items():
+        if attr.startswith("topics."):
+            value = getattr(settings.topics, attr.removeprefix("topics."))
+        else:
+            value = getattr(settings, attr)
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value.reveal() if isinstance(value, Secret) else str(value)
     return env

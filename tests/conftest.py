@@ -70,3 +70,85 @@ def make_settings(broker: EmbeddedBroker, redis_url: str) -> Callable[..., Setti
         return settings
 
     return factory
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    """A ``streamrec worker`` child process for one test's settings."""
+
+    def __init__(self, settings: Settings, log_path: str, extra_env: dict | None = None):
+        import subprocess
+        import sys
+
+        from streamrec.runtime import child_environment
+
+        self.metrics_port = _free_port()
+        env = child_environment(settings, dict(os.environ))
+        env.update({"STREAMREC_METRICS_PORT": str(self.metrics_port),
+                    "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})})
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "worker"], env=env,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            return r.read().decode()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {open(self.log_path).read()[-3000:]}")
+            try:
+                if "streamrec_pipeline_up 1.0" in self.metrics_text():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("worker did not become ready")
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a worker for given settings; every worker is stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def factory(settings: Settings, extra_env: dict | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings, str(tmp_path / f"worker{len(started)}.log"), extra_env)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield factory
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.kill()

@@ -63,3 +63,15 @@ def test_readme_documents_every_environment_variable():
     section = text.split("## Environment variables", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", section))
     assert set(ENV_VARS) <= documented, sorted(set(ENV_VARS) - documented)
+
+
+def test_child_processes_get_exactly_the_same_settings():
+    from streamrec.runtime import child_environment
+
+    settings = Settings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": "k:1", "REDIS_URL": "redis://x:1/0", "STREAMREC_TOP_N": "7",
+        "STREAMREC_TOPIC_DLQ": "dead", "KAFKA_SASL_PASSWORD": "pw",
+    })
+    env = child_environment(settings, {"PATH": "/bin", "REDIS_URL": "redis://stale:1/0"})
+    assert Settings.from_env(env) == settings
+    assert env["PATH"] == "/bin"
