@@ -124,7 +124,11 @@ class EmbeddedBroker:
             self.bootstrap_servers = own_address
         else:
             target_host, target_port = own_address.rsplit(":", 1)
-            self._forwarder = _Forwarder(self.host, self.port, target_host, int(target_port))
+            try:
+                self._forwarder = _Forwarder(self.host, self.port, target_host, int(target_port))
+            except OSError:
+                self.stop()
+                raise
             self._forwarder.start()
             advertised = self._forwarder.bound_port
             lib.rd_kafka_mock_broker_set_host_port(
