@@ -348,6 +348,18 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
          {"eval_time": "1m", "alertname": "StreamrecRecordsLost", "exp_alerts": []},
          {"eval_time": "3m", "alertname": "StreamrecRecordsLost",
           "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "events"}}]},
+         {"eval_time": "20m", "alertname": "StreamrecRecordsLost", "exp_alerts": []},
+     ]},
+    # A labelled counter is created at its first increment: its first value is the loss.
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"streamrec_records_lost_total{{topic=\"events\", {W}}}",
+          "values": "_ _ _ 7x20"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "4m", "alertname": "StreamrecRecordsLost",
+          "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "events"}}]},
+         {"eval_time": "20m", "alertname": "StreamrecRecordsLost", "exp_alerts": []},
      ]},
     {"interval": "1m",
      "input_series": [
