@@ -67,6 +67,52 @@ PIPELINE_UP = Gauge(
     "outage (Redis or Kafka unreachable)"
 )
 
+# A/B experiments (streams.experiment_batch): counters by experiment and variant, so rates
+# and ratios (recall = hits / tests, click-through = clicks / impressions) are PromQL
+# divisions. Label values come from the experiments file (at most 20 x 10).
+_ARM = ["experiment", "variant"]
+EXPERIMENT_USERS = Counter(
+    "streamrec_experiment_users", "Users enrolled in an experiment arm (first measured event)",
+    _ARM,
+)
+EXPERIMENT_LISTS = Counter(
+    "streamrec_experiment_recommendations", "Recommendation lists emitted, by arm", _ARM
+)
+EXPERIMENT_RECALL_TESTS = Counter(
+    "streamrec_experiment_recall_tests",
+    "Users' first engagement per batch, checked against the list last served", _ARM,
+)
+EXPERIMENT_RECALL_HITS = Counter(
+    "streamrec_experiment_recall_hits",
+    "Recall tests whose title was in the top k of the list last served", _ARM,
+)
+EXPERIMENT_IMPRESSIONS = Counter(
+    "streamrec_experiment_impressions", "Impressions of titles in the list last served", _ARM
+)
+EXPERIMENT_CLICKS = Counter(
+    "streamrec_experiment_clicks", "Clicks on titles in the list last served", _ARM
+)
+EXPERIMENT_PLAYS = Counter(
+    "streamrec_experiment_plays", "Plays started of titles in the list last served", _ARM
+)
+EXPERIMENT_WATCH_SECONDS = Counter(
+    "streamrec_experiment_watch_seconds", "Seconds watched of titles in the list last served",
+    _ARM,
+)
+EXPERIMENT_COMPLETIONS = Counter(
+    "streamrec_experiment_completions", "Completions of titles in the list last served", _ARM
+)
+# Measure name (streams.experiment_batch.MEASURES) -> its counter.
+EXPERIMENT_MEASURES = {
+    "recall_tests": EXPERIMENT_RECALL_TESTS,
+    "recall_hits": EXPERIMENT_RECALL_HITS,
+    "impressions": EXPERIMENT_IMPRESSIONS,
+    "clicks": EXPERIMENT_CLICKS,
+    "plays": EXPERIMENT_PLAYS,
+    "watch_s": EXPERIMENT_WATCH_SECONDS,
+    "completions": EXPERIMENT_COMPLETIONS,
+}
+
 # The names the README, the dashboards and the alert rules may rely on, with their types.
 EXPORTED = {
     "streamrec_events_consumed_total": "counter",
@@ -83,6 +129,15 @@ EXPORTED = {
     "streamrec_model_size": "gauge",
     "streamrec_batch_events": "histogram",
     "streamrec_pipeline_up": "gauge",
+    "streamrec_experiment_users_total": "counter",
+    "streamrec_experiment_recommendations_total": "counter",
+    "streamrec_experiment_recall_tests_total": "counter",
+    "streamrec_experiment_recall_hits_total": "counter",
+    "streamrec_experiment_impressions_total": "counter",
+    "streamrec_experiment_clicks_total": "counter",
+    "streamrec_experiment_plays_total": "counter",
+    "streamrec_experiment_watch_seconds_total": "counter",
+    "streamrec_experiment_completions_total": "counter",
 }
 
 

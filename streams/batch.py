@@ -19,6 +19,8 @@ import orjson
 from models.hybrid import Hybrid
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import dead_letter, decode_event
+from streams.experiment_batch import ExperimentBatch, ExperimentTallies
+from streams.experiments import ExperimentConfig
 from streams.profile import apply_event
 from streams.signals import feedback
 from streams.state import StoredProfile
@@ -83,6 +85,8 @@ class RankedBatch:
     recall: dict[str, list[int]] = field(default_factory=dict)
     learn_seconds: float = 0.0
     rank_seconds: float = 0.0
+    # A/B experiments' per-arm, per-user tallies (None without experiments).
+    experiments: ExperimentTallies | None = None
 
 
 def learn_and_rank(
@@ -95,6 +99,7 @@ def learn_and_rank(
     history_cap: int,
     model_version: str,
     clock: Callable[[], float] = time.time,
+    experiments: ExperimentConfig | None = None,
 ) -> RankedBatch:
     """Teach the model the applied events and rank once for every user in the batch.
 
@@ -102,6 +107,7 @@ def learn_and_rank(
     previous run may have crashed after writing state but before emitting.
     """
     out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS})
+    xb = ExperimentBatch(experiments, model, RECALL_K, ENGAGEMENT_TYPES) if experiments else None
     started = time.perf_counter()
     last_event: dict[str, dict[str, Any]] = {}
     recall_checked: set[str] = set()
@@ -115,6 +121,8 @@ def learn_and_rank(
         out.applied_by_type[kind] = out.applied_by_type.get(kind, 0) + 1
         out.event_times.append(event["ts"])
         stored = profiles[uid]
+        if xb is not None:
+            xb.observe(event, stored)
         profile = stored.profile
         title = event.get("title_id")
         if title is not None and kind in ENGAGEMENT_TYPES and uid not in recall_checked:
@@ -136,7 +144,8 @@ def learn_and_rank(
     popular = [t for t, _ in model.trending.top(RECALL_K)]
     for uid, event in last_event.items():
         stored = profiles[uid]
-        recs = model.recommend(stored.profile, n=top_n, ts=event["ts"])
+        recs = (model.recommend(stored.profile, n=top_n, ts=event["ts"]) if xb is None
+                else xb.recommend(stored, event, top_n))
         message = {
             "user_id": uid,
             "ts": clock(),
@@ -148,10 +157,15 @@ def learn_and_rank(
                 for r in recs
             ],
         }
-        out.recommendations.append((uid.encode(), orjson.dumps(message)))
-        out.last_lists[uid] = orjson.dumps({
+        lists = {
             "streamrec": [r.title_id for r in recs[:RECALL_K]],
             "popularity": [t for t in popular if t not in stored.profile.completed][:RECALL_K],
-        })
+        }
+        if xb is not None:
+            xb.annotate(uid, recs, message, lists)
+        out.recommendations.append((uid.encode(), orjson.dumps(message)))
+        out.last_lists[uid] = orjson.dumps(lists)
+    if xb is not None:
+        out.experiments = xb.tallies
     out.rank_seconds = time.perf_counter() - learned
     return out

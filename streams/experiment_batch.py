@@ -1,0 +1,196 @@
+"""The experiments' part of one batch: serve each user's variant, tally what happened.
+
+``streams.batch.learn_and_rank`` makes one :class:`ExperimentBatch` per batch and calls
+
+* :meth:`ExperimentBatch.observe` for every applied event (before it changes the
+  profile), which tallies the event against the list last served to the user;
+* :meth:`ExperimentBatch.recommend` and :meth:`ExperimentBatch.annotate` once per
+  touched user, which rank by the deciding variant and label the message.
+
+What is measured, per user, in every experiment the user is enrolled in (event time at
+or after the experiment's start), against the list last served to that user:
+
+=================  ===================================================================
+``recall_tests``   the user's first engagement (play, resume, complete, click) in a
+                   batch; ``recall_hits``: its title was in the top ``k`` served
+``impressions``    ``impression`` events of a title in the served list
+``clicks``         ``click`` events on a title in the served list
+``plays``          ``play`` events of a title in the served list (plays started)
+``watch_s``        seconds watched of served titles: position at ``stop``/``complete``
+                   minus the position the viewing started from
+``completions``    completions (``complete``, or stopped at >= 95%) of served titles
+=================  ===================================================================
+
+Only applied events are tallied (redeliveries are recognised by ``event_id`` before this
+runs), so a tally is never counted twice. The pure part stops here:
+``streams.experiment_store`` writes the tallies to Redis once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.hybrid import Hybrid, Recommendation
+from streams.experiments import Experiment, ExperimentConfig, Variant, deciding
+from streams.profile import is_completion
+from streams.state import StoredProfile
+from streams.variants import VariantRanker
+
+# Per-user measures, in the order they are stored (streams.experiment_store).
+MEASURES = ("recall_tests", "recall_hits", "impressions", "clicks", "plays", "watch_s",
+            "completions")
+_INDEX = {name: i for i, name in enumerate(MEASURES)}
+# The key of the full served list in the user's stored "last lists".
+SERVED = "served"
+
+
+@dataclass
+class ExperimentTallies:
+    """One batch's tallies: (experiment, variant) -> user -> deltas (MEASURES order)."""
+
+    users: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)
+    # (experiment, variant) -> recommendation messages emitted in this batch.
+    lists: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.users) or bool(self.lists)
+
+    def totals(self) -> dict[tuple[str, str], list[float]]:
+        """Per-arm sums of the deltas (for the Prometheus counters)."""
+        out = {}
+        for arm, by_user in self.users.items():
+            sums = [0.0] * len(MEASURES)
+            for deltas in by_user.values():
+                for i, d in enumerate(deltas):
+                    sums[i] += d
+            out[arm] = sums
+        return out
+
+
+class ExperimentBatch:
+    """Per-batch state of the experiments hook (pure; no I/O).
+
+    Parameters
+    ----------
+    config
+        The experiments.
+    model
+        The shared hybrid (already taught this batch's events when ranking starts).
+    recall_k
+        List length for online recall.
+    engagement
+        Event types that count as engaging with a title.
+    """
+
+    def __init__(self, config: ExperimentConfig, model: Hybrid, recall_k: int,
+                 engagement: Collection[str]) -> None:
+        self.config = config
+        self.recall_k = recall_k
+        self.engagement = engagement
+        self.tallies = ExperimentTallies()
+        self._ranker = VariantRanker(model)
+        self._recall_checked: set[str] = set()
+        # (user, title) -> position the current viewing started from (this batch).
+        self._started_at: dict[tuple[str, str], float] = {}
+        self._served: dict[str, tuple[list[str], set[str]]] = {}
+        self._deciding: dict[str, tuple[Experiment, Variant] | None] = {}
+        self._enrolled: dict[str, list[tuple[Experiment, Variant]]] = {}
+        self._assigned: dict[str, list[tuple[Experiment, Variant]]] = {}
+
+    def _enrolments(self, uid: str, ts: float) -> list[tuple[Experiment, Variant]]:
+        """The user's variants in the experiments started by ``ts`` (hashes cached)."""
+        assigned = self._assigned.get(uid)
+        if assigned is None:
+            assigned = self._assigned[uid] = [(e, e.assign(uid))
+                                              for e in self.config.experiments]
+        return [pair for pair in assigned if pair[0].started(ts)]
+
+    # -- measuring ---------------------------------------------------------------------------
+    def observe(self, event: dict[str, Any], stored: StoredProfile) -> None:
+        """Tally one applied event (call before the event is applied to the profile)."""
+        uid = event["user_id"]
+        enrolments = self._enrolments(uid, event["ts"])
+        if not enrolments:
+            return
+        served = self._served.get(uid)
+        if served is None:
+            listed = stored.last_lists.get(SERVED) or []
+            served = self._served[uid] = (listed, set(listed))
+        deltas = self._deltas(event, stored, served)
+        arms = self.tallies.users
+        for experiment, variant in enrolments:
+            by_user = arms.setdefault((experiment.name, variant.name), {})
+            current = by_user.get(uid)
+            if current is None:
+                by_user[uid] = list(deltas) if deltas else [0.0] * len(MEASURES)
+            elif deltas:
+                for i, d in enumerate(deltas):
+                    current[i] += d
+
+    def _deltas(self, event: dict[str, Any], stored: StoredProfile,
+                served: tuple[list[str], set[str]]) -> list[float] | None:
+        title = event.get("title_id")
+        if title is None:
+            return None
+        listed, members = served
+        kind = event["type"]
+        uid = event["user_id"]
+        deltas: list[float] | None = None
+        if kind in self.engagement and listed and uid not in self._recall_checked:
+            self._recall_checked.add(uid)
+            deltas = [0.0] * len(MEASURES)
+            deltas[_INDEX["recall_tests"]] = 1.0
+            if title in listed[: self.recall_k]:
+                deltas[_INDEX["recall_hits"]] = 1.0
+        if kind == "play":
+            self._started_at[(uid, title)] = float(event.get("position_s", 0.0))
+        if title not in members:
+            return deltas
+        deltas = deltas or [0.0] * len(MEASURES)
+        if kind == "impression":
+            deltas[_INDEX["impressions"]] = 1.0
+        elif kind == "click":
+            deltas[_INDEX["clicks"]] = 1.0
+        elif kind == "play":
+            deltas[_INDEX["plays"]] = 1.0
+        elif kind in ("stop", "complete"):
+            start = self._started_at.pop((uid, title), None)
+            if start is None:  # the play was in an earlier batch: resume point, else 0
+                start = stored.in_progress.get(title, (0.0, 0.0, 0.0))[0]
+            end = event.get("position_s")
+            if end is None or (kind == "complete" and not end):
+                end = event.get("duration_s") or start
+            deltas[_INDEX["watch_s"]] = max(0.0, float(end) - start)
+        if is_completion(event):
+            deltas[_INDEX["completions"]] = 1.0
+        return deltas
+
+    # -- serving -------------------------------------------------------------------------------
+    def recommend(self, stored: StoredProfile, event: dict[str, Any], n: int
+                  ) -> list[Recommendation]:
+        """The user's list, ranked by the variant that decides for them."""
+        uid = event["user_id"]
+        enrolments = self._enrolments(uid, event["ts"])
+        self._enrolled[uid] = enrolments
+        decision = self._deciding[uid] = deciding(enrolments)
+        variant = decision[1] if decision is not None else None
+        return self._ranker.recommend(variant, stored.profile, n, event["ts"],
+                                      event["event_id"])
+
+    def annotate(self, uid: str, recs: list[Recommendation], message: dict[str, Any],
+                 lists: dict[str, Any]) -> None:
+        """Label the message with the user's experiment and variant, and remember the
+        full served list (for the next batch's tallies)."""
+        decision = self._deciding.get(uid)
+        if decision is None:
+            return
+        experiment, variant = decision
+        message["experiment"] = experiment.name
+        message["variant"] = variant.name
+        message["experiments"] = {e.name: v.name for e, v in self._enrolled[uid]}
+        lists[SERVED] = [r.title_id for r in recs]
+        counts = self.tallies.lists
+        for e, v in self._enrolled[uid]:
+            counts[(e.name, v.name)] = counts.get((e.name, v.name), 0) + 1

@@ -1,0 +1,228 @@
+"""The statistics of ``streamrec experiment report``: user-level intervals that stay valid
+however often the results are looked at.
+
+**Unit of analysis: the user.** Users are randomised, so every metric is a ratio of
+per-user sums, ``R = sum(x_u) / sum(y_u)`` (e.g. recall hits over recall tests), and its
+variance comes from the delta method over users::
+
+    var(R) = (s_xx - 2 R s_xy + R^2 s_yy) / (n * ybar^2)
+
+with ``s`` the sample (co)variances of the per-user ``x_u, y_u``. Only sufficient
+statistics are needed (``n`` and the sums of ``x, y, x^2, y^2, x*y``), which the worker
+keeps in Redis (``streams.experiment_store``). For a proportion with one trial per user
+this is the familiar ``p(1-p)/(n-1)``.
+
+**Looking repeatedly.** A fixed-sample 95% interval checked after every batch declares a
+false winner far more often than 5% of the time. The intervals here are asymptotic
+confidence sequences from the normal-mixture boundary (Robbins 1970; Howard, Ramdas,
+McAuliffe & Sekhon 2021; in the asymptotic form of Waudby-Smith et al. 2021, the
+mixture SPRT of Johari et al. 2017): with an estimate's variance ``V`` and a mixing
+variance ``tau^2 = V * n / r``, the interval is
+
+    estimate +/- sqrt(V) * sqrt((1 + r/n) * log((1 + n/r) / alpha^2))
+
+and covers the truth at every ``n`` simultaneously with probability >= 1 - alpha
+(asymptotically). ``r`` is tuned so the interval is tightest around ``TARGET_USERS``
+users; it is ~1.55x the fixed-sample width there and grows only logarithmically later.
+The matching always-valid p-value is ``min(1, 1/Lambda)`` with the mixture likelihood
+ratio ``Lambda = sqrt(r/(r+n)) * exp(z^2/2 * n/(n+r))``, ``z = estimate / sqrt(V)``.
+
+**Lift** against control is ``R_t / R_c - 1`` with the delta-method variance
+``var(R_t)/R_c^2 + R_t^2 var(R_c)/R_c^4``, and ``n = n_t + n_c``. A variant wins when
+its lift interval on the experiment's metric lies above 0 (control wins when every other
+variant's lies below 0); with more than two variants alpha is split between the
+comparisons (Bonferroni).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+ALPHA = 0.05
+# Users (both arms together, for a lift) at which the intervals are tightest: a typical
+# size for a first look at an experiment.
+TARGET_USERS = 1000
+# metric -> (numerator measure, denominator measure), measures of streams.experiment_batch.
+RATIOS: dict[str, tuple[str, str]] = {
+    "recall_at_k": ("recall_hits", "recall_tests"),
+    "ctr": ("clicks", "impressions"),
+    "plays_per_impression": ("plays", "impressions"),
+    "watch_s_per_impression": ("watch_s", "impressions"),
+    "completion_rate": ("completions", "plays"),
+}
+
+
+def mixture_r(alpha: float = ALPHA, target: float = TARGET_USERS) -> float:
+    """The mixture's variance, in users, that makes the boundary tightest at ``target``."""
+    log_term = 2.0 * math.log(1.0 / alpha)
+    return target / (log_term + math.log1p(log_term))
+
+
+def multiplier(n: float, alpha: float = ALPHA, target: float = TARGET_USERS) -> float:
+    """How many standard errors the confidence sequence spans at ``n`` users (vs 1.96
+    for a fixed-sample 95% interval).
+
+    Examples
+    --------
+    >>> round(multiplier(1000), 2), round(multiplier(100), 2)
+    (3.04, 3.86)
+    """
+    if n <= 0:
+        return math.inf
+    r = mixture_r(alpha, target)
+    return math.sqrt((1.0 + r / n) * math.log((1.0 + n / r) / alpha**2))
+
+
+def p_value(estimate: float, variance: float, n: float, alpha: float = ALPHA,
+            target: float = TARGET_USERS) -> float:
+    """Always-valid p-value of "the true value is 0" (mixture SPRT)."""
+    if n <= 0 or not math.isfinite(variance):
+        return 1.0
+    if variance <= 0:
+        return 1.0 if estimate == 0 else 0.0
+    r = mixture_r(alpha, target)
+    z2 = estimate * estimate / variance
+    log_lambda = 0.5 * math.log(r / (r + n)) + 0.5 * z2 * n / (n + r)
+    return 1.0 if log_lambda <= 0 else math.exp(-log_lambda)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    variance: float
+    n: int
+
+    def interval(self, alpha: float = ALPHA) -> tuple[float, float]:
+        if not math.isfinite(self.variance):
+            return (-math.inf, math.inf)
+        half = math.sqrt(max(self.variance, 0.0)) * multiplier(self.n, alpha)
+        return (self.value - half, self.value + half)
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Sufficient statistics of one arm: users, and per-measure sums over users of
+    ``x``, ``x^2`` and of ``x*y`` for each metric's pair."""
+
+    users: int
+    sums: Mapping[str, float]
+    squares: Mapping[str, float]
+    cross: Mapping[tuple[str, str], float]
+
+    @classmethod
+    def from_users(cls, rows: Iterable[Mapping[str, float]]) -> ArmStats:
+        """From per-user totals (what the Redis aggregates accumulate incrementally)."""
+        rows = list(rows)
+        names = {m for pair in RATIOS.values() for m in pair}
+        sums = {m: math.fsum(r.get(m, 0.0) for r in rows) for m in names}
+        squares = {m: math.fsum(r.get(m, 0.0) ** 2 for r in rows) for m in names}
+        cross = {pair: math.fsum(r.get(pair[0], 0.0) * r.get(pair[1], 0.0) for r in rows)
+                 for pair in RATIOS.values()}
+        return cls(len(rows), sums, squares, cross)
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[str, str | bytes]) -> ArmStats:
+        """From the Redis hash ``streams.experiment_store`` keeps: ``users``, ``s:<m>``,
+        ``q:<m>``, ``c:<m1>:<m2>``."""
+        text = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+        sums = {k[2:]: v for k, v in text.items() if k.startswith("s:")}
+        squares = {k[2:]: v for k, v in text.items() if k.startswith("q:")}
+        cross = {}
+        for key, value in text.items():
+            if key.startswith("c:"):
+                a, _, b = key[2:].partition(":")
+                cross[(a, b)] = value
+        return cls(int(text.get("users", 0)), sums, squares, cross)
+
+    def ratio(self, metric: str) -> Estimate | None:
+        """The metric's value and delta-method variance; None when its denominator is 0."""
+        x_name, y_name = RATIOS[metric]
+        n = self.users
+        sx, sy = self.sums.get(x_name, 0.0), self.sums.get(y_name, 0.0)
+        if n == 0 or sy <= 0:
+            return None
+        value = sx / sy
+        if n < 2:
+            return Estimate(value, math.inf, n)
+        mx, my = sx / n, sy / n
+        var_x = (self.squares.get(x_name, 0.0) - n * mx * mx) / (n - 1)
+        var_y = (self.squares.get(y_name, 0.0) - n * my * my) / (n - 1)
+        cov = (self.cross.get((x_name, y_name), 0.0) - n * mx * my) / (n - 1)
+        variance = max(0.0, var_x - 2.0 * value * cov + value * value * var_y) / (n * my * my)
+        return Estimate(value, variance, n)
+
+
+def lift(treatment: Estimate, control: Estimate) -> Estimate | None:
+    """Relative lift ``t/c - 1`` with its delta-method variance (None when c is 0).
+
+    Examples
+    --------
+    >>> e = lift(Estimate(0.6, 0.0004, 500), Estimate(0.5, 0.0005, 500))
+    >>> round(e.value, 3), round(e.variance, 6), e.n
+    (0.2, 0.00448, 1000)
+    """
+    c, t = control.value, treatment.value
+    if c == 0:
+        return None
+    variance = treatment.variance / c**2 + t**2 * control.variance / c**4
+    return Estimate(t / c - 1.0, variance, treatment.n + control.n)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of one variant against control."""
+
+    value: Estimate | None
+    ci: tuple[float, float] | None
+    lift: Estimate | None
+    lift_ci: tuple[float, float] | None
+    p_value: float | None
+
+
+def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float = ALPHA,
+            comparisons: int = 1) -> Comparison:
+    """``arm``'s value of ``metric`` (interval at level ``alpha``) and its lift against
+    ``control`` (interval at ``alpha / comparisons``, p-value multiplied by
+    ``comparisons``: Bonferroni over the treatments)."""
+    value = arm.ratio(metric)
+    ci = value.interval(alpha) if value is not None else None
+    if control is None or value is None:
+        return Comparison(value, ci, None, None, None)
+    base = control.ratio(metric)
+    change = lift(value, base) if base is not None else None
+    if change is None:
+        return Comparison(value, ci, None, None, None)
+    lift_alpha = alpha / comparisons
+    p = p_value(change.value, change.variance, change.n, lift_alpha)
+    return Comparison(value, ci, change, change.interval(lift_alpha),
+                      min(1.0, p * comparisons))
+
+
+def winner(arms: Mapping[str, ArmStats], control: str, metric: str, alpha: float = ALPHA
+           ) -> str | None:
+    """The variant that is significantly best on ``metric``, or None (not yet).
+
+    A treatment wins when its lift interval lies above 0 (the largest such lift if
+    several); control wins when every treatment's lift interval lies below 0.
+    """
+    treatments = [name for name in arms if name != control]
+    if control not in arms or not treatments:
+        return None
+    better: list[tuple[float, str]] = []
+    worse = 0
+    for name in treatments:
+        result = compare(arms[name], arms[control], metric, alpha, len(treatments))
+        if result.lift is None or result.lift_ci is None:
+            continue
+        low, high = result.lift_ci
+        if low > 0:
+            better.append((result.lift.value, name))
+        elif high < 0:
+            worse += 1
+    if better:
+        return max(better)[1]
+    if worse == len(treatments):
+        return control
+    return None
