@@ -88,27 +88,42 @@ class Sender:
         else:
             config["log_level"] = 0
         config.update(overrides)
+        self._settings = settings
         self._producer = make_producer(settings, **config)
         self._produce = self._producer.produce
         self.bootstrap = settings.kafka_bootstrap_servers
 
     def check_topic(self) -> int:
-        """Fail fast, in one line, if the broker is unreachable or the topic is missing;
-        returns the topic's partition count."""
-        try:
-            metadata = self._producer.list_topics(timeout=METADATA_TIMEOUT_S)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"Kafka at {self.bootstrap} did not answer within {METADATA_TIMEOUT_S:.0f} s "
-                f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
-            ) from exc
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
+        """Fail fast, in one line, if the broker is unreachable or the topic is missing
+        (missing product topics are created first, on clusters that allow it); returns
+        the topic's partition count."""
+        # A short delivery timeout means "do not wait long for the broker" here too.
+        timeout_s = min(METADATA_TIMEOUT_S, self.delivery_timeout_s)
+        topic = self._topic_metadata(timeout_s)
+        if topic is None:
+            try:
+                ensure_topics(self._settings, timeout_s)
+            except BrokerUnavailable as exc:
+                # The embedded broker has no admin API, and an ACL may forbid it.
+                logger.debug("could not create missing topics: %s", exc)
+            topic = self._topic_metadata(timeout_s)
+        if topic is None:
             raise ConfigError(
                 f"topic {self.topic!r} does not exist at {self.bootstrap}; create it "
                 "or pick another with --topic"
             )
         return len(topic.partitions)
+
+    def _topic_metadata(self, timeout_s: float) -> Any | None:
+        try:
+            metadata = self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self.bootstrap} did not answer within {timeout_s:g} s "
+                f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
+            ) from exc
+        topic = metadata.topics.get(self.topic)
+        return None if topic is None or topic.error is not None else topic
 
     def send(self, value: bytes, key: str | bytes | None) -> bool:
         """Queue one record; ``False`` if it could not be queued because deliveries are
@@ -182,8 +197,7 @@ def kafka_target(settings: Settings, command: str) -> Iterator[Settings]:
     """Settings pointing at a reachable Kafka: the configured cluster (missing product
     topics created), or an embedded broker started for the duration of the block."""
     if not settings.uses_embedded_broker:
-        ensure_topics(settings)
-        yield settings
+        yield settings  # Sender.check_topic creates missing product topics there
         return
     from streamrec.runtime import Services
 

@@ -1,0 +1,307 @@
+"""simulate, replay and record against the Kafka-protocol broker over TCP: round trips
+that reproduce every record, catalogue keys, paced gaps, a broker that goes away
+mid-replay, and records the broker dropped before ``record`` could read them."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from producers.simulator import generate_events, generate_world
+from streamrec.broker import EmbeddedBroker
+from streamrec.cli import main
+from streamrec.runtime import child_environment
+from streamrec.schema import decode_event
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(argv, capsys, monkeypatch, settings=None):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if settings is not None:
+        for name, value in child_environment(settings, {}).items():
+            monkeypatch.setenv(name, value)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def consume_all(bootstrap, topic, expected, partitions, guard_s=20.0):
+    """Every record of ``topic`` from the beginning, waiting (at most ``guard_s``, a
+    hang guard, not a figure under test) for ``expected`` of them."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records = []
+    deadline = time.monotonic() + guard_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    records.append(msg)
+    finally:
+        consumer.close()
+    return records
+
+
+def simulated_file(path, n_events, invalid_fraction=0.0, seed=1):
+    world = generate_world(40, 60, seed=seed)
+    invalid = 0
+    with open(path, "wb") as handle:
+        for record in generate_events(world, n_events, seed=seed,
+                                      invalid_fraction=invalid_fraction):
+            if isinstance(record, bytes):
+                invalid += 1
+                handle.write(record + b"\n")
+            else:
+                handle.write(orjson.dumps(record) + b"\n")
+    return str(path), world, invalid
+
+
+def test_replay_then_record_reproduces_the_same_records(make_settings, tmp_path, capsys,
+                                                        monkeypatch):
+    settings = make_settings()
+    source, _, invalid = simulated_file(tmp_path / "sim.jsonl", 3000, invalid_fraction=0.02)
+    report = tmp_path / "report.json"
+    code, out, err = run_cli(["replay", source, "--report", str(report)], capsys, monkeypatch,
+                             settings)
+    assert code == 0, err
+    summary = json.loads(report.read_text())
+    assert summary["read"] == 3000 and summary["invalid"] == invalid > 0
+    assert summary["produced"] == 3000 - invalid and summary["failed"] == 0
+    assert err.count("invalid record") == invalid
+
+    recording = tmp_path / "recorded.jsonl"
+    code, out, err = run_cli(["record", "--out", str(recording), "--from-beginning",
+                              "--until-idle", "1", "--expect", source], capsys, monkeypatch,
+                             settings)
+    assert code == 0, err
+    assert f"identical to {source}: {3000 - invalid:,} records" in out
+    # The recording is itself a replayable events file: the very same lines, by key.
+    original = [line for line in open(source, "rb").read().splitlines()
+                if _valid(line)]
+    assert sorted(recording.read_bytes().splitlines()) == sorted(original)
+
+
+def _valid(line):
+    try:
+        decode_event(line)
+    except ValueError:
+        return False
+    return True
+
+
+def test_foreign_keys_and_odd_values_survive_record_then_replay(make_settings, tmp_path,
+                                                               capsys, monkeypatch):
+    first, second = make_settings(), make_settings()
+    producer = Producer({"bootstrap.servers": first.kafka_bootstrap_servers})
+    values = [orjson.dumps({"event_id": f"e{i}", "type": "click", "user_id": "u1",
+                            "ts": 1.7e9 + i, "title_id": "t1"}) for i in range(6)]
+    for i, value in enumerate(values):
+        producer.produce(first.topics.events, value, "session-7" if i % 2 else "u1")
+    producer.produce(first.topics.events, b"not json at all", b"\xff\xfe")
+    producer.flush(10)
+
+    recording = tmp_path / "first.jsonl"
+    code, out, _ = run_cli(["record", "--out", str(recording), "--from-beginning",
+                            "--until-idle", "1"], capsys, monkeypatch, first)
+    assert code == 0 and "7 records" in out and "4 as wrapper lines" in out
+
+    code, _, err = run_cli(["replay", str(recording)], capsys, monkeypatch, second)
+    assert code == 0  # the non-JSON record is reported invalid, not sent
+    assert "invalid record (invalid_json)" in err
+    records = consume_all(second.kafka_bootstrap_servers, second.topics.events, 6, 4)
+    by_key = {}
+    for msg in sorted(records, key=lambda m: (m.partition(), m.offset())):
+        by_key.setdefault(msg.key(), []).append(msg.value())
+    assert by_key == {b"u1": values[0::2], b"session-7": values[1::2]}
+
+
+def test_catalogue_replay_is_validated_and_keyed_by_title(make_settings, tmp_path, capsys,
+                                                        monkeypatch):
+    settings = make_settings()
+    out = tmp_path / "sim.jsonl"
+    code, _, _ = run_cli(["simulate", "--users", "5", "--titles", "25", "--events", "10",
+                          "--out", str(out)], capsys, monkeypatch)
+    assert code == 0
+    catalogue = tmp_path / "sim.catalog.jsonl"
+    code, _, err = run_cli(["replay", str(catalogue), "--topic", settings.topics.catalog],
+                           capsys, monkeypatch, settings)
+    assert code == 0, err
+    records = consume_all(settings.kafka_bootstrap_servers, settings.topics.catalog, 25, 4)
+    assert len(records) == 25
+    assert all(orjson.loads(m.value())["title_id"] == m.key().decode() for m in records)
+    # Viewer events are not catalogue events: sent to the catalogue topic, all invalid.
+    code, out, err = run_cli(["replay", str(out), "--topic", settings.topics.catalog],
+                             capsys, monkeypatch, settings)
+    assert code == 0 and "produced 0" in out and err.count("(unknown_type)") == 10
+
+
+def test_paced_replay_keeps_order_and_the_gaps_between_bursts(make_settings, tmp_path,
+                                                            capsys, monkeypatch):
+    settings = make_settings()
+    # Three bursts of 20 events, 10 s of event time apart; at speed 20 that is 0.5 s.
+    lines = [{"event_id": f"p{b}-{i}", "type": "click", "user_id": f"u{i % 3}",
+              "ts": 1.7e9 + 10 * b + i * 0.001, "title_id": "t1"}
+             for b in range(3) for i in range(20)]
+    path = tmp_path / "paced.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    report = tmp_path / "r.json"
+    code, out, err = run_cli(["replay", str(path), "--speed", "20", "--report", str(report)],
+                             capsys, monkeypatch, settings)
+    assert code == 0, err
+    summary = json.loads(report.read_text())
+    assert summary["produced"] == 60 and set(summary["lateness_ms"]) >= {"p50", "p99", "max"}
+    assert "lateness against the schedule" in out
+    records = consume_all(settings.kafka_bootstrap_servers, settings.topics.events, 60, 4)
+    sent_at = {orjson.loads(m.value())["event_id"]: m.timestamp()[1] / 1000 for m in records}
+    # Per-key order is the file's order.
+    for user in ("u0", "u1", "u2"):
+        keyed = sorted((m for m in records if m.key() == user.encode()),
+                       key=lambda m: (m.partition(), m.offset()))
+        ids = [orjson.loads(m.value())["event_id"] for m in keyed]
+        assert ids == [line["event_id"] for line in lines if line["user_id"] == user]
+    # The gap between bursts is kept, loosely: a slow machine can only make it longer.
+    for burst in (1, 2):
+        gap = sent_at[f"p{burst}-0"] - sent_at[f"p{burst - 1}-19"]
+        assert gap >= 0.25, gap
+
+
+@pytest.fixture
+def own_broker():
+    """A broker this test may take down without disturbing the others."""
+    broker = EmbeddedBroker(partitions=2).start()
+    yield broker
+    broker.set_up()
+    broker.stop()
+
+
+def _settings_on(broker, make_settings_like):
+    from streamrec.settings import Settings, Topics
+
+    topics = Topics(events=f"events-{uuid.uuid4().hex[:6]}")
+    broker.create_topics(topics.all())
+    return Settings(kafka_bootstrap_servers=broker.bootstrap_servers, topics=topics,
+                    partitions=broker.partitions, metrics_port=0)
+
+
+@pytest.mark.timeout(60)
+def test_broker_gone_mid_replay_fails_clearly_with_the_delivered_count(own_broker, tmp_path,
+                                                                      capsys, monkeypatch):
+    settings = _settings_on(own_broker, None)
+    source, _, _ = simulated_file(tmp_path / "sim.jsonl", 20_000)
+
+    def take_down_once_records_arrive():
+        probe = Consumer({"bootstrap.servers": own_broker.bootstrap_servers,
+                          "group.id": uuid.uuid4().hex})
+        try:
+            for _ in range(200):
+                stored = sum(probe.get_watermark_offsets(
+                    TopicPartition(settings.topics.events, p), timeout=2)[1] for p in (0, 1))
+                if stored >= 500:
+                    break
+                time.sleep(0.02)
+        finally:
+            probe.close()
+        own_broker.set_down()
+
+    saboteur = threading.Thread(target=take_down_once_records_arrive, daemon=True)
+    saboteur.start()
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(["replay", source, "--rate", "4000", "--delivery-timeout", "1",
+                            "--report", str(report)], capsys, monkeypatch, settings)
+    saboteur.join(timeout=30)
+    assert code == 1, err
+    assert report.exists(), err
+    summary = json.loads(report.read_text())
+    assert summary["failed"] > 0 and summary["produced"] > 0
+    assert summary["read"] == summary["produced"] + summary["failed"] + summary["invalid"] \
+        + summary["skipped"]
+    assert summary["read"] < 20_000  # it stopped reading instead of queueing everything
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert f"{summary['produced']:,} of {summary['produced'] + summary['failed']:,} sent " \
+           "were delivered" in errors[0]
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_broker_is_one_line(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(orjson.dumps({"event_id": "e", "type": "click", "user_id": "u",
+                                   "ts": 1.7e9, "title_id": "t"}) + b"\n")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    try:
+        code = main(["replay", str(path), "--delivery-timeout", "1"])
+    except SystemExit as exc:
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "did not answer" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_record_reports_records_the_broker_dropped(tmp_path, capsys, monkeypatch):
+    # One partition, 8 MiB of incompressible records: the mock keeps only about 5 MiB.
+    with EmbeddedBroker(partitions=1) as broker:
+        settings = _settings_on(broker, None)
+        producer = Producer({"bootstrap.servers": broker.bootstrap_servers,
+                             "compression.type": "none"})
+        count = 128
+        for i in range(count):
+            producer.produce(settings.topics.events, os.urandom(64 * 1024), f"k{i}")
+        assert producer.flush(30) == 0
+        recording = tmp_path / "rec.jsonl"
+        code, out, err = run_cli(["record", "--out", str(recording), "--from-beginning",
+                                  "--until-idle", "0.5"], capsys, monkeypatch, settings)
+    assert code == 1
+    assert "were gone before they could be read" in err and "incomplete" in err
+    lost = int(err.split("error: ")[1].split(" records")[0].replace(",", ""))
+    recorded = len(recording.read_bytes().splitlines())
+    assert lost > 0 and recorded + lost == count
+
+
+def test_simulate_to_kafka_sends_catalogue_then_keyed_events(make_settings, capsys,
+                                                             monkeypatch):
+    settings = make_settings()
+    code, out, err = run_cli(["simulate", "--users", "20", "--titles", "30", "--events",
+                              "400", "--invalid-fraction", "0.05"], capsys, monkeypatch,
+                             settings)
+    assert code == 0, err
+    titles = consume_all(settings.kafka_bootstrap_servers, settings.topics.catalog, 30, 4)
+    assert sorted(m.key().decode() for m in titles) == sorted(f"t{i}" for i in range(30))
+    events = consume_all(settings.kafka_bootstrap_servers, settings.topics.events, 400, 4)
+    assert len(events) == 400
+    invalid = 0
+    for msg in events:
+        try:
+            event = decode_event(msg.value())
+        except ValueError:
+            invalid += 1
+            assert msg.key() is None
+            continue
+        assert msg.key().decode() == event["user_id"]
+    assert invalid > 0 and f"({invalid:,} deliberately invalid)" in out
+
+
+def test_simulate_without_a_broker_warns_that_the_data_is_ephemeral(capsys, monkeypatch):
+    code, out, err = run_cli(["simulate", "--users", "3", "--titles", "4", "--events", "20"],
+                             capsys, monkeypatch)
+    assert code == 0
+    assert "lives only as long as the process" in err
+    assert "20 events" in out
