@@ -65,6 +65,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         # Offsets are committed by the processor after state is durable, never automatically.
         "enable.auto.commit": False,
         "enable.partition.eof": False,
+        # A killed worker's partitions move after session_timeout_s (see Settings).
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(settings.session_timeout_s * 100),
     })
     conf.update(overrides)
     return conf

@@ -73,6 +73,14 @@ class Settings:
     # Most titles held by the in-process item models; the least recently seen are evicted.
     model_capacity: int = 200_000
     checkpoint_interval_s: float = 60.0
+    # How often each worker publishes what its item models learned and merges what the
+    # other workers learned (streams/model_sync.py), seconds; 0 turns sharing off (one
+    # worker only). A kill -9 loses at most this much of the model's learning, never state.
+    model_sync_interval_s: float = 5.0
+    # A worker that stops heart-beating (kill -9, hung host) loses its partitions to the
+    # others after this long, seconds. Kafka's 45 s default kept a restarted worker idle
+    # for most of a minute; a live worker heart-beats every session_timeout_s / 10.
+    session_timeout_s: float = 10.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     log_level: str = "INFO"
@@ -103,6 +111,11 @@ class Settings:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port}")
         if self.checkpoint_interval_s <= 0:
             raise ConfigError("checkpoint_interval_s must be > 0")
+        if self.model_sync_interval_s < 0:
+            raise ConfigError("model_sync_interval_s must be >= 0 (0 turns sharing off)")
+        if not 3.0 <= self.session_timeout_s <= 300.0:
+            raise ConfigError(
+                f"session_timeout_s must be within 3..300 seconds, got {self.session_timeout_s}")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
         if self.kafka_security_protocol not in protocols:
             raise ConfigError(
@@ -196,6 +209,10 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "STREAMREC_MODEL_CAPACITY": ("model_capacity", _int, "most titles held by item models"),
     "STREAMREC_CHECKPOINT_INTERVAL_S": ("checkpoint_interval_s", _float,
                                         "seconds between model checkpoints"),
+    "STREAMREC_MODEL_SYNC_INTERVAL_S": ("model_sync_interval_s", _float,
+                                        "seconds between item-model merges across workers"),
+    "STREAMREC_SESSION_TIMEOUT_S": ("session_timeout_s", _float,
+                                    "seconds before a silent worker's partitions move"),
     "STREAMREC_METRICS_HOST": ("metrics_host", _str, "interface the /metrics endpoint binds"),
     "STREAMREC_METRICS_PORT": ("metrics_port", _int, "port of the /metrics endpoint"),
     "STREAMREC_LOG_LEVEL": ("log_level", _str, "DEBUG, INFO, WARNING or ERROR"),
