@@ -156,6 +156,11 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
+        # faust's 60 s defaults kept a worker restarted after kill -9 waiting a minute for
+        # the dead member's session to expire before it got the catalogue partitions.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 10,
+        broker_rebalance_timeout=settings.session_timeout_s,
     )
     app.runtime = runtime  # type: ignore[attr-defined]
     catalog_topic = app.topic(settings.topics.catalog, key_type=bytes, value_type=bytes,

@@ -333,3 +333,36 @@ def test_missing_file_is_one_line_before_anything_is_sent(tmp_path, capsys, monk
 def test_record_without_a_broker_says_how_to_get_one(capsys, monkeypatch, tmp_path):
     code, _, err = run_cli(["record", "--out", str(tmp_path / "x.jsonl")], capsys, monkeypatch)
     assert code == 2 and "streamrec broker" in err and len(err.strip().splitlines()) == 1
+
+
+# -- progress ------------------------------------------------------------------------------
+
+class FakeStream:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(tty):
+    from producers.progress import Progress
+
+    clock = FakeClock()
+    stream = FakeStream(tty)
+    progress = Progress("replay", stream=stream, clock=clock)
+    clock.now += 10.0
+    progress.update(500_000, 0.5)
+    progress.message("f.jsonl:3: invalid record (invalid_json): ...")
+    progress.close()
+    assert "50,000 events/s" in stream.text and "ETA 10s" in stream.text
+    assert ("\r" in stream.text) is tty and ("[" in stream.text) is tty
+    if not tty:
+        assert stream.text.splitlines()[0].startswith("replay: 500,000 events (50.0%)")
