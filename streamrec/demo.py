@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of deliberately invalid records (default 0.01)")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed")
     parser.add_argument("--report", default=None, metavar="PATH",
-                        help="write the summary as JSON to PATH")
+                        help="write the summary as JSON to PATH, and a chart of the run's "
+                             "throughput, latency and online recall beside it (PATH.png)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -174,6 +175,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from producers.simulator import generate_events, generate_world
+    from streamrec.charts import RunTimeline, png_path_for
     from streamrec.kafka import make_producer
     from streamrec.redis_conn import redacted
     from streamrec.runtime import Services, child_environment
@@ -211,6 +213,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             active_users: set[str] = set()
             started = time.monotonic()
             last_report = started
+            timeline = RunTimeline()
+            latency_seen = _sample(timeline, 0.0, 0, tail_state, metrics_port, 0)
             for record in generate_events(world, args.events, seed=args.seed, realtime=True,
                                           invalid_fraction=args.invalid_fraction):
                 if isinstance(record, bytes):
@@ -230,6 +234,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 now = time.monotonic()
                 if now - last_report >= 1.0:
                     last_report = now
+                    latency_seen = _sample(timeline, now - started, produced, tail_state,
+                                           metrics_port, latency_seen)
                     with tail_state.lock:
                         print(f"  produced {produced:>7,}  recommendations "
                               f"{tail_state.recommendations:>7,}  dead letters "
@@ -243,7 +249,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     raise StreamrecError(
                         f"the worker did not finish the events (see {logs}/worker.log)")
                 time.sleep(0.5)
+                if time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    latency_seen = _sample(timeline, last_report - started, produced,
+                                           tail_state, metrics_port, latency_seen)
             time.sleep(1.0)  # the tail reads the last emitted lists
+            _sample(timeline, time.monotonic() - started, produced, tail_state, metrics_port,
+                    latency_seen)
             worker_metrics = scrape(metrics_port)
             recall = scrape_labelled(metrics_port, "streamrec_online_recall_at_k")
             stop_tail.set()
@@ -259,7 +271,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             with open(args.report, "wb") as handle:
                 handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             print(f"report written to {args.report}")
+            chart = timeline.write_png(
+                png_path_for(args.report),
+                f"streamrec demo: {produced:,} events, {args.users:,} users, "
+                f"{args.titles:,} titles")
+            print(f"chart written to {chart}")
     return 0 if worker_exit == 0 else 1
+
+
+def _sample(timeline: Any, elapsed: float, produced: int, tail: TailState, port: int,
+            latency_seen: int) -> int:
+    """Add one per-second sample to the run's chart; returns the latencies now seen."""
+    with tail.lock:
+        recommendations = tail.recommendations
+        latencies = tail.latencies_s[latency_seen:]
+        latency_seen = len(tail.latencies_s)
+    try:
+        recall = scrape_labelled(port, "streamrec_online_recall_at_k")
+    except OSError:
+        recall = {}
+    timeline.sample(elapsed, {"events produced": produced,
+                              "recommendations seen": recommendations}, latencies, recall)
+    return latency_seen
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes], port: int, log_path: str) -> None:

@@ -7,8 +7,11 @@ partition numbers; never a user or title id. The hot path updates them once per 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,26 @@ BATCH_SIZE = Histogram(
 PIPELINE_UP = Gauge(
     "streamrec_pipeline_up", "1 while the events pipeline is consuming, 0 while paused by an "
     "outage (Redis or Kafka unreachable)"
+)
+DELIVERY_FAILURES = Counter(
+    "streamrec_delivery_failures",
+    "Output records (recommendations, dead letters) the producer reported undeliverable: "
+    "permanent errors such as too large or not authorised; outages are retried, not counted",
+    ["topic"],
+)
+LAST_CHECKPOINT = Gauge(
+    "streamrec_last_checkpoint_timestamp_seconds",
+    "Unix time of the last model checkpoint saved to Redis (or restored at start-up); "
+    "0 until there is one",
+)
+# The recommendation sink (consumers.sink), a separate process with its own /metrics.
+SINK_RECORDS_STORED = Counter(
+    "streamrec_sink_records_stored",
+    "Recommendation messages the sink consumed and wrote to Redis (the newest per user wins)",
+)
+SINK_LAG = Gauge(
+    "streamrec_sink_lag", "Records the sink is behind the end of each partition",
+    ["topic", "partition"],
 )
 
 # A/B experiments (streams.experiment_batch): counters by experiment and variant, so rates
@@ -129,6 +152,10 @@ EXPORTED = {
     "streamrec_model_size": "gauge",
     "streamrec_batch_events": "histogram",
     "streamrec_pipeline_up": "gauge",
+    "streamrec_delivery_failures_total": "counter",
+    "streamrec_last_checkpoint_timestamp_seconds": "gauge",
+    "streamrec_sink_records_stored_total": "counter",
+    "streamrec_sink_lag": "gauge",
     "streamrec_experiment_users_total": "counter",
     "streamrec_experiment_recommendations_total": "counter",
     "streamrec_experiment_recall_tests_total": "counter",
@@ -141,12 +168,99 @@ EXPORTED = {
 }
 
 
-def serve(host: str, port: int) -> None:
-    """Start the /metrics endpoint (a daemon thread). Port 0 disables it."""
+# prometheus-client's default process collector (memory, CPU, open files) reads /proc, so
+# these exist on Linux (every container and CI machine) and nowhere else; dashboards may
+# use them for the workers' footprint.
+if os.path.exists("/proc/self/stat"):
+    EXPORTED.update({
+        "process_resident_memory_bytes": "gauge",
+        "process_cpu_seconds_total": "counter",
+        "process_open_fds": "gauge",
+        "process_start_time_seconds": "gauge",
+    })
+
+# Redis operations named in REDIS_ERRORS/REDIS_SECONDS labels; tests/unit/test_metrics.py
+# finds every op used in the code and fails if one is missing here.
+REDIS_OPS = ("apply_batch", "save_last_lists", "checkpoint_load", "checkpoint_save",
+             "experiments_publish", "experiments_record")
+# Families with this prefix belong to the sink: only the sink serves them, and it serves
+# nothing else but process metrics.
+_SINK_PREFIX = "streamrec_sink_"
+
+
+class _RegistryView:
+    """The default registry, restricted to the families one kind of process owns.
+
+    The worker and the sink import the same metric definitions; each serves only its own
+    so that, say, a scraped sink never reports ``streamrec_pipeline_up 0``.
+    """
+
+    def __init__(self, keep: Callable[[str], bool], source: Any = REGISTRY) -> None:
+        self._keep = keep
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        return (family for family in self._source.collect() if self._keep(family.name))
+
+    def restricted_registry(self, names: Iterable[str]) -> _RegistryView:
+        return _RegistryView(self._keep, self._source.restricted_registry(names))
+
+
+def _worker_family(name: str) -> bool:
+    return not name.startswith(_SINK_PREFIX)
+
+
+def _sink_family(name: str) -> bool:
+    return name.startswith((_SINK_PREFIX, "process_", "python_"))
+
+
+def registry_for(component: str) -> _RegistryView:
+    """What a process serves: ``"worker"`` (everything but the sink's metrics) or
+    ``"sink"`` (the sink's metrics and process metrics)."""
+    if component == "worker":
+        return _RegistryView(_worker_family)
+    if component == "sink":
+        return _RegistryView(_sink_family)
+    raise ValueError(f"component must be 'worker' or 'sink', got {component!r}")
+
+
+def serve(host: str, port: int, component: str = "worker") -> None:
+    """Start the /metrics endpoint (a daemon thread) for ``component``. Port 0 disables it."""
+    registry = registry_for(component)
     if port == 0:
         return
-    start_http_server(port, addr=host)
+    start_http_server(port, addr=host, registry=registry)
     logger.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def discard(metric: Any, *labelvalues: str) -> None:
+    """Remove one labelled series (e.g. a revoked partition's lag); absent is fine."""
+    try:
+        metric.remove(*labelvalues)
+    except KeyError:
+        pass
+
+
+def init_worker_series(events_topic: str, output_topics: Iterable[str]) -> None:
+    """Create the worker's labelled counters at zero for every known label value.
+
+    A labelled series otherwise appears at its first increment, which ``rate()`` and
+    ``increase()`` cannot see, and a scrape before any loss or error shows no
+    ``streamrec_records_lost_total`` or ``streamrec_redis_errors_total`` at all.
+    """
+    from streamrec.schema import DEAD_LETTER_REASONS, EVENT_TYPES
+
+    for event_type in sorted(EVENT_TYPES):
+        EVENTS_CONSUMED.labels(type=event_type)
+    for reason in sorted(DEAD_LETTER_REASONS):
+        EVENTS_DEAD_LETTERED.labels(reason=reason)
+    # The worker detects lost records on the events topic (offset gaps); the catalogue is
+    # consumed by faust, which does not report them.
+    RECORDS_LOST.labels(topic=events_topic)
+    for op in REDIS_OPS:
+        REDIS_ERRORS.labels(op=op)
+    for topic in output_topics:
+        DELIVERY_FAILURES.labels(topic=topic)
 
 
 def observe_many(histogram: Histogram, values: list[float]) -> None:

@@ -35,6 +35,13 @@ EVENT_TYPES = PLAYBACK_TYPES | {"search", "rate", "impression", "click"}
 POSITION_REQUIRED = frozenset({"pause", "resume", "seek", "stop"})
 CATALOG_TYPES = frozenset({"title_added", "episode_released", "title_removed"})
 TITLE_KINDS = frozenset({"movie", "episode"})
+# Every ``InvalidRecord.reason`` this module raises: the dead-letter reasons the worker
+# counts (``streamrec_events_dead_lettered_total{reason}``). tests/unit/test_metrics.py
+# keeps it in step with the code.
+DEAD_LETTER_REASONS = frozenset({
+    "empty", "oversized", "invalid_json", "not_an_object", "missing_field", "wrong_type",
+    "bad_id", "unknown_type", "ts_out_of_range", "out_of_range",
+})
 
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 256

@@ -21,7 +21,7 @@ import redis.asyncio
 
 from models.hybrid import Hybrid
 from streamrec.exceptions import StateStoreUnavailable
-from streamrec.metrics import REDIS_ERRORS
+from streamrec.metrics import LAST_CHECKPOINT, REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Checkpointer:
                          type(model).__name__)
             return None
         self.version = int(stored.get(b"version", b"0"))
+        LAST_CHECKPOINT.set(float(stored.get(b"saved_at", b"0")))
         logger.info("restored model checkpoint version %d (%d titles)", self.version,
                     model.size().get("titles", 0))
         return model
@@ -65,14 +66,16 @@ class Checkpointer:
     async def save(self, model: Hybrid, offsets: dict[str, int] | None = None) -> int:
         blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         self.version += 1
+        saved_at = time.time()
         try:
             await self._client.hset(model_key(self.app_id), mapping={
-                "blob": blob, "version": self.version, "saved_at": time.time(),
+                "blob": blob, "version": self.version, "saved_at": saved_at,
                 "offsets": orjson.dumps(offsets or {}),
             })
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="checkpoint_save").inc()
             raise StateStoreUnavailable(f"could not save the model checkpoint: {exc}") from exc
+        LAST_CHECKPOINT.set(saved_at)
         logger.info("saved model checkpoint version %d (%d bytes)", self.version, len(blob))
         return self.version
 

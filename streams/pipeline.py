@@ -277,6 +277,9 @@ class EventsPipeline:
         self._commit(asynchronous=False)
         for p in partitions:
             self._expected.pop((p.topic, p.partition), None)
+            # The new owner reports this partition's lag; a stale series here would
+            # double it on the dashboard and in the lag alert.
+            metrics.discard(metrics.CONSUMER_LAG, p.topic, str(p.partition))
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
@@ -285,6 +288,7 @@ class EventsPipeline:
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self._delivery_failures += 1
+            metrics.DELIVERY_FAILURES.labels(topic=msg.topic()).inc()  # rare: not the hot path
             logger.error("delivery to %s failed: %s", msg.topic(), err)
 
     def _is_error(self, record: Any) -> bool:

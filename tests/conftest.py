@@ -50,7 +50,10 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def make_settings(broker: EmbeddedBroker, redis_url: str) -> Callable[..., Settings]:
     """Settings with fresh topic names and app id, topics created on the embedded broker."""
+    return _settings_factory(broker, redis_url)
 
+
+def _settings_factory(broker: EmbeddedBroker, redis_url: str) -> Callable[..., Settings]:
     def factory(partitions: int = 4, **overrides: object) -> Settings:
         suffix = f"{next(_counter)}-{uuid.uuid4().hex[:6]}"
         topics = Topics(
@@ -140,6 +143,10 @@ class WorkerProcess:
 @pytest.fixture
 def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start a worker for given settings; every worker is stopped at teardown."""
+    yield from _worker_factory(tmp_path)
+
+
+def _worker_factory(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def factory(settings: Settings, extra_env: dict | None = None) -> WorkerProcess:
@@ -152,3 +159,18 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         if worker.process.poll() is None:
             worker.kill()
+
+
+# -- module-scoped variants: one expensive run (broker, Redis, worker) shared by the tests
+# of a module, e.g. tests/integration/test_metrics.py.
+
+@pytest.fixture(scope="module")
+def make_settings_module(broker: EmbeddedBroker, redis_url: str) -> Callable[..., Settings]:
+    """``make_settings`` for module-scoped fixtures."""
+    return _settings_factory(broker, redis_url)
+
+
+@pytest.fixture(scope="module")
+def start_worker_module(tmp_path_factory) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker`` for module-scoped fixtures; workers are stopped after the module."""
+    yield from _worker_factory(tmp_path_factory.mktemp("workers"))

@@ -1,0 +1,180 @@
+"""Worker-side observability without Kafka: series created at start-up, stale series
+removed, what the worker and the sink each serve, and the label lists kept in step with
+the code that uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+from confluent_kafka import TopicPartition
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumers.sink import update_lag
+from models.hybrid import Hybrid
+from streamrec import metrics
+from streamrec.exceptions import StateStoreUnavailable
+from streamrec.schema import DEAD_LETTER_REASONS, EVENT_TYPES
+from streamrec.settings import Settings
+from streams.checkpoint import Checkpointer, model_key
+from streams.pipeline import EventsPipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("streamrec", "streams", "consumers", "producers", "models")
+
+
+def samples(registry: Any = REGISTRY) -> list[Any]:
+    text = generate_latest(registry).decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def series(name: str, **labels: str) -> list[float]:
+    """Values of the samples of ``name`` whose labels include ``labels``."""
+    return [s.value for s in samples() if s.name == name
+            and all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def source_files() -> list[Path]:
+    return [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
+
+
+# ------------------------------------------------------------- label lists vs the code
+
+def test_dead_letter_reasons_are_every_reason_the_schema_raises() -> None:
+    source = (ROOT / "streamrec" / "schema.py").read_text()
+    raised = set(re.findall(r'InvalidRecord\(\s*"(\w+)"', source))
+    assert raised, "no InvalidRecord(...) found: the pattern is broken"
+    assert raised == set(DEAD_LETTER_REASONS)
+
+
+def test_redis_ops_cover_every_op_the_code_labels() -> None:
+    used: dict[str, str] = {}
+    for path in source_files():
+        for op in re.findall(r'REDIS_(?:ERRORS|SECONDS)\.labels\(\s*op\s*=\s*"(\w+)"',
+                             path.read_text()):
+            used.setdefault(op, str(path.relative_to(ROOT)))
+    assert "apply_batch" in used, "the pattern no longer finds the state store's op"
+    missing = {op: where for op, where in used.items() if op not in metrics.REDIS_OPS}
+    assert not missing, f"add these ops to streamrec.metrics.REDIS_OPS: {missing}"
+
+
+# ------------------------------------------------------------------ series at start-up
+
+def test_worker_series_exist_at_zero_before_anything_happens() -> None:
+    metrics.init_worker_series("events-init", ["recs-init", "dlq-init"])
+    assert series("streamrec_records_lost_total", topic="events-init") == [0.0]
+    for op in metrics.REDIS_OPS:
+        assert series("streamrec_redis_errors_total", op=op), op
+    for reason in DEAD_LETTER_REASONS:
+        assert series("streamrec_events_dead_lettered_total", reason=reason), reason
+    for event_type in EVENT_TYPES:
+        assert series("streamrec_events_consumed_total", type=event_type), event_type
+    for topic in ("recs-init", "dlq-init"):
+        assert series("streamrec_delivery_failures_total", topic=topic) == [0.0]
+
+
+def test_discard_removes_one_series_and_ignores_absent_ones() -> None:
+    metrics.CONSUMER_LAG.labels(topic="discard-t", partition="0").set(5)
+    metrics.CONSUMER_LAG.labels(topic="discard-t", partition="1").set(7)
+    metrics.discard(metrics.CONSUMER_LAG, "discard-t", "0")
+    metrics.discard(metrics.CONSUMER_LAG, "discard-t", "0")  # already gone: no error
+    assert series("streamrec_consumer_lag", topic="discard-t", partition="0") == []
+    assert series("streamrec_consumer_lag", topic="discard-t", partition="1") == [7.0]
+
+
+# -------------------------------------------------------------- the pipeline's hooks
+
+def _pipeline() -> EventsPipeline:
+    return EventsPipeline(Settings(), Hybrid(), store=mock.Mock(), model_version=lambda: "v")
+
+
+def test_revoked_partitions_lose_their_lag_series() -> None:
+    metrics.CONSUMER_LAG.labels(topic="revoke-t", partition="0").set(100)
+    metrics.CONSUMER_LAG.labels(topic="revoke-t", partition="1").set(3)
+    _pipeline()._on_revoke(mock.Mock(), [TopicPartition("revoke-t", 0)])
+    assert series("streamrec_consumer_lag", topic="revoke-t", partition="0") == []
+    assert series("streamrec_consumer_lag", topic="revoke-t", partition="1") == [3.0]
+
+
+def test_failed_deliveries_are_counted_per_topic() -> None:
+    before = sum(series("streamrec_delivery_failures_total", topic="deliver-t"))
+    message = SimpleNamespace(topic=lambda: "deliver-t")
+    pipeline = _pipeline()
+    pipeline._on_delivery(mock.Mock(), message)
+    pipeline._on_delivery(None, message)  # delivered: not a failure
+    assert sum(series("streamrec_delivery_failures_total", topic="deliver-t")) == before + 1
+
+
+# ------------------------------------------------------------------- the checkpoint gauge
+
+class FakeRedis:
+    """The two hash commands the checkpointer uses, in memory; ``down`` makes them fail."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
+        self.down = False
+
+    async def hset(self, key: str, mapping: dict[str, Any]) -> None:
+        if self.down:
+            raise redis.ConnectionError("down")
+        self.hashes[key] = {k.encode(): v if isinstance(v, bytes) else str(v).encode()
+                            for k, v in mapping.items()}
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self.hashes.get(key, {}))
+
+
+def test_checkpoint_gauge_follows_saves_and_restores() -> None:
+    client: Any = FakeRedis()
+    before = time.time()
+    asyncio.run(Checkpointer(client, "gauge-app").save(Hybrid()))
+    assert before <= series("streamrec_last_checkpoint_timestamp_seconds")[0] <= time.time()
+
+    client.hashes[model_key("gauge-app")][b"saved_at"] = b"1700000000.5"
+    assert asyncio.run(Checkpointer(client, "gauge-app").load()) is not None
+    assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
+
+    client.down = True
+    with pytest.raises(StateStoreUnavailable):
+        asyncio.run(Checkpointer(client, "gauge-app").save(Hybrid()))
+    assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
+
+
+# ------------------------------------------------------------- who serves what
+
+def test_worker_and_sink_each_serve_only_their_own_metrics() -> None:
+    metrics.SINK_LAG.labels(topic="view-t", partition="0").set(1)
+    worker = {s.name for s in samples(metrics.registry_for("worker"))}
+    sink = {s.name for s in samples(metrics.registry_for("sink"))}
+    assert "streamrec_pipeline_up" in worker
+    assert not {n for n in worker if n.startswith("streamrec_sink_")}
+    assert {"streamrec_sink_records_stored_total", "streamrec_sink_lag"} <= sink
+    assert not {n for n in sink if n.startswith("streamrec_") and "_sink_" not in n}
+    with pytest.raises(ValueError, match="component"):
+        metrics.registry_for("simulator")
+
+
+def test_sink_lag_per_partition_from_cached_watermarks() -> None:
+    class FakeConsumer:
+        def assignment(self) -> list[TopicPartition]:
+            return [TopicPartition("sink-t", 0), TopicPartition("sink-t", 1)]
+
+        def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+            # Partition 1 has no position yet (nothing fetched): counted as caught up.
+            return [TopicPartition("sink-t", 0, 5), TopicPartition("sink-t", 1, -1001)]
+
+        def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+            assert cached, "the sink must not make a broker round trip per partition"
+            return (0, 12) if tp.partition == 0 else (0, 7)
+
+    update_lag(FakeConsumer())
+    assert series("streamrec_sink_lag", topic="sink-t", partition="0") == [7.0]
+    assert series("streamrec_sink_lag", topic="sink-t", partition="1") == [0.0]
