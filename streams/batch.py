@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from models.hybrid import Hybrid
+from models.batched import MAX_HISTORY, learn_many, rank_many
+from models.hybrid import Hybrid, Recommendation
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import dead_letter, decode_event
 from streams.experiment_batch import ExperimentBatch, ExperimentTallies
@@ -111,6 +112,7 @@ def learn_and_rank(
     started = time.perf_counter()
     last_event: dict[str, dict[str, Any]] = {}
     recall_checked: set[str] = set()
+    learned_events: list[tuple[str, float, float, list[tuple[str, float]]]] = []
     for event, is_new in zip(events, applied, strict=True):
         uid = event["user_id"]
         last_event[uid] = event
@@ -134,18 +136,25 @@ def learn_and_rank(
         if title is not None and kind not in ("search", "impression"):
             y = feedback(event, rewatch=kind == "play" and title in profile.completed)
             if y != 0.0:
-                model.learn_one(uid, title, y, profile, event["ts"])
+                # The history as it is just before this event; learned as one minibatch.
+                learned_events.append((title, y, event["ts"], profile.history[:MAX_HISTORY]))
         else:
             y = 0.0
         apply_event(profile, event, y, history_cap)
+    if learned_events:
+        learn_many(model, *zip(*learned_events, strict=True))
     learned = time.perf_counter()
     out.learn_seconds = learned - started
 
     popular = [t for t, _ in model.trending.top(RECALL_K)]
+    # Without experiments every user is ranked in one vectorised call (models.batched).
+    batch_lists = None if xb is not None else iter(rank_many(
+        model, [profiles[uid].profile for uid in last_event], top_n,
+        [event["ts"] for event in last_event.values()]))
     for uid, event in last_event.items():
         stored = profiles[uid]
-        recs = (model.recommend(stored.profile, n=top_n, ts=event["ts"]) if xb is None
-                else xb.recommend(stored, event, top_n))
+        recs = ([Recommendation(*r) for r in next(batch_lists)] if batch_lists is not None
+                else xb.recommend(stored, event, top_n))  # type: ignore[union-attr]
         message = {
             "user_id": uid,
             "ts": clock(),

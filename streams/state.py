@@ -16,10 +16,17 @@ key expires ``state_ttl_s`` after the user's last event:
 =============================  ===============================================================
 
 The script first reads every batch user's profile *as it was before the batch*, then
-applies the events in order, skipping any whose ``event_id`` is already in ``seen``
-(``ZADD NX``), so a redelivered batch is never applied twice. Redis runs a script
+applies the events in order, skipping any whose ``event_id`` is already in ``seen`` (or
+earlier in the batch), so a redelivered batch is never applied twice. Redis runs a script
 atomically, so a crash leaves either all of a batch's state or none of it; the worker
 commits Kafka offsets only after this call returns (state before offsets).
+
+Cost: the batch travels as one JSON argument, and each user's writes are gathered in Lua
+and issued once per user and key (one ``ZADD`` of all the user's new titles, one
+``HINCRBYFLOAT`` per title, ...) rather than once per event, which about halves the Redis
+CPU per event. The caps (``history_cap``, ``COMPLETED_CAP``, ``dedup_window``) are applied
+once per user at the end of the batch: within one batch a list may exceed its cap, and a
+title that falls off a full history and comes back in the same batch keeps its affinity.
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ from streams.signals import REWATCH_BONUS
 
 # How many recent titles the script returns per user: what the models look at.
 PROFILE_HISTORY = 50
-FIELDS_PER_EVENT = 11
 
 APPLY_BATCH_LUA = """
 local ttl = tonumber(ARGV[1])
@@ -52,20 +58,34 @@ local bonus = tonumber(ARGV[5])
 local done_ratio = tonumber(ARGV[6])
 local profile_hist = tonumber(ARGV[7])
 local search_cap = tonumber(ARGV[8])
-local n_users = tonumber(ARGV[9])
-local base = 9 + n_users
-local n_events = (#ARGV - base) / 11
+local users = cjson.decode(ARGV[9])
+local events = cjson.decode(ARGV[10])
+
+-- Redis commands with many arguments, in chunks (Lua's unpack has a stack limit).
+local CHUNK = 1000
+local function call_many(cmd, key, args, extra)
+  local replies = {}
+  for i = 1, #args, CHUNK do
+    local reply = redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
+    if extra then for _, r in ipairs(reply) do replies[#replies + 1] = r end end
+  end
+  return replies
+end
 
 local out = {}
-for u = 1, n_users do
-  local p = 'sr:u:{' .. ARGV[9 + u] .. '}:'
+local done_sets = {}
+for u = 1, #users do
+  local p = 'sr:u:{' .. users[u] .. '}:'
   local hist = redis.call('ZREVRANGE', p .. 'hist', 0, profile_hist - 1)
   local aff = {}
   if #hist > 0 then aff = redis.call('HMGET', p .. 'aff', unpack(hist)) end
   for i = 1, #aff do if not aff[i] then aff[i] = '0' end end
+  local done = redis.call('ZRANGE', p .. 'done', 0, -1)
+  local done_set = {}
+  for _, t in ipairs(done) do done_set[t] = true end
+  done_sets[u] = done_set
   local prof = {
-    h = hist, w = aff,
-    d = redis.call('ZRANGE', p .. 'done', 0, -1),
+    h = hist, w = aff, d = done,
     p = redis.call('HGETALL', p .. 'prog'),
     m = redis.call('HMGET', p .. 'meta', 'device', 'country', 'events_applied'),
     q = redis.call('LRANGE', p .. 'q', 0, search_cap - 1),
@@ -76,63 +96,115 @@ for u = 1, n_users do
   out[u + 1] = cjson.encode(prof)
 end
 
+-- Each user's events, in batch order.
+local by_user = {}
+for i = 1, #events do
+  local u = events[i][2]
+  local list = by_user[u]
+  if not list then list = {}; by_user[u] = list end
+  list[#list + 1] = i
+end
+
 local flags = {}
-local touched = {}
 local playback = {play=true, pause=true, resume=true, seek=true, stop=true, complete=true}
 local partial_done = {stop=true, pause=true, seek=true}
-for i = 0, n_events - 1 do
-  local b = base + i * 11
-  local eid, uid, typ, title = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local ts, y = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
-  local pos, dur = tonumber(ARGV[b + 7]), tonumber(ARGV[b + 8])
-  local device, country, query = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
-  local p = 'sr:u:{' .. uid .. '}:'
-  if redis.call('ZADD', p .. 'seen', 'NX', ts, eid) == 1 then
-    flags[i + 1] = '1'
-    touched[uid] = true
-    local meta = p .. 'meta'
-    redis.call('HINCRBY', meta, 'events_applied', 1)
-    redis.call('HSET', meta, 'last_ts', ARGV[b + 5])
-    redis.call('HINCRBY', meta, 'hod:' .. (math.floor(ts / 3600) % 24), 1)
-    if device ~= '' then
-      redis.call('HSET', meta, 'device', device)
-      redis.call('HINCRBY', meta, 'dev:' .. device, 1)
+for u, list in pairs(by_user) do
+  local p = 'sr:u:{' .. users[u] .. '}:'
+  local ids = {}
+  for k, i in ipairs(list) do ids[k] = events[i][1] end
+  local known = call_many('ZMSCORE', p .. 'seen', ids, true)
+  local fresh = {}
+  local seen_args, searches, hist_args, done_args = {}, {}, {}, {}
+  local hours, devices, aff_add, prog = {}, {}, {}, {}
+  local applied, last_ts, device, country = 0, nil, nil, nil
+  local done_set = done_sets[u]
+  for k, i in ipairs(list) do
+    local e = events[i]
+    local eid = e[1]
+    if known[k] or fresh[eid] then
+      flags[i] = '0'
+    else
+      flags[i] = '1'
+      fresh[eid] = true
+      applied = applied + 1
+      local typ, title, ts_text, y = e[3], e[4], e[5], e[6]
+      local pos_text, dur_text = e[7], e[8]
+      local ts = tonumber(ts_text)
+      seen_args[#seen_args + 1] = ts_text
+      seen_args[#seen_args + 1] = eid
+      last_ts = ts_text
+      local hour = math.floor(ts / 3600) % 24
+      hours[hour] = (hours[hour] or 0) + 1
+      if e[9] ~= '' then device = e[9]; devices[e[9]] = (devices[e[9]] or 0) + 1 end
+      if e[10] ~= '' then country = e[10] end
+      if typ == 'search' then
+        searches[#searches + 1] = e[11]
+      elseif typ ~= 'impression' and title ~= '' then
+        if typ == 'play' and done_set[title] then y = y + bonus end
+        aff_add[title] = (aff_add[title] or 0) + y
+        hist_args[#hist_args + 1] = ts_text
+        hist_args[#hist_args + 1] = title
+        if playback[typ] then
+          local pos, dur = tonumber(pos_text), tonumber(dur_text)
+          if typ == 'complete' or (partial_done[typ] and dur > 0 and pos >= done_ratio * dur) then
+            done_args[#done_args + 1] = ts_text
+            done_args[#done_args + 1] = title
+            done_set[title] = true
+            prog[title] = false
+          elseif pos > 0 then
+            prog[title] = pos_text .. '|' .. dur_text .. '|' .. ts_text
+          end
+        end
+      end
     end
-    if country ~= '' then redis.call('HSET', meta, 'country', country) end
-    if typ == 'search' then
-      redis.call('LPUSH', p .. 'q', query)
+  end
+  if applied > 0 then
+    call_many('ZADD', p .. 'seen', seen_args)
+    local meta = p .. 'meta'
+    redis.call('HINCRBY', meta, 'events_applied', applied)
+    local fields = {'last_ts', last_ts}
+    if device then fields[3] = 'device'; fields[4] = device end
+    if country then fields[#fields + 1] = 'country'; fields[#fields + 1] = country end
+    redis.call('HSET', meta, unpack(fields))
+    for hour, n in pairs(hours) do redis.call('HINCRBY', meta, 'hod:' .. hour, n) end
+    for d, n in pairs(devices) do redis.call('HINCRBY', meta, 'dev:' .. d, n) end
+    if #searches > 0 then
+      call_many('LPUSH', p .. 'q', searches)
       redis.call('LTRIM', p .. 'q', 0, search_cap - 1)
-    elseif typ ~= 'impression' and title ~= '' then
-      if typ == 'play' and redis.call('ZSCORE', p .. 'done', title) then y = y + bonus end
-      redis.call('HINCRBYFLOAT', p .. 'aff', title, y)
-      redis.call('ZADD', p .. 'hist', ts, title)
+    end
+    if #hist_args > 0 then
+      for title, y in pairs(aff_add) do redis.call('HINCRBYFLOAT', p .. 'aff', title, y) end
+      call_many('ZADD', p .. 'hist', hist_args)
       local n = redis.call('ZCARD', p .. 'hist')
       if n > hist_cap then
         local old = redis.call('ZRANGE', p .. 'hist', 0, n - hist_cap - 1)
         redis.call('ZREMRANGEBYRANK', p .. 'hist', 0, n - hist_cap - 1)
-        redis.call('HDEL', p .. 'aff', unpack(old))
-      end
-      if playback[typ] then
-        if typ == 'complete' or (partial_done[typ] and dur > 0 and pos >= done_ratio * dur) then
-          redis.call('ZADD', p .. 'done', ts, title)
-          redis.call('HDEL', p .. 'prog', title)
-          local nd = redis.call('ZCARD', p .. 'done')
-          if nd > done_cap then redis.call('ZREMRANGEBYRANK', p .. 'done', 0, nd - done_cap - 1) end
-        elseif pos > 0 then
-          redis.call('HSET', p .. 'prog', title, ARGV[b + 7] .. '|' .. ARGV[b + 8] .. '|' .. ARGV[b + 5])
-        end
+        call_many('HDEL', p .. 'aff', old)
       end
     end
+    local prog_set, prog_del = {}, {}
+    for title, value in pairs(prog) do
+      if value then
+        prog_set[#prog_set + 1] = title
+        prog_set[#prog_set + 1] = value
+      else
+        prog_del[#prog_del + 1] = title
+      end
+    end
+    if #prog_del > 0 then call_many('HDEL', p .. 'prog', prog_del) end
+    if #prog_set > 0 then call_many('HSET', p .. 'prog', prog_set) end
+    if #done_args > 0 then
+      call_many('ZADD', p .. 'done', done_args)
+      local nd = redis.call('ZCARD', p .. 'done')
+      if nd > done_cap then redis.call('ZREMRANGEBYRANK', p .. 'done', 0, nd - done_cap - 1) end
+    end
     local ns = redis.call('ZCARD', p .. 'seen')
-    if ns > dedup_window then redis.call('ZREMRANGEBYRANK', p .. 'seen', 0, ns - dedup_window - 1) end
-  else
-    flags[i + 1] = '0'
-  end
-end
-for uid, _ in pairs(touched) do
-  local p = 'sr:u:{' .. uid .. '}:'
-  for _, k in ipairs({'seen', 'meta', 'hist', 'aff', 'done', 'prog', 'q'}) do
-    redis.call('EXPIRE', p .. k, ttl)
+    if ns > dedup_window then
+      redis.call('ZREMRANGEBYRANK', p .. 'seen', 0, ns - dedup_window - 1)
+    end
+    for _, k in ipairs({'seen', 'meta', 'hist', 'aff', 'done', 'prog', 'q'}) do
+      redis.call('EXPIRE', p .. k, ttl)
+    end
   end
 end
 out[1] = table.concat(flags)
@@ -183,16 +255,20 @@ def parse_profile(user_id: str, raw: bytes | str) -> StoredProfile:
     )
 
 
-def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float]) -> list[Any]:
-    args: list[Any] = []
-    for event, y in zip(events, feedbacks, strict=True):
-        args += (
-            event["event_id"], event["user_id"], event["type"], event.get("title_id") or "",
-            repr(event["ts"]), repr(y), repr(event.get("position_s", 0.0)),
-            repr(event.get("duration_s") or 0.0), event.get("device") or "",
-            event.get("country") or "", event.get("query") or "",
-        )
-    return args
+def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
+                   user_index: dict[str, int]) -> bytes:
+    """The batch as one JSON argument (one array per event; see the script for the order).
+
+    Times, positions and durations travel as text so the stored values are exactly the
+    producer's numbers (Lua would print a number with 14 significant digits).
+    """
+    return orjson.dumps([
+        [event["event_id"], user_index[event["user_id"]], event["type"],
+         event.get("title_id") or "", repr(event["ts"]), y, repr(event.get("position_s", 0.0)),
+         repr(event.get("duration_s") or 0.0), event.get("device") or "",
+         event.get("country") or "", event.get("query") or ""]
+        for event, y in zip(events, feedbacks, strict=True)
+    ])
 
 
 class StateStore:
@@ -218,10 +294,11 @@ class StateStore:
         """Apply valid events (in order) idempotently; returns per-event "applied" flags and
         every batch user's profile as it was *before* the batch."""
         users = list(dict.fromkeys(e["user_id"] for e in events))
+        user_index = {uid: i for i, uid in enumerate(users, start=1)}
         argv = [
             self.ttl_s, self.history_cap, self.dedup_window, COMPLETED_CAP, REWATCH_BONUS,
-            COMPLETION_RATIO, PROFILE_HISTORY, SEARCH_CAP, len(users), *users,
-            *_encode_events(events, feedbacks),
+            COMPLETION_RATIO, PROFILE_HISTORY, SEARCH_CAP, orjson.dumps(users),
+            _encode_events(events, feedbacks, user_index),
         ]
         started = time.perf_counter()
         try:

@@ -1,0 +1,148 @@
+"""The batched entry points give the lists and the learning of the one-at-a-time API."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from models.base import UserProfile
+from models.batched import learn_many, rank_many, recommend_many
+from models.hybrid import Hybrid
+
+GENRES = ["Drama", "Comedy", "Action", "Horror", "Documentary", "Romance"]
+
+
+def catalogue(n: int) -> list[dict]:
+    rng = random.Random(4)
+    return [{"title_id": f"t{i}", "genres": rng.sample(GENRES, rng.randint(1, 2)),
+             "cast": [f"c{rng.randrange(30)}"], "director": f"d{rng.randrange(10)}"}
+            for i in range(n)]
+
+
+def stream(n_users: int, n_titles: int, n_events: int, seed: int):
+    """(user, title, feedback, ts) with users favouring a slice of the catalogue."""
+    rng = random.Random(seed)
+    for k in range(n_events):
+        user = rng.randrange(n_users)
+        title = (user * 7 + int(rng.expovariate(0.2))) % n_titles
+        y = rng.choice([0.3, 0.8, 2.0, 1.2, -1.0, 0.2])
+        yield f"u{user}", f"t{title}", y, 1_700_000_000.0 + k
+
+
+def trained(batched: bool, exploration: float = 0.0, n_titles: int = 120, batch: int = 200,
+            ) -> tuple[Hybrid, dict[str, UserProfile]]:
+    model = Hybrid(seed=3, exploration=exploration)
+    for title in catalogue(n_titles):
+        model.add_title(title)
+    profiles: dict[str, UserProfile] = {}
+    pending: list[tuple] = []
+    for user, title, y, ts in stream(60, n_titles, 3000, seed=9):
+        profile = profiles.setdefault(user, UserProfile(user))
+        if batched:
+            pending.append((title, y, ts, list(profile.history[:50])))
+            if len(pending) == batch:
+                learn_many(model, *zip(*pending, strict=True))
+                pending = []
+        else:
+            model.learn_one(user, title, y, profile, ts)
+        weight = y + dict(profile.history).get(title, 0.0)
+        profile.history = [(title, weight)] + [(t, w) for t, w in profile.history if t != title]
+        if y >= 2.0:
+            profile.completed.add(title)
+    if pending:
+        learn_many(model, *zip(*pending, strict=True))
+    return model, profiles
+
+
+def as_tuples(recs) -> list[tuple[str, str]]:
+    return [(r.title_id, r.reason) for r in recs]
+
+
+def test_lists_are_those_of_recommend_for_the_same_model_state():
+    model, profiles = trained(batched=False)
+    users = sorted(profiles)
+    ts = [1_700_003_000.0] * len(users)
+    expected = [as_tuples(model.recommend(profiles[u], n=20, ts=1_700_003_000.0)) for u in users]
+    got = [as_tuples(r) for r in recommend_many(model, [profiles[u] for u in users], 20, ts)]
+    assert got == expected
+    scores = rank_many(model, [profiles[users[0]]], 20, ts[:1])[0]
+    reference = model.recommend(profiles[users[0]], n=20, ts=ts[0])
+    assert [s for _, s, _ in scores] == pytest.approx([r.score for r in reference], rel=1e-5)
+
+
+def test_exploration_slot_is_placed_like_recommend_and_never_a_completed_title():
+    model, profiles = trained(batched=False, exploration=0.05)
+    users = sorted(profiles)
+    lists = recommend_many(model, [profiles[u] for u in users], 20, [1_700_003_000.0] * 60)
+    for user, recs in zip(users, lists, strict=True):
+        reasons = [r.reason for r in recs]
+        assert reasons.count("explore") == 1 and reasons[9] == "explore"
+        titles = [r.title_id for r in recs]
+        assert len(titles) == 20 == len(set(titles))
+        assert not set(titles) & profiles[user].completed
+
+
+def test_cold_users_get_trending_lists_without_completed_titles():
+    model, _ = trained(batched=False, exploration=0.05)
+    cold = UserProfile("new", completed={"t1", "t2"})
+    (recs,) = recommend_many(model, [cold], 20, [1_700_003_000.0])
+    assert len(recs) == 20 and {r.reason for r in recs} == {"trending"}
+    assert not {r.title_id for r in recs} & {"t1", "t2"}
+
+
+def test_large_catalogues_fall_back_to_recommend():
+    model, profiles = trained(batched=False)
+    model.max_candidates = 50  # fewer than the 120 titles: candidates are pre-selected
+    (recs,) = recommend_many(model, [profiles["u1"]], 10, [1_700_003_000.0])
+    assert len(recs) == 10
+
+
+def test_trending_and_bandit_learn_exactly_what_learn_one_learns():
+    sequential, _ = trained(batched=False)
+    batched, _ = trained(batched=True)
+    rows = np.arange(sequential._items.rows)
+    now = 1_700_003_000.0
+    assert np.allclose(batched.trending.score_rows(rows, None, now),
+                       sequential.trending.score_rows(rows, None, now))
+    assert np.allclose(batched.explorer.exposure(rows), sequential.explorer.exposure(rows))
+    assert batched._positives_seen == sequential._positives_seen
+
+
+def test_batched_learning_recovers_what_users_like():
+    # Each user watches a slice starting at user * 7 (see `stream`): their neighbours in
+    # that slice should dominate their lists, as they do with one-at-a-time learning.
+    hits = {True: 0, False: 0}
+    for batched in (True, False):
+        model, profiles = trained(batched=batched)
+        for user, profile in profiles.items():
+            start = int(user[1:]) * 7
+            liked = {f"t{(start + k) % 120}" for k in range(15)}
+            recs = model.recommend(profile, n=10, ts=1_700_003_000.0)
+            hits[batched] += sum(r.title_id in liked for r in recs)
+    assert hits[True] >= 0.8 * hits[False]
+    assert hits[True] > 60 * 10 * 15 / 120  # far above picking at random
+
+
+def test_co_occurrence_links_both_ways_with_recency_decay():
+    model = Hybrid(seed=1)
+    for title in ("a", "b", "c", "x"):
+        model.add_title({"title_id": title, "genres": ["Drama"]})
+    events = [("a", 1.0, 1.0, []), ("b", 1.0, 2.0, [("a", 1.0)]),
+              ("c", 2.0, 3.0, [("b", 1.0), ("x", -1.0), ("a", 1.0)])]
+    learn_many(model, *zip(*events, strict=True))
+    co, ids = model.cooccurrence, model._items.ids
+    links = {(ids[r], ids[n]): round(float(co._w[r, k]), 9)
+             for r in range(model._items.rows) for k, n in enumerate(co._nbr[r]) if n >= 0}
+    # c's positive history is b then a (x was disliked): weights 2.0 and 2.0 * 0.8.
+    assert links == {("a", "b"): 1.0, ("b", "a"): 1.0, ("b", "c"): 2.0, ("c", "b"): 2.0,
+                     ("a", "c"): pytest.approx(1.6), ("c", "a"): pytest.approx(1.6)}
+
+
+def test_argument_lengths_must_match():
+    model = Hybrid()
+    with pytest.raises(ValueError, match="same length"):
+        learn_many(model, ["a"], [1.0], [], [[]])
+    with pytest.raises(ValueError, match="same length"):
+        rank_many(model, [UserProfile("u")], 5, [])
