@@ -13,6 +13,7 @@ lateness shows by how much.
 
 from __future__ import annotations
 
+import random
 import time
 from array import array
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from collections.abc import Callable
 # Sleeps longer than this are cut into slices, calling ``idle`` between them, so the
 # producer keeps serving delivery reports and progress keeps printing during long gaps.
 IDLE_SLICE_S = 0.1
+# Lateness samples kept: every record's up to this many, then a uniform random sample of
+# this size (reservoir sampling), so a replay of any length uses at most 8 MB for them
+# and the percentiles stay accurate to well under 0.1 percentile point.
+LATENESS_SAMPLES = 1_000_000
 
 
 class Pacer:
@@ -65,7 +70,10 @@ class Pacer:
         self._origin_ts = 0.0
         self._previous_due = float("-inf")
         self._min_gap = 1.0 / rate if rate else 0.0
-        self.lateness_s = array("d")  # per record: when it was released minus when due
+        self.lateness_s = array("d")  # when records were released minus when due
+        self.released = 0
+        self._max_lateness_s = float("-inf")
+        self._sampler = random.Random(0)
 
     def due(self, ts: float) -> float:
         """The monotonic-clock time at which the record with event time ``ts`` is due."""
@@ -94,7 +102,18 @@ class Pacer:
             else:
                 sleep(remaining)
             now = clock()
-        self.lateness_s.append(now - due)
+        self._record_lateness(now - due)
+
+    def _record_lateness(self, lateness: float) -> None:
+        self.released += 1
+        if lateness > self._max_lateness_s:
+            self._max_lateness_s = lateness
+        if self.released <= LATENESS_SAMPLES:
+            self.lateness_s.append(lateness)
+            return
+        slot = self._sampler.randrange(self.released)
+        if slot < LATENESS_SAMPLES:
+            self.lateness_s[slot] = lateness
 
     def lateness_ms(self) -> dict[str, float] | None:
         """p50/p95/p99/max lateness in milliseconds, or ``None`` before any record."""
@@ -105,4 +124,4 @@ class Pacer:
         values = np.frombuffer(self.lateness_s, dtype=np.float64) * 1000.0
         p50, p95, p99 = np.percentile(values, [50, 95, 99])
         return {"p50": round(float(p50), 3), "p95": round(float(p95), 3),
-                "p99": round(float(p99), 3), "max": round(float(values.max()), 3)}
+                "p99": round(float(p99), 3), "max": round(self._max_lateness_s * 1000.0, 3)}

@@ -366,3 +366,12 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(tty):
     assert ("\r" in stream.text) is tty and ("[" in stream.text) is tty
     if not tty:
         assert stream.text.splitlines()[0].startswith("replay: 500,000 events (50.0%)")
+
+
+def test_lateness_memory_is_bounded_and_max_is_exact(monkeypatch):
+    import producers.pacing
+
+    monkeypatch.setattr(producers.pacing, "LATENESS_SAMPLES", 100)
+    sent, pacer = paced_send_times([0.0] * 1000 + [-5.0], speed=1.0)
+    assert len(pacer.lateness_s) == 100 and pacer.released == 1001
+    assert pacer.lateness_ms()["max"] == pytest.approx(5000.0)
