@@ -136,6 +136,30 @@ EXPERIMENT_MEASURES = {
     "completions": EXPERIMENT_COMPLETIONS,
 }
 
+# Product features (streams.product): homepage rows, search, notifications, cache hints.
+ROW_IMPRESSIONS = Counter(
+    "streamrec_row_impressions", "Title impressions in homepage rows, by row type", ["row_type"]
+)
+ROW_CLICKS = Counter(
+    "streamrec_row_clicks", "Clicks on titles in homepage rows, by row type", ["row_type"]
+)
+SEARCHES = Counter("streamrec_searches", "Search events matched against the catalogue")
+SEARCH_UNMATCHED = Counter(
+    "streamrec_search_unmatched",
+    "Searches that matched no title: demand for what the catalogue lacks (queries are in "
+    "Redis, see `streamrec insights`)",
+)
+NOTIFICATIONS_SENT = Counter(
+    "streamrec_notifications_sent", "New-episode notifications produced"
+)
+NOTIFICATIONS_SUPPRESSED = Counter(
+    "streamrec_notifications_suppressed",
+    "New-episode notifications not sent, by reason (seen, duplicate, rate_limited)", ["reason"],
+)
+CACHE_HINTS_PUBLISHED = Counter(
+    "streamrec_cache_hints_published", "Cache-hint messages produced (one per country and hour)"
+)
+
 # The names the README, the dashboards and the alert rules may rely on, with their types.
 EXPORTED = {
     "streamrec_events_consumed_total": "counter",
@@ -165,6 +189,13 @@ EXPORTED = {
     "streamrec_experiment_plays_total": "counter",
     "streamrec_experiment_watch_seconds_total": "counter",
     "streamrec_experiment_completions_total": "counter",
+    "streamrec_row_impressions_total": "counter",
+    "streamrec_row_clicks_total": "counter",
+    "streamrec_searches_total": "counter",
+    "streamrec_search_unmatched_total": "counter",
+    "streamrec_notifications_sent_total": "counter",
+    "streamrec_notifications_suppressed_total": "counter",
+    "streamrec_cache_hints_published_total": "counter",
 }
 
 
@@ -182,7 +213,8 @@ if os.path.exists("/proc/self/stat"):
 # Redis operations named in REDIS_ERRORS/REDIS_SECONDS labels; tests/unit/test_metrics.py
 # finds every op used in the code and fails if one is missing here.
 REDIS_OPS = ("apply_batch", "save_last_lists", "checkpoint_load", "checkpoint_save",
-             "experiments_publish", "experiments_record")
+             "experiments_publish", "experiments_record", "product_flush", "product_save",
+             "notify")
 # Families with this prefix belong to the sink: only the sink serves them, and it serves
 # nothing else but process metrics.
 _SINK_PREFIX = "streamrec_sink_"
