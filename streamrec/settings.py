@@ -14,6 +14,9 @@ from typing import Any
 
 from streamrec.exceptions import ConfigError
 
+# The worker's ways of consuming `events` (Settings.pipeline).
+PIPELINES = ("batched", "per-record")
+
 
 class Secret(str):
     """A string that never shows its value in ``repr``, logs or error messages."""
@@ -60,6 +63,10 @@ class Settings:
     batch_size: int = 1000
     # How long a batch may wait to fill, in ms; bounds the latency added by batching.
     batch_timeout_ms: int = 5
+    # How the worker consumes `events`: "batched" (the product's hot path, streams/pipeline.py)
+    # or "per-record" (a plain faust agent doing the same work one record at a time,
+    # streams/per_record.py; kept so `streamrec bench` can measure the difference).
+    pipeline: str = "batched"
     top_n: int = 20
     # Per-user Redis state expires after this many seconds without activity (30 days).
     state_ttl_s: int = 30 * 24 * 3600
@@ -107,6 +114,9 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
         if self.batch_timeout_ms < 0:
             raise ConfigError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(
+                f"STREAMREC_PIPELINE must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port}")
         if self.checkpoint_interval_s <= 0:
@@ -201,6 +211,8 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "STREAMREC_APP_ID": ("app_id", _str, "faust app id and consumer group"),
     "STREAMREC_BATCH_SIZE": ("batch_size", _int, "events per hot-path batch"),
     "STREAMREC_BATCH_TIMEOUT_MS": ("batch_timeout_ms", _int, "max wait to fill a batch, ms"),
+    "STREAMREC_PIPELINE": ("pipeline", _str,
+                           "events path: batched, or per-record (for benchmarks only)"),
     "STREAMREC_TOP_N": ("top_n", _int, "items per recommendation message"),
     "STREAMREC_STATE_TTL_S": ("state_ttl_s", _int, "per-user Redis state TTL, seconds"),
     "STREAMREC_HISTORY_CAP": ("history_cap", _int, "recent titles kept per user"),
