@@ -92,6 +92,19 @@ class Settings:
     metrics_port: int = 9464
     log_level: str = "INFO"
     experiments_path: str | None = None
+    # Product features (streams/product.py): homepage rows, artwork, search,
+    # notifications, cache hints. Off: messages carry the ranked items only.
+    product_features: bool = True
+    # Titles per homepage row; rows are for scrolling a screen or two, not the catalogue.
+    row_items: int = 10
+    # Let a title appear in several rows (by default each title is in one row only).
+    row_duplicates: bool = False
+    # A user who watched a series within this long before a new episode is told (30 days).
+    notify_window_s: int = 30 * 24 * 3600
+    # New-episode notifications per user per day (event time), at most.
+    notify_max_per_day: int = 3
+    # Titles per country in each hourly cache hint.
+    cache_hints_top: int = 50
     # Kafka security (all optional): passed to every client.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -107,6 +120,7 @@ class Settings:
         positive = (
             "partitions", "batch_size", "top_n", "state_ttl_s", "history_cap",
             "dedup_window", "max_message_bytes", "model_capacity",
+            "row_items", "notify_window_s", "notify_max_per_day", "cache_hints_top",
         )
         for name in positive:
             value = getattr(self, name)
@@ -196,6 +210,18 @@ _int.__name__ = "a whole number"
 _float.__name__ = "a number"
 _secret.__name__ = "text"
 
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_bool.__name__ = "1/0, true/false, yes/no or on/off"
+
 # variable -> (Settings attribute, parser, what it means). The README table mirrors this.
 ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "KAFKA_BOOTSTRAP_SERVERS": ("kafka_bootstrap_servers", _str,
@@ -229,6 +255,16 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "STREAMREC_METRICS_PORT": ("metrics_port", _int, "port of the /metrics endpoint"),
     "STREAMREC_LOG_LEVEL": ("log_level", _str, "DEBUG, INFO, WARNING or ERROR"),
     "STREAMREC_EXPERIMENTS": ("experiments_path", _str, "TOML file declaring A/B experiments"),
+    "STREAMREC_PRODUCT_FEATURES": ("product_features", _bool,
+                                   "rows, artwork, search, notifications, cache hints on/off"),
+    "STREAMREC_ROW_ITEMS": ("row_items", _int, "titles per homepage row"),
+    "STREAMREC_ROW_DUPLICATES": ("row_duplicates", _bool,
+                                 "let a title appear in more than one row"),
+    "STREAMREC_NOTIFY_WINDOW_S": ("notify_window_s", _int,
+                                  "watched a series this recently (s) to hear of new episodes"),
+    "STREAMREC_NOTIFY_MAX_PER_DAY": ("notify_max_per_day", _int,
+                                     "new-episode notifications per user per day"),
+    "STREAMREC_CACHE_HINTS_TOP": ("cache_hints_top", _int, "titles per country per cache hint"),
     "KAFKA_SECURITY_PROTOCOL": ("kafka_security_protocol", _str,
                                 "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     "KAFKA_SASL_MECHANISM": ("kafka_sasl_mechanism", _str, "e.g. PLAIN or SCRAM-SHA-512"),

@@ -68,7 +68,8 @@ class WorkerRuntime:
             if titles:
                 logger.info("loaded %d titles from the catalogue copy in Redis", len(titles))
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version)
-        self.pipeline.start()
+        if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
+            self.pipeline.start()
 
     async def _retry(self, call: Any) -> Any:
         delay = 0.1
@@ -189,7 +190,8 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
 
         async def on_started(self) -> None:
             assert runtime.pipeline is not None
-            self._task = asyncio.ensure_future(runtime.pipeline.run())
+            if settings.pipeline == "batched":
+                self._task = asyncio.ensure_future(runtime.pipeline.run())
 
         async def on_stop(self) -> None:
             if runtime.pipeline is not None:
@@ -201,5 +203,9 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
             await runtime.checkpoint()
             await runtime.stop()
 
+    if settings.pipeline == "per-record":
+        from streams.per_record import add_events_agent
+
+        add_events_agent(app, runtime)
     app.service(EventsService)
     return app
