@@ -63,6 +63,7 @@ def _load_librdkafka() -> ctypes.CDLL:
         "rd_kafka_mock_broker_set_down": ([vp, i32], ctypes.c_int),
         "rd_kafka_mock_broker_set_up": ([vp, i32], ctypes.c_int),
         "rd_kafka_mock_broker_set_host_port": ([vp, i32, cp, ctypes.c_int], ctypes.c_int),
+        "rd_kafka_mock_group_initial_rebalance_delay_ms": ([vp, i32], ctypes.c_int),
         "rd_kafka_err2str": ([ctypes.c_int], cp),
     }
     for name, (argtypes, restype) in signatures.items():
@@ -119,6 +120,9 @@ class EmbeddedBroker:
         self._lib, self._rk, self._cluster = lib, rk, cluster
         # Admin clients need a controller for metadata requests.
         lib.rd_kafka_mock_set_controller_id(cluster, self.BROKER_ID)
+        # The mock waits 3 s (Kafka's group.initial.rebalance.delay.ms) before the first
+        # assignment of every consumer group; on one machine that is only start-up delay.
+        lib.rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0)
         own_address = lib.rd_kafka_mock_cluster_bootstraps(cluster).decode()
         if self.host == "127.0.0.1" and not self.port:
             self.bootstrap_servers = own_address
