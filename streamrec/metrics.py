@@ -60,6 +60,22 @@ ONLINE_RECALL = Gauge(
     "Rolling share of users' next engaged title that was in the list last emitted to them",
     ["model"],
 )
+ONLINE_RECALL_TESTS = Counter(
+    "streamrec_online_recall_tests",
+    "Engagements checked against the list last emitted to the user (the denominator of "
+    "online recall@k, cumulative: sum over workers for the whole fleet)", ["model"],
+)
+ONLINE_RECALL_HITS = Counter(
+    "streamrec_online_recall_hits",
+    "Engagements whose title was in the list last emitted to the user", ["model"],
+)
+MODEL_SYNCS = Counter(
+    "streamrec_model_syncs",
+    "Item-model exchanges with the other workers through the Redis log (streams.model_sync)",
+)
+MODEL_SYNC_BYTES = Counter(
+    "streamrec_model_sync_bytes", "Bytes of item-model deltas this worker appended to the log"
+)
 MODEL_SIZE = Gauge("streamrec_model_size", "Entries held by each model", ["model", "kind"])
 BATCH_SIZE = Histogram(
     "streamrec_batch_events", "Events per hot-path batch",
@@ -173,6 +189,10 @@ EXPORTED = {
     "streamrec_redis_errors_total": "counter",
     "streamrec_redis_seconds": "histogram",
     "streamrec_online_recall_at_k": "gauge",
+    "streamrec_online_recall_tests_total": "counter",
+    "streamrec_online_recall_hits_total": "counter",
+    "streamrec_model_syncs_total": "counter",
+    "streamrec_model_sync_bytes_total": "counter",
     "streamrec_model_size": "gauge",
     "streamrec_batch_events": "histogram",
     "streamrec_pipeline_up": "gauge",
@@ -214,7 +234,7 @@ if os.path.exists("/proc/self/stat"):
 # finds every op used in the code and fails if one is missing here.
 REDIS_OPS = ("apply_batch", "save_last_lists", "checkpoint_load", "checkpoint_save",
              "experiments_publish", "experiments_record", "product_flush", "product_save",
-             "notify")
+             "notify", "model_sync", "catalog")
 # Families with this prefix belong to the sink: only the sink serves them, and it serves
 # nothing else but process metrics.
 _SINK_PREFIX = "streamrec_sink_"
