@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("streamrec.demo", "run everything on embedded services and summarise"),
     "evaluate": ("streamrec.evaluate", "prequential evaluation of the models on a stream"),
     "bench": ("streamrec.bench", "measure throughput, latency and memory"),
+    "experiment": ("streams.experiments_report",
+                   "A/B experiments: `experiment report` says which variant wins"),
 }
 
 

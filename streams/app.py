@@ -25,6 +25,7 @@ from streamrec.redis_conn import async_client
 from streamrec.schema import dead_letter, decode_catalog
 from streamrec.settings import Settings
 from streams.checkpoint import Checkpointer
+from streams.experiment_store import start_experiments
 from streams.pipeline import EventsPipeline
 from streams.state import StateStore
 
@@ -67,7 +68,9 @@ class WorkerRuntime:
                 self.model.add_title(title)
             if titles:
                 logger.info("loaded %d titles from the catalogue copy in Redis", len(titles))
-        self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version)
+        experiments = await self._retry(lambda: start_experiments(settings, self.redis))
+        self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
+                                       experiments=experiments)
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
             self.pipeline.start()
 

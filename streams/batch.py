@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -25,6 +25,9 @@ from streams.experiments import ExperimentConfig
 from streams.profile import apply_event
 from streams.signals import feedback
 from streams.state import StoredProfile
+
+if TYPE_CHECKING:
+    from streams.product import ProductLayer
 
 # Lists kept per user for online recall@k: the product's and the popularity baseline's.
 RECALL_K = 10
@@ -101,11 +104,13 @@ def learn_and_rank(
     model_version: str,
     clock: Callable[[], float] = time.time,
     experiments: ExperimentConfig | None = None,
+    product: ProductLayer | None = None,
 ) -> RankedBatch:
     """Teach the model the applied events and rank once for every user in the batch.
 
     Users whose events were all duplicates (a redelivery) are re-ranked too: the
-    previous run may have crashed after writing state but before emitting.
+    previous run may have crashed after writing state but before emitting. ``product``
+    (``streams.product``) learns from the applied events too and adds rows and artwork.
     """
     out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS})
     xb = ExperimentBatch(experiments, model, RECALL_K, ENGAGEMENT_TYPES) if experiments else None
@@ -140,6 +145,8 @@ def learn_and_rank(
                 learned_events.append((title, y, event["ts"], profile.history[:MAX_HISTORY]))
         else:
             y = 0.0
+        if product is not None:
+            product.observe(event, y, stored)
         apply_event(profile, event, y, history_cap)
     if learned_events:
         learn_many(model, *zip(*learned_events, strict=True))
@@ -147,14 +154,19 @@ def learn_and_rank(
     out.learn_seconds = learned - started
 
     popular = [t for t, _ in model.trending.top(RECALL_K)]
-    # Without experiments every user is ranked in one vectorised call (models.batched).
+    if product is not None:  # recent searches as weak positives, for this ranking only
+        for uid in last_event:
+            product.adjust_profile(profiles[uid].profile)
+    # Every user is ranked in one vectorised call (models.batched); with experiments, one
+    # call per variant (streams.experiment_batch).
+    variant_lists = xb.recommend_all(profiles, last_event, top_n) if xb is not None else {}
     batch_lists = None if xb is not None else iter(rank_many(
         model, [profiles[uid].profile for uid in last_event], top_n,
         [event["ts"] for event in last_event.values()]))
     for uid, event in last_event.items():
         stored = profiles[uid]
         recs = ([Recommendation(*r) for r in next(batch_lists)] if batch_lists is not None
-                else xb.recommend(stored, event, top_n))  # type: ignore[union-attr]
+                else variant_lists[uid])
         message = {
             "user_id": uid,
             "ts": clock(),
@@ -172,6 +184,8 @@ def learn_and_rank(
         }
         if xb is not None:
             xb.annotate(uid, recs, message, lists)
+        if product is not None:
+            product.decorate(message, stored, recs, event)
         out.recommendations.append((uid.encode(), orjson.dumps(message)))
         out.last_lists[uid] = orjson.dumps(lists)
     if xb is not None:

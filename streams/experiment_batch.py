@@ -4,8 +4,9 @@
 
 * :meth:`ExperimentBatch.observe` for every applied event (before it changes the
   profile), which tallies the event against the list last served to the user;
-* :meth:`ExperimentBatch.recommend` and :meth:`ExperimentBatch.annotate` once per
-  touched user, which rank by the deciding variant and label the message.
+* :meth:`ExperimentBatch.recommend_all` once, which ranks every touched user by their
+  deciding variant, and :meth:`ExperimentBatch.annotate` per user, which labels the
+  message.
 
 What is measured, per user, in every experiment the user is enrolled in (event time at
 or after the experiment's start), against the list last served to that user:
@@ -28,7 +29,7 @@ runs), so a tally is never counted twice. The pure part stops here:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,16 +169,27 @@ class ExperimentBatch:
         return deltas
 
     # -- serving -------------------------------------------------------------------------------
-    def recommend(self, stored: StoredProfile, event: dict[str, Any], n: int
-                  ) -> list[Recommendation]:
-        """The user's list, ranked by the variant that decides for them."""
-        uid = event["user_id"]
-        enrolments = self._enrolments(uid, event["ts"])
-        self._enrolled[uid] = enrolments
-        decision = self._deciding[uid] = deciding(enrolments)
-        variant = decision[1] if decision is not None else None
-        return self._ranker.recommend(variant, stored.profile, n, event["ts"],
-                                      event["event_id"])
+    def recommend_all(self, profiles: Mapping[str, StoredProfile],
+                      last_event: Mapping[str, dict[str, Any]], n: int
+                      ) -> dict[str, list[Recommendation]]:
+        """Every touched user's list, ranked by their deciding variant; users of the same
+        variant are ranked together (one vectorised call for the hybrid and its views)."""
+        groups: dict[int, tuple[Variant | None, list[str]]] = {}
+        for uid, event in last_event.items():
+            enrolments = self._enrolled[uid] = self._enrolments(uid, event["ts"])
+            decision = self._deciding[uid] = deciding(enrolments)
+            variant = decision[1] if decision is not None else None
+            # Every "default" variant ranks alike: one group for all of them.
+            key = 0 if variant is None or not variant.changes_model else id(variant)
+            groups.setdefault(key, (None if key == 0 else variant, []))[1].append(uid)
+        out: dict[str, list[Recommendation]] = {}
+        for variant, uids in groups.values():
+            events = [last_event[u] for u in uids]
+            lists = self._ranker.recommend_many(
+                variant, [profiles[u].profile for u in uids], n, [e["ts"] for e in events],
+                [e["event_id"] for e in events])
+            out.update(zip(uids, lists, strict=True))
+        return out
 
     def annotate(self, uid: str, recs: list[Recommendation], message: dict[str, Any],
                  lists: dict[str, Any]) -> None:

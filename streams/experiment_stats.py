@@ -54,6 +54,22 @@ RATIOS: dict[str, tuple[str, str]] = {
 }
 
 
+# The range each metric's true value lies in: intervals are clipped to it.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "recall_at_k": (0.0, 1.0),
+    "ctr": (0.0, 1.0),
+    "plays_per_impression": (0.0, math.inf),
+    "watch_s_per_impression": (0.0, math.inf),
+    "completion_rate": (0.0, 1.0),
+}
+
+
+def clip(interval: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    """``interval`` intersected with ``[low, high]``: the truth is in both, so this loses
+    no coverage."""
+    return (min(max(interval[0], low), high), max(min(interval[1], high), low))
+
+
 def mixture_r(alpha: float = ALPHA, target: float = TARGET_USERS) -> float:
     """The mixture's variance, in users, that makes the boundary tightest at ``target``."""
     log_term = 2.0 * math.log(1.0 / alpha)
@@ -187,7 +203,7 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
     ``control`` (interval at ``alpha / comparisons``, p-value multiplied by
     ``comparisons``: Bonferroni over the treatments)."""
     value = arm.ratio(metric)
-    ci = value.interval(alpha) if value is not None else None
+    ci = clip(value.interval(alpha), *BOUNDS[metric]) if value is not None else None
     if control is None or value is None:
         return Comparison(value, ci, None, None, None)
     base = control.ratio(metric)
@@ -196,7 +212,8 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
         return Comparison(value, ci, None, None, None)
     lift_alpha = alpha / comparisons
     p = p_value(change.value, change.variance, change.n, lift_alpha)
-    return Comparison(value, ci, change, change.interval(lift_alpha),
+    # A lift is never below -100% (metrics are >= 0).
+    return Comparison(value, ci, change, clip(change.interval(lift_alpha), -1.0, math.inf),
                       min(1.0, p * comparisons))
 
 

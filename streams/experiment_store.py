@@ -27,20 +27,28 @@ counts them).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import redis
 import redis.asyncio
 
+from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
 from streamrec.metrics import REDIS_ERRORS, REDIS_SECONDS
+from streamrec.settings import Settings
 from streams.experiment_batch import MEASURES, ExperimentTallies
 from streams.experiment_stats import RATIOS, ArmStats
-from streams.experiments import ExperimentConfig
+from streams.experiments import ExperimentConfig, load
 
+logger = logging.getLogger(__name__)
+
+# Backoff between retries while Redis is unreachable, seconds (as streams.pipeline).
+RETRY_INITIAL_S = 0.1
+RETRY_MAX_S = 5.0
 # Products kept per arm: one per metric's (numerator, denominator) pair.
 PAIRS = tuple(dict.fromkeys(RATIOS.values()))
 _PAIR_INDEXES = [(MEASURES.index(a) + 1, MEASURES.index(b) + 1) for a, b in PAIRS]
@@ -189,3 +197,50 @@ def read_experiments(client: redis.Redis, app_id: str, names: Iterable[str] | No
         snapshot["arms"] = arms
         out.append(snapshot)
     return out
+
+
+class LiveExperiments:
+    """What the worker's events pipeline holds when experiments are configured."""
+
+    def __init__(self, config: ExperimentConfig, store: ExperimentStore) -> None:
+        self.config = config
+        self.store = store
+
+    async def record(self, tallies: ExperimentTallies,
+                     wait: Callable[[float], Awaitable[None]]) -> None:
+        """Write one batch's tallies (retrying through a Redis outage with ``wait``
+        between attempts), then move the Prometheus counters, once per batch."""
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                new_users = await self.store.record(tallies)
+                break
+            except StateStoreUnavailable as exc:
+                logger.warning("could not store experiment tallies, retrying: %s", exc)
+                await wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        for (experiment, variant), count in new_users.items():
+            metrics.EXPERIMENT_USERS.labels(experiment, variant).inc(count)
+        for (experiment, variant), count in tallies.lists.items():
+            metrics.EXPERIMENT_LISTS.labels(experiment, variant).inc(count)
+        for (experiment, variant), sums in tallies.totals().items():
+            for name, total in zip(MEASURES, sums, strict=True):
+                if total:
+                    metrics.EXPERIMENT_MEASURES[name].labels(experiment, variant).inc(total)
+
+
+async def start_experiments(settings: Settings, client: redis.asyncio.Redis
+                            ) -> LiveExperiments | None:
+    """Load ``STREAMREC_EXPERIMENTS`` (None when unset) and publish its snapshot to Redis.
+
+    Raises :class:`~streamrec.exceptions.ConfigError` for a bad file (the worker command
+    checks the file before starting anything, so this is for other embedders).
+    """
+    config = load(settings.experiments_path)
+    if not config:
+        return None
+    store = ExperimentStore(client, settings.app_id, settings.state_ttl_s)
+    await store.publish(config)
+    logger.info("serving %d experiment(s) from %s: %s", len(config.experiments),
+                settings.experiments_path, ", ".join(e.name for e in config.experiments))
+    return LiveExperiments(config, store)

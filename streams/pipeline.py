@@ -34,6 +34,7 @@ from streamrec.exceptions import StateStoreUnavailable
 from streamrec.kafka import consumer_config, make_producer
 from streamrec.settings import Settings
 from streams.batch import RankedBatch, decode_batch, feedbacks_for_store, learn_and_rank
+from streams.experiment_store import LiveExperiments
 from streams.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,18 @@ class EventsPipeline:
         Per-user state in Redis.
     model_version
         A callable giving the model version string stamped on each recommendation.
+    experiments
+        A/B experiments to serve and measure (``streams.experiment_store``), if any.
     """
 
     def __init__(self, settings: Settings, model: Hybrid, store: StateStore,
-                 model_version: Callable[[], str]) -> None:
+                 model_version: Callable[[], str],
+                 experiments: LiveExperiments | None = None) -> None:
         self.settings = settings
         self.model = model
         self.store = store
         self.model_version = model_version
+        self.experiments = experiments
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._pending: dict[tuple[str, int], int] = {}
@@ -146,6 +151,7 @@ class EventsPipeline:
             ranked = learn_and_rank(
                 decoded.events, flags, profiles, self.model, top_n=settings.top_n,
                 history_cap=settings.history_cap, model_version=self.model_version(),
+                experiments=self.experiments.config if self.experiments else None,
             )
             metrics.STAGE_SECONDS.labels(stage="state").observe(t2 - t1)
             metrics.STAGE_SECONDS.labels(stage="learn").observe(ranked.learn_seconds)
@@ -154,6 +160,8 @@ class EventsPipeline:
         self._emit(ranked, decoded.dead_letters)
         if ranked.last_lists:
             await self._save_lists_with_retry(ranked.last_lists)
+        if ranked.experiments and self.experiments is not None:
+            await self.experiments.record(ranked.experiments, self._wait)
         self._track_offsets(records)
         self._commit_if_delivered()
         t4 = time.perf_counter()

@@ -16,13 +16,14 @@ worker. A variant only changes how lists are *ranked*:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
 from models.base import UserProfile
+from models.batched import rank_many
 from models.hybrid import COMPONENTS, Hybrid, Recommendation
 from streams.experiments import Variant
 
@@ -78,6 +79,27 @@ class VariantRanker:
         self._views: dict[int, Hybrid] = {}
         self._known: np.ndarray | None = None
 
+    def recommend_many(self, variant: Variant | None, profiles: Sequence[UserProfile], n: int,
+                       ts: Sequence[float], event_ids: Sequence[str]
+                       ) -> list[list[Recommendation]]:
+        """Lists for several users of one variant; the hybrid and its views rank them all
+        in one vectorised call (``models.batched.rank_many``, identical lists)."""
+        preset = "default" if variant is None else variant.preset
+        if preset in ("default", "overrides"):
+            model = self.model if variant is None else self._view(variant)
+            return [[Recommendation(*r) for r in ranked]
+                    for ranked in rank_many(model, profiles, n, ts)]
+        return [self.recommend(variant, p, n, t, e)
+                for p, t, e in zip(profiles, ts, event_ids, strict=True)]
+
+    def _view(self, variant: Variant) -> Hybrid:
+        if isinstance(variant.model, str):
+            return self.model
+        view = self._views.get(id(variant))
+        if view is None:
+            view = self._views[id(variant)] = hybrid_view(self.model, variant.model)
+        return view
+
     def recommend(self, variant: Variant | None, profile: UserProfile, n: int, ts: float,
                   event_id: str) -> list[Recommendation]:
         model = self.model
@@ -93,8 +115,4 @@ class VariantRanker:
                                           count=len(items))
             return random_list(self._known, model._items.ids, profile, n,
                                f"{profile.user_id}\x1f{event_id}")
-        assert variant is not None and not isinstance(variant.model, str)
-        view = self._views.get(id(variant))
-        if view is None:
-            view = self._views[id(variant)] = hybrid_view(model, variant.model)
-        return view.recommend(profile, n=n, ts=ts)
+        return self._view(variant).recommend(profile, n=n, ts=ts)  # type: ignore[arg-type]

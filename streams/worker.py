@@ -23,7 +23,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.redis_conn import redacted
     from streamrec.runtime import Services
     from streams.app import create_app
+    from streams.experiments import load as load_experiments
 
+    # A bad experiments file is one line and exit 2, before anything is started.
+    load_experiments(settings.experiments_path)
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
     with Services(settings) as services:
