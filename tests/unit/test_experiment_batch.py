@@ -1,0 +1,210 @@
+"""Serving and measuring experiments inside one batch (pure: no Kafka, no Redis)."""
+
+from __future__ import annotations
+
+import orjson
+
+from models.base import UserProfile
+from models.hybrid import Hybrid
+from streams.batch import learn_and_rank
+from streams.experiment_batch import MEASURES, SERVED
+from streams.experiments import parse
+from streams.state import StoredProfile
+from streams.variants import hybrid_view, popularity_list
+
+TS = 1_714_521_600.0
+CONFIG = parse("""
+[[experiment]]
+name = "ab"
+[[experiment.variant]]
+name = "control"
+share = 0.34
+model = "default"
+[[experiment.variant]]
+name = "random"
+share = 0.33
+model = "random"
+[[experiment.variant]]
+name = "popular"
+share = 0.33
+model = "popularity"
+
+[[experiment]]
+name = "later"
+start = 2030-01-01T00:00:00Z
+[[experiment.variant]]
+name = "x"
+share = 0.5
+model = { exploration = 0.5 }
+[[experiment.variant]]
+name = "y"
+share = 0.5
+model = "default"
+""")
+(AB, LATER) = CONFIG.experiments
+
+
+def trained_model() -> Hybrid:
+    model = Hybrid(seed=3)
+    for i in range(60):
+        model.add_title({"title_id": f"t{i}", "genres": [("Drama", "Comedy", "Action")[i % 3]]})
+    for k in range(600):  # popularity falls with the title number
+        title = f"t{(k * k) % 17}"
+        model.learn_one(f"w{k % 40}", title, 1.0, UserProfile(f"w{k % 40}"), ts=TS + k)
+    return model
+
+
+def stored(uid: str, served: list[str] | None = None, completed: set[str] | None = None
+           ) -> StoredProfile:
+    profile = UserProfile(uid, history=[("t1", 1.0)], completed=completed or set())
+    return StoredProfile(profile, {}, 0, {SERVED: served} if served is not None else {})
+
+
+def user_in(variant: str) -> str:
+    return next(u for u in (f"u{i}" for i in range(1000)) if AB.assign(u).name == variant)
+
+
+def run(events, profiles, model=None, applied=None, experiments=CONFIG):
+    return learn_and_rank(events, applied or [True] * len(events), profiles,
+                          model or trained_model(), top_n=10, history_cap=200,
+                          model_version="v", experiments=experiments)
+
+
+def event(uid: str, kind: str, title: str | None = "t2", n: int = 0, **fields) -> dict:
+    out = {"event_id": f"{uid}-{kind}-{n}", "type": kind, "user_id": uid, "ts": TS + n}
+    if title is not None:
+        out["title_id"] = title
+    return {**out, **fields}
+
+
+def messages(ranked) -> dict[str, dict]:
+    return {k.decode(): orjson.loads(v) for k, v in ranked.recommendations}
+
+
+def test_messages_name_the_users_experiment_and_variant() -> None:
+    users = [f"u{i}" for i in range(30)]
+    ranked = run([event(u, "play") for u in users], {u: stored(u) for u in users})
+    for uid, message in messages(ranked).items():
+        assert message["experiment"] == "ab"
+        assert message["variant"] == AB.assign(uid).name
+        assert message["experiments"] == {"ab": AB.assign(uid).name}  # "later" not started
+        assert len(message["items"]) == 10
+    assert {m["variant"] for m in messages(ranked).values()} == {"control", "random", "popular"}
+
+
+def test_without_experiments_messages_are_unchanged() -> None:
+    ranked = run([event("u1", "play")], {"u1": stored("u1")}, experiments=None)
+    assert "experiment" not in messages(ranked)["u1"]
+    assert ranked.experiments is None
+
+
+def test_each_variant_ranks_its_own_way_on_the_shared_model() -> None:
+    model = trained_model()
+    control, rand, popular = user_in("control"), user_in("random"), user_in("popular")
+    profiles = {u: stored(u, completed={"t0"}) for u in (control, rand, popular)}
+    snapshot = model.blend_weights
+    ranked = run([event(u, "search", None, query="x") for u in profiles], profiles, model)
+    lists = {u: [i["title_id"] for i in m["items"]] for u, m in messages(ranked).items()}
+    # Control gets the hybrid's list (exploration slots are Thompson samples: random).
+    hybrid = model.recommend(profiles[control].profile, n=10, ts=TS)
+    served = messages(ranked)[control]["items"]
+    assert [i["title_id"] for i in served if i["reason"] != "explore"] == [
+        r.title_id for r in hybrid if r.reason != "explore"]
+    assert lists[popular] == [r.title_id for r in popularity_list(
+        model, profiles[popular].profile, 10, TS)]
+    assert lists[popular][0] != "t0" and "t0" not in lists[popular]  # completed
+    assert all(i["reason"] == "trending" for i in messages(ranked)[popular]["items"])
+    assert "t0" not in lists[rand] and len(set(lists[rand])) == 10
+    assert model.blend_weights == snapshot  # ranking never changes the learned state
+    # Random lists are reproducible for the same user and event, and differ across events.
+    again = run([event(rand, "search", None, query="x")], {rand: stored(rand, completed={"t0"})},
+                model)
+    assert [i["title_id"] for i in messages(again)[rand]["items"]] == lists[rand]
+    other = run([event(rand, "search", None, n=7, query="x")],
+                {rand: stored(rand, completed={"t0"})}, model)
+    assert [i["title_id"] for i in messages(other)[rand]["items"]] != lists[rand]
+
+
+def test_override_view_shares_components_and_leaves_the_model_alone() -> None:
+    model = trained_model()
+    view = hybrid_view(model, {"exploration": 0.5, "weights": {"mf": 0.0}, "max_per_genre": 2})
+    assert view.trending is model.trending and view.mf is model.mf
+    assert (view.exploration, view.max_per_genre, view.blend_weights["mf"]) == (0.5, 2, 0.0)
+    assert model.exploration == 0.05 and model.blend_weights["mf"] > 0
+    profile = UserProfile("v", history=[("t1", 1.0)])
+    explored = [r for r in view.recommend(profile, n=10, ts=TS) if r.reason == "explore"]
+    assert len(explored) == 5  # half the slots, against 1 in the default
+
+
+def test_the_first_experiment_that_changes_the_model_decides() -> None:
+    config = parse("""
+[[experiment]]
+name = "aa"
+[[experiment.variant]]
+name = "a"
+share = 0.5
+model = "default"
+[[experiment.variant]]
+name = "b"
+share = 0.5
+model = "default"
+[[experiment]]
+name = "ab"
+[[experiment.variant]]
+name = "control"
+share = 0.5
+model = "default"
+[[experiment.variant]]
+name = "weak"
+share = 0.5
+model = "random"
+""")
+    aa, ab = config.experiments
+    users = [f"u{i}" for i in range(40)]
+    ranked = run([event(u, "play") for u in users], {u: stored(u) for u in users},
+                 experiments=config)
+    for uid, message in messages(ranked).items():
+        weak = ab.assign(uid).name == "weak"
+        assert message["experiment"] == ("ab" if weak else "aa")
+        assert message["experiments"] == {"aa": aa.assign(uid).name, "ab": ab.assign(uid).name}
+
+
+def test_tallies_count_what_happened_to_the_served_list() -> None:
+    uid = user_in("control")
+    served = [f"t{i}" for i in range(2, 22)]  # t2..t21; the top 10 are t2..t11
+    events = [
+        event(uid, "impression", "t2", 0, row="top_picks", artwork_id="a"),
+        event(uid, "impression", "t50", 1, row="top_picks", artwork_id="a"),  # not served
+        event(uid, "click", "t2", 2, row="top_picks", artwork_id="a"),  # recall test: hit
+        event(uid, "play", "t2", 3, position_s=100.0, duration_s=1000.0),
+        event(uid, "stop", "t2", 4, position_s=700.0, duration_s=1000.0),
+        event(uid, "play", "t15", 5, position_s=0.0, duration_s=500.0),
+        event(uid, "complete", "t15", 6, position_s=500.0, duration_s=500.0),
+        event(uid, "play", "t40", 7, position_s=0.0),  # not served
+    ]
+    ranked = run(events, {uid: stored(uid, served)})
+    assert ranked.experiments is not None
+    deltas = dict(zip(MEASURES, ranked.experiments.users[("ab", "control")][uid], strict=True))
+    assert deltas == {"recall_tests": 1, "recall_hits": 1, "impressions": 1, "clicks": 1,
+                      "plays": 2, "watch_s": 600.0 + 500.0, "completions": 1}
+    assert ranked.experiments.lists == {("ab", "control"): 1}
+    assert orjson.loads(ranked.last_lists[uid])[SERVED] == [
+        i["title_id"] for i in messages(ranked)[uid]["items"]]
+
+
+def test_recall_misses_redeliveries_and_unstarted_experiments_are_not_tallied() -> None:
+    uid = user_in("random")
+    ranked = run([event(uid, "play", "t30", 0), event(uid, "play", "t3", 1)],
+                 {uid: stored(uid, [f"t{i}" for i in range(10)])}, applied=[True, False])
+    assert ranked.experiments is not None
+    deltas = dict(zip(MEASURES, ranked.experiments.users[("ab", "random")][uid], strict=True))
+    assert deltas["recall_tests"] == 1 and deltas["recall_hits"] == 0
+    assert deltas["plays"] == 0  # t30 was not served; the t3 play was a redelivery
+    assert all(arm[0] == "ab" for arm in ranked.experiments.users)  # "later" not started
+
+
+def test_a_user_without_a_served_list_is_enrolled_with_zero_counts() -> None:
+    uid = user_in("popular")
+    ranked = run([event(uid, "search", None, query="drama")], {uid: stored(uid)})
+    assert ranked.experiments is not None
+    assert ranked.experiments.users[("ab", "popular")][uid] == [0.0] * len(MEASURES)

@@ -1,0 +1,159 @@
+"""The report's statistics on known inputs, and its promise: looking often is safe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streams.experiment_stats import (
+    RATIOS,
+    ArmStats,
+    Estimate,
+    compare,
+    lift,
+    multiplier,
+    p_value,
+    winner,
+)
+
+# r = 1000 / (2 ln 20 + ln(1 + 2 ln 20)) = 1000 / (5.99146 + 1.94593) = 126.0056
+R = 126.0056097925634
+
+
+def bernoulli(hits: int, users: int) -> ArmStats:
+    """``users`` users with one recall test each, ``hits`` of them hits."""
+    rows = [{"recall_tests": 1.0, "recall_hits": 1.0 if i < hits else 0.0}
+            for i in range(users)]
+    return ArmStats.from_users(rows)
+
+
+def test_multiplier_by_hand() -> None:
+    # m(n) = sqrt((1 + r/n) * ln((1 + n/r) / 0.05^2))
+    # n = 100: sqrt(2.260056 * ln(1.793615 / 0.0025)) = sqrt(2.260056 * 6.575548) = 3.85505
+    assert multiplier(100) == pytest.approx(3.855055, abs=1e-6)
+    assert multiplier(100) == pytest.approx(
+        math.sqrt((1 + R / 100) * math.log((1 + 100 / R) / 0.0025)), rel=1e-12)
+    # Wider than a fixed-sample 1.96 always; tightest near 1,000 users, slowly wider after.
+    widths = {n: multiplier(n) for n in (10, 100, 1000, 10_000, 1_000_000)}
+    assert all(w > 1.96 for w in widths.values())
+    assert widths[1000] < widths[100] < widths[10]
+    assert widths[1000] < widths[10_000] < widths[1_000_000] < 4.0
+
+
+def test_bernoulli_interval_by_hand() -> None:
+    # 60 hits among 100 users: p = 0.6; sample variance 100/99 * 0.6 * 0.4 = 0.242424;
+    # se = sqrt(0.242424 / 100) = 0.0492366; half-width = 0.0492366 * 3.855055 = 0.189810.
+    result = compare(bernoulli(60, 100), None, "recall_at_k")
+    assert result.value is not None and result.ci is not None
+    assert result.value.value == pytest.approx(0.6)
+    assert result.value.variance == pytest.approx(0.24 / 99, rel=1e-12)
+    assert result.ci == pytest.approx((0.410190, 0.789810), abs=1e-6)
+
+
+def test_lift_interval_by_hand() -> None:
+    # Treatment 45/100 against control 60/100: lift = 0.45 / 0.6 - 1 = -0.25.
+    # var = var_t / c^2 + t^2 var_c / c^4
+    #     = (0.2475/99) / 0.36 + 0.2025 * (0.24/99) / 0.1296 = 0.0107323
+    # n = 200: m = 3.363888; half-width = sqrt(0.0107323) * 3.363888 = 0.348488.
+    result = compare(bernoulli(45, 100), bernoulli(60, 100), "recall_at_k")
+    assert result.lift is not None and result.lift_ci is not None
+    assert result.lift.value == pytest.approx(-0.25)
+    assert result.lift.variance == pytest.approx(0.0107323, rel=1e-5)
+    assert result.lift_ci == pytest.approx((-0.598488, 0.098488), abs=1e-6)
+    # The interval includes 0, so the always-valid p-value is above 0.05; and the
+    # p-value is below 0.05 exactly when the interval excludes 0.
+    assert result.p_value is not None and result.p_value > 0.05
+    assert winner({"control": bernoulli(60, 100), "t": bernoulli(45, 100)}, "control",
+                  "recall_at_k") is None
+
+
+@pytest.mark.parametrize("z", [0.5, 2.0, 3.0, 3.36, 3.37, 5.0])
+def test_p_value_agrees_with_the_interval(z: float) -> None:
+    n, variance = 200, 0.01
+    estimate = Estimate(z * math.sqrt(variance), variance, n)
+    low, _ = estimate.interval()
+    assert (p_value(estimate.value, variance, n) < 0.05) == (low > 0)
+
+
+def test_ratio_variance_is_the_user_level_delta_method() -> None:
+    rng = np.random.default_rng(4)
+    tests = rng.poisson(3.0, 500).astype(float)
+    hits = rng.binomial(tests.astype(int), 0.3).astype(float)
+    arm = ArmStats.from_users({"recall_tests": t, "recall_hits": h}
+                              for t, h in zip(tests, hits, strict=True))
+    estimate = arm.ratio("recall_at_k")
+    assert estimate is not None
+    ratio = hits.sum() / tests.sum()
+    # Linearisation: var(R) = var(h - R t) / (n * mean(t)^2), sample variance (ddof=1).
+    expected = np.var(hits - ratio * tests, ddof=1) / (len(tests) * tests.mean() ** 2)
+    assert estimate.value == pytest.approx(ratio)
+    assert estimate.variance == pytest.approx(expected, rel=1e-9)
+
+
+def test_from_hash_reads_what_the_store_writes() -> None:
+    arm = ArmStats.from_hash({b"users": b"3", b"s:recall_hits": b"2", b"s:recall_tests": b"4",
+                              b"q:recall_hits": b"2", b"q:recall_tests": b"6",
+                              b"c:recall_hits:recall_tests": b"3"})
+    same = ArmStats.from_users([{"recall_tests": 2, "recall_hits": 1},
+                                {"recall_tests": 1, "recall_hits": 1},
+                                {"recall_tests": 1, "recall_hits": 0}])
+    assert arm.ratio("recall_at_k") == same.ratio("recall_at_k")
+
+
+def test_undefined_metrics_are_none_not_errors() -> None:
+    empty = ArmStats.from_users([])
+    assert empty.ratio("ctr") is None
+    one = ArmStats.from_users([{"impressions": 2.0, "clicks": 1.0}])
+    estimate = one.ratio("ctr")
+    assert estimate is not None and estimate.value == 0.5 and math.isinf(estimate.variance)
+    assert lift(Estimate(0.1, 0.01, 10), Estimate(0.0, 0.01, 10)) is None
+    result = compare(one, empty, "ctr")
+    assert result.lift is None and result.p_value is None
+    assert set(RATIOS) == {"recall_at_k", "ctr", "plays_per_impression",
+                           "watch_s_per_impression", "completion_rate"}
+
+
+def test_winner_rules() -> None:
+    strong, weak = bernoulli(300, 1000), bernoulli(100, 1000)
+    assert winner({"control": weak, "t": strong}, "control", "recall_at_k") == "t"
+    assert winner({"control": strong, "t": weak}, "control", "recall_at_k") == "control"
+    # Control wins only if it beats every treatment.
+    assert winner({"control": strong, "t": weak, "u": bernoulli(300, 1000)}, "control",
+                  "recall_at_k") is None
+    assert winner({"control": strong}, "control", "recall_at_k") is None
+
+
+def _arm_stats(tests: np.ndarray, hits: np.ndarray) -> ArmStats:
+    return ArmStats(len(tests), {"recall_tests": tests.sum(), "recall_hits": hits.sum()},
+                    {"recall_tests": (tests**2).sum(), "recall_hits": (hits**2).sum()},
+                    {("recall_hits", "recall_tests"): (hits * tests).sum()})
+
+
+def test_aa_experiments_looked_at_after_every_batch_rarely_find_a_winner() -> None:
+    """The point of the confidence sequences: 300 A/A experiments, each checked 40 times
+    as users arrive, declare a winner at some look in well under 5% of them, while
+    fixed-sample 95% intervals checked the same way would do so far more often."""
+    rng = np.random.default_rng(2024)
+    looks, per_look, experiments = 40, 50, 300
+    users = looks * per_look
+    false_winners = naive_false_winners = 0
+    for _ in range(experiments):
+        arms = []
+        for _arm in range(2):
+            tests = rng.poisson(2.0, users).astype(float) + 1.0
+            rate = rng.beta(2.0, 8.0, users)  # users differ; both arms alike
+            arms.append((tests, rng.binomial(tests.astype(int), rate).astype(float)))
+        declared = naive = False
+        for look in range(1, looks + 1):
+            n = look * per_look
+            a, b = (_arm_stats(t[:n], h[:n]) for t, h in arms)
+            declared |= winner({"a": a, "b": b}, "a", "recall_at_k") is not None
+            change = compare(b, a, "recall_at_k").lift
+            assert change is not None
+            naive |= abs(change.value) > 1.96 * math.sqrt(change.variance)
+        false_winners += declared
+        naive_false_winners += naive
+    assert false_winners / experiments < 0.05
+    assert naive_false_winners / experiments > 0.10
