@@ -271,7 +271,10 @@ class _Simulation:
             title = self._pick_by_affinity(user, self._popular(20))
             info = world.titles[title]
             if kind < 0.75:
-                query = info["name"].split(" S")[0].lower().removeprefix("the ")
+                name = info["name"]
+                if info.get("series_id") is not None:  # "<series> S2E5": search the series
+                    name = name.rsplit(" S", 1)[0]
+                query = name.lower().removeprefix("the ")
             else:
                 query = rng.choice(info["cast"])
         if rng.random() < 0.12:

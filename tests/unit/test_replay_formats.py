@@ -375,3 +375,17 @@ def test_lateness_memory_is_bounded_and_max_is_exact(monkeypatch):
     sent, pacer = paced_send_times([0.0] * 1000 + [-5.0], speed=1.0)
     assert len(pacer.lateness_s) == 100 and pacer.released == 1001
     assert pacer.lateness_ms()["max"] == pytest.approx(5000.0)
+
+
+def test_a_type_that_is_a_list_or_object_is_reported_not_a_crash(tmp_path, capsys,
+                                                                 monkeypatch):
+    lines = [{**event(1), "type": ["play"]}, {**event(2), "type": {"x": 1}}, event(3)]
+    path = write_jsonl(tmp_path / "e.jsonl", lines)
+    code, out, err = run_cli(["replay", path, "--dry-run"], capsys, monkeypatch)
+    assert code == 0 and "Traceback" not in err
+    assert err.count("invalid record (unknown_type)") == 2 and "would produce 1" in out
+    title = {"event_id": "k", "type": "title_added", "ts": 1.7e9, "title_id": "t",
+             "kind": ["movie"]}
+    path = write_jsonl(tmp_path / "c.jsonl", [title, {**title, "type": []}])
+    assert [r[4].reason for r in records_of(path, kind=CATALOG)] == ["wrong_type",
+                                                                     "unknown_type"]
