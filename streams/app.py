@@ -26,6 +26,7 @@ from streamrec.schema import dead_letter, decode_catalog
 from streamrec.settings import Settings
 from streams.checkpoint import Checkpointer
 from streams.experiment_store import start_experiments
+from streams.model_sync import ModelSync
 from streams.pipeline import EventsPipeline
 from streams.state import StateStore
 
@@ -47,6 +48,7 @@ class WorkerRuntime:
         self.store: StateStore | None = None
         self.checkpointer: Checkpointer | None = None
         self.pipeline: EventsPipeline | None = None
+        self.sync: ModelSync | None = None
         self.catalog_dead_letters = 0
 
     def model_version(self) -> str:
@@ -59,18 +61,25 @@ class WorkerRuntime:
         self.store = StateStore(self.redis, settings.state_ttl_s, settings.history_cap,
                                 settings.dedup_window)
         self.checkpointer = Checkpointer(self.redis, settings.app_id)
+        self.sync = ModelSync(self.redis, settings.app_id, settings.model_sync_interval_s,
+                              self._save_checkpoint, settings.checkpoint_interval_s)
         restored = await self._retry(self.checkpointer.load)
         if restored is not None:
             self.model = restored
         else:
             titles = await self._retry(self.checkpointer.load_catalog)
             for title in titles:
-                self.model.add_title(title)
+                self.sync.add_title(self.model, title)
             if titles:
                 logger.info("loaded %d titles from the catalogue copy in Redis", len(titles))
+        # Then what every worker learned since that checkpoint (or since the beginning);
+        # a checkpoint from before the model log existed is taken as it is.
+        after = self.checkpointer.log_id if restored is not None else "0-0"
+        await self._retry(lambda: self.sync.catch_up(self.model, after))
         experiments = await self._retry(lambda: start_experiments(settings, self.redis))
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
                                        experiments=experiments)
+        self.pipeline.sync = self.sync
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
             self.pipeline.start()
 
@@ -84,11 +93,25 @@ class WorkerRuntime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def checkpoint(self) -> None:
-        if self.checkpointer is None:
+    async def checkpoint(self, final: bool = False) -> None:
+        """Sync the item model with the other workers, then checkpoint it.
+
+        The batched pipeline does this itself between batches, every
+        ``checkpoint_interval_s`` (the model must not learn while it is pickled), so the
+        timer only acts for the per-record path; ``final`` is the shutdown checkpoint,
+        taken once the pipeline has stopped.
+        """
+        if self.sync is None:
             return
+        if self.settings.pipeline == "batched" and not final:
+            return
+        await self.sync.sync(self.model, checkpoint=True)
+
+    async def _save_checkpoint(self, model: Hybrid, log_id: str,
+                               offsets: dict[str, int]) -> None:
+        assert self.checkpointer is not None
         try:
-            await self.checkpointer.save(self.model)
+            await self.checkpointer.save(model, offsets, log_id)
         except StateStoreUnavailable as exc:
             logger.error("checkpoint skipped: %s", exc)
 
@@ -107,12 +130,12 @@ class WorkerRuntime:
             logger.warning("catalog %s[%d]@%d dead-lettered: %s", self.settings.topics.catalog,
                            partition, offset, exc)
             return
-        assert self.checkpointer is not None
+        assert self.checkpointer is not None and self.sync is not None
         if title["type"] == "title_removed":
-            self.model.remove_title(title["title_id"])
+            self.sync.remove_title(self.model, title["title_id"])
             await self._retry(lambda: self.checkpointer.remove_title(title["title_id"]))
         else:
-            self.model.add_title(title)
+            self.sync.add_title(self.model, title)
             await self._retry(lambda: self.checkpointer.save_title(title))
 
     def update_gauges(self) -> None:
@@ -203,7 +226,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
                     await asyncio.wait_for(self._task, SHUTDOWN_TIMEOUT_S)
                 except (asyncio.TimeoutError, AttributeError):
                     logger.error("events pipeline did not stop within %ss", SHUTDOWN_TIMEOUT_S)
-            await runtime.checkpoint()
+            await runtime.checkpoint(final=True)
             await runtime.stop()
 
     if settings.pipeline == "per-record":

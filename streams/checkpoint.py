@@ -1,8 +1,11 @@
 """Model checkpoints and the catalogue copy in Redis, so a restarted worker is not cold.
 
 ``sr:model:<app_id>`` holds a HASH: ``blob`` (the pickled model), ``version`` (a counter,
-incremented on every save), ``saved_at`` and ``offsets`` (the events offsets committed
-when it was taken). ``sr:catalog:<app_id>`` holds title_id -> catalogue JSON.
+incremented on every save, continuing from the version restored), ``saved_at``,
+``log_id`` (the position in the model log, ``streams.model_sync``, that the model
+reflects exactly: the precise identity of a checkpoint when several workers save) and
+``offsets`` (``topic[partition]`` -> the next events offset the model has learned).
+``sr:catalog:<app_id>`` holds title_id -> catalogue JSON.
 
 Pickle is only ever read back from the product's own Redis; anyone who can write there
 can already rewrite every user's state, so this adds no new trust boundary.
@@ -39,6 +42,9 @@ class Checkpointer:
         self._client = client
         self.app_id = app_id
         self.version = 0
+        # What the restored checkpoint reflects (see the module docstring).
+        self.log_id: str | None = None
+        self.offsets: dict[str, int] = {}
 
     async def load(self) -> Hybrid | None:
         try:
@@ -59,18 +65,22 @@ class Checkpointer:
             return None
         self.version = int(stored.get(b"version", b"0"))
         LAST_CHECKPOINT.set(float(stored.get(b"saved_at", b"0")))
-        logger.info("restored model checkpoint version %d (%d titles)", self.version,
-                    model.size().get("titles", 0))
+        self.log_id = stored[b"log_id"].decode() if stored.get(b"log_id") else None
+        self.offsets = orjson.loads(stored.get(b"offsets") or b"{}")
+        logger.info("restored model checkpoint version %d (%d titles; model log position "
+                    "%s; events learned up to %s)", self.version,
+                    model.size().get("titles", 0), self.log_id, self.offsets)
         return model
 
-    async def save(self, model: Hybrid, offsets: dict[str, int] | None = None) -> int:
+    async def save(self, model: Hybrid, offsets: dict[str, int] | None = None,
+                   log_id: str | None = None) -> int:
         blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         self.version += 1
         saved_at = time.time()
         try:
             await self._client.hset(model_key(self.app_id), mapping={
                 "blob": blob, "version": self.version, "saved_at": saved_at,
-                "offsets": orjson.dumps(offsets or {}),
+                "offsets": orjson.dumps(offsets or {}), "log_id": log_id or "",
             })
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="checkpoint_save").inc()
@@ -80,13 +90,26 @@ class Checkpointer:
         return self.version
 
     async def save_title(self, title: dict[str, Any]) -> None:
-        await self._client.hset(catalog_key(self.app_id), title["title_id"], orjson.dumps(title))
+        try:
+            await self._client.hset(catalog_key(self.app_id), title["title_id"],
+                                    orjson.dumps(title))
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="catalog").inc()
+            raise StateStoreUnavailable(f"could not save a catalogue title: {exc}") from exc
 
     async def remove_title(self, title_id: str) -> None:
-        await self._client.hdel(catalog_key(self.app_id), title_id)
+        try:
+            await self._client.hdel(catalog_key(self.app_id), title_id)
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="catalog").inc()
+            raise StateStoreUnavailable(f"could not remove a catalogue title: {exc}") from exc
 
     async def load_catalog(self) -> list[dict[str, Any]]:
-        raw = await self._client.hgetall(catalog_key(self.app_id))
+        try:
+            raw = await self._client.hgetall(catalog_key(self.app_id))
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="catalog").inc()
+            raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
         return [orjson.loads(v) for v in raw.values()]
 
 

@@ -74,6 +74,9 @@ class EventsPipeline:
         self.store = store
         self.model_version = model_version
         self.experiments = experiments
+        # Item-model sharing between workers, and checkpoints (streams.model_sync); set by
+        # the worker runtime.
+        self.sync: Any = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._pending: dict[tuple[str, int], int] = {}
@@ -115,11 +118,15 @@ class EventsPipeline:
                 if not records:
                     producer.poll(0)
                     self._commit_if_delivered()
+                    if self.sync is not None:
+                        await self.sync.maybe_sync(self.model)
                     await asyncio.sleep(IDLE_SLEEP_S)
                     continue
                 records = [r for r in records if not self._is_error(r)]
                 if records:
                     await self._process(records)
+                if self.sync is not None:  # between batches: nothing learns meanwhile
+                    await self.sync.maybe_sync(self.model)
                 # Yield to the loop between batches (catalogue agent, timers).
                 await asyncio.sleep(0)
         finally:
@@ -148,6 +155,8 @@ class EventsPipeline:
         if decoded.events:
             flags, profiles = await self._apply_with_retry(decoded.events)
             t2 = time.perf_counter()
+            if self.sync is not None:  # new titles start identically in every worker
+                self.sync.prepare(self.model, decoded.events)
             ranked = learn_and_rank(
                 decoded.events, flags, profiles, self.model, top_n=settings.top_n,
                 history_cap=settings.history_cap, model_version=self.model_version(),
@@ -163,6 +172,8 @@ class EventsPipeline:
         if ranked.experiments and self.experiments is not None:
             await self.experiments.record(ranked.experiments, self._wait)
         self._track_offsets(records)
+        if self.sync is not None:
+            self.sync.note_offsets({f"{t}[{p}]": o for (t, p), o in self._expected.items()})
         self._commit_if_delivered()
         t4 = time.perf_counter()
         metrics.STAGE_SECONDS.labels(stage="decode").observe(t1 - t0)
@@ -327,6 +338,8 @@ class EventsPipeline:
             previous = self.recall.get(name, hits / tests)
             self.recall[name] = (1 - alpha) * previous + alpha * hits / tests
             metrics.ONLINE_RECALL.labels(model=name).set(self.recall[name])
+            metrics.ONLINE_RECALL_TESTS.labels(model=name).inc(tests)
+            metrics.ONLINE_RECALL_HITS.labels(model=name).inc(hits)
 
     def update_lag(self) -> None:
         """Consumer lag per partition (called from a timer, not per batch)."""

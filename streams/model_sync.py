@@ -1,0 +1,544 @@
+"""One item model for many workers: learned deltas shared through a log in Redis.
+
+Why: with the ``events`` partitions split between workers, each worker's models learn
+only from its own users' events. Left alone, their item tables (co-occurrence links,
+factorisation vectors, trending counts, bandit counts, even the catalogue, since faust
+splits the ``catalog`` partitions too) drift apart, and a user's list would depend on
+which worker happened to own the partition.
+
+The design: every worker learns on its own events as before (nothing waits on Redis on
+the hot path), and every ``model_sync_interval_s`` it
+
+1. computes its **delta**: what its item-side state gained since the last sync, keyed by
+   title id (item-table rows differ between workers);
+2. appends it to the Redis stream ``sr:model:<app_id>:log`` (``XADD``);
+3. reads every entry appended since its last read (``XRANGE``) and adds the *other*
+   workers' deltas to its own model;
+4. takes a new base snapshot, so what it received is never sent back.
+
+Every piece of item-side state is a sum of per-event contributions, so adding deltas
+commutes and every worker converges to the model one worker would learn from all
+events: trending (decayed sums, added at their event time), bandit successes and
+failures, co-occurrence link weights and popularity (added, then each title keeps its
+strongest ``max_neighbours``, as learning does), factorisation vectors and biases
+(summed SGD steps: local SGD with periodic averaging of updates, the classic
+parameter-server scheme), the blend weights (summed steps, kept >= 0), and catalogue
+entries (added or removed). New titles start from a deterministic vector derived from
+the title id (:func:`seed_rows`), so two workers meeting a title at the same time start
+it identically and the summed steps keep them identical. What differs between workers
+at any moment is only the last interval's learning, not yet exchanged.
+
+Checkpoints are taken right after a sync, when the model equals "everything in the log
+up to entry L": the checkpoint stores L (and the global version, and the event offsets
+it has learned up to); a restarted worker loads it and replays the entries after L, so
+it resumes with what every worker learned, including after a kill -9 (losing at most the
+last ``model_sync_interval_s`` of its own learning; per-user state is never lost, that
+is Redis's job). The log is trimmed to what the latest checkpoint does not cover plus a
+margin, and capped at ``LOG_MAX_ENTRIES``.
+
+Deltas are encoded with ``numpy.savez`` (``allow_pickle=False``) and orjson: what one
+worker writes is never unpickled by another.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import redis.asyncio
+
+from models.hybrid import Hybrid
+from streamrec import metrics
+from streamrec.exceptions import StateStoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Hard cap on the log's length, entries: bounds Redis memory if checkpoints stop. At one
+# entry per worker per 5 s, 2,000 entries are ~20 minutes of 8 workers.
+LOG_MAX_ENTRIES = 2000
+# Entries kept before the latest checkpoint's position, milliseconds: room for a worker
+# that is a little behind in reading (it reads every model_sync_interval_s).
+LOG_MARGIN_MS = 120_000
+# Entries read per XRANGE call.
+READ_COUNT = 200
+# Event types whose title the models learn (as streams.batch.learn_and_rank decides).
+_UNLEARNED_TYPES = frozenset({"search", "impression"})
+
+
+def log_key(app_id: str) -> str:
+    return f"sr:model:{app_id}:log"
+
+
+# -- deterministic start for new titles ---------------------------------------------------------
+def _title_seed(seed: int, title_id: str) -> np.random.Generator:
+    # crc32, not hash(): Python salts str hashes per process.
+    return np.random.default_rng([seed, zlib.crc32(title_id.encode())])
+
+
+def initial_vectors(model: Hybrid, title_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The factorisation's starting (x, y) for ``title_id``, the same in every worker."""
+    mf = model.mf
+    rng = _title_seed(mf.seed, title_id)
+    shape = (2, mf.n_factors)
+    x, y = rng.normal(0.0, mf.init_scale, shape).astype(np.float32)
+    return x, y
+
+
+def seed_rows(model: Hybrid, title_ids: Iterable[str]) -> None:
+    """Give rows just created for ``title_ids`` their deterministic starting vectors."""
+    mf = model.mf
+    index = model._items.index
+    for title in title_ids:
+        row = index.get(title)
+        if row is None:
+            continue
+        mf._x[row], mf._y[row] = initial_vectors(model, title)
+        mf._b[row] = 0.0
+
+
+def add_titles(model: Hybrid, title_ids: Iterable[str]) -> None:
+    """Create rows (deterministically started) for titles the model does not know yet."""
+    items = model._items
+    new = [t for t in dict.fromkeys(title_ids) if t not in items.index]
+    if not new:
+        return
+    for title in new:
+        items.add(title)
+    model._ensure_rows()
+    seed_rows(model, new)
+
+
+# -- snapshots and deltas ------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """A copy of the item-side state at the last sync, with the title of every row."""
+
+    ids: list[str | None]
+    arrays: dict[str, np.ndarray]
+    blend: np.ndarray
+
+
+# (model attribute path, snapshot name): every array indexed by item-table row.
+_ROW_ARRAYS = (
+    ("mf._x", "mf_x"), ("mf._y", "mf_y"), ("mf._b", "mf_b"),
+    ("explorer._a", "ex_a"), ("explorer._b", "ex_b"),
+    ("trending._score", "tr_s"), ("trending._t", "tr_t"),
+    ("cooccurrence._pop", "co_pop"), ("cooccurrence._nbr", "co_nbr"),
+    ("cooccurrence._w", "co_w"),
+)
+
+
+def _get(model: Hybrid, path: str) -> np.ndarray:
+    owner, name = path.split(".")
+    return getattr(getattr(model, owner), name)
+
+
+def snapshot(model: Hybrid) -> Snapshot:
+    n = model._items.rows
+    return Snapshot(
+        ids=list(model._items.ids),
+        arrays={name: _get(model, path)[:n].copy() for path, name in _ROW_ARRAYS},
+        blend=model._w.copy(),
+    )
+
+
+@dataclass
+class Delta:
+    """What one worker's item side gained since its last sync, keyed by title id."""
+
+    worker: str
+    titles: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # co-occurrence link increments: source (index into titles) -> destination title
+    link_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_dst: list[str] = field(default_factory=list)
+    link_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    blend: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    now: float = 0.0
+    added: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return (not self.titles and not self.added and not self.removed
+                and not np.any(self.blend))
+
+    def encode(self) -> bytes:
+        header = orjson.dumps({
+            "worker": self.worker, "titles": self.titles, "link_dst": self.link_dst,
+            "now": self.now, "added": self.added, "removed": self.removed,
+            "offsets": self.offsets,
+        })
+        buffer = io.BytesIO()
+        np.savez(buffer, link_src=self.link_src, link_w=self.link_w, blend=self.blend,
+                 **self.arrays)
+        return len(header).to_bytes(4, "big") + header + buffer.getvalue()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Delta:
+        size = int.from_bytes(raw[:4], "big")
+        header = orjson.loads(raw[4:4 + size])
+        with np.load(io.BytesIO(raw[4 + size:]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        return cls(
+            worker=header["worker"], titles=header["titles"], link_dst=header["link_dst"],
+            now=header["now"], added=header["added"], removed=header["removed"],
+            offsets=header["offsets"], link_src=arrays.pop("link_src"),
+            link_w=arrays.pop("link_w"), blend=arrays.pop("blend"), arrays=arrays,
+        )
+
+
+def _aligned_base(model: Hybrid, base: Snapshot | None) -> tuple[dict[str, np.ndarray],
+                                                                  np.ndarray]:
+    """The base snapshot laid over the model's current rows; rows whose title changed (or
+    that are new) get a title's starting state. Returns (arrays, stable-row mask)."""
+    n = model._items.rows
+    ids = model._items.ids
+    stable = np.zeros(n, dtype=bool)
+    if base is not None:
+        m = min(n, len(base.ids))
+        stable[:m] = [ids[r] is not None and ids[r] == base.ids[r] for r in range(m)]
+    out: dict[str, np.ndarray] = {}
+    for path, name in _ROW_ARRAYS:
+        current = _get(model, path)
+        start = np.zeros((n, *current.shape[1:]), dtype=current.dtype)
+        if name == "co_nbr":
+            start[:] = -1
+        if base is not None:
+            m = min(n, len(base.ids))
+            start[:m][stable[:m]] = base.arrays[name][:m][stable[:m]]
+        out[name] = start
+    for r in np.nonzero(~stable)[0]:
+        title = ids[r]
+        if title is not None:
+            out["mf_x"][r], out["mf_y"][r] = initial_vectors(model, title)
+    return out, stable
+
+
+def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
+    """What ``model`` learned since ``base`` (None: since every title's start)."""
+    items = model._items
+    n = items.rows
+    ids = items.ids
+    old, stable = _aligned_base(model, base)
+    cur = {name: _get(model, path)[:n] for path, name in _ROW_ARRAYS}
+    live = np.array([t is not None for t in ids[:n]], dtype=bool)
+
+    d_x = cur["mf_x"] - old["mf_x"]
+    d_y = cur["mf_y"] - old["mf_y"]
+    d_b = cur["mf_b"] - old["mf_b"]
+    d_a = cur["ex_a"] - old["ex_a"]
+    d_eb = cur["ex_b"] - old["ex_b"]
+    d_pop = cur["co_pop"] - old["co_pop"]
+    # Trending: what was added, as a value at the row's current time.
+    hl = model.trending.half_life_s
+    tr_v = cur["tr_s"] - old["tr_s"] * np.exp2(-np.maximum(cur["tr_t"] - old["tr_t"], 0.0) / hl)
+    links_changed = ((cur["co_nbr"] != old["co_nbr"]) | (cur["co_w"] != old["co_w"])).any(axis=1)
+    dirty = live & (
+        d_x.any(axis=1) | d_y.any(axis=1) | (d_b != 0) | (d_a != 0) | (d_eb != 0)
+        | (d_pop != 0) | (tr_v != 0) | links_changed
+    )
+    rows = np.nonzero(dirty)[0]
+    # Without a base (before the first sync) the blend has no known starting point.
+    blend = model._w - base.blend if base is not None else np.zeros_like(model._w)
+    delta = Delta(worker=worker, now=float(model.trending._now), blend=blend)
+    if len(rows) == 0:
+        return delta
+    delta.titles = [ids[r] for r in rows]  # type: ignore[misc]
+    delta.arrays = {
+        "mf_x": d_x[rows], "mf_y": d_y[rows], "mf_b": d_b[rows], "ex_a": d_a[rows],
+        "ex_b": d_eb[rows], "co_pop": d_pop[rows], "tr_v": tr_v[rows],
+        "tr_t": cur["tr_t"][rows],
+    }
+    # Co-occurrence: per changed source row, each current link minus its base weight
+    # (matched by destination row, for destinations that kept their title).
+    src_rows = rows[links_changed[rows]]
+    if len(src_rows):
+        nbr, w = cur["co_nbr"][src_rows], cur["co_w"][src_rows]
+        bnbr, bw = old["co_nbr"][src_rows], old["co_w"][src_rows]
+        bnbr_ok = (bnbr >= 0) & stable[np.maximum(bnbr, 0)]
+        # base weight of the same destination in the same source row
+        match = (nbr[:, :, None] == bnbr[:, None, :]) & bnbr_ok[:, None, :]
+        base_w = (match * bw[:, None, :]).sum(axis=2)
+        dw = np.where(nbr >= 0, w - base_w, 0.0)
+        keep = (nbr >= 0) & (dw > 0)
+        position = {int(r): i for i, r in enumerate(rows)}
+        s_idx, slot = np.nonzero(keep)
+        delta.link_src = np.fromiter((position[int(src_rows[s])] for s in s_idx),
+                                     dtype=np.int64, count=len(s_idx))
+        delta.link_dst = [ids[int(nbr[s, k])] for s, k in zip(s_idx, slot, strict=True)]
+        delta.link_w = dw[s_idx, slot]
+    return delta
+
+
+def _merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray) -> None:
+    """Add link weights and keep each source's strongest ``max_neighbours`` (as learning)."""
+    co = model.cooccurrence
+    n_rows = model._items.rows
+    width = co.max_neighbours
+    sources = np.unique(src)
+    cur_nbr, cur_w = co._nbr[sources], co._w[sources]
+    have = cur_nbr >= 0
+    all_src = np.concatenate([np.repeat(sources, width)[have.ravel()], src])
+    all_dst = np.concatenate([cur_nbr[have], dst])
+    all_w = np.concatenate([cur_w[have], amt])
+    keys, inverse = np.unique(all_src * n_rows + all_dst, return_inverse=True)
+    weights = np.bincount(inverse, weights=all_w, minlength=len(keys))
+    k_src, k_dst = keys // n_rows, keys % n_rows
+    order = np.lexsort((-weights, k_src))
+    k_src, k_dst, weights = k_src[order], k_dst[order], weights[order]
+    rank = np.arange(len(k_src)) - np.searchsorted(k_src, k_src, side="left")
+    keep = rank < width
+    co._nbr[sources] = -1
+    co._w[sources] = 0.0
+    co._nbr[k_src[keep], rank[keep]] = k_dst[keep]
+    co._w[k_src[keep], rank[keep]] = weights[keep]
+
+
+def apply(model: Hybrid, delta: Delta) -> None:
+    """Add another worker's ``delta`` to ``model``."""
+    for title in delta.added:
+        new = title["title_id"] not in model._items.index
+        model.add_title(title)
+        if new:
+            seed_rows(model, [title["title_id"]])
+    for title_id in delta.removed:
+        model.remove_title(title_id)
+    if len(delta.blend) == len(model._w):
+        model._w = np.maximum(model._w + delta.blend, 0.0)
+    tr = model.trending
+    tr._now = max(tr._now, delta.now)
+    if not delta.titles:
+        return
+    add_titles(model, list(delta.titles) + list(delta.link_dst))
+    index = model._items.index
+    rows = np.fromiter((index.get(t, -1) for t in delta.titles), dtype=np.int64,
+                       count=len(delta.titles))
+    ok = rows >= 0  # a title evicted by the very titles just added: skip it
+    r, a = rows[ok], {k: v[ok] for k, v in delta.arrays.items()}
+    mf, ex = model.mf, model.explorer
+    # np.add.at: rows are distinct, but this stays correct even if they were not.
+    np.add.at(mf._x, r, a["mf_x"])
+    np.add.at(mf._y, r, a["mf_y"])
+    np.add.at(mf._b, r, a["mf_b"])
+    np.add.at(ex._a, r, a["ex_a"])
+    np.add.at(ex._b, r, a["ex_b"])
+    np.add.at(model.cooccurrence._pop, r, a["co_pop"])
+    hl = tr.half_life_s
+    v, tv = a["tr_v"], a["tr_t"]
+    t = tr._t[r]
+    later = tv >= t
+    tr._score[r] = np.where(later, tr._score[r] * np.exp2(-np.maximum(tv - t, 0.0) / hl) + v,
+                            tr._score[r] + v * np.exp2(-np.maximum(t - tv, 0.0) / hl))
+    tr._t[r] = np.maximum(t, tv)
+    if len(delta.link_w):
+        src = rows[delta.link_src]
+        dst = np.fromiter((index.get(t, -1) for t in delta.link_dst), dtype=np.int64,
+                          count=len(delta.link_dst))
+        good = (src >= 0) & (dst >= 0) & (src != dst)
+        if good.any():
+            _merge_links(model, src[good], dst[good], delta.link_w[good])
+
+
+# -- the worker side ------------------------------------------------------------------------------
+class ModelSync:
+    """Shares one worker's item-side learning with the others (see the module docstring).
+
+    Runs inside the events pipeline's loop, between batches (:meth:`maybe_sync`), so
+    nothing learns while a delta is taken or applied. No I/O in ``__init__``.
+
+    Parameters
+    ----------
+    client
+        Async Redis client.
+    app_id
+        Names the log (``sr:model:<app_id>:log``): every worker of the app shares it.
+    interval_s
+        Seconds between syncs; 0 keeps the log off (checkpoints still happen).
+    checkpoint
+        ``async (model, log_id, offsets) -> None`` saving a checkpoint.
+    checkpoint_interval_s
+        Seconds between checkpoints (each taken right after a sync).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, app_id: str, interval_s: float,
+                 checkpoint: Callable[[Hybrid, str, dict[str, int]], Any],
+                 checkpoint_interval_s: float) -> None:
+        self._client = client
+        self.key = log_key(app_id)
+        self.interval_s = interval_s
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._checkpoint = checkpoint
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.last_id = "0-0"
+        self._base: Snapshot | None = None
+        self._added: dict[str, dict[str, Any]] = {}
+        self._removed: set[str] = set()
+        self._offsets: dict[str, int] = {}
+        now = time.monotonic()
+        self._next_sync = now + interval_s
+        self._next_checkpoint = now + checkpoint_interval_s
+        self._checkpoint_requested = False
+        self.syncs = 0
+        self.applied_entries = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0
+
+    # -- hooks for the pipeline and the catalogue agent ---------------------------------------
+    def prepare(self, model: Hybrid, events: Sequence[dict[str, Any]]) -> None:
+        """Before a batch is learned: rows for its new titles, started deterministically."""
+        if not self.enabled:
+            return
+        add_titles(model, (e["title_id"] for e in events
+                           if e.get("title_id") is not None and e["type"] not in _UNLEARNED_TYPES))
+
+    def add_title(self, model: Hybrid, title: dict[str, Any]) -> None:
+        new = title["title_id"] not in model._items.index
+        model.add_title(title)
+        if self.enabled:
+            if new:
+                seed_rows(model, [title["title_id"]])
+            self._removed.discard(title["title_id"])
+            self._added[title["title_id"]] = title
+
+    def remove_title(self, model: Hybrid, title_id: str) -> None:
+        model.remove_title(title_id)
+        if self.enabled:
+            self._added.pop(title_id, None)
+            self._removed.add(title_id)
+
+    def note_offsets(self, offsets: dict[str, int]) -> None:
+        """The events offsets the model has learned up to (``topic[partition]`` -> next)."""
+        for tp, offset in offsets.items():
+            if offset > self._offsets.get(tp, -1):
+                self._offsets[tp] = offset
+
+    def request_checkpoint(self) -> None:
+        self._checkpoint_requested = True
+
+    # -- start-up ------------------------------------------------------------------------------
+    async def catch_up(self, model: Hybrid, after: str | None) -> int:
+        """Replay every log entry after ``after`` (the checkpoint's position; None: all)."""
+        self.last_id = after or "0-0"
+        applied = 0
+        if self.enabled:
+            try:
+                first = await self._client.xrange(self.key, count=1)
+            except redis.RedisError as exc:
+                metrics.REDIS_ERRORS.labels(op="model_sync").inc()
+                raise StateStoreUnavailable(f"could not read the model log: {exc}") from exc
+            if first and after and _id_tuple(first[0][0]) > _id_tuple(after):
+                logger.warning("the model log was trimmed past this checkpoint (%s); entries "
+                               "between are lost to this worker", after)
+            applied = await self._read_and_apply(model, skip_own=False)
+        self._base = snapshot(model)
+        if applied:
+            logger.info("replayed %d model log entries after the checkpoint", applied)
+        return applied
+
+    # -- the periodic work ------------------------------------------------------------------
+    async def maybe_sync(self, model: Hybrid) -> None:
+        now = time.monotonic()
+        checkpoint_due = self._checkpoint_requested or now >= self._next_checkpoint
+        if not checkpoint_due and (not self.enabled or now < self._next_sync):
+            return
+        await self.sync(model, checkpoint=checkpoint_due)
+
+    async def sync(self, model: Hybrid, checkpoint: bool = False) -> None:
+        """Push this worker's delta, apply the others', and checkpoint if asked.
+
+        Redis errors are logged and counted; the unsent delta stays unsent (it is part of
+        the next one), so an outage delays sharing but loses nothing.
+        """
+        now = time.monotonic()
+        self._next_sync = now + self.interval_s
+        if self.enabled:
+            try:
+                await self._exchange(model)
+            except redis.RedisError as exc:
+                metrics.REDIS_ERRORS.labels(op="model_sync").inc()
+                logger.warning("model sync skipped, Redis unavailable: %s", exc)
+                return
+        if checkpoint:
+            self._checkpoint_requested = False
+            self._next_checkpoint = now + self.checkpoint_interval_s
+            await self._checkpoint(model, self.last_id, dict(self._offsets))
+            if self.enabled:
+                await self._trim()
+
+    async def _exchange(self, model: Hybrid) -> None:
+        delta = diff(model, self._base, self.worker_id)
+        delta.added = list(self._added.values())
+        delta.removed = sorted(self._removed)
+        delta.offsets = dict(self._offsets)
+        if not delta.empty():
+            payload = delta.encode()
+            await self._client.xadd(self.key, {"w": self.worker_id, "d": payload},
+                                    maxlen=LOG_MAX_ENTRIES, approximate=True)
+            metrics.MODEL_SYNC_BYTES.inc(len(payload))
+            self._added.clear()
+            self._removed.clear()
+        # From here on the delta is in the log: the base must include it even if reading
+        # the others' entries fails.
+        self._base = snapshot(model)
+        if await self._read_and_apply(model, skip_own=True):
+            self._base = snapshot(model)
+        self.syncs += 1
+        metrics.MODEL_SYNCS.inc()
+
+    async def _read_and_apply(self, model: Hybrid, skip_own: bool) -> int:
+        """Read every entry after ``last_id``, then apply them all at once (no await in
+        between, so a failed read applies nothing and moves nothing)."""
+        entries: list[tuple[Any, dict[bytes, bytes]]] = []
+        position = self.last_id
+        while True:
+            page = await self._client.xrange(self.key, min=f"({position}", count=READ_COUNT)
+            entries += page
+            if len(page) < READ_COUNT:
+                break
+            position = _id_text(page[-1][0])
+        applied = 0
+        for entry_id, fields in entries:
+            self.last_id = _id_text(entry_id)
+            if skip_own and fields.get(b"w", b"").decode() == self.worker_id:
+                continue
+            try:
+                delta = Delta.decode(fields[b"d"])
+            except (KeyError, ValueError, OSError, orjson.JSONDecodeError) as exc:
+                logger.error("unreadable model log entry %s skipped: %s", self.last_id, exc)
+                continue
+            apply(model, delta)
+            self.note_offsets(delta.offsets)
+            applied += 1
+        self.applied_entries += applied
+        return applied
+
+    async def _trim(self) -> None:
+        ms = _id_tuple(self.last_id)[0] - LOG_MARGIN_MS
+        if ms <= 0:
+            return
+        try:
+            await self._client.xtrim(self.key, minid=f"{ms}-0", approximate=True)
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="model_sync").inc()
+            logger.warning("could not trim the model log: %s", exc)
+
+
+def _id_text(entry_id: str | bytes) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
+    ms, _, seq = _id_text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
