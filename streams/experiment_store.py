@@ -241,6 +241,13 @@ async def start_experiments(settings: Settings, client: redis.asyncio.Redis
         return None
     store = ExperimentStore(client, settings.app_id, settings.state_ttl_s)
     await store.publish(config)
+    # Every arm's series exists at zero from start-up, so rates and dashboards see it.
+    counters = [metrics.EXPERIMENT_USERS, metrics.EXPERIMENT_LISTS,
+                *metrics.EXPERIMENT_MEASURES.values()]
+    for experiment in config.experiments:
+        for variant in experiment.variants:
+            for counter in counters:
+                counter.labels(experiment.name, variant.name)
     logger.info("serving %d experiment(s) from %s: %s", len(config.experiments),
                 settings.experiments_path, ", ".join(e.name for e in config.experiments))
     return LiveExperiments(config, store)

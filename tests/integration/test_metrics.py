@@ -105,6 +105,20 @@ def count_records(settings: Settings, topic: str, expected: int, limit_s: float)
     return seen
 
 
+AA_EXPERIMENT = """
+[[experiment]]
+name = "aa"
+[[experiment.variant]]
+name = "a"
+share = 0.5
+model = "default"
+[[experiment.variant]]
+name = "b"
+share = 0.5
+model = "default"
+"""
+
+
 @dataclass
 class ObservedRun:
     settings: Settings
@@ -122,8 +136,13 @@ class ObservedRun:
 
 @pytest.fixture(scope="module")
 def run(make_settings_module, start_worker_module, tmp_path_factory) -> ObservedRun:
-    # Checkpoint every second so the checkpoint gauge is set within the run.
-    settings = make_settings_module(checkpoint_interval_s=1.0)
+    # Checkpoint every second so the checkpoint gauge is set within the run. An A/A
+    # experiment (both arms the default model: lists unchanged) makes the dashboard's
+    # experiment series appear in the scrape.
+    experiments = tmp_path_factory.mktemp("experiments") / "aa.toml"
+    experiments.write_text(AA_EXPERIMENT)
+    settings = make_settings_module(checkpoint_interval_s=1.0,
+                                    experiments_path=str(experiments))
     started_at = time.time()
     world = generate_world(80, 120, seed=11)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
