@@ -95,46 +95,56 @@ class ExperimentBatch:
         self._recall_checked: set[str] = set()
         # (user, title) -> position the current viewing started from (this batch).
         self._started_at: dict[tuple[str, str], float] = {}
-        self._served: dict[str, tuple[list[str], set[str]]] = {}
         self._deciding: dict[str, tuple[Experiment, Variant] | None] = {}
         self._enrolled: dict[str, list[tuple[Experiment, Variant]]] = {}
         self._assigned: dict[str, list[tuple[Experiment, Variant]]] = {}
+        self._users: dict[str, tuple[list[list[Any]], tuple[list[str], set[str]]]] = {}
 
-    def _enrolments(self, uid: str, ts: float) -> list[tuple[Experiment, Variant]]:
-        """The user's variants in the experiments started by ``ts`` (hashes cached)."""
+    def _assigned_to(self, uid: str) -> list[tuple[Experiment, Variant]]:
+        """The user's variant in every experiment (hashed once per batch)."""
         assigned = self._assigned.get(uid)
         if assigned is None:
             assigned = self._assigned[uid] = [(e, e.assign(uid))
                                               for e in self.config.experiments]
-        return [pair for pair in assigned if pair[0].started(ts)]
+        return assigned
+
+    def _enrolments(self, uid: str, ts: float) -> list[tuple[Experiment, Variant]]:
+        """The user's variants in the experiments started by ``ts``."""
+        return [pair for pair in self._assigned_to(uid) if pair[0].started(ts)]
 
     # -- measuring ---------------------------------------------------------------------------
     def observe(self, event: dict[str, Any], stored: StoredProfile) -> None:
         """Tally one applied event (call before the event is applied to the profile)."""
         uid = event["user_id"]
-        enrolments = self._enrolments(uid, event["ts"])
-        if not enrolments:
-            return
-        served = self._served.get(uid)
-        if served is None:
-            listed = stored.last_lists.get(SERVED) or []
-            served = self._served[uid] = (listed, set(listed))
-        deltas = self._deltas(event, stored, served)
-        arms = self.tallies.users
-        for experiment, variant in enrolments:
-            by_user = arms.setdefault((experiment.name, variant.name), {})
-            current = by_user.get(uid)
-            if current is None:
-                by_user[uid] = list(deltas) if deltas else [0.0] * len(MEASURES)
-            elif deltas:
+        user = self._users.get(uid)
+        if user is None:
+            user = self._users[uid] = self._user(uid, stored)
+        slots, served = user
+        deltas = self._deltas(event, stored, served) if "title_id" in event else None
+        ts = event["ts"]
+        for slot in slots:
+            experiment, variant, row = slot
+            if row is None:
+                if not experiment.started(ts):
+                    continue
+                # Enrolled from its first event after the start, even with nothing to count.
+                row = slot[2] = self.tallies.users.setdefault(
+                    (experiment.name, variant.name), {}).setdefault(uid, [0.0] * len(MEASURES))
+            if deltas is not None:
                 for i, d in enumerate(deltas):
-                    current[i] += d
+                    row[i] += d
+
+    def _user(self, uid: str, stored: StoredProfile
+              ) -> tuple[list[list[Any]], tuple[list[str], set[str]]]:
+        """Per batch and user: a slot per experiment ``[experiment, variant, row]`` (row:
+        the user's deltas in that arm, once enrolled) and the served list."""
+        slots = [[e, v, None] for e, v in self._assigned_to(uid)]
+        listed = stored.last_lists.get(SERVED) or []
+        return slots, (listed, set(listed))
 
     def _deltas(self, event: dict[str, Any], stored: StoredProfile,
                 served: tuple[list[str], set[str]]) -> list[float] | None:
-        title = event.get("title_id")
-        if title is None:
-            return None
+        title = event["title_id"]
         listed, members = served
         kind = event["type"]
         uid = event["user_id"]
