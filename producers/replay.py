@@ -19,15 +19,20 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sources import CATALOG, EVENTS, FORMATS
 from streamrec.exceptions import ConfigError
 from streamrec.settings import Settings
+
+if TYPE_CHECKING:
+    from producers.delivery import Sender
+    from producers.sources import Source
 
 # Records between two progress/poll checks at full speed: checking the clock and serving
 # delivery reports every 16k records costs nothing measurable at 200k records/s.
@@ -119,6 +124,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kind = CATALOG if topic == settings.topics.catalog else EVENTS
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise ConfigError("--end must be later than --start")
+    if args.report and not os.path.isdir(os.path.dirname(args.report) or "."):
+        # Found now, not after an hour of replaying.
+        raise ConfigError(f"cannot write the report {args.report}: its directory does not exist")
     sources = [
         Source(path, check_source(path, args.format, kind), kind, settings.max_message_bytes)
         for path in args.files
@@ -136,8 +144,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _finish(summary, args, destination=f" at {target.kafka_bootstrap_servers}")
 
 
-def replay(sources: list[Any], args: argparse.Namespace, topic: str,
-           sender: Any | None) -> ReplaySummary:
+def replay(sources: list[Source], args: argparse.Namespace, topic: str,
+           sender: Sender | None) -> ReplaySummary:
     """Send every valid record of ``sources`` through ``sender`` (``None``: dry run)."""
     from producers.pacing import Pacer
     from producers.progress import Progress

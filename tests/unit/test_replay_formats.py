@@ -312,6 +312,7 @@ def test_compare_accepts_other_global_order_but_not_other_per_key_order(tmp_path
         (["--start", "2024-02-01", "--end", "2024-01-01"], "--end must be later"),
         (["--format", "xml"], "invalid choice"),
         (["--format", "movielens"], "not a MovieLens ratings file"),
+        (["--report", "/nonexistent-dir/r.json"], "its directory does not exist"),
     ],
 )
 def test_replay_mistakes_get_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args,
