@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("streamrec.demo", "run everything on embedded services and summarise"),
     "evaluate": ("streamrec.evaluate", "prequential evaluation of the models on a stream"),
     "bench": ("streamrec.bench", "measure throughput, latency and memory"),
+    "evaluate-artwork": ("streamrec.evaluate_artwork",
+                         "replay estimate of the artwork policy's click-through rate"),
+    "insights": ("consumers.insights", "most-searched missing titles and fastest-rising titles"),
     "experiment": ("streams.experiments_report",
                    "A/B experiments: `experiment report` says which variant wins"),
 }

@@ -28,6 +28,7 @@ from streams.checkpoint import Checkpointer
 from streams.experiment_store import start_experiments
 from streams.model_sync import ModelSync
 from streams.pipeline import EventsPipeline
+from streams.product import ProductLayer, start_product
 from streams.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class WorkerRuntime:
         self.pipeline: EventsPipeline | None = None
         self.sync: ModelSync | None = None
         self.catalog_dead_letters = 0
+        self.product: ProductLayer | None = None
 
     def model_version(self) -> str:
         version = self.checkpointer.version if self.checkpointer else 0
@@ -80,6 +82,10 @@ class WorkerRuntime:
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
                                        experiments=experiments)
         self.pipeline.sync = self.sync
+        if settings.product_features:
+            self.product = await self._retry(lambda: start_product(
+                settings, self.redis, lambda n, ts: self.model.trending.top(n, ts)))
+            self.pipeline.product = self.product
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
             self.pipeline.start()
 
@@ -114,6 +120,11 @@ class WorkerRuntime:
             await self.checkpointer.save(model, offsets, log_id)
         except StateStoreUnavailable as exc:
             logger.error("checkpoint skipped: %s", exc)
+        if self.product is not None:
+            try:
+                await self.product.save()
+            except StateStoreUnavailable as exc:
+                logger.error("product checkpoint skipped: %s", exc)
 
     async def handle_catalog(self, key: bytes | None, value: bytes | None, partition: int,
                              offset: int) -> None:
@@ -137,6 +148,24 @@ class WorkerRuntime:
         else:
             self.sync.add_title(self.model, title)
             await self._retry(lambda: self.checkpointer.save_title(title))
+        if self.product is not None:
+            await self._product_catalog(title)
+
+    async def _product_catalog(self, title: dict[str, Any]) -> None:
+        """Keep the product layer's catalogue current; notify about new episodes."""
+        assert self.product is not None
+        product = self.product
+        if title["type"] == "title_removed":
+            product.remove_title(title["title_id"])
+            return
+        product.add_title(title)
+        outcome = await self._retry(lambda: product.on_catalog(title))
+        pipeline = self.pipeline
+        if outcome.messages and pipeline is not None and pipeline._producer is not None:
+            for key, value in outcome.messages:
+                pipeline._produce(pipeline._producer.produce,
+                                  self.settings.topics.notifications, key, value)
+            pipeline._producer.poll(0)
 
     def update_gauges(self) -> None:
         if self.pipeline is not None:

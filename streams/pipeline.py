@@ -77,6 +77,9 @@ class EventsPipeline:
         # Item-model sharing between workers, and checkpoints (streams.model_sync); set by
         # the worker runtime.
         self.sync: Any = None
+        # Rows, artwork, search, notifications, cache hints (streams.product.ProductLayer);
+        # set by the worker runtime when STREAMREC_PRODUCT_FEATURES is on.
+        self.product: Any = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._pending: dict[tuple[str, int], int] = {}
@@ -161,6 +164,7 @@ class EventsPipeline:
                 decoded.events, flags, profiles, self.model, top_n=settings.top_n,
                 history_cap=settings.history_cap, model_version=self.model_version(),
                 experiments=self.experiments.config if self.experiments else None,
+                product=self.product,
             )
             metrics.STAGE_SECONDS.labels(stage="state").observe(t2 - t1)
             metrics.STAGE_SECONDS.labels(stage="learn").observe(ranked.learn_seconds)
@@ -171,6 +175,8 @@ class EventsPipeline:
             await self._save_lists_with_retry(ranked.last_lists)
         if ranked.experiments and self.experiments is not None:
             await self.experiments.record(ranked.experiments, self._wait)
+        if self.product is not None:
+            await self._flush_product()
         self._track_offsets(records)
         if self.sync is not None:
             self.sync.note_offsets({f"{t}[{p}]": o for (t, p), o in self._expected.items()})
@@ -231,6 +237,22 @@ class EventsPipeline:
                 return
             except StateStoreUnavailable as exc:
                 logger.warning("could not store emitted lists, retrying: %s", exc)
+                await self._wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _flush_product(self) -> None:
+        """Produce the product layer's messages (cache hints) and write its aggregates."""
+        assert self._producer is not None
+        produce, topics = self._producer.produce, self.settings.topics
+        for topic, key, value in self.product.take_messages():
+            self._produce(produce, getattr(topics, topic), key, value)
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                await self.product.flush()
+                return
+            except StateStoreUnavailable as exc:
+                logger.warning("could not write product aggregates, retrying: %s", exc)
                 await self._wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 

@@ -1,0 +1,297 @@
+"""Small online learners behind the homepage rows: row order, resume order, local trends.
+
+* :class:`RowBandit`: which rows to show first, a contextual Thompson-sampling bandit
+  over row types, learned from ``impression``/``click`` events that carry the row id;
+* :class:`ResumeModel`: how likely a user is to resume each in-progress title, learned
+  from which of them they actually resume;
+* :class:`CountryTrending`: time-decayed popularity per country, bounded.
+
+River style: hyperparameters in the constructor, learned state private, no I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class _Params:
+    """``clone`` and ``repr`` from the constructor's parameters (river's convention)."""
+
+    def _get_params(self) -> dict[str, Any]:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def clone(self) -> Any:
+        return type(self)(**copy.deepcopy(self._get_params()))
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+# Row types and their prior logits: the order a user with no evidence yet sees.
+ROW_PRIORS = {
+    "continue_watching": 1.0,
+    "top_picks": 0.6,
+    "because_you_watched": 0.4,
+    "trending": 0.2,
+    "genre": 0.0,
+    "new_releases": -0.2,
+}
+
+
+class RowBandit(_Params):
+    """Thompson sampling over row types with a logistic model per type (Chapelle & Li, 2011).
+
+    A row's click probability is ``sigmoid(w_type . x + v * a)``: ``x`` is the user's
+    context (hashed tokens such as the device, the hour of day, how established the
+    user is, whether they have something in progress; see :meth:`context`), ``a`` the
+    row's own affinity for the user (their affinity to a genre row's genre, or to a
+    "because you watched" row's source title), ``v`` shared by all types. Each weight
+    has a Gaussian posterior with diagonal precision, updated online by the Laplace
+    approximation; :meth:`order` samples the weights (scaled by ``exploration``) and
+    sorts rows by the sampled score, so rows with little evidence still get tried near
+    the top. Impressions are failures, clicks successes.
+
+    Parameters
+    ----------
+    n_context
+        Hashed context features (including the bias).
+    prior_precision
+        Precision of every weight's prior (smaller: the priors give way sooner).
+    exploration
+        Scale of the posterior samples; 0 orders by the posterior mean.
+    max_types
+        Most row types tracked (unknown types beyond it share the last slot).
+    seed
+        Seeds the sampler.
+
+    Examples
+    --------
+    >>> bandit = RowBandit(exploration=0.0)
+    >>> x = bandit.context(device="tv")
+    >>> for _ in range(200):
+    ...     bandit.learn_one("new_releases", x, True)
+    ...     bandit.learn_one("top_picks", x, False)
+    >>> rows = [("top_picks", 0.0), ("new_releases", 0.0)]
+    >>> [rows[i][0] for i in bandit.order(rows, x)]
+    ['new_releases', 'top_picks']
+    """
+
+    def __init__(self, n_context: int = 16, prior_precision: float = 1.0,
+                 exploration: float = 0.5, max_types: int = 16, seed: int = 42) -> None:
+        if n_context < 2 or max_types < 1 or prior_precision <= 0 or exploration < 0:
+            raise ValueError("n_context >= 2, max_types >= 1, prior_precision > 0, "
+                             "exploration >= 0")
+        self.n_context = n_context
+        self.prior_precision = prior_precision
+        self.exploration = exploration
+        self.max_types = max_types
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        dims = n_context + 1  # the context, then the row's own affinity
+        self._types: dict[str, int] = {}
+        self._mean = np.zeros((max_types, dims))
+        self._precision = np.full((max_types, dims), prior_precision)
+        for name, prior in ROW_PRIORS.items():
+            self._mean[self._type(name), 0] = prior
+        self.impressions = 0
+        self.clicks = 0
+
+    def _type(self, name: str) -> int:
+        slot = self._types.get(name)
+        if slot is None:
+            slot = min(len(self._types), self.max_types - 1)
+            if len(self._types) < self.max_types:
+                self._types[name] = slot
+        return slot
+
+    def context(self, device: str | None = None, hour: int | None = None,
+                events: int = 0, in_progress: bool = False) -> np.ndarray:
+        """The context vector: a bias and hashed tokens, each 1."""
+        x = np.zeros(self.n_context)
+        x[0] = 1.0
+        n = self.n_context - 1
+        tokens = [f"m:{min(3, int(math.log10(events + 1)))}"]
+        if device:
+            tokens.append("d:" + device)
+        if hour is not None:
+            tokens.append(f"h:{hour // 4}")
+        if in_progress:
+            tokens.append("p:1")
+        for token in tokens:
+            x[1 + zlib.crc32(token.encode()) % n] = 1.0
+        return x
+
+    def learn_one(self, row_type: str, context: np.ndarray, clicked: bool,
+                  affinity: float = 0.0) -> None:
+        slot = self._type(row_type)
+        x = np.append(context, affinity)
+        mean, precision = self._mean[slot], self._precision[slot]
+        p = _sigmoid(float(mean @ x))
+        precision += p * (1.0 - p) * x * x
+        mean += (float(clicked) - p) * x / precision
+        self.impressions += 1
+        self.clicks += bool(clicked)
+
+    def order(self, rows: Sequence[tuple[str, float]], context: np.ndarray,
+              explore: bool = True) -> list[int]:
+        """Indices of ``rows`` (``(type, affinity)`` pairs), best first."""
+        if not rows:
+            return []
+        slots = np.fromiter((self._type(t) for t, _ in rows), dtype=np.int64, count=len(rows))
+        weights = self._mean[slots]
+        if explore and self.exploration > 0:
+            noise = self._rng.standard_normal(weights.shape)
+            weights = weights + self.exploration * noise / np.sqrt(self._precision[slots])
+        affinity = np.fromiter((a for _, a in rows), dtype=np.float64, count=len(rows))
+        scores = weights[:, :-1] @ context + weights[:, -1] * affinity
+        return [int(i) for i in np.argsort(-scores, kind="stable")]
+
+
+class ResumeModel(_Params):
+    """How likely a user is to resume each in-progress title: a pairwise logistic model.
+
+    Features of an in-progress title: how long ago it was last watched
+    (``log1p(hours)``), the share watched and its square (people finish what they are
+    nearly through, and rarely go back to what they barely started), and whether it is
+    a series episode. Initial weights give "recent and far along first"; when a user
+    resumes one of several in-progress titles, the weights take a pairwise logistic
+    step toward ranking it above the others.
+
+    Examples
+    --------
+    >>> m = ResumeModel()
+    >>> now = 10 * 3600.0
+    >>> progress = {"old": (3000.0, 6000.0, 0.0), "fresh": (1200.0, 3000.0, now - 60)}
+    >>> m.rank(progress, now)
+    ['fresh', 'old']
+    """
+
+    def __init__(self, learning_rate: float = 0.05,
+                 initial: Sequence[float] = (-0.6, 1.5, 0.5, 0.2)) -> None:
+        if learning_rate <= 0 or len(initial) != 4:
+            raise ValueError("learning_rate must be positive and initial has 4 weights")
+        self.learning_rate = learning_rate
+        self.initial = tuple(initial)
+        self._w = list(initial)
+
+    @staticmethod
+    def features(position: float, duration: float, last_ts: float, now: float,
+                 episode: bool = False) -> tuple[float, float, float, float]:
+        ratio = min(1.0, position / duration) if duration > 0 else 0.5
+        hours = max(0.0, now - last_ts) / 3600.0
+        return (math.log1p(hours), ratio, ratio * ratio, 1.0 if episode else 0.0)
+
+    def score(self, features: Sequence[float]) -> float:
+        return sum(w * f for w, f in zip(self._w, features, strict=True))
+
+    def rank(self, in_progress: dict[str, tuple[float, float, float]], now: float,
+             episodes: Iterable[str] = ()) -> list[str]:
+        """In-progress titles (``title -> (position, duration, ts)``), likeliest first."""
+        episode_set = set(episodes)
+        scored = [
+            (self.score(self.features(p, d, t, now, title in episode_set)), -t, title)
+            for title, (p, d, t) in in_progress.items()
+        ]
+        scored.sort(key=lambda s: (-s[0], s[1], s[2]))
+        return [title for _, _, title in scored]
+
+    def learn_one(self, resumed: Sequence[float], others: Sequence[Sequence[float]]) -> None:
+        """The user resumed the title with ``resumed`` features over those of ``others``."""
+        w, lr = self._w, self.learning_rate
+        for other in others:
+            diff = [a - b for a, b in zip(resumed, other, strict=True)]
+            g = 1.0 - _sigmoid(sum(wi * d for wi, d in zip(w, diff, strict=True)))
+            for i, d in enumerate(diff):
+                w[i] += lr * g * d
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(self._w)
+
+
+class CountryTrending(_Params):
+    """Time-decayed positive plays per title, per country, in event time; bounded.
+
+    Parameters
+    ----------
+    half_life_s
+        Event-time seconds after which a play counts half.
+    titles_per_country
+        Titles kept per country (the weakest are pruned beyond it).
+    max_countries
+        Countries kept (the least recently active are dropped beyond it).
+
+    Examples
+    --------
+    >>> m = CountryTrending(half_life_s=3600)
+    >>> m.learn_one("SE", "a", 1.0, ts=0.0)
+    >>> m.learn_one("SE", "b", 1.0, ts=3600.0)
+    >>> m.learn_one("US", "c", 5.0, ts=3600.0)
+    >>> m.top("SE", 5, ts=3600.0)
+    ['b', 'a']
+    """
+
+    def __init__(self, half_life_s: float = 6 * 3600.0, titles_per_country: int = 500,
+                 max_countries: int = 300) -> None:
+        if half_life_s <= 0 or titles_per_country <= 0 or max_countries <= 0:
+            raise ValueError("half_life_s, titles_per_country and max_countries must be > 0")
+        self.half_life_s = half_life_s
+        self.titles_per_country = titles_per_country
+        self.max_countries = max_countries
+        # country -> {title: [score, ts]}; dict order = least recently active first.
+        self._scores: dict[str, dict[str, list[float]]] = {}
+
+    def learn_one(self, country: str, title: str, y: float, ts: float) -> None:
+        if y <= 0:
+            return
+        table = self._scores.pop(country, None)
+        if table is None:
+            table = {}
+            if len(self._scores) >= self.max_countries:
+                del self._scores[next(iter(self._scores))]
+        self._scores[country] = table  # most recently active last
+        entry = table.get(title)
+        if entry is None:
+            table[title] = [y, ts]
+            if len(table) > self.titles_per_country * 1.25:
+                self._prune(table, ts)
+        else:
+            entry[0] = entry[0] * 2.0 ** (-max(0.0, ts - entry[1]) / self.half_life_s) + y
+            entry[1] = max(ts, entry[1])
+
+    def _prune(self, table: dict[str, list[float]], ts: float) -> None:
+        ranked = sorted(table.items(), key=lambda kv: -self._decayed(kv[1], ts))
+        for title, _ in ranked[self.titles_per_country:]:
+            del table[title]
+
+    def _decayed(self, entry: list[float], ts: float) -> float:
+        return entry[0] * 2.0 ** (-max(0.0, ts - entry[1]) / self.half_life_s)
+
+    def top(self, country: str, n: int, ts: float) -> list[str]:
+        """The ``n`` most trending titles in ``country`` at event time ``ts``."""
+        table = self._scores.get(country)
+        if not table:
+            return []
+        ranked = sorted(table.items(), key=lambda kv: -self._decayed(kv[1], ts))
+        return [title for title, _ in ranked[:n]]
+
+    def forget(self, title: str) -> None:
+        for table in self._scores.values():
+            table.pop(title, None)
+
+    def size(self) -> dict[str, int]:
+        return {"countries": len(self._scores),
+                "entries": sum(len(t) for t in self._scores.values())}

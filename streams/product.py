@@ -1,0 +1,480 @@
+"""The product layer of the worker: rows, artwork, search, notifications and cache hints.
+
+One object, :class:`ProductLayer`, held by the worker runtime next to the model. The
+events path calls it at three points (all in ``streams.batch`` and
+``streams.pipeline``), each a thin hook:
+
+* :meth:`ProductLayer.observe` for every applied event: teaches the artwork and row
+  bandits (impressions and clicks), the resume model, per-country trending and the
+  cache-hint forecaster; matches searches; notes series watchers;
+* :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.decorate` for every
+  user ranked: searches become weak positives in the profile, then the message gets
+  its ``rows`` and every item its ``artwork_id``;
+* :meth:`ProductLayer.flush` once per batch, before offsets are committed: one
+  pipelined Redis call (series audiences, search demand, plays per country and hour)
+  and the batch's metrics; :meth:`ProductLayer.take_messages` hands over the cache hints.
+
+The catalogue agent calls :meth:`ProductLayer.add_title` / :meth:`remove_title`, and
+:meth:`on_catalog` for notifications. Only applied (not duplicate) events are observed,
+so a replayed batch never counts twice; the aggregates written by :meth:`flush` are
+at-most-once if the worker dies between the state write and this call.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from models.artwork import ArtworkBandit
+from models.base import UserProfile
+from models.homepage import ROW_PRIORS, CountryTrending, ResumeModel, RowBandit
+from streamrec import metrics
+from streamrec.exceptions import StateStoreUnavailable
+from streamrec.settings import Settings
+from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
+from streams.notifications import Notifier, NotifyOutcome, add_audience_writes
+from streams.rows import (
+    PLAYBACK_TYPES,
+    RowInputs,
+    affinity_tokens,
+    candidate_rows,
+    fill_rows,
+    row_type,
+    rows_message,
+    update_in_progress,
+)
+from streams.search import SearchIndex, normalise
+from streams.state import StoredProfile
+from streams.titles import TitleIndex
+
+logger = logging.getLogger(__name__)
+
+# Weak positive weight a search gives its best match (a play is 0.3, a completion 2.0);
+# older queries count less (x SEARCH_RECENCY per query), lesser matches in proportion.
+SEARCH_WEIGHT = 0.3
+SEARCH_RECENCY = 0.7
+SEARCH_QUERIES_USED = 5
+SEARCH_MATCHES_USED = 3
+# Most distinct unmatched queries kept per country for insights.
+DEMAND_CAP = 1000
+# Plays per country and hour are kept this long for "fastest rising" (two days + 1 h, s).
+PLAYS_TTL_S = 49 * 3600
+# Insight keys' marker for "all countries".
+ALL = "*"
+# Titles asked of the trending models per row (more than a row shows: some are filtered).
+TRENDING_FETCH = 30
+
+
+def insight_key(app_id: str, kind: str, *parts: str) -> str:
+    return ":".join(("sr:ins", app_id, kind, *parts))
+
+
+@dataclass
+class ProductModels:
+    """The learned state, pickled with checkpoints."""
+
+    artwork: ArtworkBandit = field(default_factory=ArtworkBandit)
+    rows: RowBandit = field(default_factory=RowBandit)
+    resume: ResumeModel = field(default_factory=ResumeModel)
+    trending: CountryTrending = field(default_factory=CountryTrending)
+    hints: CacheHints = field(default_factory=CacheHints)
+
+
+@dataclass
+class _BatchState:
+    progress: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    tokens: dict[str, dict[str, float]] = field(default_factory=dict)
+    watchers: dict[tuple[str, str], float] = field(default_factory=dict)
+    unmatched: dict[tuple[str, str], int] = field(default_factory=dict)
+    plays: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    clock: float = 0.0
+    searches: int = 0
+    searches_unmatched: int = 0
+    row_impressions: dict[str, int] = field(default_factory=dict)
+    row_clicks: dict[str, int] = field(default_factory=dict)
+    search_added: dict[str, set[str]] = field(default_factory=dict)
+    # Per-batch caches: a user's bandit contexts and total genre affinity.
+    art_context: dict[tuple[str, str | None], Any] = field(default_factory=dict)
+    row_context: dict[tuple[str, str | None, int, bool], Any] = field(default_factory=dict)
+    genre_total: dict[str, float] = field(default_factory=dict)
+    trending: dict[str, list[str]] = field(default_factory=dict)
+    newest: list[str] | None = None
+    seconds: float = 0.0
+
+
+class ProductLayer:
+    """See the module docstring. No I/O until :meth:`start`."""
+
+    def __init__(self, settings: Settings, global_trending: Any = None,
+                 models: ProductModels | None = None) -> None:
+        self.settings = settings
+        self.models = models if models is not None else ProductModels(
+            hints=CacheHints(top=settings.cache_hints_top))
+        # Callable (n, ts) -> [(title, score)]: the hybrid's global trending, the fallback
+        # when a country has no local trend yet.
+        self.global_trending = global_trending
+        self.titles = TitleIndex(capacity=settings.model_capacity)
+        self.search = SearchIndex(self.titles)
+        self.titles.on_remove.append(self._forget_title)
+        self._batch = _BatchState()
+        self._messages: list[tuple[str, bytes, bytes]] = []
+        self._client: Any = None
+        self.notifier: Notifier | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        self.notifier = Notifier(client, self.settings.notify_window_s,
+                                 self.settings.notify_max_per_day)
+
+    def checkpoint_key(self) -> str:
+        return f"sr:product:{self.settings.app_id}"
+
+    async def load(self) -> None:
+        """Restore the learned state saved by :meth:`save`, if any."""
+        try:
+            blob = await self._client.get(self.checkpoint_key())
+        except redis.RedisError as exc:
+            raise StateStoreUnavailable(f"could not read the product checkpoint: {exc}") from exc
+        if blob is None:
+            return
+        try:
+            models = pickle.loads(blob)  # noqa: S301 - our own Redis (see streams.checkpoint)
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not stop startup
+            logger.error("product checkpoint unreadable (%s); starting from scratch", exc)
+            return
+        if isinstance(models, ProductModels):
+            self.models = models
+            logger.info("restored product models (%s artworks, %s row impressions)",
+                        models.artwork.size()["artworks"], models.rows.impressions)
+
+    async def save(self) -> None:
+        blob = pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            await self._client.set(self.checkpoint_key(), blob)
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="product_save").inc()
+            raise StateStoreUnavailable(f"could not save the product checkpoint: {exc}") from exc
+
+    # -- catalogue -------------------------------------------------------------------------------
+    def add_title(self, title: dict[str, Any]) -> None:
+        self.titles.add(title)
+
+    def remove_title(self, title_id: str) -> None:
+        self.titles.remove(title_id)
+
+    def _forget_title(self, info: Any) -> None:
+        self.models.trending.forget(info.title_id)
+        for artwork in info.artwork_ids:
+            self.models.artwork.forget_artwork(artwork)
+
+    async def on_catalog(self, title: dict[str, Any]) -> NotifyOutcome:
+        """Notifications for an ``episode_released`` event (nothing for other types)."""
+        if title.get("type") != "episode_released" or self.notifier is None:
+            return NotifyOutcome()
+        outcome = await self.notifier.on_episode(title)
+        if outcome.messages:
+            metrics.NOTIFICATIONS_SENT.inc(len(outcome.messages))
+        for reason, count in outcome.suppressed.items():
+            metrics.NOTIFICATIONS_SUPPRESSED.labels(reason=reason).inc(count)
+        return outcome
+
+    # -- the events path: learning ---------------------------------------------------------------
+    def _tokens(self, uid: str, profile: UserProfile) -> dict[str, float]:
+        tokens = self._batch.tokens.get(uid)
+        if tokens is None:
+            tokens = self._batch.tokens[uid] = affinity_tokens(profile.history, self.titles)
+        return tokens
+
+    def _progress(self, uid: str, stored: StoredProfile) -> dict[str, tuple[float, float, float]]:
+        progress = self._batch.progress.get(uid)
+        if progress is None:
+            progress = self._batch.progress[uid] = dict(stored.in_progress)
+        return progress
+
+    def observe(self, event: dict[str, Any], y: float, stored: StoredProfile) -> None:
+        """Learn from one applied event (``y``: its implicit feedback)."""
+        started = time.perf_counter()
+        batch, models = self._batch, self.models
+        kind = event["type"]
+        uid = event["user_id"]
+        ts = event["ts"]
+        profile = stored.profile
+        batch.clock = max(batch.clock, ts)
+        title = event.get("title_id")
+        country = event.get("country") or profile.country
+        if kind == "search":
+            self._observe_search(event, country)
+        elif kind in ("impression", "click") and title is not None:
+            self._observe_display(event, kind == "click", stored)
+        elif kind in PLAYBACK_TYPES and title is not None:
+            progress = self._progress(uid, stored)
+            if kind in ("play", "resume") and title in progress and len(progress) > 1:
+                self._learn_resume(title, progress, ts)
+            update_in_progress(progress, event)
+            info = self.titles.get(title)
+            if info is not None and info.series_id is not None:
+                key = (info.series_id, uid)
+                batch.watchers[key] = max(ts, batch.watchers.get(key, 0.0))
+            if kind == "play":
+                for message in models.hints.observe(country, title, ts):
+                    self._messages.append(("cache_hints", *message))
+                plays = batch.plays.setdefault((country or UNKNOWN_COUNTRY, hour_start(ts)), {})
+                plays[title] = plays.get(title, 0) + 1
+        if title is not None and y > 0 and country:
+            models.trending.learn_one(country, title, y, ts)
+        batch.seconds += time.perf_counter() - started
+
+    def _observe_search(self, event: dict[str, Any], country: str | None) -> None:
+        batch = self._batch
+        batch.searches += 1
+        if not self.search.match(event["query"], 1):
+            batch.searches_unmatched += 1
+            key = (country or UNKNOWN_COUNTRY, normalise(event["query"]))
+            batch.unmatched[key] = batch.unmatched.get(key, 0) + 1
+
+    def _observe_display(self, event: dict[str, Any], clicked: bool,
+                         stored: StoredProfile) -> None:
+        batch, models = self._batch, self.models
+        uid, profile = event["user_id"], stored.profile
+        device = event.get("device") or profile.device
+        row = event.get("row")
+        artwork = event.get("artwork_id")
+        if artwork:
+            models.artwork.learn_one(uid, artwork, clicked,
+                                     self._art_context(uid, device, profile))
+        if row:
+            kind = row_type(row)
+            if kind not in ROW_PRIORS:
+                return
+            counter = batch.row_clicks if clicked else batch.row_impressions
+            counter[kind] = counter.get(kind, 0) + 1
+            context = self._row_context(uid, device, int(event["ts"] // 3600) % 24,
+                                        stored.events_applied,
+                                        bool(batch.progress.get(uid, stored.in_progress)))
+            models.rows.learn_one(kind, context, clicked, self._row_affinity(row, uid, profile))
+
+    def _art_context(self, uid: str, device: str | None, profile: UserProfile) -> Any:
+        key = (uid, device)
+        context = self._batch.art_context.get(key)
+        if context is None:
+            context = self._batch.art_context[key] = self.models.artwork.context(
+                device, self._tokens(uid, profile))
+        return context
+
+    def _row_context(self, uid: str, device: str | None, hour: int, events: int,
+                     in_progress: bool) -> Any:
+        key = (uid, device, hour, in_progress)
+        context = self._batch.row_context.get(key)
+        if context is None:
+            context = self._batch.row_context[key] = self.models.rows.context(
+                device, hour, events, in_progress)
+        return context
+
+    def _row_affinity(self, row_id: str, uid: str, profile: UserProfile) -> float:
+        kind, _, arg = row_id.partition(":")
+        if kind == "genre" and arg:
+            tokens = self._tokens(uid, profile)
+            total = self._batch.genre_total.get(uid)
+            if total is None:
+                total = self._batch.genre_total[uid] = sum(
+                    w for k, w in tokens.items() if k.startswith("g:") and w > 0)
+            return max(0.0, tokens.get("g:" + arg.lower(), 0.0)) / total if total else 0.0
+        if kind == "because_you_watched" and arg:
+            for title, weight in profile.history:
+                if title == arg:
+                    return max(0.0, min(weight, 3.0)) / 3.0
+        return 0.0
+
+    def _learn_resume(self, title: str, progress: dict[str, tuple[float, float, float]],
+                      ts: float) -> None:
+        features = self.models.resume.features
+        titles = self.titles
+
+        def phi(t: str) -> tuple[float, float, float, float]:
+            pos, dur, last = progress[t]
+            info = titles.get(t)
+            return features(pos, dur, last, ts, info is not None and info.series_id is not None)
+
+        others = [phi(t) for t in progress if t != title]
+        self.models.resume.learn_one(phi(title), others)
+
+    # -- the events path: ranking ----------------------------------------------------------------
+    def adjust_profile(self, profile: UserProfile) -> None:
+        """Searches as weak positives: titles matching the user's recent queries join the
+        history (after what they watched) with a small weight, for this ranking only."""
+        if not profile.search_terms:
+            return
+        present = {t for t, _ in profile.history}
+        added: dict[str, float] = {}
+        for i, query in enumerate(profile.search_terms[:SEARCH_QUERIES_USED]):
+            matches = self.search.match(query, SEARCH_MATCHES_USED)
+            if not matches:
+                continue
+            top = matches[0][1]
+            for title, score in matches:
+                if title in present or title in profile.completed:
+                    continue
+                weight = SEARCH_WEIGHT * SEARCH_RECENCY ** i * score / top
+                added[title] = max(added.get(title, 0.0), weight)
+        if added:
+            profile.history.extend((t, round(w, 6)) for t, w in added.items())
+            self._batch.search_added[profile.user_id] = set(added)
+
+    def _trending(self, country: str | None, ts: float) -> list[str]:
+        key = country or ""
+        cached = self._batch.trending.get(key)
+        if cached is None:
+            cached = self.models.trending.top(country, TRENDING_FETCH, ts) if country else []
+            if not cached and self.global_trending is not None:
+                cached = [t for t, _ in self.global_trending(TRENDING_FETCH, ts)]
+            self._batch.trending[key] = cached
+        return cached
+
+    def decorate(self, message: dict[str, Any], stored: StoredProfile,
+                 recs: Sequence[Any], event: dict[str, Any]) -> None:
+        """Add ``rows`` to ``message`` and an ``artwork_id`` to each of its items."""
+        started = time.perf_counter()
+        settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
+        uid, profile = message["user_id"], stored.profile
+        ts = event["ts"]
+        progress = batch.progress.get(uid, stored.in_progress)
+        searched = batch.search_added.get(uid, ())
+        items = message["items"]
+        if searched:
+            for item in items:
+                reason = item["reason"]
+                if reason.startswith("because_you_watched:") and reason[20:] in searched:
+                    item["reason"] = "search"
+        if batch.newest is None:
+            batch.newest = titles.newest(settings.row_items + 10)
+        episodes = [t for t in progress if titles.series_of(t) is not None]
+        inputs = RowInputs(
+            recs=[(item["title_id"], item["reason"]) for item in items],
+            in_progress=progress,
+            resume_order=models.resume.rank(progress, ts, episodes) if progress else [],
+            completed=profile.completed,
+            trending=self._trending(profile.country, ts),
+            new_releases=batch.newest,
+            country=profile.country,
+        )
+        candidates = candidate_rows(
+            inputs, titles,
+            genre_affinity=lambda g: self._row_affinity("genre:" + g, uid, profile),
+            title_affinity=lambda t: self._row_affinity("because_you_watched:" + t, uid,
+                                                        profile),
+        )
+        rows = fill_rows(candidates, titles, progress, settings.row_items,
+                         settings.row_duplicates)
+        context = self._row_context(uid, profile.device, int(ts // 3600) % 24,
+                                    stored.events_applied, bool(progress))
+        order = models.rows.order([(r.type, r.affinity) for r in rows], context)
+        rows = [rows[i] for i in order]
+        # One artwork per title for the whole page, chosen in one vectorised call.
+        shown = list(dict.fromkeys([item["title_id"] for item in items]
+                                   + [it["title_id"] for r in rows for it in r.items]))
+        arts = [titles[t].artwork_ids if t in titles else () for t in shown]
+        picks = models.artwork.choose_many(uid, arts,
+                                           self._art_context(uid, profile.device, profile))
+        artwork_of = dict(zip(shown, picks, strict=True))
+        for item in items:
+            item["artwork_id"] = artwork_of.get(item["title_id"])
+        for row in rows:
+            for item in row.items:
+                item["artwork_id"] = artwork_of.get(item["title_id"])
+        message["rows"] = rows_message(rows)
+        batch.seconds += time.perf_counter() - started
+
+    # -- once per batch --------------------------------------------------------------------------
+    def take_messages(self) -> list[tuple[str, bytes, bytes]]:
+        """Messages to produce: ``(topics attribute, key, value)`` (cache hints)."""
+        messages, self._messages = self._messages, []
+        if messages:
+            metrics.CACHE_HINTS_PUBLISHED.inc(len(messages))
+        return messages
+
+    def _queue_writes(self, pipe: Any) -> None:
+        batch, app = self._batch, self.settings.app_id
+        if batch.watchers:
+            add_audience_writes(pipe, batch.watchers, self.settings.notify_window_s)
+        demand_keys: set[str] = set()
+        for (country, query), count in batch.unmatched.items():
+            for scope in (country, ALL):
+                key = insight_key(app, "unmatched", scope)
+                pipe.zincrby(key, count, query)
+                demand_keys.add(key)
+        for key in demand_keys:
+            pipe.zremrangebyrank(key, 0, -(DEMAND_CAP + 1))
+        for (country, hour), plays in batch.plays.items():
+            for scope in (country, ALL):
+                key = insight_key(app, "plays", scope, str(hour))
+                for title, count in plays.items():
+                    pipe.zincrby(key, count, title)
+                pipe.expire(key, PLAYS_TTL_S)
+        if batch.clock:
+            pipe.zadd(insight_key(app, "clock"), {"ts": batch.clock}, gt=True)
+
+    async def flush(self) -> None:
+        """Write the batch's aggregates (one pipelined call), count its metrics, reset."""
+        if self._client is not None:
+            pipe = self._client.pipeline(transaction=False)
+            self._queue_writes(pipe)
+            if len(pipe):
+                started = time.perf_counter()
+                try:
+                    await pipe.execute()
+                except redis.RedisError as exc:
+                    metrics.REDIS_ERRORS.labels(op="product_flush").inc()
+                    raise StateStoreUnavailable(f"Redis product flush failed: {exc}") from exc
+                metrics.REDIS_SECONDS.labels(op="product_flush").observe(
+                    time.perf_counter() - started)
+        self.end_batch()
+
+    def end_batch(self) -> None:
+        """Count the batch's metrics and start a new batch (no I/O)."""
+        batch = self._batch
+        if batch.searches:
+            metrics.SEARCHES.inc(batch.searches)
+        if batch.searches_unmatched:
+            metrics.SEARCH_UNMATCHED.inc(batch.searches_unmatched)
+        for kind, count in batch.row_impressions.items():
+            metrics.ROW_IMPRESSIONS.labels(row_type=kind).inc(count)
+        for kind, count in batch.row_clicks.items():
+            metrics.ROW_CLICKS.labels(row_type=kind).inc(count)
+        metrics.STAGE_SECONDS.labels(stage="product").observe(batch.seconds)
+        self._batch = _BatchState()
+
+    def size(self) -> dict[str, int]:
+        return {"titles": len(self.titles), **self.models.artwork.size(),
+                **{f"trending_{k}": v for k, v in self.models.trending.size().items()}}
+
+
+async def start_product(settings: Settings, client: redis.asyncio.Redis,
+                        global_trending: Any = None) -> ProductLayer:
+    """A started product layer: learned state restored, the catalogue copy loaded."""
+    from streams.checkpoint import catalog_key
+
+    layer = ProductLayer(settings, global_trending)
+    layer.start(client)
+    await layer.load()
+    try:
+        raw = await client.hgetall(catalog_key(settings.app_id))
+    except redis.RedisError as exc:
+        raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
+    for value in raw.values():
+        layer.add_title(orjson.loads(value))
+    for kind in ROW_PRIORS:  # counters at zero, so rate() sees the first impressions
+        metrics.ROW_IMPRESSIONS.labels(row_type=kind)
+        metrics.ROW_CLICKS.labels(row_type=kind)
+    for reason in ("seen", "duplicate", "rate_limited"):
+        metrics.NOTIFICATIONS_SUPPRESSED.labels(reason=reason)
+    logger.info("product features on: %d titles indexed", len(layer.titles))
+    return layer

@@ -1,0 +1,209 @@
+"""Homepage rows: the page a recommendation message describes, built by pure functions.
+
+Every recommendation message carries ``"rows": [{"id", "title", "items": [{"title_id",
+"artwork_id", "resume_s"?}]}]``. The rows, and where their titles come from:
+
+=============================  =============================================================
+``continue_watching``          the user's in-progress titles, with the position to resume
+                               from (``resume_s``), likeliest to be resumed first
+                               (:class:`models.homepage.ResumeModel`)
+``because_you_watched:<id>``   the ranked titles whose reason is that title, named after it
+``genre:<genre>``              the ranked titles whose reason is that genre
+``trending``                   what is trending in the user's country
+                               (:class:`models.homepage.CountryTrending`), else everywhere
+``new_releases``               the newest titles in the catalogue
+``top_picks``                  the rest of the ranked list, in rank order
+=============================  =============================================================
+
+Each title is placed in at most one row (unless duplicates are allowed): the most
+specific row that has it wins (in the order of the table), and a series shows at most
+one episode per row. The order of the rows is the row bandit's
+(:class:`models.homepage.RowBandit`); empty rows are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.profile import COMPLETION_RATIO
+from streams.titles import TitleIndex
+
+PLAYBACK_TYPES = frozenset({"play", "pause", "resume", "seek", "stop", "complete"})
+PARTIAL_DONE = frozenset({"stop", "pause", "seek"})
+# Sources / genres given their own row, at most.
+MAX_BECAUSE_ROWS = 2
+MAX_GENRE_ROWS = 2
+# Titles of the history that feed the affinity tokens (most recent first).
+AFFINITY_HISTORY = 20
+# Specificity: a title that two rows want goes to the earlier type here.
+ASSIGN_ORDER = ("continue_watching", "because_you_watched", "genre", "new_releases",
+                "trending", "top_picks")
+
+
+def row_type(row_id: str) -> str:
+    """``genre:Drama`` -> ``genre``; ``because_you_watched:t1`` -> ``because_you_watched``.
+
+    Examples
+    --------
+    >>> row_type("genre:Drama"), row_type("trending")
+    ('genre', 'trending')
+    """
+    return row_id.split(":", 1)[0]
+
+
+def update_in_progress(in_progress: dict[str, tuple[float, float, float]],
+                       event: Mapping[str, Any]) -> None:
+    """Apply one applied event to ``title -> (position, duration, ts)``, in place.
+
+    The same rule as the events path's Lua script (``streams.state``): a completion (or
+    a stop, pause or seek within ``COMPLETION_RATIO`` of the end) removes the title; any
+    other playback event with a position records it as the resume point.
+
+    Examples
+    --------
+    >>> p = {}
+    >>> update_in_progress(p, {"type": "pause", "title_id": "a", "ts": 5.0,
+    ...                        "position_s": 1200.0, "duration_s": 3000.0})
+    >>> p
+    {'a': (1200.0, 3000.0, 5.0)}
+    >>> update_in_progress(p, {"type": "complete", "title_id": "a", "ts": 9.0,
+    ...                        "position_s": 3000.0})
+    >>> p
+    {}
+    """
+    kind = event["type"]
+    if kind not in PLAYBACK_TYPES:
+        return
+    title = event["title_id"]
+    position = event.get("position_s") or 0.0
+    duration = event.get("duration_s") or 0.0
+    if kind == "complete" or (kind in PARTIAL_DONE and duration > 0
+                              and position >= COMPLETION_RATIO * duration):
+        in_progress.pop(title, None)
+    elif position > 0:
+        in_progress[title] = (position, duration, event["ts"])
+
+
+def affinity_tokens(history: Sequence[tuple[str, float]], titles: TitleIndex,
+                    limit: int = AFFINITY_HISTORY) -> dict[str, float]:
+    """The user's genre (``g:``) and cast (``c:``) affinities from their recent titles.
+
+    Examples
+    --------
+    >>> index = TitleIndex()
+    >>> index.add({"title_id": "a", "genres": ["Drama"], "cast": ["Ava Moreau"]})
+    >>> affinity_tokens([("a", 2.0), ("zz", 1.0)], index)
+    {'g:drama': 2.0, 'c:ava moreau': 1.0}
+    """
+    out: dict[str, float] = {}
+    for title, weight in history[:limit]:
+        info = titles.get(title)
+        if info is None or weight == 0:
+            continue
+        for genre in info.genres:
+            key = "g:" + genre.lower()
+            out[key] = out.get(key, 0.0) + weight
+        for person in info.cast[:3]:
+            key = "c:" + person.lower()
+            out[key] = out.get(key, 0.0) + 0.5 * weight
+    return out
+
+
+@dataclass(frozen=True)
+class RowInputs:
+    """Everything one user's page is made from (all already computed, no I/O)."""
+
+    recs: Sequence[tuple[str, str]]  # (title_id, reason) in rank order
+    in_progress: Mapping[str, tuple[float, float, float]]
+    resume_order: Sequence[str]  # in-progress titles, likeliest to be resumed first
+    completed: Iterable[str]
+    trending: Sequence[str]
+    new_releases: Sequence[str]
+    country: str | None = None
+
+
+@dataclass
+class Row:
+    id: str
+    type: str
+    title: str
+    items: list[dict[str, Any]]
+    affinity: float = 0.0
+
+
+def candidate_rows(inputs: RowInputs, titles: TitleIndex,
+                   genre_affinity: Callable[[str], float] | None = None,
+                   title_affinity: Callable[[str], float] | None = None,
+                   ) -> list[tuple[Row, list[str]]]:
+    """Every row the user could get, with its candidate titles (before de-duplication)."""
+    completed = set(inputs.completed)
+    rows: list[tuple[Row, list[str]]] = []
+    resume = [t for t in inputs.resume_order if t in inputs.in_progress and t not in completed]
+    if resume:
+        rows.append((Row("continue_watching", "continue_watching", "Continue watching", []),
+                     resume))
+    because: dict[str, list[str]] = {}
+    genres: dict[str, list[str]] = {}
+    for title, reason in inputs.recs:
+        kind, _, arg = reason.partition(":")
+        if kind == "because_you_watched" and arg:
+            if arg in because or len(because) < MAX_BECAUSE_ROWS:
+                because.setdefault(arg, []).append(title)
+        elif kind == "genre" and arg:
+            if arg in genres or len(genres) < MAX_GENRE_ROWS:
+                genres.setdefault(arg, []).append(title)
+    for source, members in because.items():
+        info = titles.get(source)
+        name = info.name if info is not None else source
+        affinity = title_affinity(source) if title_affinity else 0.0
+        rows.append((Row(f"because_you_watched:{source}", "because_you_watched",
+                         f"Because you watched {name}", [], affinity), members))
+    for genre, members in genres.items():
+        affinity = genre_affinity(genre) if genre_affinity else 0.0
+        rows.append((Row(f"genre:{genre}", "genre", genre, [], affinity), members))
+    fresh = [t for t in inputs.new_releases if t not in completed]
+    if fresh:
+        rows.append((Row("new_releases", "new_releases", "New releases", []), fresh))
+    trend = [t for t in inputs.trending if t not in completed]
+    if trend:
+        where = f"Trending in {inputs.country}" if inputs.country else "Trending now"
+        rows.append((Row("trending", "trending", where, []), trend))
+    picks = [t for t, _ in inputs.recs]
+    if picks:
+        rows.append((Row("top_picks", "top_picks", "Top picks for you", []), picks))
+    return rows
+
+
+def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
+              in_progress: Mapping[str, tuple[float, float, float]], max_items: int = 10,
+              allow_duplicates: bool = False) -> list[Row]:
+    """Give each row its items: most specific row first, each title once (by default),
+    one episode per series per row, at most ``max_items`` per row; drops empty rows."""
+    taken: set[str] = set()
+    rank = {name: i for i, name in enumerate(ASSIGN_ORDER)}
+    for row, members in sorted(candidates, key=lambda rm: rank.get(rm[0].type, len(rank))):
+        series_seen: set[str] = set()
+        for title in members:
+            if len(row.items) >= max_items:
+                break
+            if not allow_duplicates and title in taken:
+                continue
+            info = titles.get(title)
+            series = info.series_id if info is not None else None
+            if series is not None and row.type != "continue_watching":
+                if series in series_seen:
+                    continue
+                series_seen.add(series)
+            item: dict[str, Any] = {"title_id": title}
+            if row.type == "continue_watching":
+                item["resume_s"] = round(in_progress[title][0], 1)
+            row.items.append(item)
+            taken.add(title)
+    return [row for row, _ in candidates if row.items]
+
+
+def rows_message(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The ``rows`` field of a recommendation message."""
+    return [{"id": r.id, "title": r.title, "items": r.items} for r in rows]

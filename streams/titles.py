@@ -1,0 +1,131 @@
+"""The worker's in-process catalogue: what rows, artwork, search and notifications need.
+
+The models know titles only as rows and genres; the product features also need names,
+series, cast and artwork. :class:`TitleIndex` keeps those for every catalogue title,
+bounded by a capacity (the oldest-added titles are dropped first, as the item models
+evict theirs), and tracks the newest titles for the ``new_releases`` row. It is filled
+by the catalogue agent and, at start-up, from the catalogue copy in Redis
+(``streams.checkpoint``). No I/O here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Newest titles remembered for the new_releases row; a row shows far fewer.
+NEWEST_CAP = 200
+
+
+@dataclass(frozen=True, slots=True)
+class TitleInfo:
+    title_id: str
+    name: str
+    kind: str
+    series_id: str | None
+    genres: tuple[str, ...]
+    cast: tuple[str, ...]
+    director: str | None
+    artwork_ids: tuple[str, ...]
+    added_ts: float
+
+    @classmethod
+    def from_catalog(cls, title: Mapping[str, Any]) -> TitleInfo:
+        """From a validated ``catalog`` event (``streamrec.schema.validate_catalog``)."""
+        return cls(
+            title_id=title["title_id"],
+            name=title.get("name") or title["title_id"],
+            kind=title.get("kind") or "movie",
+            series_id=title.get("series_id"),
+            genres=tuple(title.get("genres") or ()),
+            cast=tuple(title.get("cast") or ()),
+            director=title.get("director"),
+            artwork_ids=tuple(title.get("artwork_ids") or ()),
+            added_ts=float(title.get("ts") or 0.0),
+        )
+
+
+class TitleIndex:
+    """title_id -> :class:`TitleInfo`, bounded, with the newest titles kept in order.
+
+    Parameters
+    ----------
+    capacity
+        Most titles held; adding one more drops the oldest added.
+
+    Examples
+    --------
+    >>> index = TitleIndex(capacity=2)
+    >>> index.add({"title_id": "a", "name": "Heat", "ts": 1.0})
+    >>> index.add({"title_id": "b", "name": "Ran", "ts": 3.0, "kind": "episode",
+    ...            "series_id": "s1"})
+    >>> index.add({"title_id": "c", "name": "Up", "ts": 2.0})
+    >>> "a" in index, index.newest(5), index["b"].series_id
+    (False, ['b', 'c'], 's1')
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        # dicts keep insertion order: the first key is the oldest added.
+        self._titles: dict[str, TitleInfo] = {}
+        self._newest: list[tuple[float, str]] = []  # ascending (added_ts, title_id)
+        self.on_add: list[Any] = []
+        self.on_remove: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["on_add"], state["on_remove"] = [], []
+        return state
+
+    def __len__(self) -> int:
+        return len(self._titles)
+
+    def __contains__(self, title_id: object) -> bool:
+        return title_id in self._titles
+
+    def __getitem__(self, title_id: str) -> TitleInfo:
+        return self._titles[title_id]
+
+    def __iter__(self) -> Iterator[TitleInfo]:
+        return iter(self._titles.values())
+
+    def get(self, title_id: str) -> TitleInfo | None:
+        return self._titles.get(title_id)
+
+    def add(self, title: Mapping[str, Any]) -> None:
+        """A catalogue title was added or updated."""
+        info = TitleInfo.from_catalog(title)
+        if info.title_id in self._titles:
+            self.remove(info.title_id)
+        elif len(self._titles) >= self.capacity:
+            self.remove(next(iter(self._titles)))
+        self._titles[info.title_id] = info
+        entry = (info.added_ts, info.title_id)
+        if len(self._newest) < NEWEST_CAP or entry > self._newest[0]:
+            bisect.insort(self._newest, entry)
+            del self._newest[: max(0, len(self._newest) - NEWEST_CAP)]
+        for callback in self.on_add:
+            callback(info)
+
+    def remove(self, title_id: str) -> None:
+        info = self._titles.pop(title_id, None)
+        if info is None:
+            return
+        entry = (info.added_ts, title_id)
+        i = bisect.bisect_left(self._newest, entry)
+        if i < len(self._newest) and self._newest[i] == entry:
+            del self._newest[i]
+        for callback in self.on_remove:
+            callback(info)
+
+    def newest(self, n: int) -> list[str]:
+        """The ``n`` most recently added titles, newest first."""
+        return [t for _, t in reversed(self._newest[-n:])] if n > 0 else []
+
+    def series_of(self, title_id: str) -> str | None:
+        info = self._titles.get(title_id)
+        return info.series_id if info is not None else None
