@@ -49,12 +49,24 @@ def hybrid_view(model: Hybrid, overrides: Mapping[str, Any]) -> Hybrid:
     return view
 
 
-def popularity_list(model: Hybrid, profile: UserProfile, n: int, ts: float
+def popularity_list(model: Hybrid, profile: UserProfile, n: int, ts: float,
+                    ranked: Sequence[tuple[str, float]] | None = None
                     ) -> list[Recommendation]:
-    """The ``n`` most trending titles the user has not completed."""
+    """The ``n`` most trending titles the user has not completed.
+
+    ``ranked`` is every title in trending order (``model.trending.top``), computed once
+    per batch: the order does not depend on ``ts`` (every title decays by the same factor).
+    """
     done = profile.completed
-    ranked = model.trending.top(n + len(done), ts)
-    return [Recommendation(t, round(s, 6), "trending") for t, s in ranked if t not in done][:n]
+    if ranked is None:
+        ranked = model.trending.top(n + len(done), ts)
+    out: list[Recommendation] = []
+    for title, score in ranked:
+        if title not in done:
+            out.append(Recommendation(title, round(score, 6), "trending"))
+            if len(out) == n:
+                break
+    return out
 
 
 def random_list(known: np.ndarray, ids: list[str | None], profile: UserProfile, n: int,
@@ -78,6 +90,7 @@ class VariantRanker:
         self.model = model
         self._views: dict[int, Hybrid] = {}
         self._known: np.ndarray | None = None
+        self._trending: list[tuple[str, float]] | None = None
 
     def recommend_many(self, variant: Variant | None, profiles: Sequence[UserProfile], n: int,
                        ts: Sequence[float], event_ids: Sequence[str]
@@ -107,7 +120,9 @@ class VariantRanker:
         if preset == "default":
             return model.recommend(profile, n=n, ts=ts)
         if preset == "popularity":
-            return popularity_list(model, profile, n, ts)
+            if self._trending is None:
+                self._trending = model.trending.top(len(model._items), ts)
+            return popularity_list(model, profile, n, ts, self._trending)
         if preset == "random":
             if self._known is None:
                 items = model._items
