@@ -73,15 +73,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check: Any, limit_s: float, what: str) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
+def wait_for(check: Any, limit_s: float, what: str, log_path: Any = None) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail naming ``what`` (and
+    showing the end of ``log_path``, the process's log, to say why)."""
     deadline = time.monotonic() + limit_s
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {limit_s:.0f}s waiting for {what}")
+            log = Path(log_path).read_text(errors="replace")[-4000:] if log_path else ""
+            pytest.fail(f"gave up after {limit_s:.0f}s waiting for {what}\n{log}")
         time.sleep(0.3)
 
 
@@ -186,7 +188,8 @@ def run(make_settings_module, start_worker_module, tmp_path_factory) -> Observed
                     + total(samples, "streamrec_events_dead_lettered_total"))
             return samples if done >= N_EVENTS else None
 
-        wait_for(drained, DRAIN_LIMIT_S, f"the worker to process {N_EVENTS} records")
+        wait_for(drained, DRAIN_LIMIT_S, f"the worker to process {N_EVENTS} records",
+                 worker.log_path)
 
         def gauges_settled() -> list[Any] | None:
             # Lag and model sizes come from a 5 s timer; checkpoints every second.
@@ -197,7 +200,8 @@ def run(make_settings_module, start_worker_module, tmp_path_factory) -> Observed
                      and total(samples, "streamrec_last_checkpoint_timestamp_seconds") > 0)
             return samples if ready else None
 
-        wait_for(gauges_settled, GAUGES_LIMIT_S, "lag per partition, model sizes, checkpoint")
+        wait_for(gauges_settled, GAUGES_LIMIT_S, "lag per partition, model sizes, checkpoint",
+                 worker.log_path)
         worker_text = worker.metrics_text()
         emitted = total(parse(worker_text), "streamrec_recommendations_emitted_total")
         on_topic = count_records(settings, settings.topics.recommendations, int(emitted),
@@ -210,7 +214,8 @@ def run(make_settings_module, start_worker_module, tmp_path_factory) -> Observed
                      and len(lag) == settings.partitions and not any(lag.values()))
             return samples if ready else None
 
-        sink_samples = wait_for(sink_settled, GAUGES_LIMIT_S, "the sink to store every list")
+        sink_samples = wait_for(sink_settled, GAUGES_LIMIT_S, "the sink to store every list",
+                                sink_log)
         worker_exit = worker.stop()
     finally:
         if sink.poll() is None:
@@ -251,7 +256,7 @@ def test_latency_and_stage_histograms_are_populated(run: ObservedRun) -> None:
                   and s.labels["le"] == "+Inf"]
     assert inf_bucket == [applied]
     counts = values(m, "streamrec_stage_seconds_count", "stage")
-    assert set(counts) == set(STAGES)
+    assert set(STAGES) <= set(counts)  # the issue's stages; features may add their own
     assert all(counts[stage] > 0 for stage in STAGES)
     redis_counts = values(m, "streamrec_redis_seconds_count", "op")
     assert redis_counts["apply_batch"] > 0 and redis_counts["save_last_lists"] > 0
