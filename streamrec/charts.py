@@ -84,7 +84,7 @@ def plot_panels(path: str | Path, title: str, panels: Sequence[Panel],
                     linewidth=1.5)
             drawn += 1
         if drawn:
-            ax.legend(loc="upper left", fontsize="small")
+            ax.legend(loc="best", fontsize="small")
         else:
             ax.text(0.5, 0.5, "no samples", ha="center", va="center",
                     transform=ax.transAxes, color="grey")

@@ -286,12 +286,17 @@ def _sample(timeline: Any, elapsed: float, produced: int, tail: TailState, port:
         recommendations = tail.recommendations
         latencies = tail.latencies_s[latency_seen:]
         latency_seen = len(tail.latencies_s)
+    counts = {"events produced": float(produced), "recommendations seen": recommendations}
     try:
         recall = scrape_labelled(port, "streamrec_online_recall_at_k")
-    except OSError:
+        worker = scrape(port)
+        counts["records processed by the worker"] = (
+            worker.get("streamrec_events_consumed_total", 0.0)
+            + worker.get("streamrec_events_duplicate_total", 0.0)
+            + worker.get("streamrec_events_dead_lettered_total", 0.0))
+    except OSError:  # the worker is busy or stopping: this sample has the tail's figures
         recall = {}
-    timeline.sample(elapsed, {"events produced": produced,
-                              "recommendations seen": recommendations}, latencies, recall)
+    timeline.sample(elapsed, counts, latencies, recall)
     return latency_seen
 
 

@@ -340,8 +340,13 @@ class ProductLayer:
         return cached
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
-                 recs: Sequence[Any], event: dict[str, Any]) -> None:
-        """Add ``rows`` to ``message`` and an ``artwork_id`` to each of its items."""
+                 recs: Sequence[Any], event: dict[str, Any], row_policy: str = "learned"
+                 ) -> None:
+        """Add ``rows`` to ``message`` and an ``artwork_id`` to each of its items.
+
+        ``row_policy`` (an A/B variant's, ``streams.experiments``) orders the rows:
+        ``learned`` by the row bandit, ``greedy`` by the bandit without exploration,
+        ``fixed`` in the rows' specificity order."""
         started = time.perf_counter()
         settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
         uid, profile = message["user_id"], stored.profile
@@ -376,7 +381,8 @@ class ProductLayer:
                          settings.row_duplicates)
         context = self._row_context(uid, profile.device, int(ts // 3600) % 24,
                                     stored.events_applied, bool(progress))
-        order = models.rows.order([(r.type, r.affinity) for r in rows], context)
+        order = (list(range(len(rows))) if row_policy == "fixed" else models.rows.order(
+            [(r.type, r.affinity) for r in rows], context, explore=row_policy != "greedy"))
         rows = [rows[i] for i in order]
         # One artwork per title for the whole page, chosen in one vectorised call.
         shown = list(dict.fromkeys([item["title_id"] for item in items]
