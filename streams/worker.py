@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.tuning import tune_process
+
+    tune_process()  # first: OpenBLAS threads and malloc thresholds (see streams/tuning.py)
     import faust
 
     from streamrec import metrics
