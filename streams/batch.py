@@ -185,7 +185,8 @@ def learn_and_rank(
         if xb is not None:
             xb.annotate(uid, recs, message, lists)
         if product is not None:
-            product.decorate(message, stored, recs, event)
+            product.decorate(message, stored, recs, event,
+                             row_policy=xb.row_policy(uid) if xb is not None else "learned")
         out.recommendations.append((uid.encode(), orjson.dumps(message)))
         out.last_lists[uid] = orjson.dumps(lists)
     if xb is not None:

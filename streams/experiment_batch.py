@@ -201,6 +201,11 @@ class ExperimentBatch:
             out.update(zip(uids, lists, strict=True))
         return out
 
+    def row_policy(self, uid: str) -> str:
+        """How the user's homepage rows are ordered (their deciding variant's policy)."""
+        decision = self._deciding.get(uid)
+        return decision[1].row_policy if decision is not None else "learned"
+
     def annotate(self, uid: str, recs: list[Recommendation], message: dict[str, Any],
                  lists: dict[str, Any]) -> None:
         """Label the message with the user's experiment and variant, and remember the

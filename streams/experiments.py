@@ -14,7 +14,7 @@ The file named by ``STREAMREC_EXPERIMENTS`` declares experiments::
     [[experiment.variant]]
     name = "treatment"
     share = 0.5
-    model = { exploration = 0.2 }   # or overrides of the hybrid's ranking
+    model = { exploration = 0.2 }   # or overrides of the ranking and the homepage rows
 
 Assignment is a pure function of ``(experiment name, user_id)``: blake2b of the two gives
 a number ``u`` uniform in ``[0, 1)``, and variant *i* owns the fixed hash range
@@ -61,7 +61,12 @@ OVERRIDES = {
     "exploration": "a number within 0..1 (share of list slots explored)",
     "max_per_genre": "a whole number >= 1 (most titles of one genre in the top 10)",
     "max_candidates": "a whole number >= 1 (titles scored per request)",
+    "rows": "one of " + ", ".join(repr(p) for p in ("learned", "greedy", "fixed"))
+            + " (homepage row order: the row bandit, the bandit without exploration, "
+            "or the fixed specificity order)",
 }
+# Row policies: how the homepage rows are ordered (streams.product).
+ROW_POLICIES = ("learned", "greedy", "fixed")
 # Metrics an experiment can be decided by (streams.experiment_stats.RATIOS).
 METRICS = ("recall_at_k", "ctr", "plays_per_impression", "watch_s_per_impression",
            "completion_rate")
@@ -112,6 +117,17 @@ class Variant:
     @property
     def changes_model(self) -> bool:
         return self.preset != "default"
+
+    @property
+    def row_policy(self) -> str:
+        """How this variant orders homepage rows (``learned`` unless overridden)."""
+        return "learned" if isinstance(self.model, str) else self.model.get("rows", "learned")
+
+    @property
+    def ranking_overrides(self) -> dict[str, Any]:
+        """The overrides that change the ranked list (all but ``rows``)."""
+        return {} if isinstance(self.model, str) else {
+            k: v for k, v in self.model.items() if k != "rows"}
 
     def describe(self) -> str:
         if isinstance(self.model, str):
@@ -373,6 +389,10 @@ def _override(key: str, raw: Any, where: str) -> Any:
         if len(weights) == len(BLEND_COMPONENTS) and not any(weights.values()):
             raise ConfigError(f"{where}: at least one weight must be above 0")
         return weights
+    if key == "rows":
+        if raw not in ROW_POLICIES:
+            raise ConfigError(f"{where} must be {expected}, got {raw!r}")
+        return raw
     if key == "exploration":
         if (isinstance(raw, bool) or not isinstance(raw, int | float)
                 or not math.isfinite(raw) or not 0.0 <= raw <= 1.0):

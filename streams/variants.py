@@ -106,11 +106,12 @@ class VariantRanker:
                 for p, t, e in zip(profiles, ts, event_ids, strict=True)]
 
     def _view(self, variant: Variant) -> Hybrid:
-        if isinstance(variant.model, str):
+        overrides = variant.ranking_overrides
+        if not overrides:  # e.g. only the row policy differs
             return self.model
         view = self._views.get(id(variant))
         if view is None:
-            view = self._views[id(variant)] = hybrid_view(self.model, variant.model)
+            view = self._views[id(variant)] = hybrid_view(self.model, overrides)
         return view
 
     def recommend(self, variant: Variant | None, profile: UserProfile, n: int, ts: float,

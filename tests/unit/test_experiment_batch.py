@@ -208,3 +208,46 @@ def test_a_user_without_a_served_list_is_enrolled_with_zero_counts() -> None:
     ranked = run([event(uid, "search", None, query="drama")], {uid: stored(uid)})
     assert ranked.experiments is not None
     assert ranked.experiments.users[("ab", "popular")][uid] == [0.0] * len(MEASURES)
+
+
+def test_row_policy_override_orders_the_homepage_rows() -> None:
+    from streams.product import ProductLayer
+    from streams.rows import ASSIGN_ORDER, row_type
+    from streamrec.settings import Settings
+
+    config = parse("""
+[[experiment]]
+name = "rows"
+[[experiment.variant]]
+name = "learned"
+share = 0.5
+model = "default"
+[[experiment.variant]]
+name = "fixed"
+share = 0.5
+model = { rows = "fixed" }
+""")
+    (exp,) = config.experiments
+    assert [v.row_policy for v in exp.variants] == ["learned", "fixed"]
+    model = trained_model()
+    layer = ProductLayer(Settings(), global_trending=model.trending.top)
+    for i in range(60):
+        layer.add_title({"event_id": f"c{i}", "type": "title_added", "ts": TS,
+                         "title_id": f"t{i}", "name": f"Title {i}", "kind": "movie",
+                         "genres": [("Drama", "Comedy", "Action")[i % 3]],
+                         "artwork_ids": [f"t{i}-a"]})
+    users = [f"r{i}" for i in range(40)]
+    profiles = {u: StoredProfile(UserProfile(u, history=[("t1", 2.0), ("t3", 1.0)]),
+                                 {"t5": (300.0, 3000.0, TS)}, 3, {}) for u in users}
+    ranked = learn_and_rank([event(u, "search", None, query="x") for u in users], [True] * 40,
+                            profiles, model, top_n=10, history_cap=200, model_version="v",
+                            experiments=config, product=layer)
+    learned_orders = []
+    for uid, message in messages(ranked).items():
+        ranks = [ASSIGN_ORDER.index(row_type(r["id"])) for r in message["rows"]]
+        assert len(ranks) >= 3
+        if exp.assign(uid).name == "fixed":
+            assert ranks == sorted(ranks), message["rows"]
+        else:
+            learned_orders.append(ranks == sorted(ranks))
+    assert learned_orders and not all(learned_orders)  # the bandit orders them otherwise

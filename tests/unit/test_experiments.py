@@ -140,6 +140,7 @@ BAD = [
     (AB.replace('"random"', "{ weights = { mf = -1.0 } }"), "model.weights.mf must be"),
     (AB.replace('"random"', "{ max_per_genre = 0 }"), "model.max_per_genre must be"),
     (AB.replace('"random"', "{}"), "model table is empty"),
+    (AB.replace('"random"', '{ rows = "sorted" }'), "model.rows must be one of 'learned'"),
     (_without(AB, 'model = "random"\n'), "variant 'treatment': missing 'model'"),
     (AB.replace('name = "ab"', 'name = "ab"\nstart = 2024-05-01T00:00:00'),
      "experiment 'ab': start 2024-05-01T00:00:00 has no time zone"),
