@@ -46,6 +46,7 @@ Examples
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,12 +62,19 @@ SAMPLE_SETS = 16
 # they save time (8 bytes x users x titles per component); larger catalogues rank one
 # user at a time through Hybrid.recommend, which pre-selects candidates.
 DENSE_MAX_TITLES = 4096
+# Up to this many users a batch is diversified one user at a time in Python (~20 us each);
+# above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
+SMALL_BATCH_USERS = 32
 # History entries per user the models look at (RowProfile.build's default).
 MAX_HISTORY = 50
 # Clip of one title's weight in a user's vectors (as in the MF and content models).
 WEIGHT_CLIP = 3.0
 
 History = Sequence[tuple[str, float]]
+# One list: (title_id, score, reason) per listed title, best first.
+Ranked = list[tuple[str, float, str]]
+# Per model, its genres as arrays (see _GenreTable), rebuilt when the catalogue changes.
+_GENRE_CACHE: weakref.WeakKeyDictionary[Hybrid, _GenreTable] = weakref.WeakKeyDictionary()
 
 
 class HistoryMatrix:
@@ -115,11 +123,23 @@ class _Scorer:
         self.ts = ts
         self.n_rows = model._items.rows
 
-    def trending(self, cols: np.ndarray) -> np.ndarray:
+    def trending(self, cols: np.ndarray | slice) -> np.ndarray:
+        """Each title's decayed count at each query's time: ``score * 2**(-max(now - t,
+        0) / half_life)``, computed as ``min(score, base * factor)`` with
+        ``base = score * 2**((t - t_max) / half_life)`` per title and
+        ``factor = 2**((t_max - now) / half_life)`` per query (one outer product instead
+        of an exponential per pair)."""
         tr = self.model.trending
-        now = np.maximum(self.ts, tr._now)[:, None]
-        elapsed = np.maximum(now - tr._t[cols][None, :], 0.0)
-        return tr._score[cols][None, :] * np.exp2(-elapsed / tr.half_life_s)
+        now = np.maximum(self.ts, tr._now)
+        score, t = tr._score[cols], tr._t[cols]
+        t_max = max(float(now.max(initial=0.0)), float(t.max(initial=0.0)))
+        exponent = (t_max - now) / tr.half_life_s
+        if exponent.max(initial=0.0) > 500.0:  # 2**500 is near float64's limit
+            elapsed = np.maximum(now[:, None] - t[None, :], 0.0)
+            return score[None, :] * np.exp2(-elapsed / tr.half_life_s)
+        base = score * np.exp2((t - t_max) / tr.half_life_s)
+        out = np.multiply.outer(np.exp2(exponent), base)
+        return np.minimum(out, score[None, :], out=out)
 
     def cooccurrence_dense(self) -> np.ndarray:
         """(queries, rows) co-occurrence scores over every row of the item table."""
@@ -154,7 +174,7 @@ class _Scorer:
         users = np.einsum("ql,qlf->qf", wn, mf._y[hist.clipped]).astype(np.float32)
         return users, wn
 
-    def mf(self, cols: np.ndarray, users: np.ndarray) -> np.ndarray:
+    def mf(self, cols: np.ndarray | slice, users: np.ndarray) -> np.ndarray:
         mf = self.model.mf
         return (users @ mf._x[cols].T + mf._b[cols][None, :]).astype(np.float64)
 
@@ -167,8 +187,34 @@ class _Scorer:
         norm = np.linalg.norm(vec, axis=1)
         return vec / np.where(norm > 0, norm, 1.0)[:, None]
 
-    def content(self, cols: np.ndarray, users: np.ndarray) -> np.ndarray:
+    def content(self, cols: np.ndarray | slice, users: np.ndarray) -> np.ndarray:
         return (users @ self.model.content._f[cols].T).astype(np.float64)
+
+
+def _selector(cols: np.ndarray) -> np.ndarray | slice:
+    """``cols`` as an index; a slice (a view, no copy) when it is ``0..n-1`` in order, which
+    it is unless titles were removed or evicted."""
+    n = len(cols)
+    if n and cols[0] == 0 and cols[-1] == n - 1 and bool((np.diff(cols) == 1).all()):
+        return slice(0, n)
+    return cols
+
+
+def _scale_in_place(block: np.ndarray, candidate: np.ndarray, partial: np.ndarray,
+                    weight: float) -> None:
+    """:func:`_min_max` times ``weight``, in place on ``block`` (users, cols): the min and
+    max over all columns, except for the users in ``partial`` (some columns are not
+    candidates), whose min and max skip those columns."""
+    low = block.min(axis=1)
+    high = block.max(axis=1)
+    if len(partial):
+        sub = block[partial]
+        low[partial] = np.where(candidate[partial], sub, np.inf).min(axis=1)
+        high[partial] = np.where(candidate[partial], sub, -np.inf).max(axis=1)
+    span = high - low
+    ok = span > 1e-12
+    block -= np.where(ok, low, 0.0)[:, None]
+    block *= np.where(ok, weight / np.where(ok, span, 1.0), 0.0)[:, None]
 
 
 def _min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -180,15 +226,70 @@ def _min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
-def _posterior_samples(model: Hybrid, cols: np.ndarray, sets: int) -> np.ndarray:
-    """(sets, cols) independent draws from each title's Beta posterior."""
-    ex = model.explorer
-    a = np.broadcast_to(ex.prior_a + ex._a[cols], (sets, len(cols)))
-    b = np.broadcast_to(ex.prior_b + ex._b[cols], (sets, len(cols)))
-    return ex._rng.beta(a, b)
+class _LazyPosterior:
+    """``sets`` independent draws from every candidate's Beta posterior, realised lazily.
 
+    Exploration needs, per user, the title with the largest draw scaled by
+    ``1 / (1 + exposure / 10)``. A draw is at most 1, so a title's scaled draw is at most
+    its scale: drawing titles in decreasing order of scale and stopping once the best
+    scaled draw so far beats the next title's scale gives exactly the argmax over all of
+    them, usually after a small share of the catalogue (exact Thompson sampling, at a
+    fraction of the ~100 ns per Beta draw). Cold users need whole draws (:meth:`full`).
+    """
 
-Ranked = list[tuple[str, float, str]]
+    def __init__(self, model: Hybrid, cols: np.ndarray | slice, sets: int) -> None:
+        ex = model.explorer
+        self.rng = ex._rng
+        self.a = ex.prior_a + ex._a[cols]
+        self.b = ex.prior_b + ex._b[cols]
+        self.sets = max(sets, 1)
+        self.scale = 1.0 / (1.0 + (ex._a[cols] + ex._b[cols]) / 10.0)
+        self.order = np.argsort(-self.scale, kind="stable")
+        self.draws = np.zeros((self.sets, len(self.a)))
+        self.realised = np.zeros(self.sets, dtype=np.int64)
+
+    def _realise(self, sets: np.ndarray, upto: int) -> None:
+        for s in np.unique(sets).tolist():
+            start = int(self.realised[s])
+            if start < upto:
+                idx = self.order[start:upto]
+                self.draws[s, idx] = self.rng.beta(self.a[idx], self.b[idx])
+                self.realised[s] = upto
+
+    def full(self, which: np.ndarray) -> np.ndarray:
+        """Whole draws (len(which), cols), for the sets in ``which``."""
+        self._realise(which, len(self.a))
+        return self.draws[which]
+
+    def explore(self, pool: np.ndarray, which: np.ndarray, k: int) -> np.ndarray:
+        """Per user, the ``k`` titles of its ``pool`` (bool, users x cols) with the largest
+        scaled draws of its set ``which``, best first; -1 where the pool runs out."""
+        n_cols = len(self.a)
+        out = np.full((len(pool), k), -1, dtype=np.int64)
+        pending = np.nonzero(pool.any(axis=1))[0]
+        end, chunk = 0, 64
+        while len(pending):
+            end = min(n_cols, end + chunk)
+            chunk *= 2
+            self._realise(which[pending], end)
+            prefix = self.order[:end]
+            values = np.where(pool[pending][:, prefix],
+                              self.draws[which[pending]][:, prefix] * self.scale[prefix],
+                              -np.inf)
+            kk = min(k, end)
+            top = np.argpartition(-values, kk - 1, axis=1)[:, :kk]
+            top_values = np.take_along_axis(values, top, axis=1)
+            order = np.argsort(-top_values, axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+            top_values = np.take_along_axis(top_values, order, axis=1)
+            bound = self.scale[self.order[end]] if end < n_cols else -np.inf
+            done = (top_values[:, -1] >= bound) | (end >= n_cols)
+            if kk < k:
+                done &= end >= n_cols
+            finished = pending[done]
+            out[finished, :kk] = np.where(top_values[done] > -np.inf, prefix[top[done]], -1)
+            pending = pending[~done]
+        return out
 
 
 def recommend_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
@@ -251,31 +352,30 @@ class _RankBatch:
         self.n_candidates = candidate.sum(axis=1)
         self.cold = cold = ~hist.positive.any(axis=1)
 
-        trend = scorer.trending(cols)
+        self.sel = sel = _selector(cols)
         raw = np.empty((len(COMPONENTS), n_users, n_cols))
-        raw[0] = trend
-        raw[1] = scorer.cooccurrence_dense()[:, cols]
+        raw[0] = scorer.trending(sel)
+        if cold.any():
+            trend_cold = raw[0][cold]
+        co = scorer.cooccurrence_dense()
+        raw[1] = co if co.shape[1] == n_cols and isinstance(sel, slice) else co[:, sel]
+        del co
         mf_users, _ = scorer.mf_user_vectors()
-        raw[2] = scorer.mf(cols, mf_users)
-        raw[3] = scorer.content(cols, scorer.content_user_vectors())
+        raw[2] = scorer.mf(sel, mf_users)
+        raw[3] = scorer.content(sel, scorer.content_user_vectors())
+        partial = np.nonzero(self.n_candidates < n_cols)[0]
         for k in range(len(COMPONENTS)):
-            raw[k] = _min_max(raw[k], candidate) * model._w[k]
-        self.contributions = raw  # (components, users, cols), weighted
+            _scale_in_place(raw[k], candidate, partial, float(model._w[k]))
+        self.contributions = raw  # (components, users, cols): min-max scaled, weighted
         self.scores = scores = raw.sum(axis=0)
 
-        exploration = model.exploration
-        self.samples: np.ndarray | None = None
-        self.which = np.zeros(n_users, dtype=np.int64)
-        if cold.any() or exploration > 0:
-            sets = min(SAMPLE_SETS, n_users)
-            self.samples = _posterior_samples(model, cols, sets)
-            self.which = np.arange(n_users) % sets
+        self.posterior = _LazyPosterior(model, sel, min(SAMPLE_SETS, n_users))
+        self.which = np.arange(n_users) % self.posterior.sets
         if cold.any():
-            assert self.samples is not None
-            t_cold = trend[cold]
+            t_cold = trend_cold
             top = np.where(candidate[cold], t_cold, -np.inf).max(axis=1, keepdims=True)
             t_cold = np.where(top > 0, t_cold / np.where(top > 0, top, 1.0), t_cold)
-            scores[cold] = 0.7 * t_cold + 0.3 * self.samples[self.which[cold]]
+            scores[cold] = 0.7 * t_cold + 0.3 * self.posterior.full(self.which[cold])
 
     def lists(self, n: int) -> list[Ranked]:
         model, cols, candidate = self.model, self.cols, self.candidate
@@ -289,31 +389,20 @@ class _RankBatch:
         order = np.take_along_axis(
             part, np.argsort(-np.take_along_axis(ranked, part, axis=1), axis=1, kind="stable"),
             axis=1)
-        genre_matrix, _ = self._genre_matrix()
-        picks = _diversify_many(order, genre_matrix, n, model.max_per_genre,
-                                np.minimum(self.n_candidates, depth))
+        lengths = np.minimum(self.n_candidates, depth)
+        picks = self._diversify(order, lengths, n)
         n_picked = (picks >= 0).sum(axis=1)
         n_explore = max(int(model.exploration * n), 1) if model.exploration > 0 else 0
         explored = np.full((n_users, max(n_explore, 1)), -1, dtype=np.int64)
         explore_users = np.nonzero(~self.cold & (n_explore > 0)
                                    & (self.n_candidates > n_picked - n_explore))[0]
         if len(explore_users):
-            assert self.samples is not None
             pool = candidate[explore_users].copy()
             taken = picks[explore_users]
             r, c = np.nonzero(taken >= 0)
             pool[r, taken[r, c]] = False
-            scale = 1.0 / (1.0 + model.explorer.exposure(cols) / 10.0)
-            draws = np.where(pool, self.samples[self.which[explore_users]] * scale, -np.inf)
-            k = min(n_explore, n_cols)
-            if k == 1:
-                best = draws.argmax(axis=1)[:, None]
-            else:
-                best = np.argpartition(-draws, k - 1, axis=1)[:, :k]
-                best = np.take_along_axis(best, np.argsort(
-                    -np.take_along_axis(draws, best, axis=1), axis=1, kind="stable"), axis=1)
-            ok = np.take_along_axis(draws, best, axis=1) > -np.inf
-            explored[explore_users, :k] = np.where(ok, best, -1)
+            explored[explore_users, :n_explore] = self.posterior.explore(
+                pool, self.which[explore_users], n_explore)
         reasons = self._reasons(picks)
         ids = np.array(model._items.ids, dtype=object)
         titles = ids[cols[np.maximum(picks, 0)]].tolist()
@@ -331,18 +420,31 @@ class _RankBatch:
             out.append(entries[:n])
         return out
 
-    def _genre_matrix(self) -> tuple[np.ndarray, list[str]]:
-        genres = self.model.content._genres
-        names: dict[str, int] = {}
-        per_col = [genres.get(int(c), ()) for c in self.cols]
-        for gs in per_col:
-            for g in gs:
-                names.setdefault(g, len(names))
-        matrix = np.zeros((len(self.cols), max(len(names), 1)), dtype=bool)
-        for i, gs in enumerate(per_col):
-            for g in gs:
-                matrix[i, names[g]] = True
-        return matrix, list(names)
+    def _diversify(self, order: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+        """:meth:`Hybrid._diversify` for every user: (users, n) positions, -1 padded.
+
+        A list changes only when some genre would pass ``max_per_genre`` among its first
+        10 titles; the others are their first ``n`` ranked titles as they are.
+        """
+        model = self.model
+        genre_matrix = _genre_table(model).matrix[self.sel]
+        onehot = genre_matrix[order[:, :10]].astype(np.int16)     # (users, 10, genres)
+        before = np.cumsum(onehot, axis=1) - onehot
+        capped = ((before >= model.max_per_genre) & (onehot > 0)).any(axis=(1, 2))
+        capped |= lengths < min(n, order.shape[1])
+        picks = np.full((len(order), n), -1, dtype=np.int64)
+        width = min(n, order.shape[1])
+        picks[:, :width] = order[:, :width]
+        slow = np.nonzero(capped)[0]
+        if len(slow) == 0:
+            return picks
+        if len(slow) <= SMALL_BATCH_USERS:
+            picks[slow] = _diversify_each(order[slow], lengths[slow], self.cols,
+                                          model.content._genres, n, model.max_per_genre)
+        else:
+            picks[slow] = _diversify_many(order[slow], genre_matrix, n, model.max_per_genre,
+                                          lengths[slow])
+        return picks
 
     def _reasons(self, picks: np.ndarray) -> list[list[str]]:
         """The word shown with each listed title (as :meth:`Hybrid._reason`)."""
@@ -357,11 +459,7 @@ class _RankBatch:
         out = by_component[best]
         content = best == COMPONENTS.index("content")
         if content.any():
-            genres = model.content._genres
-            first_genre = np.array(
-                [f"genre:{gs[0]}" if (gs := genres.get(int(c))) else "similar_users"
-                 for c in cols[safe[content]]], dtype=object)
-            out[content] = first_genre
+            out[content] = _genre_table(model).label[cols[safe[content]]]
         # Co-occurrence: the user's history title with the strongest link to the pick.
         cu, cj = np.nonzero(best == COMPONENTS.index("cooccurrence"))
         if len(cu):
@@ -380,20 +478,69 @@ class _RankBatch:
             link[src < 0] = 0.0
             j = link.argmax(axis=1)
             strength = link[np.arange(len(cu)), j]
-            source = src[np.arange(len(cu)), j]
-            named: dict[int, str] = {}
-            labels = []
-            for s, ok in zip(source.tolist(), (strength > 0.0).tolist(), strict=True):
-                if not ok:
-                    labels.append("similar_users")
-                    continue
-                label = named.get(s)
-                if label is None:
-                    label = named[s] = f"because_you_watched:{ids[s]}"
-                labels.append(label)
-            out[cu, cj] = np.array(labels, dtype=object)
+            source = np.where(strength > 0.0, src[np.arange(len(cu)), j], -1)
+            sources, inverse = np.unique(source, return_inverse=True)
+            labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
+                               for r in sources.tolist()], dtype=object)
+            out[cu, cj] = labels[inverse]
         out[self.cold] = "trending"
         return out.tolist()
+
+
+def _diversify_each(order: np.ndarray, lengths: np.ndarray, cols: np.ndarray,
+                    genres: dict[int, list[str]], n: int, max_per_genre: int) -> np.ndarray:
+    """:meth:`Hybrid._diversify` one user at a time (cheaper than the vectorised walk for
+    a handful of users): (users, n) positions, -1 padded."""
+    out = np.full((len(order), n), -1, dtype=np.int64)
+    for u, (ranked, length) in enumerate(zip(order.tolist(), lengths.tolist(), strict=True)):
+        counts: dict[str, int] = {}
+        chosen: list[int] = []
+        deferred: list[int] = []
+        for i in ranked[:length]:
+            gs = genres.get(int(cols[i]), ())
+            if len(chosen) < 10:
+                if any(counts.get(g, 0) >= max_per_genre for g in gs):
+                    deferred.append(i)
+                    continue
+                for g in gs:
+                    counts[g] = counts.get(g, 0) + 1
+            chosen.append(i)
+            if len(chosen) >= n:
+                break
+        picked = (chosen + deferred)[:n]
+        out[u, : len(picked)] = picked
+    return out
+
+
+class _GenreTable:
+    """Per item-table row: which genres the title has (bool matrix) and the reason shown
+    when content similarity placed it (``genre:<first genre>``)."""
+
+    def __init__(self, genres: dict[int, list[str]], rows: int) -> None:
+        self.source = dict(genres)
+        names: dict[str, int] = {}
+        for gs in genres.values():
+            for g in gs:
+                names.setdefault(g, len(names))
+        self.matrix = np.zeros((max(rows, 1), max(len(names), 1)), dtype=bool)
+        self.label = np.full(max(rows, 1), "similar_users", dtype=object)
+        for row, gs in genres.items():
+            if row < rows:
+                for g in gs:
+                    self.matrix[row, names[g]] = True
+                if gs:
+                    self.label[row] = f"genre:{gs[0]}"
+
+
+def _genre_table(model: Hybrid) -> _GenreTable:
+    """The model's :class:`_GenreTable`, rebuilt only when the catalogue's genres change
+    (compared by value: an update replaces a title's genre list)."""
+    genres = model.content._genres
+    rows = model._items.rows
+    cached = _GENRE_CACHE.get(model)
+    if cached is None or len(cached.label) < rows or cached.source != genres:
+        cached = _GENRE_CACHE[model] = _GenreTable(genres, rows)
+    return cached
 
 
 def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, max_per_genre: int,
@@ -412,6 +559,10 @@ def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, max_per
     for j in range(depth):
         filling = (chosen < n) & (j < lengths)
         if not filling.any():
+            break
+        if not (filling & (chosen < 10)).any():
+            # Past every list's first 10 titles nothing is deferred any more.
+            status[:, j:][filling[:, None] & (np.arange(j, depth)[None, :] < lengths[:, None])] = 1
             break
         g = onehot[:, j, :]
         head = filling & (chosen < 10)
@@ -519,12 +670,18 @@ def _learn_blend(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarr
     model._w = w
 
 
-def _scatter(n_rows: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Sum of ``values`` rows per ``index`` into an (n_rows, width) array."""
+def _add_rows(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``target[index[i]] += values[i]`` for every i, repeated indices summed; only the
+    rows touched are read and written."""
+    rows, inverse = np.unique(index, return_inverse=True)
+    if values.ndim == 1:
+        target[rows] += np.bincount(inverse, weights=values,
+                                    minlength=len(rows)).astype(target.dtype)
+        return
     width = values.shape[1]
-    flat = (index[:, None] * width + np.arange(width)[None, :]).ravel()
-    return np.bincount(flat, weights=values.ravel(), minlength=n_rows * width).reshape(
-        n_rows, width)
+    flat = (inverse[:, None] * width + np.arange(width)[None, :]).ravel()
+    sums = np.bincount(flat, weights=values.ravel(), minlength=len(rows) * width)
+    target[rows] += sums.reshape(len(rows), width).astype(target.dtype)
 
 
 def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatrix,
@@ -533,7 +690,7 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
     mf = model.mf
     n_rows = model._items.rows
     lr, l2 = mf.learning_rate, mf.l2
-    x, b = mf._x[:n_rows].astype(np.float64), mf._b[:n_rows].astype(np.float64)
+    x, b = mf._x, mf._b.astype(np.float64)
     u = users.astype(np.float64)
     dx_idx: list[np.ndarray] = []
     dx_val: list[np.ndarray] = []
@@ -546,8 +703,8 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
         negs = mf._rng.integers(0, n_rows, size=(len(pos), mf.n_negatives))
         j = rows[pos]
         ok = (negs != j[:, None]) & mf._initialised[negs]
-        xj = x[j]
-        xk = x[negs]                                     # (P, K, F)
+        xj = x[j].astype(np.float64)
+        xk = x[negs].astype(np.float64)                  # (P, K, F)
         up = u[pos]
         diff = np.einsum("pf,pkf->pk", up, xj[:, None, :] - xk) + b[j][:, None] - b[negs]
         g = np.where(ok & (diff < 30),
@@ -565,7 +722,7 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
     neg = np.nonzero(y < 0)[0]
     if len(neg):
         j = rows[neg]
-        xj = x[j]
+        xj = x[j].astype(np.float64)
         un = u[neg]
         score = np.einsum("pf,pf->p", un, xj) + b[j]
         g = np.where(score > -30,
@@ -578,18 +735,16 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
         grad_u[neg] = -g[:, None] * (xj - step)
 
     if dx_idx:
-        mf._x[:n_rows] += _scatter(n_rows, np.concatenate(dx_idx),
-                                   np.concatenate(dx_val)).astype(np.float32)
-        mf._b[:n_rows] += np.bincount(np.concatenate(db_idx), weights=np.concatenate(db_val),
-                                      minlength=n_rows).astype(np.float32)
-    # History factors: every event moves its user's positive history rows.
+        _add_rows(mf._x, np.concatenate(dx_idx), np.concatenate(dx_val))
+        _add_rows(mf._b, np.concatenate(db_idx), np.concatenate(db_val))
+    # History factors: every event moves its user's positive history rows (and decays
+    # them once per event, as each one-at-a-time step does).
     q_idx, slot = np.nonzero(hist.positive)
     if len(q_idx):
         h = hist.rows[q_idx, slot]
-        update = wn[q_idx, slot][:, None] * grad_u[q_idx]
-        counts = np.bincount(h, minlength=n_rows).astype(np.float64)
-        dy = _scatter(n_rows, h, update) - lr * l2 * counts[:, None] * mf._y[:n_rows]
-        mf._y[:n_rows] += dy.astype(np.float32)
+        update = (wn[q_idx, slot][:, None] * grad_u[q_idx]
+                  - lr * l2 * mf._y[h].astype(np.float64))
+        _add_rows(mf._y, h, update)
 
 
 def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
