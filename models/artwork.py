@@ -13,6 +13,7 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -195,8 +196,7 @@ class ArtworkBandit:
                context: np.ndarray | None = None) -> np.ndarray:
         """Predicted click logits of ``artwork_ids`` for the user (unseen artworks 0)."""
         r = self._representation(user_id, context)
-        get = self._rows.get
-        idx = np.fromiter((get(a, -1) for a in artwork_ids), dtype=np.int64,
+        idx = np.fromiter(map(self._rows.get, artwork_ids, repeat(-1)), dtype=np.int64,
                           count=len(artwork_ids))
         out = np.zeros(len(artwork_ids))
         known = idx >= 0
@@ -213,31 +213,34 @@ class ArtworkBandit:
     def choose_many(self, user_id: str, artwork_lists: Sequence[Sequence[str]],
                     context: np.ndarray | None = None, explore: bool = True
                     ) -> list[str | None]:
-        """:meth:`choose` for many titles at once: one matrix product for all of them."""
+        """:meth:`choose` for many titles at once: one matrix product for all of them,
+        and one segmented arg-max."""
+        lengths = np.fromiter(map(len, artwork_lists), dtype=np.int64,
+                              count=len(artwork_lists))
         flat = [a for arts in artwork_lists for a in arts]
         if not flat:
             return [None] * len(artwork_lists)
-        scores = self.scores(user_id, flat, context)
-        # A little noise breaks ties between unseen artworks without favouring the first.
-        noisy = (scores + self._rng.uniform(0.0, 1e-6, len(flat))).tolist()
-        out: list[str | None] = []
-        start = 0
         rng = self._rng
-        explore = explore and self.exploration > 0
-        draws = rng.random(len(artwork_lists)).tolist() if explore else None
-        for k, arts in enumerate(artwork_lists):
-            n = len(arts)
-            if n == 0:
-                out.append(None)
-            elif n == 1:
-                out.append(arts[0])
-            elif draws is not None and draws[k] < self.exploration:
-                out.append(arts[int(draws[k] / self.exploration * n)])
-            else:
-                group = noisy[start:start + n]
-                out.append(arts[group.index(max(group))])
-            start += n
-        return out
+        # A little noise breaks ties between unseen artworks without favouring the first.
+        scores = self.scores(user_id, flat, context) + rng.uniform(0.0, 1e-6, len(flat))
+        has = lengths > 0
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        best = np.full(len(lengths), -1, dtype=np.int64)
+        if has.any():
+            group_max = np.maximum.reduceat(scores, starts[has])
+            group_of = np.repeat(np.arange(int(has.sum())), lengths[has])
+            winners = np.flatnonzero(scores == group_max[group_of])
+            # The first winner of each group (ties are measure-zero with the noise).
+            first = np.unique(group_of[winners], return_index=True)[1]
+            best[has] = winners[first]
+        if explore and self.exploration > 0:
+            draws = rng.random(len(lengths))
+            explored = has & (draws < self.exploration)
+            if explored.any():
+                offsets = (draws[explored] / self.exploration * lengths[explored]).astype(
+                    np.int64)
+                best[explored] = starts[explored] + np.minimum(offsets, lengths[explored] - 1)
+        return [flat[i] if i >= 0 else None for i in best.tolist()]
 
     # -- learning --------------------------------------------------------------------------------
     def _artwork_row(self, artwork_id: str) -> int:
@@ -276,6 +279,40 @@ class ArtworkBandit:
             lr_w = self.context_learning_rate
             self._w += lr_w * (error * np.outer(q, context) - l2 * self._w)
         self._q[row] = q + step_q
+
+    def learn_many(self, user_ids: Sequence[str], artwork_ids: Sequence[str],
+                   clicked: Sequence[bool | float], contexts: np.ndarray | None = None
+                   ) -> None:
+        """:meth:`learn_one` for a batch as one minibatch step (the worker's hot path).
+
+        Every observation's error is computed with the parameters as they are before the
+        batch; the updates are then summed (an artwork or user seen twice gets both).
+        ``contexts`` has one row per observation.
+        """
+        n = len(artwork_ids)
+        if n == 0:
+            return
+        rows = np.fromiter(map(self._artwork_row, artwork_ids), dtype=np.int64, count=n)
+        users = list(dict.fromkeys(user_ids))
+        slot = {u: i for i, u in enumerate(users)}
+        vectors = [self._user(u, create=True) for u in users]
+        p = np.stack(vectors)  # type: ignore[arg-type]
+        who = np.fromiter(map(slot.__getitem__, user_ids), dtype=np.int64, count=n)
+        r = p[who] if contexts is None else p[who] + contexts @ self._w.T
+        q = self._q[rows]
+        z = self._b[rows] + np.einsum("ij,ij->i", q, r)
+        y = np.asarray(clicked, dtype=np.float64)
+        error = y - 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+        lr, l2 = self.learning_rate, self.l2
+        np.add.at(self._b, rows, lr * error)
+        np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
+        step_p = np.zeros_like(p)
+        np.add.at(step_p, who, lr * (error[:, None] * q - l2 * p[who]))
+        for vector, step in zip(vectors, step_p, strict=True):
+            vector += step  # type: ignore[operator]
+        if contexts is not None and self.context_learning_rate:
+            grad = (error[:, None] * q).T @ contexts
+            self._w += self.context_learning_rate * (grad - l2 * n * self._w)
 
     def forget_artwork(self, artwork_id: str) -> None:
         """A title left the catalogue: free its artworks' rows."""

@@ -145,6 +145,24 @@ class RowBandit(_Params):
         self.impressions += 1
         self.clicks += bool(clicked)
 
+    def learn_many(self, row_types: Sequence[str], contexts: np.ndarray,
+                   clicked: Sequence[bool], affinities: Sequence[float]) -> None:
+        """:meth:`learn_one` for a batch: one Laplace step per row type."""
+        if not len(row_types):
+            return
+        x = np.column_stack((contexts, np.asarray(affinities, dtype=np.float64)))
+        y = np.asarray(clicked, dtype=np.float64)
+        slots = np.fromiter(map(self._type, row_types), dtype=np.int64, count=len(row_types))
+        for slot in np.unique(slots).tolist():
+            pick = slots == slot
+            xs, ys = x[pick], y[pick]
+            mean, precision = self._mean[slot], self._precision[slot]
+            p = 1.0 / (1.0 + np.exp(-np.clip(xs @ mean, -30.0, 30.0)))
+            precision += (p * (1.0 - p)) @ (xs * xs)
+            mean += ((ys - p) @ xs) / precision
+        self.impressions += len(y)
+        self.clicks += int(y.sum())
+
     def order(self, rows: Sequence[tuple[str, float]], context: np.ndarray,
               explore: bool = True) -> list[int]:
         """Indices of ``rows`` (``(type, affinity)`` pairs), best first."""
@@ -200,12 +218,16 @@ class ResumeModel(_Params):
     def rank(self, in_progress: dict[str, tuple[float, float, float]], now: float,
              episodes: Iterable[str] = ()) -> list[str]:
         """In-progress titles (``title -> (position, duration, ts)``), likeliest first."""
+        w_age, w_ratio, w_ratio2, w_episode = self._w
         episode_set = set(episodes)
-        scored = [
-            (self.score(self.features(p, d, t, now, title in episode_set)), -t, title)
-            for title, (p, d, t) in in_progress.items()
-        ]
-        scored.sort(key=lambda s: (-s[0], s[1], s[2]))
+        log1p = math.log1p
+        scored = []
+        for title, (position, duration, last) in in_progress.items():
+            ratio = min(1.0, position / duration) if duration > 0 else 0.5
+            score = (w_age * log1p(max(0.0, now - last) / 3600.0) + w_ratio * ratio
+                     + w_ratio2 * ratio * ratio + (w_episode if title in episode_set else 0.0))
+            scored.append((-score, -last, title))
+        scored.sort()
         return [title for _, _, title in scored]
 
     def learn_one(self, resumed: Sequence[float], others: Sequence[Sequence[float]]) -> None:
@@ -285,7 +307,11 @@ class CountryTrending(_Params):
         table = self._scores.get(country)
         if not table:
             return []
-        ranked = sorted(table.items(), key=lambda kv: -self._decayed(kv[1], ts))
+        # score * 2**((t - ts) / half_life), ranked in log space: no per-title power.
+        scale = 1.0 / self.half_life_s
+        log2 = math.log2
+        ranked = sorted(table.items(),
+                        key=lambda kv: -(log2(kv[1][0]) + min(0.0, kv[1][1] - ts) * scale))
         return [title for title, _ in ranked[:n]]
 
     def forget(self, title: str) -> None:

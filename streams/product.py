@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 import redis.asyncio
@@ -70,7 +71,7 @@ PLAYS_TTL_S = 49 * 3600
 # Insight keys' marker for "all countries".
 ALL = "*"
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
-TRENDING_FETCH = 30
+TRENDING_FETCH = 20
 
 
 def insight_key(app_id: str, kind: str, *parts: str) -> str:
@@ -105,6 +106,16 @@ class _BatchState:
     art_context: dict[tuple[str, str | None], Any] = field(default_factory=dict)
     row_context: dict[tuple[str, str | None, int, bool], Any] = field(default_factory=dict)
     genre_total: dict[str, float] = field(default_factory=dict)
+    history_weight: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Impressions and clicks, learned as one minibatch per batch (_learn_displays).
+    art_users: list[str] = field(default_factory=list)
+    art_ids: list[str] = field(default_factory=list)
+    art_clicked: list[bool] = field(default_factory=list)
+    art_contexts: list[Any] = field(default_factory=list)
+    row_types: list[str] = field(default_factory=list)
+    row_contexts: list[Any] = field(default_factory=list)
+    row_clicked: list[bool] = field(default_factory=list)
+    row_affinity: list[float] = field(default_factory=list)
     trending: dict[str, list[str]] = field(default_factory=dict)
     newest: list[str] | None = None
     seconds: float = 0.0
@@ -243,24 +254,42 @@ class ProductLayer:
 
     def _observe_display(self, event: dict[str, Any], clicked: bool,
                          stored: StoredProfile) -> None:
-        batch, models = self._batch, self.models
+        batch = self._batch
         uid, profile = event["user_id"], stored.profile
         device = event.get("device") or profile.device
         row = event.get("row")
         artwork = event.get("artwork_id")
         if artwork:
-            models.artwork.learn_one(uid, artwork, clicked,
-                                     self._art_context(uid, device, profile))
+            batch.art_users.append(uid)
+            batch.art_ids.append(artwork)
+            batch.art_clicked.append(clicked)
+            batch.art_contexts.append(self._art_context(uid, device, profile))
         if row:
             kind = row_type(row)
             if kind not in ROW_PRIORS:
                 return
             counter = batch.row_clicks if clicked else batch.row_impressions
             counter[kind] = counter.get(kind, 0) + 1
-            context = self._row_context(uid, device, int(event["ts"] // 3600) % 24,
-                                        stored.events_applied,
-                                        bool(batch.progress.get(uid, stored.in_progress)))
-            models.rows.learn_one(kind, context, clicked, self._row_affinity(row, uid, profile))
+            batch.row_types.append(kind)
+            batch.row_contexts.append(self._row_context(
+                uid, device, int(event["ts"] // 3600) % 24, stored.events_applied,
+                bool(batch.progress.get(uid, stored.in_progress))))
+            batch.row_clicked.append(clicked)
+            batch.row_affinity.append(self._row_affinity(row, uid, profile))
+
+    def _learn_displays(self) -> None:
+        """Teach the batch's impressions and clicks to the bandits, as one minibatch each."""
+        batch, models = self._batch, self.models
+        if batch.art_ids:
+            models.artwork.learn_many(batch.art_users, batch.art_ids, batch.art_clicked,
+                                      np.stack(batch.art_contexts))
+            batch.art_users, batch.art_ids, batch.art_clicked = [], [], []
+            batch.art_contexts = []
+        if batch.row_types:
+            models.rows.learn_many(batch.row_types, np.stack(batch.row_contexts),
+                                   batch.row_clicked, batch.row_affinity)
+            batch.row_types, batch.row_contexts, batch.row_clicked = [], [], []
+            batch.row_affinity = []
 
     def _art_context(self, uid: str, device: str | None, profile: UserProfile) -> Any:
         key = (uid, device)
@@ -289,9 +318,10 @@ class ProductLayer:
                     w for k, w in tokens.items() if k.startswith("g:") and w > 0)
             return max(0.0, tokens.get("g:" + arg.lower(), 0.0)) / total if total else 0.0
         if kind == "because_you_watched" and arg:
-            for title, weight in profile.history:
-                if title == arg:
-                    return max(0.0, min(weight, 3.0)) / 3.0
+            weights = self._batch.history_weight.get(uid)
+            if weights is None:
+                weights = self._batch.history_weight[uid] = dict(profile.history[:50])
+            return max(0.0, min(weights.get(arg, 0.0), 3.0)) / 3.0
         return 0.0
 
     def _learn_resume(self, title: str, progress: dict[str, tuple[float, float, float]],
@@ -311,6 +341,8 @@ class ProductLayer:
     def adjust_profile(self, profile: UserProfile) -> None:
         """Searches as weak positives: titles matching the user's recent queries join the
         history (after what they watched) with a small weight, for this ranking only."""
+        if self._batch.art_ids or self._batch.row_types:
+            self._learn_displays()
         if not profile.search_terms:
             return
         present = {t for t, _ in profile.history}
@@ -348,6 +380,8 @@ class ProductLayer:
         ``learned`` by the row bandit, ``greedy`` by the bandit without exploration,
         ``fixed`` in the rows' specificity order."""
         started = time.perf_counter()
+        if self._batch.art_ids or self._batch.row_types:
+            self._learn_displays()
         settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
         uid, profile = message["user_id"], stored.profile
         ts = event["ts"]
@@ -360,8 +394,8 @@ class ProductLayer:
                 if reason.startswith("because_you_watched:") and reason[20:] in searched:
                     item["reason"] = "search"
         if batch.newest is None:
-            batch.newest = titles.newest(settings.row_items + 10)
-        episodes = [t for t in progress if titles.series_of(t) is not None]
+            batch.newest = titles.newest(settings.row_items + 5)
+        episodes = [t for t in progress if titles.series_of(t) is not None] if progress else []
         inputs = RowInputs(
             recs=[(item["title_id"], item["reason"]) for item in items],
             in_progress=progress,
@@ -387,7 +421,8 @@ class ProductLayer:
         # One artwork per title for the whole page, chosen in one vectorised call.
         shown = list(dict.fromkeys([item["title_id"] for item in items]
                                    + [it["title_id"] for r in rows for it in r.items]))
-        arts = [titles[t].artwork_ids if t in titles else () for t in shown]
+        info_of = titles.by_id.get
+        arts = [info.artwork_ids if (info := info_of(t)) is not None else () for t in shown]
         picks = models.artwork.choose_many(uid, arts,
                                            self._art_context(uid, profile.device, profile))
         artwork_of = dict(zip(shown, picks, strict=True))
@@ -446,6 +481,7 @@ class ProductLayer:
 
     def end_batch(self) -> None:
         """Count the batch's metrics and start a new batch (no I/O)."""
+        self._learn_displays()
         batch = self._batch
         if batch.searches:
             metrics.SEARCHES.inc(batch.searches)

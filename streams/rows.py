@@ -98,16 +98,13 @@ def affinity_tokens(history: Sequence[tuple[str, float]], titles: TitleIndex,
     {'g:drama': 2.0, 'c:ava moreau': 1.0}
     """
     out: dict[str, float] = {}
+    get = titles.by_id.get
     for title, weight in history[:limit]:
-        info = titles.get(title)
+        info = get(title)
         if info is None or weight == 0:
             continue
-        for genre in info.genres:
-            key = "g:" + genre.lower()
-            out[key] = out.get(key, 0.0) + weight
-        for person in info.cast[:3]:
-            key = "c:" + person.lower()
-            out[key] = out.get(key, 0.0) + 0.5 * weight
+        for key, factor in info.tokens:
+            out[key] = out.get(key, 0.0) + factor * weight
     return out
 
 
@@ -183,24 +180,26 @@ def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
     one episode per series per row, at most ``max_items`` per row; drops empty rows."""
     taken: set[str] = set()
     rank = {name: i for i, name in enumerate(ASSIGN_ORDER)}
+    get = titles.by_id.get
     for row, members in sorted(candidates, key=lambda rm: rank.get(rm[0].type, len(rank))):
+        items = row.items
+        resume = row.type == "continue_watching"
         series_seen: set[str] = set()
         for title in members:
-            if len(row.items) >= max_items:
-                break
             if not allow_duplicates and title in taken:
                 continue
-            info = titles.get(title)
-            series = info.series_id if info is not None else None
-            if series is not None and row.type != "continue_watching":
-                if series in series_seen:
+            info = get(title)
+            if info is not None and info.series_id is not None and not resume:
+                if info.series_id in series_seen:
                     continue
-                series_seen.add(series)
-            item: dict[str, Any] = {"title_id": title}
-            if row.type == "continue_watching":
-                item["resume_s"] = round(in_progress[title][0], 1)
-            row.items.append(item)
+                series_seen.add(info.series_id)
+            if resume:
+                items.append({"title_id": title, "resume_s": round(in_progress[title][0], 1)})
+            else:
+                items.append({"title_id": title})
             taken.add(title)
+            if len(items) >= max_items:
+                break
     return [row for row, _ in candidates if row.items]
 
 

@@ -182,11 +182,10 @@ class SearchIndex:
 
     def match(self, query: str, limit: int = 10) -> list[tuple[str, float]]:
         """Titles matching ``query``, best first, with their scores (empty: no match)."""
-        key = normalise(query)
-        cached = self._cache.get(key)
+        cached = self._cache.get(query)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached[:limit]
+        key = normalise(query)
         words = key.split()[:MAX_QUERY_TOKENS]
         meaningful = [w for w in words if w not in STOP_WORDS] or words
         scores: dict[str, float] | None = None
@@ -204,7 +203,8 @@ class SearchIndex:
             if not scores:
                 break
         result = sorted((scores or {}).items(), key=lambda ts: (-ts[1], ts[0]))[:50]
-        self._cache[key] = result
+        # Keyed by the query as typed: the common repeat costs one dict lookup.
+        self._cache[query] = result
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return result[:limit]

@@ -30,20 +30,28 @@ class TitleInfo:
     director: str | None
     artwork_ids: tuple[str, ...]
     added_ts: float
+    # ("g:<genre>", 1.0) per genre and ("c:<person>", 0.5) for the first three cast
+    # members: what a user's genre and cast affinities are summed from.
+    tokens: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_catalog(cls, title: Mapping[str, Any]) -> TitleInfo:
         """From a validated ``catalog`` event (``streamrec.schema.validate_catalog``)."""
+        genres = tuple(title.get("genres") or ())
+        cast = tuple(title.get("cast") or ())
+        tokens = tuple(("g:" + g.lower(), 1.0) for g in genres) + tuple(
+            ("c:" + c.lower(), 0.5) for c in cast[:3])
         return cls(
             title_id=title["title_id"],
             name=title.get("name") or title["title_id"],
             kind=title.get("kind") or "movie",
             series_id=title.get("series_id"),
-            genres=tuple(title.get("genres") or ()),
-            cast=tuple(title.get("cast") or ()),
+            genres=genres,
+            cast=cast,
             director=title.get("director"),
             artwork_ids=tuple(title.get("artwork_ids") or ()),
             added_ts=float(title.get("ts") or 0.0),
+            tokens=tokens,
         )
 
 
@@ -70,8 +78,10 @@ class TitleIndex:
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
-        # dicts keep insertion order: the first key is the oldest added.
+        # dicts keep insertion order: the first key is the oldest added. Read-only for
+        # callers (``by_id``): the hot path looks titles up without a method call.
         self._titles: dict[str, TitleInfo] = {}
+        self.by_id = self._titles
         self._newest: list[tuple[float, str]] = []  # ascending (added_ts, title_id)
         self.on_add: list[Any] = []
         self.on_remove: list[Any] = []
