@@ -26,6 +26,7 @@ from streamrec.schema import dead_letter, decode_catalog
 from streamrec.settings import Settings
 from streams.checkpoint import Checkpointer
 from streams.experiment_store import start_experiments
+from streams.faust_compat import patch_aiokafka
 from streams.model_sync import ModelSync
 from streams.pipeline import EventsPipeline
 from streams.product import ProductLayer, start_product
@@ -201,6 +202,7 @@ def faust_broker_credentials(settings: Settings) -> Any:
 def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
     """The faust app for ``settings`` (Kafka and Redis addresses already resolved)."""
     runtime = runtime if runtime is not None else WorkerRuntime(settings)
+    patch_aiokafka()  # several workers on the embedded broker (see streams.faust_compat)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
