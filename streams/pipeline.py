@@ -49,6 +49,38 @@ IDLE_SLEEP_S = 0.002
 RECALL_WINDOW = 2000
 
 
+class _InFlight:
+    """A decoded batch whose state write is running in Redis."""
+
+    def __init__(self, records: list[Any], decoded: Any, task: asyncio.Future[Any] | None,
+                 decode_s: float) -> None:
+        self.records = records
+        self.decoded = decoded
+        self.task = task
+        self.decode_s = decode_s
+        # Seconds this process spent on the state write (encoding, and waiting for the
+        # reply when there was nothing else to do): the "state" stage.
+        self.state_s = 0.0
+
+    async def sent(self) -> None:
+        """Let the task encode and send its request before this process turns to CPU work."""
+        started = time.perf_counter()
+        await asyncio.sleep(0)
+        self.state_s += time.perf_counter() - started
+
+    async def applied(self) -> Any:
+        if self.task is None:
+            return None
+        started = time.perf_counter()
+        result = await self.task
+        self.state_s += time.perf_counter() - started
+        return result
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class EventsPipeline:
     """Consumes ``events`` in batches and emits recommendations.
 
@@ -112,27 +144,44 @@ class EventsPipeline:
         self._stopping.set()
 
     async def run(self) -> None:
-        """The loop: until asked to stop, then finish the batch, flush and commit."""
+        """The loop: until asked to stop, then finish the batch, flush and commit.
+
+        Two batches overlap: batch *i*'s state write runs in Redis (another process, often
+        another core) while this process learns, ranks and emits batch *i - 1*. Batches
+        still reach Redis strictly in order: batch *i*'s write starts only once batch
+        *i - 1*'s has returned.
+        """
         assert self._consumer is not None and self._producer is not None, "call start() first"
         consumer, producer = self._consumer, self._producer
+        pending: _InFlight | None = None
         try:
             while not self._stopping.is_set():
+                applied = await pending.applied() if pending is not None else None
                 records = consumer.consume(self.settings.batch_size, 0)
-                if not records:
+                records = [r for r in records if not self._is_error(r)]
+                started = self._start(records) if records else None
+                if started is not None:
+                    await started.sent()
+                if pending is not None:
+                    await self._complete(pending, applied)
+                pending = started
+                if pending is None:
                     producer.poll(0)
                     self._commit_if_delivered()
                     if self.sync is not None:
                         await self.sync.maybe_sync(self.model)
                     await asyncio.sleep(IDLE_SLEEP_S)
                     continue
-                records = [r for r in records if not self._is_error(r)]
-                if records:
-                    await self._process(records)
                 if self.sync is not None:  # between batches: nothing learns meanwhile
                     await self.sync.maybe_sync(self.model)
                 # Yield to the loop between batches (catalogue agent, timers).
                 await asyncio.sleep(0)
+            if pending is not None:
+                last, pending = pending, None
+                await self._complete(last, await last.applied())
         finally:
+            if pending is not None:
+                pending.cancel()  # an error: its offsets stay uncommitted, it is redelivered
             self._finish()
 
     def _finish(self) -> None:
@@ -149,15 +198,22 @@ class EventsPipeline:
         metrics.PIPELINE_UP.set(0)
 
     # -- one batch --------------------------------------------------------------------------------
-    async def _process(self, records: list[Any]) -> None:
-        settings = self.settings
+    def _start(self, records: list[Any]) -> _InFlight:
+        """Decode a batch and start its state write (an asyncio task)."""
         t0 = time.perf_counter()
-        decoded = decode_batch(records, settings.max_message_bytes, time.time())
-        t1 = time.perf_counter()
+        decoded = decode_batch(records, self.settings.max_message_bytes, time.time())
+        decode_s = time.perf_counter() - t0
+        task = (asyncio.ensure_future(self._apply_with_retry(decoded.events))
+                if decoded.events else None)
+        return _InFlight(records, decoded, task, decode_s)
+
+    async def _complete(self, batch: _InFlight, applied: Any) -> None:
+        """Learn, rank, emit and commit a batch whose state write has returned."""
+        settings = self.settings
+        decoded = batch.decoded
         ranked = RankedBatch()
         if decoded.events:
-            flags, profiles = await self._apply_with_retry(decoded.events)
-            t2 = time.perf_counter()
+            flags, profiles = applied
             if self.sync is not None:  # new titles start identically in every worker
                 self.sync.prepare(self.model, decoded.events)
             ranked = learn_and_rank(
@@ -166,7 +222,7 @@ class EventsPipeline:
                 experiments=self.experiments.config if self.experiments else None,
                 product=self.product,
             )
-            metrics.STAGE_SECONDS.labels(stage="state").observe(t2 - t1)
+            metrics.STAGE_SECONDS.labels(stage="state").observe(batch.state_s)
             metrics.STAGE_SECONDS.labels(stage="learn").observe(ranked.learn_seconds)
             metrics.STAGE_SECONDS.labels(stage="rank").observe(ranked.rank_seconds)
         t3 = time.perf_counter()
@@ -177,14 +233,14 @@ class EventsPipeline:
             await self.experiments.record(ranked.experiments, self._wait)
         if self.product is not None:
             await self._flush_product()
-        self._track_offsets(records)
+        self._track_offsets(batch.records)
         if self.sync is not None:
             self.sync.note_offsets({f"{t}[{p}]": o for (t, p), o in self._expected.items()})
         self._commit_if_delivered()
         t4 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels(stage="decode").observe(t1 - t0)
+        metrics.STAGE_SECONDS.labels(stage="decode").observe(batch.decode_s)
         metrics.STAGE_SECONDS.labels(stage="emit").observe(t4 - t3)
-        self._update_metrics(ranked, decoded.dead_reasons, len(records))
+        self._update_metrics(ranked, decoded.dead_reasons, len(batch.records))
 
     def _emit(self, ranked: RankedBatch, dead_letters: list[tuple[bytes | None, bytes]]) -> None:
         assert self._producer is not None
