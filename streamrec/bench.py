@@ -1,0 +1,585 @@
+"""``streamrec bench``: throughput, latency and memory of the worker, in one run.
+
+Everything runs on a private embedded broker and Redis started for the run (configured
+``KAFKA_BOOTSTRAP_SERVERS``/``REDIS_URL`` are ignored: the bench flushes Redis between
+phases). The same simulated records are pre-loaded into one topic per phase, then:
+
+1. **ceiling**: a bare confluent-kafka consumer reads them (no work at all);
+2. **batched**: ``streamrec worker`` with 1 process, then ``--workers`` processes in one
+   consumer group, each on fresh Redis state and a fresh consumer group; events/s over
+   the window in which every worker is busy, CPU per event from ``/proc``, per-stage time
+   from the workers' ``streamrec_stage_seconds``, RSS, Redis memory and CPU per event;
+3. **latency**: the last batched workers then get events from a paced producer at half
+   the measured maximum, stamped ``ts`` = wall clock; each event's latency is the emit
+   time of the first recommendation that reflects it (see
+   :func:`~streamrec.bench_report.per_event_latencies`);
+4. **per-record**: one worker with ``STREAMREC_PIPELINE=per-record`` (a plain faust
+   agent doing the same work one record at a time) on the first ``--per-record-events``.
+
+Prints a table, and with ``--report`` writes the JSON and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamrec.bench_report import (
+    STAGES,
+    PhaseResult,
+    Sample,
+    assemble_report,
+    busy_window,
+    format_table,
+    histogram_quantile_ms,
+    latency_summary_ms,
+    metric_sum,
+    parse_metrics,
+    per_event_latencies,
+    rate_series,
+    rss_per_new_user,
+)
+from streamrec.exceptions import ConfigError, StreamrecError
+from streamrec.settings import Settings, Topics
+
+logger = logging.getLogger(__name__)
+
+# Seconds between scrapes of the workers' /metrics while a phase runs: often enough to
+# place the busy window within 2-3% of a 10 s phase, rarely enough that serving /metrics
+# costs the workers well under 1% of their CPU.
+SAMPLE_INTERVAL_S = 0.25
+# How long workers may take to start, load the catalogue and join the group, seconds.
+WORKER_START_TIMEOUT_S = 90.0
+# Slowest rate a phase may run at before the bench gives up on it, events/s (a wedged
+# worker must not hang the bench); the per-record path runs at a few thousand.
+MIN_RATE = 100.0
+# After the paced producer stops, how long to wait for the last lists, seconds.
+DRAIN_TIMEOUT_S = 30.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=300_000, metavar="N",
+                        help="events pre-loaded and processed per batched run (default 300,000)")
+    parser.add_argument("--users", type=int, default=10_000, metavar="N",
+                        help="simulated viewers (default 10,000)")
+    parser.add_argument("--titles", type=int, default=1_000, metavar="N",
+                        help="catalogue size: the candidates ranked per user (default 1,000)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes in one consumer group; with N > 1 a 1-worker "
+                             "run is measured first for comparison (default 1)")
+    parser.add_argument("--mode", choices=("batched", "per-record", "both"), default="both",
+                        help="which events path to measure (default both)")
+    parser.add_argument("--per-record-events", type=int, default=30_000, metavar="N",
+                        help="events for the per-record run (default 30,000; it is slow)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
+                        help="length of the paced latency run, seconds (default 10)")
+    parser.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
+    parser.add_argument("--report", default=None, metavar="PATH",
+                        help="write the JSON report to PATH and a PNG chart beside it")
+
+
+def _validate(args: argparse.Namespace, partitions: int) -> None:
+    if args.events < 1000:
+        raise ConfigError("--events must be at least 1000 (e.g. --events 300000)")
+    for name in ("users", "titles", "per_record_events"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number")
+    if not 1 <= args.workers <= partitions:
+        raise ConfigError(f"--workers must be within 1..{partitions} (STREAMREC_PARTITIONS: "
+                          "a worker without a partition has nothing to do)")
+    if args.latency_seconds <= 0:
+        raise ConfigError("--latency-seconds must be positive")
+
+
+@dataclass
+class Dataset:
+    """The simulated records, encoded once and reused by every phase."""
+
+    titles: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    values: list[bytes]
+    keys: list[bytes]
+    _users_seen: Any = None
+
+    def users(self, n: int) -> int:
+        return int(self.users_seen[n - 1]) if n > 0 else 0
+
+    @property
+    def users_seen(self) -> Any:
+        """Distinct users among the first i + 1 events, for every i."""
+        if self._users_seen is None:
+            import numpy as np
+
+            seen: set[str] = set()
+            counts = np.empty(len(self.events), dtype=np.int64)
+            for i, event in enumerate(self.events):
+                seen.add(event["user_id"])
+                counts[i] = len(seen)
+            self._users_seen = counts
+        return self._users_seen
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    from producers.simulator import generate_events, generate_world
+
+    world = generate_world(args.users, args.titles, seed=args.seed)
+    events = [e for e in generate_events(world, args.events, seed=args.seed)
+              if isinstance(e, dict)]
+    return Dataset(titles=list(world.titles), events=events,
+                   values=[orjson.dumps(e) for e in events],
+                   keys=[e["user_id"].encode() for e in events])
+
+
+# -- processes ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class Worker:
+    """One ``streamrec worker`` child process with its own /metrics port."""
+
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
+        self.port = _free_port()
+        env = {**env, "STREAMREC_METRICS_PORT": str(self.port)}
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamrec.cli", "worker"], env=env,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return parse_metrics(response.read().decode())
+
+    def handled(self, metrics: dict[str, list[tuple[dict[str, str], float]]]) -> float:
+        return (metric_sum(metrics, "streamrec_events_consumed_total")
+                + metric_sum(metrics, "streamrec_events_dead_lettered_total")
+                + metric_sum(metrics, "streamrec_events_duplicate_total"))
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StreamrecError(f"a worker exited during start-up; see {self.log_path}")
+            with contextlib.suppress(OSError):
+                if metric_sum(self.metrics(), "streamrec_pipeline_up") >= 1:
+                    return
+            time.sleep(0.1)
+        raise StreamrecError(f"a worker did not start within {WORKER_START_TIMEOUT_S:.0f}s; "
+                             f"see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def _workers(env: dict[str, str], count: int, logs: str, name: str) -> Iterator[list[Worker]]:
+    started = [Worker(env, f"{logs}/{name}-{i}.log") for i in range(count)]
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        for worker in started:
+            worker.wait_ready(deadline)
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+# -- the bench ------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, settings: Settings, services: Any,
+                 data: Dataset, logs: str) -> None:
+        import redis
+
+        self.args = args
+        self.settings = settings
+        self.broker = services.broker
+        self.data = data
+        self.logs = logs
+        self.redis = redis.Redis.from_url(settings.redis_url.reveal())  # type: ignore[union-attr]
+
+    def topics(self, name: str) -> Topics:
+        return Topics(events=f"bench-events-{name}", catalog=f"bench-catalog-{name}",
+                      recommendations=f"bench-recs-{name}", dlq=f"bench-dlq-{name}",
+                      notifications=f"bench-notifications-{name}",
+                      cache_hints=f"bench-hints-{name}")
+
+    def phase_settings(self, name: str) -> Settings:
+        from streamrec.kafka import required_topics
+
+        settings = self.settings.replace(topics=self.topics(name), app_id=f"bench-{name}")
+        self.broker.create_topics(settings.topics.all())
+        self.broker.create_topics(
+            [t for t in required_topics(settings) if t not in settings.topics.all()], 1)
+        return settings
+
+    def preload(self, settings: Settings, n: int) -> None:
+        """Write the first ``n`` records to the phase's events topic; fail if the embedded
+        broker dropped any (it keeps ~5 MiB per partition)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        from streamrec.kafka import consumer_config, make_producer
+
+        topic = settings.topics.events
+        # Long lingers make large, well-compressed batches: more fits in the retention.
+        producer = make_producer(settings, **{"linger.ms": 100, "batch.size": 1_000_000})
+        for value, key in zip(self.data.values[:n], self.data.keys[:n], strict=True):
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        if producer.flush(60):
+            raise StreamrecError("the embedded broker did not take the records within 60s")
+        probe = Consumer(consumer_config(settings, f"bench-probe-{topic}"))
+        try:
+            held = 0
+            for p in range(settings.partitions):
+                low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if low > 0:
+                    raise StreamrecError(
+                        f"the embedded broker dropped {low} records of {topic}[{p}] (about "
+                        "5 MiB per partition): run with fewer --events or more "
+                        "STREAMREC_PARTITIONS")
+                held += high
+        finally:
+            probe.close()
+        if held != n:
+            raise StreamrecError(f"{topic} holds {held} records, expected {n}")
+
+    def ceiling(self, settings: Settings, n: int) -> float:
+        """Records/s of a bare confluent-kafka consumer over the pre-loaded records."""
+        from confluent_kafka import Consumer
+
+        from streamrec.kafka import consumer_config
+
+        consumer = Consumer(consumer_config(settings, f"bench-ceiling-{time.time_ns()}",
+                                            **{"queued.max.messages.kbytes": 65536}))
+        consumer.subscribe([settings.topics.events])
+        seen, first, last = 0, None, None
+        deadline = time.monotonic() + 120
+        try:
+            while seen < n and time.monotonic() < deadline:
+                batch = consumer.consume(10_000, 0.5)
+                if batch:
+                    if first is None:
+                        first = time.perf_counter()
+                    seen += sum(1 for m in batch if m.error() is None)
+                    last = time.perf_counter()
+        finally:
+            consumer.close()
+        if first is None or last is None or seen < n or last <= first:
+            raise StreamrecError("the ceiling consumer did not read every record")
+        # The first batch's records arrived before `first`: count them out of the time.
+        return (seen - min(seen, 10_000)) / (last - first) if seen > 10_000 else seen / (
+            last - first)
+
+    def worker_env(self, settings: Settings, pipeline: str) -> dict[str, str]:
+        from streamrec.runtime import child_environment
+
+        env = child_environment(settings, dict(os.environ))
+        env.update({"STREAMREC_PIPELINE": pipeline, "STREAMREC_LOG_LEVEL": "WARNING",
+                    # One BLAS thread: spinning OpenBLAS threads doubled CPU per event.
+                    "OPENBLAS_NUM_THREADS": "1"})
+        return env
+
+    def fresh_state(self, settings: Settings) -> None:
+        """Empty Redis (private to the bench), then the catalogue copy workers load."""
+        from streams.checkpoint import catalog_key
+
+        self.redis.flushall()
+        self.redis.hset(catalog_key(settings.app_id),
+                        mapping={t["title_id"]: orjson.dumps(t) for t in self.data.titles})
+
+    def redis_cpu_s(self) -> float:
+        cpu = self.redis.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def redis_user_bytes(self) -> int:
+        """Memory of per-user state: used_memory less the keys that are not a user's."""
+        used = int(self.redis.info("memory")["used_memory"])
+        other = 0
+        for key in self.redis.scan_iter(count=1000):
+            if not key.startswith(b"sr:u:"):
+                other += int(self.redis.memory_usage(key) or 0)
+        return used - other
+
+    def run_phase(self, name: str, pipeline: str, count: int, n: int,
+                  then: Any = None) -> tuple[PhaseResult, Any]:
+        """Pre-load ``n`` records, run ``count`` workers on them until all are handled;
+        ``then(workers, settings, result)`` runs on the same workers before they stop."""
+        settings = self.phase_settings(name)
+        self.preload(settings, n)
+        self.fresh_state(settings)
+        baseline_bytes = self.redis_user_bytes()
+        print(f"  {name}: {count} {pipeline} worker(s) on {n:,} events", file=sys.stderr,
+              flush=True)
+        launched = time.monotonic()
+        redis_at_launch = self.redis_cpu_s()
+        with _workers(self.worker_env(settings, pipeline), count, self.logs, name) as workers:
+            rss_ready = [_proc_rss_mb(w.pid) for w in workers]
+            samples, cpu, redis_cpu, rss = self.sample_until(workers, n, launched)
+            # The launch itself is the first sample: nothing handled, no CPU used yet.
+            samples.insert(0, Sample(0.0, [0.0] * count))
+            cpu.insert(0, 0.0)
+            redis_cpu.insert(0, redis_at_launch)
+            rss.insert(0, sum(rss_ready))
+            i0, i1, events = busy_window(samples, n)
+            start_t, end_t = samples[i0].t, samples[i1].t
+            final = [w.metrics() for w in workers]
+            rss_end = [_proc_rss_mb(w.pid) for w in workers]
+            user_bytes = self.redis_user_bytes() - baseline_bytes
+            stage_s = {stage: sum(metric_sum(m, "streamrec_stage_seconds_sum", stage=stage)
+                                  for m in final) for stage in STAGES}
+            handled = sum(w.handled(m) for w, m in zip(workers, final, strict=True))
+            users = self.data.users(n)
+            # Per-user RSS: the slope after a fifth of the events (buffers warmed up).
+            warm = next((i for i, smp in enumerate(samples) if smp.total >= n / 5), 0)
+            seen = [self.data.users(min(n, int(smp.total))) for smp in samples]
+            result = PhaseResult(
+                name=name, pipeline=pipeline, workers=count, events=n,
+                events_per_s=events / (end_t - start_t),
+                cpu_us_per_event=(cpu[i1] - cpu[i0]) / max(events, 1) * 1e6,
+                stage_us_per_event={k: v / max(handled, 1) * 1e6 for k, v in stage_s.items()},
+                rss_mb=max(rss_end), rss_growth_mb=max(0.0, sum(rss_end) - sum(rss_ready)),
+                active_users=users, redis_bytes_per_user=user_bytes / max(users, 1),
+                redis_cpu_us_per_event=(redis_cpu[i1] - redis_cpu[i0]) / max(events, 1) * 1e6,
+                rss_bytes_per_active_user=rss_per_new_user(rss, seen, warm),
+                series=rate_series(samples),
+            )
+            extra = then(workers, settings, result) if then is not None else None
+        return result, extra
+
+    def sample_until(self, workers: Sequence[Worker], n: int, launched: float
+                     ) -> tuple[list[Sample], list[float], list[float], list[float]]:
+        """Scrape until ``n`` events are handled: samples, workers' CPU seconds, Redis CPU
+        seconds and the workers' total RSS in MB, at each sample."""
+        samples: list[Sample] = []
+        cpu: list[float] = []
+        redis_cpu: list[float] = []
+        rss: list[float] = []
+        limit = max(120.0, n / MIN_RATE)
+        while True:
+            now = time.monotonic() - launched
+            counts = [w.handled(w.metrics()) for w in workers]
+            cpu.append(sum(_proc_cpu_s(w.pid) for w in workers))
+            redis_cpu.append(self.redis_cpu_s())
+            rss.append(sum(_proc_rss_mb(w.pid) for w in workers))
+            samples.append(Sample(now, counts))
+            if sum(counts) >= n:
+                return samples, cpu, redis_cpu, rss
+            if now > limit:
+                raise StreamrecError(f"the workers handled {sum(counts):,.0f} of {n:,} events "
+                                     f"in {limit:.0f}s; see the logs in {self.logs}")
+            if any(w.process.poll() is not None for w in workers):
+                raise StreamrecError(f"a worker exited; see the logs in {self.logs}")
+            time.sleep(SAMPLE_INTERVAL_S)
+
+    def paced_latency(self, workers: Sequence[Worker], settings: Settings, rate: float
+                      ) -> dict[str, Any]:
+        """Events at ``rate``/s stamped with the wall clock; latency per event."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        from streamrec.kafka import consumer_config, make_producer
+
+        total = max(1, int(rate * self.args.latency_seconds))
+        received: list[tuple[str, float, float]] = []
+        stop = threading.Event()
+        consumer = Consumer(consumer_config(settings, f"bench-latency-{time.time_ns()}"))
+        topic = settings.topics.recommendations
+        partitions = []
+        for p in range(settings.partitions):
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            partitions.append(TopicPartition(topic, p, high))
+        consumer.assign(partitions)
+
+        def collect() -> None:
+            while not stop.is_set():
+                for record in consumer.consume(1000, 0.1):
+                    if record.error() is None:
+                        m = orjson.loads(record.value())
+                        if m["event_id"].endswith("~paced"):
+                            received.append((m["user_id"], m["event_ts"], m["ts"]))
+
+        thread = threading.Thread(target=collect, name="bench-latency", daemon=True)
+        thread.start()
+        before = [w.metrics() for w in workers]
+        # The paced producer is the test harness, not the product: 1 ms lingers keep its
+        # own batching out of the measured latency.
+        producer = make_producer(settings, **{"linger.ms": 1})
+        sent: list[tuple[str, float]] = []
+        events = self.data.events
+        started = time.perf_counter()
+        while len(sent) < total:
+            due = min(total, int((time.perf_counter() - started) * rate) + 1)
+            while len(sent) < due:
+                event = dict(events[len(sent) % len(events)])
+                event["event_id"] = f"{event['event_id']}-{len(sent)}~paced"
+                event["ts"] = time.time()
+                producer.produce(settings.topics.events, orjson.dumps(event),
+                                 event["user_id"].encode())
+                sent.append((event["user_id"], event["ts"]))
+            producer.poll(0)
+            time.sleep(0.0005)
+        achieved = total / (time.perf_counter() - started)
+        producer.flush(30)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            covered = {u for u, _, _ in received}
+            if len(covered) >= len({u for u, _ in sent}):
+                latest = {}
+                for user, event_ts, _ in received:
+                    latest[user] = max(latest.get(user, 0.0), event_ts)
+                if all(latest.get(u, -1.0) >= ts for u, ts in sent):
+                    break
+            time.sleep(0.2)
+        stop.set()
+        thread.join(5)
+        consumer.close()
+        after = [w.metrics() for w in workers]
+        latencies, missing = per_event_latencies(sent, received)
+        buckets: dict[float, float] = {}
+        for b, a in zip(before, after, strict=True):
+            for labels, value in a.get("streamrec_event_to_recommendation_seconds_bucket", []):
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value
+            for labels, value in b.get("streamrec_event_to_recommendation_seconds_bucket", []):
+                buckets[float(labels["le"])] -= value
+        return {
+            "latency_ms": latency_summary_ms(lat for _, lat in latencies),
+            "latency_ms_worker_histogram": {
+                name: histogram_quantile_ms(buckets, q)
+                for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+            "paced_rate": achieved, "paced_events": total, "paced_events_unmatched": missing,
+            "latency_series": _latency_series(latencies, started),
+        }
+
+
+def _latency_series(latencies: list[tuple[float, float]], started: float
+                    ) -> dict[str, list[tuple[float, float]]]:
+    """p50/p95/p99 in ms per second of the paced run (x = seconds since it started)."""
+    from streamrec.bench_report import percentile
+
+    wall_start = time.time() - (time.perf_counter() - started)
+    by_second: dict[int, list[float]] = {}
+    for ts, lat in latencies:
+        by_second.setdefault(int(ts - wall_start), []).append(lat * 1000.0)
+    out: dict[str, list[tuple[float, float]]] = {"p50": [], "p95": [], "p99": []}
+    for second in sorted(by_second):
+        values = sorted(by_second[second])
+        for name, q in (("p50", 50.0), ("p95", 95.0), ("p99", 99.0)):
+            out[name].append((second + 0.5, percentile(values, q)))
+    return out
+
+
+def _write_png(report_path: str, phases: Sequence[PhaseResult],
+               latency_series: dict[str, list[tuple[float, float]]]) -> Path:
+    from streamrec.charts import Panel, plot_panels, png_path_for
+
+    throughput = Panel("Throughput (events handled per second)", "events/s",
+                       {f"{p.pipeline} x{p.workers}": p.series for p in phases})
+    latency = Panel("Event-to-recommendation latency at the paced rate", "ms",
+                    latency_series)
+    return plot_panels(png_path_for(report_path), "streamrec bench", [throughput, latency],
+                       xlabel="seconds since the run started")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Private services: the bench flushes Redis between runs, never a configured one.
+    settings = settings.replace(kafka_bootstrap_servers=None, redis_url=None)
+    _validate(args, settings.partitions)
+    from streamrec.runtime import Services
+
+    print(f"streamrec bench: simulating {args.events:,} events for {args.users:,} users and "
+          f"{args.titles:,} titles", file=sys.stderr, flush=True)
+    data = _dataset(args)
+    logs = tempfile.mkdtemp(prefix="streamrec-bench-")
+    n = len(data.events)
+    with Services(settings) as services:
+        bench = Bench(args, services.settings, services, data, logs)
+        ceiling_settings = bench.phase_settings("ceiling")
+        bench.preload(ceiling_settings, n)
+        ceiling = bench.ceiling(ceiling_settings, n)
+        print(f"  ceiling: {ceiling:,.0f} records/s", file=sys.stderr, flush=True)
+        phases: list[PhaseResult] = []
+        latency: dict[str, Any] = {}
+
+        def measure_latency(workers: list[Worker], phase_settings: Settings,
+                            result: PhaseResult) -> dict[str, Any]:
+            rate = result.events_per_s / 2.0
+            print(f"  latency: paced at {rate:,.0f} events/s for {args.latency_seconds:.0f}s",
+                  file=sys.stderr, flush=True)
+            return bench.paced_latency(workers, phase_settings, rate)
+
+        if args.mode in ("batched", "both"):
+            counts = [1] if args.workers == 1 else [1, args.workers]
+            for count in counts:
+                result, extra = bench.run_phase(
+                    f"batched-{count}", "batched", count, n,
+                    then=measure_latency if count == counts[-1] else None)
+                phases.append(result)
+                latency = extra or latency
+        if args.mode in ("per-record", "both"):
+            result, extra = bench.run_phase(
+                "per-record-1", "per-record", 1, min(n, args.per_record_events),
+                then=measure_latency if args.mode == "per-record" else None)
+            phases.append(result)
+            latency = extra or latency
+    primary = phases[-1] if args.mode == "per-record" else [
+        p for p in phases if p.pipeline == "batched"][-1]
+    others = [p for p in phases if p is not primary]
+    series = latency.pop("latency_series", {})
+    report = assemble_report(ceiling, primary, latency.pop("latency_ms"),
+                             latency.pop("paced_rate"), others, extra=latency)
+    print(format_table(report))
+    if args.report:
+        Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        png = _write_png(args.report, phases, series)
+        print(f"report: {args.report}, chart: {png}", file=sys.stderr)
+    return 0
+

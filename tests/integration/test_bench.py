@@ -1,0 +1,62 @@
+"""`streamrec bench` end to end on a tiny run: the report a user gets is complete.
+
+No timing thresholds: the figures depend on the machine; this checks that every figure is
+there, is a positive number, and that the counts agree with what was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streamrec.bench_report import REPORT_KEYS
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+
+def test_a_tiny_bench_reports_every_figure(tmp_path):
+    report_path = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "bench", "--events", "3000", "--users", "300",
+         "--titles", "200", "--workers", "2", "--per-record-events", "600",
+         "--latency-seconds", "2", "--report", str(report_path)],
+        capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+
+    assert set(REPORT_KEYS) <= set(report)
+    for key in ("ceiling_events_per_s", "events_per_s", "cpu_us_per_event", "paced_rate",
+                "rss_mb"):
+        assert isinstance(report[key], (int, float)) and report[key] > 0, key
+    assert report["workers"] == 2 and report["events"] == 3000
+    assert set(report["stage_us_per_event"]) >= {"decode", "state", "learn", "rank", "emit"}
+    assert all(v >= 0 for v in report["stage_us_per_event"].values())
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    # Nearly every paced event is reflected in a recommendation.
+    assert report["paced_events_unmatched"] <= 0.01 * report["paced_events"]
+    assert set(report["events_per_s_by_workers"]) == {"1", "2"}
+    assert report["per_record_events_per_s"] > 0 and report["speedup_vs_per_record"] > 0
+    phases = {p["name"]: p for p in report["phases"]}
+    assert set(phases) == {"batched-1", "batched-2", "per-record-1"}
+    assert phases["per-record-1"]["events"] == 600
+    assert 0 < report["active_users"] <= 300 and report["redis_bytes_per_user"] > 0
+
+    # The table on stdout, and the chart beside the report.
+    assert "ceiling: bare confluent-kafka consume" in done.stdout
+    assert "batched vs per-record" in done.stdout
+    png = report_path.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_are_one_line_and_exit_2():
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "bench", "--workers", "99"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--workers must be within" in done.stderr
