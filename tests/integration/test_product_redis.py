@@ -1,0 +1,136 @@
+"""Product features against a real Redis: notification claims, search demand, insights."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import orjson
+import pytest
+import redis.asyncio
+
+from models.base import UserProfile
+from models.hybrid import Hybrid
+from streamrec.settings import Secret, Settings
+from streams.batch import learn_and_rank
+from streams.notifications import Notifier, add_audience_writes
+from streams.product import ProductLayer
+from streams.state import StoredProfile, user_key
+
+pytestmark = pytest.mark.integration
+DAY = 86_400.0
+T0 = 1_709_316_000.0
+
+
+def episode(run: str, n: int, ts: float) -> dict:
+    return {"type": "episode_released", "title_id": f"e{n}-{run}", "series_id": f"s-{run}",
+            "ts": ts, "name": f"Episode {n}"}
+
+
+async def _notifications(redis_url: str, run: str) -> dict:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        users = [f"n{i}-{run}" for i in range(4)]
+        pipe = client.pipeline(transaction=False)
+        watchers = {(f"s-{run}", u): T0 for u in users[:3]}
+        watchers[(f"s-{run}", users[3])] = T0 - 90 * DAY  # watched long ago
+        add_audience_writes(pipe, watchers, window_s=365 * 24 * 3600)
+        # users[2] already played episode 2 (it is in their recent titles).
+        pipe.zadd(user_key(users[2], "hist"), {f"e2-{run}": T0})
+        await pipe.execute()
+        notifier = Notifier(client, window_s=30 * 24 * 3600, max_per_day=2)
+        out = {}
+        out["first"] = await notifier.on_episode(episode(run, 2, T0 + 3600))
+        out["replayed"] = await notifier.on_episode(episode(run, 2, T0 + 3600))
+        restarted = Notifier(client, window_s=30 * 24 * 3600, max_per_day=2)
+        out["restarted"] = await restarted.on_episode(episode(run, 2, T0 + 3600))
+        out["third_same_day"] = await notifier.on_episode(episode(run, 3, T0 + 7200))
+        out["fourth_same_day"] = await notifier.on_episode(episode(run, 4, T0 + 7300))
+        out["next_day"] = await notifier.on_episode(episode(run, 5, T0 + DAY))
+        out["users"] = users
+        return out
+    finally:
+        await client.aclose()
+
+
+def test_notifications_are_deduplicated_rate_limited_and_skip_seen(redis_url):
+    run = uuid.uuid4().hex[:6]
+    out = asyncio.run(_notifications(redis_url, run))
+    users = out["users"]
+    sent = [orjson.loads(v) for _, v in out["first"].messages]
+    # users[3] watched too long ago, users[2] has seen the episode.
+    assert sorted(m["user_id"] for m in sent) == users[:2]
+    assert out["first"].suppressed == {"seen": 1}
+    assert all(m["type"] == "new_episode" and m["series_id"] == f"s-{run}" for m in sent)
+    # One per user and episode, whoever asks again.
+    assert out["replayed"].messages == [] and out["restarted"].messages == []
+    assert out["replayed"].suppressed == {"duplicate": 2, "seen": 1}
+    # At most two a day: the third episode that day is held back for users[0..1]
+    # (users[2] got nothing yet today, so theirs goes out).
+    assert len(out["third_same_day"].messages) == 3
+    assert sorted(orjson.loads(v)["user_id"] for _, v in out["fourth_same_day"].messages) == [
+        users[2]]
+    assert out["fourth_same_day"].suppressed == {"rate_limited": 2}
+    assert len(out["next_day"].messages) == 3
+
+
+async def _flush(product: ProductLayer, redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    product.start(client)
+    try:
+        await product.flush()
+    finally:
+        await client.aclose()
+
+
+def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
+    app_id = f"ins-{uuid.uuid4().hex[:6]}"
+    settings = Settings(redis_url=Secret(redis_url), app_id=app_id, metrics_port=0)
+    model = Hybrid(seed=1)
+    product = ProductLayer(settings, lambda n, ts: model.trending.top(n, ts))
+    for i in range(3):
+        title = {"title_id": f"t{i}", "name": f"Title {i}", "genres": ["Drama"], "ts": T0}
+        model.add_title(title)
+        product.add_title(title)
+    events = []
+    # t0 is played steadily; t2 takes off in the last day.
+    for h in range(48):
+        ts = T0 + h * 3600
+        events.append({"event_id": f"p{h}", "type": "play", "user_id": f"v{h % 5}",
+                       "ts": ts, "title_id": "t0", "country": "SE"})
+        if h >= 24:
+            for k in range(3):
+                events.append({"event_id": f"q{h}-{k}", "type": "play", "user_id": f"w{k}",
+                               "ts": ts + k, "title_id": "t2", "country": "SE"})
+    for k, query in enumerate(["Robot Chef 3", "robot chef 3", "Nightbus to Lisbon", "title"]):
+        events.append({"event_id": f"s{k}", "type": "search", "user_id": f"x{k}",
+                       "ts": T0 + 47 * 3600, "query": query, "country": "SE"})
+    stored = {e["user_id"]: StoredProfile(UserProfile(e["user_id"]), {}, 0, {})
+              for e in events}
+    learn_and_rank(events, [True] * len(events), stored, model, top_n=5, history_cap=50,
+                   model_version="v", product=product)
+    hints = product.take_messages()
+    assert hints and all(topic == "cache_hints" for topic, _, _ in hints)
+    asyncio.run(_flush(product, redis_url))
+
+    env = dict(os.environ, REDIS_URL=redis_url, STREAMREC_APP_ID=app_id)
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", "--country",
+                           "SE", "--json"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["unmatched_searches"][:2] == [
+        {"query": "robot chef 3", "searches": 2}, {"query": "nightbus to lisbon", "searches": 1}]
+    assert report["rising"][0]["title_id"] == "t2"
+    assert report["rising"][0]["plays"] == 72 and report["rising"][0]["plays_before"] == 0
+
+    text = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and "robot chef 3" in text.stdout
+
+    bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", "--top", "0"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

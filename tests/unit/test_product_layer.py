@@ -1,0 +1,145 @@
+"""The product layer inside the pure events core (learn_and_rank), without Kafka or Redis."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from models.base import UserProfile
+from models.hybrid import Hybrid
+from streamrec.settings import Settings
+from streams.batch import learn_and_rank
+from streams.product import ProductLayer
+from streams.state import StoredProfile
+
+T0 = 1_709_316_000.0
+GENRES = ["Drama", "Comedy", "Horror", "Documentary"]
+
+
+def catalogue() -> list[dict]:
+    titles = [{"title_id": f"t{i}", "name": f"Film {i}", "type": "title_added", "ts": T0 + i,
+               "genres": [GENRES[i % 4]], "cast": [f"Actor {i % 5}"],
+               "artwork_ids": [f"t{i}-a", f"t{i}-b", f"t{i}-c"]} for i in range(40)]
+    titles.append({"title_id": "llama", "name": "The Galactic Llama", "type": "title_added",
+                   "ts": T0, "genres": ["Horror"], "cast": ["Zoë Ödegaard"],
+                   "artwork_ids": ["llama-1", "llama-2"]})
+    return titles
+
+
+def setup(**overrides) -> tuple[Hybrid, ProductLayer]:
+    model = Hybrid(seed=1, exploration=0.0)
+    product = ProductLayer(Settings(**overrides), lambda n, ts: model.trending.top(n, ts))
+    for title in catalogue():
+        model.add_title(title)
+        product.add_title(title)
+    return model, product
+
+
+def event(n: int, user: str, kind: str, **fields) -> dict:
+    return {"event_id": f"{user}-{n}", "type": kind, "user_id": user, "ts": T0 + 60 * n,
+            "device": "tv", "country": "SE", **fields}
+
+
+def run(model, product, events, profiles=None):
+    profiles = profiles if profiles is not None else {}
+    stored = {}
+    for e in events:
+        uid = e["user_id"]
+        if uid not in stored:
+            profile = profiles.setdefault(uid, UserProfile(uid))
+            stored[uid] = StoredProfile(profile, {}, 0, {})
+    ranked = learn_and_rank(events, [True] * len(events), stored, model, top_n=10,
+                            history_cap=200, model_version="v", product=product)
+    product.take_messages()
+    product.end_batch()
+    return {orjson.loads(v)["user_id"]: orjson.loads(v) for _, v in ranked.recommendations}
+
+
+def warm_up(model, product):
+    # Others watch horror titles together, and dramas together: two clusters to go on.
+    events = []
+    for u in range(10):
+        for k, title in enumerate(["t2", "t6", "t10", "llama", "t14"]):
+            events.append(event(k, f"horror{u}", "complete", title_id=title,
+                                position_s=100.0, duration_s=100.0))
+        for k, title in enumerate(["t0", "t4", "t8", "t12", "t16", "t20"]):
+            events.append(event(k, f"drama{u}", "complete", title_id=title,
+                                position_s=100.0, duration_s=100.0))
+    run(model, product, events)
+
+
+def test_every_message_gets_rows_and_artwork():
+    model, product = setup()
+    warm_up(model, product)
+    messages = run(model, product, [
+        event(1, "u1", "play", title_id="t1", duration_s=3000.0),
+        event(2, "u1", "pause", title_id="t1", position_s=1200.0, duration_s=3000.0),
+        event(3, "u1", "complete", title_id="t2", position_s=3000.0, duration_s=3000.0),
+    ])
+    message = messages["u1"]
+    rows = {row["id"]: row for row in message["rows"]}
+    assert rows["continue_watching"]["items"] == [
+        {"title_id": "t1", "resume_s": 1200.0, "artwork_id": rows["continue_watching"]
+         ["items"][0]["artwork_id"]}]
+    for item in message["items"] + [i for row in message["rows"] for i in row["items"]]:
+        assert item["artwork_id"] in {f"{item['title_id']}-{s}" for s in "abc"} | {
+            "llama-1", "llama-2"}
+    in_rows = [i["title_id"] for row in message["rows"] for i in row["items"]]
+    assert len(in_rows) == len(set(in_rows)) and "t2" not in in_rows
+
+
+def test_a_search_shifts_the_list_toward_what_matched():
+    model, product = setup()
+    warm_up(model, product)
+    before = run(model, product, [event(1, "u2", "play", title_id="t0", duration_s=100.0)])
+    profile = UserProfile("u2", history=[("t0", 0.3)], search_terms=["galactik lama"])
+    after = run(model, product, [event(2, "u2", "search", query="galactik lama")],
+                {"u2": profile})
+    rank_before = [i["title_id"] for i in before["u2"]["items"]]
+    rank_after = [i["title_id"] for i in after["u2"]["items"]]
+    horror = {"t2", "t6", "t10", "t14", "llama"}
+    assert sum(t in horror for t in rank_after[:5]) > sum(t in horror for t in rank_before[:5])
+    reasons = {i["reason"] for i in after["u2"]["items"]}
+    assert "because_you_watched:llama" not in reasons  # searched, not watched
+
+
+def test_searches_with_no_match_are_counted_as_demand():
+    _, product = setup()
+    model = Hybrid(seed=1)
+    run(model, product, [event(1, "u3", "search", query="Robot Chef 3"),
+                         event(2, "u4", "search", query="robot chef 3"),
+                         event(3, "u5", "search", query="odegaard")])
+    batch = product._batch  # end_batch ran: a fresh batch, counts went to metrics
+    assert batch.searches == 0
+    from streamrec import metrics
+
+    assert metrics.SEARCH_UNMATCHED._value.get() >= 2
+
+
+def test_row_policies_and_duplicates():
+    model, product = setup(row_duplicates=True, row_items=3)
+    warm_up(model, product)
+    events = [event(1, "u6", "complete", title_id="t2", position_s=1.0, duration_s=1.0)]
+    messages = run(model, product, events)
+    rows = messages["u6"]["rows"]
+    assert all(len(row["items"]) <= 3 for row in rows)
+    fixed_model, fixed = setup()
+    warm_up(fixed_model, fixed)
+    stored = {"u6": StoredProfile(UserProfile("u6", history=[("t2", 2.0)]), {}, 0, {})}
+    message = {"user_id": "u6", "items": [{"title_id": "t6", "score": 1.0,
+                                            "reason": "because_you_watched:t2"},
+                                           {"title_id": "t3", "score": 0.5, "reason": "trending"}]}
+    fixed.decorate(message, stored["u6"], [], events[0], row_policy="fixed")
+    order = [row["id"].split(":")[0] for row in message["rows"]]
+    assert order == sorted(order, key=["continue_watching", "because_you_watched", "genre",
+                                       "new_releases", "trending", "top_picks"].index)
+
+
+@pytest.mark.parametrize("kind", ["impression", "click"])
+def test_displays_teach_the_bandits(kind):
+    model, product = setup()
+    run(model, product, [event(1, "u7", kind, title_id="t3", row="trending",
+                               artwork_id="t3-b")])
+    assert product.models.rows.impressions == 1
+    assert product.models.rows.clicks == (kind == "click")
+    assert product.models.artwork.size()["artworks"] == 1
