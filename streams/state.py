@@ -32,7 +32,7 @@ title that falls off a full history and comes back in the same batch keeps its a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,12 @@ local profile_hist = tonumber(ARGV[7])
 local search_cap = tonumber(ARGV[8])
 local users = cjson.decode(ARGV[9])
 local events = cjson.decode(ARGV[10])
+
+-- The lists the previous batch emitted (user, payload pairs), saved before any profile is
+-- read so this batch's online-recall check sees them.
+for i = 11, #ARGV, 2 do
+  redis.call('SET', 'sr:u:{' .. ARGV[i] .. '}:last', ARGV[i + 1], 'EX', ttl)
+end
 
 -- Redis commands with many arguments, in chunks (Lua's unpack has a stack limit).
 local CHUNK = 1000
@@ -212,6 +218,15 @@ return out
 """
 
 
+# One call for many users' "last" lists: ARGV = ttl, then (user, payload) pairs.
+SAVE_LISTS_LUA = """
+for i = 2, #ARGV, 2 do
+  redis.call('SET', 'sr:u:{' .. ARGV[i] .. '}:last', ARGV[i + 1], 'EX', ARGV[1])
+end
+return #ARGV
+"""
+
+
 def user_key(user_id: str, kind: str) -> str:
     return f"sr:u:{{{user_id}}}:{kind}"
 
@@ -287,12 +302,19 @@ class StateStore:
         self.history_cap = history_cap
         self.dedup_window = dedup_window
         self._script = client.register_script(APPLY_BATCH_LUA)
+        self._save_lists = client.register_script(SAVE_LISTS_LUA)
 
     async def apply_batch(
-        self, events: Sequence[dict[str, Any]], feedbacks: Sequence[float]
+        self, events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
+        last_lists: Mapping[str, bytes] | None = None,
     ) -> tuple[list[bool], dict[str, StoredProfile]]:
         """Apply valid events (in order) idempotently; returns per-event "applied" flags and
-        every batch user's profile as it was *before* the batch."""
+        every batch user's profile as it was *before* the batch.
+
+        ``last_lists`` (user -> what was last emitted to them, see :meth:`save_last_lists`)
+        are saved in the same call, first: the hot path sends a batch's lists with the next
+        batch's state rather than in a round trip of their own.
+        """
         users = list(dict.fromkeys(e["user_id"] for e in events))
         user_index = {uid: i for i, uid in enumerate(users, start=1)}
         argv = [
@@ -300,6 +322,8 @@ class StateStore:
             COMPLETION_RATIO, PROFILE_HISTORY, SEARCH_CAP, orjson.dumps(users),
             _encode_events(events, feedbacks, user_index),
         ]
+        for uid, payload in (last_lists or {}).items():
+            argv += (uid, payload)
         started = time.perf_counter()
         try:
             reply = await self._script(keys=[], args=argv)
@@ -318,11 +342,11 @@ class StateStore:
         if not lists:
             return
         started = time.perf_counter()
+        argv: list[Any] = [self.ttl_s]
+        for uid, payload in lists.items():
+            argv += (uid, payload)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for uid, payload in lists.items():
-                    pipe.set(user_key(uid, "last"), payload, ex=self.ttl_s)
-                await pipe.execute()
+            await self._save_lists(keys=[], args=argv)
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="save_last_lists").inc()
             raise StateStoreUnavailable(f"Redis save_last_lists failed: {exc}") from exc
