@@ -71,6 +71,8 @@ MAX_HISTORY = 50
 WEIGHT_CLIP = 3.0
 
 History = Sequence[tuple[str, float]]
+# Decimal places of the scores in recommendation messages.
+SCORE_DECIMALS = 6
 # One list: (title_id, score, reason) per listed title, best first.
 Ranked = list[tuple[str, float, str]]
 # Per model, its genres as arrays (see _GenreTable), rebuilt when the catalogue changes.
@@ -313,8 +315,8 @@ def recommend_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
 
 def rank_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
               ts: Sequence[float]) -> list[Ranked]:
-    """:func:`recommend_many` as plain ``(title_id, score, reason)`` tuples (the hot path
-    serialises them directly)."""
+    """:func:`recommend_many` as plain ``(title_id, score, reason)`` tuples, scores
+    rounded to ``SCORE_DECIMALS`` places (what the recommendation messages carry)."""
     if len(profiles) != len(ts):
         raise ValueError("profiles and ts must have the same length")
     if not profiles:
@@ -406,14 +408,15 @@ class _RankBatch:
         reasons = self._reasons(picks)
         ids = np.array(model._items.ids, dtype=object)
         titles = ids[cols[np.maximum(picks, 0)]].tolist()
-        pick_scores = np.take_along_axis(self.scores, np.maximum(picks, 0), axis=1).tolist()
+        pick_scores = np.round(np.take_along_axis(self.scores, np.maximum(picks, 0), axis=1),
+                               SCORE_DECIMALS).tolist()
         picked_counts = n_picked.tolist()
         explored_cols = explored.tolist()
         out: list[Ranked] = []
         for u in range(n_users):
             m = picked_counts[u]
             entries = list(zip(titles[u][:m], pick_scores[u][:m], reasons[u][:m], strict=True))
-            extra = [(ids[cols[i]], float(self.scores[u, i]), "explore")
+            extra = [(ids[cols[i]], round(float(self.scores[u, i]), SCORE_DECIMALS), "explore")
                      for i in explored_cols[u] if i >= 0]
             if extra:
                 entries = _insert_explored(entries, extra)

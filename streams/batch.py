@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from models.batched import MAX_HISTORY, learn_many, rank_many
-from models.hybrid import Hybrid, Recommendation
+from models.hybrid import Hybrid
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import dead_letter, decode_event
 from streams.experiment_batch import ExperimentBatch, ExperimentTallies
@@ -167,21 +167,26 @@ def learn_and_rank(
         [event["ts"] for event in last_event.values()]))
     for uid, event in last_event.items():
         stored = profiles[uid]
-        recs = ([Recommendation(*r) for r in next(batch_lists)] if batch_lists is not None
-                else variant_lists[uid])
+        recs: Any
+        if batch_lists is not None:  # (title_id, score rounded to 6 places, reason)
+            recs = next(batch_lists)
+            items = [{"title_id": t, "score": s, "reason": r} for t, s, r in recs]
+            listed = [t for t, _, _ in recs[:RECALL_K]]
+        else:
+            recs = variant_lists[uid]
+            items = [{"title_id": r.title_id, "score": round(r.score, 6), "reason": r.reason}
+                     for r in recs]
+            listed = [r.title_id for r in recs[:RECALL_K]]
         message = {
             "user_id": uid,
             "ts": clock(),
             "event_id": event["event_id"],
             "event_ts": event["ts"],
             "model_version": model_version,
-            "items": [
-                {"title_id": r.title_id, "score": round(r.score, 6), "reason": r.reason}
-                for r in recs
-            ],
+            "items": items,
         }
         lists = {
-            "streamrec": [r.title_id for r in recs[:RECALL_K]],
+            "streamrec": listed,
             "popularity": [t for t in popular if t not in stored.profile.completed][:RECALL_K],
         }
         if xb is not None:
