@@ -237,13 +237,25 @@ class Recommender:
         ts: float | None = None,
     ) -> np.ndarray:
         """Scores for ``items`` (higher is better), vectorised; unknown items score 0."""
-        rows = self._items.rows_of(as_list(items))
+        rows = self.item_rows(items)
         scores = np.zeros(len(rows))
         known = rows >= 0
         if known.any():
-            scores[known] = self._score_rows(rows[known], RowProfile.build(self._items, profile),
-                                             ts)
+            scores[known] = self.score_rows(rows[known], profile, ts)
         return scores
+
+    def item_rows(self, items: Sequence[str]) -> np.ndarray:
+        """Item-table row of each of ``items``, -1 for titles the model does not know.
+
+        Callers that score the same titles many times (the evaluator) look rows up once
+        and call :meth:`score_rows`; a row stays the title's until it is evicted.
+        """
+        return self._items.rows_of(as_list(items))
+
+    def score_rows(self, rows: np.ndarray, profile: UserProfile | None = None,
+                   ts: float | None = None) -> np.ndarray:
+        """Scores of known item-table ``rows`` (see :meth:`item_rows`), vectorised."""
+        return self._score_rows(rows, RowProfile.build(self._items, profile), ts)
 
     def predict_one(
         self, user: str, item: str, profile: UserProfile | None = None, ts: float | None = None

@@ -216,6 +216,26 @@ class Hybrid(Recommender):
             rows = rows[~np.isin(rows, row_profile.completed_rows)]
         if len(rows) == 0:
             return []
+        scores, picks, contributions, cold = self._rank(rows, row_profile, n, ts)
+        return [
+            Recommendation(
+                self._items.ids[rows[i]] or "", float(scores[i]),
+                reason or self._reason(int(rows[i]), i, contributions, row_profile, cold),
+            )
+            for i, reason in picks
+        ]
+
+    def list_rows(self, rows: np.ndarray, profile: UserProfile, n: int, ts: float | None = None
+                  ) -> tuple[np.ndarray, list[int]]:
+        """What :meth:`recommend` does for candidate ``rows`` (see :meth:`item_rows`):
+        the blended score of every row, and the positions in ``rows`` of the ``n`` titles
+        listed, in list order (diversified, with exploration slots)."""
+        if len(rows) == 0:
+            return np.zeros(0), []
+        scores, picks, _, _ = self._rank(rows, RowProfile.build(self._items, profile), n, ts)
+        return scores, [i for i, _ in picks]
+
+    def _rank(self, rows: np.ndarray, row_profile: RowProfile, n: int, ts: float | None):
         cold = not (row_profile.weights > 0).any()
         if cold:
             scores = self._cold_scores(rows, row_profile, ts)
@@ -232,13 +252,7 @@ class Hybrid(Recommender):
             n_explore = max(n_explore, 1)
         if n_explore and len(rows) > len(picks) - n_explore:
             picks = self._explore_slots(rows, picks, n_explore, row_profile, ts)
-        return [
-            Recommendation(
-                self._items.ids[rows[i]] or "", float(scores[i]),
-                reason or self._reason(int(rows[i]), i, contributions, row_profile, cold),
-            )
-            for i, reason in picks[:n]
-        ]
+        return scores, picks[:n], contributions, cold
 
     def _diversify(self, rows: np.ndarray, order: np.ndarray, n: int) -> list[int]:
         """Greedy: no genre more than ``max_per_genre`` times in the first 10 slots."""
