@@ -4,7 +4,7 @@ A user watches S1E1 to the end, pauses another title at 40%, clicks an artwork i
 then S1E2 is released. They must get one new-episode notification (and only one, also
 after the release is replayed and the worker restarted), their paused title first in
 ``continue_watching`` with its resume position, and rows and artwork in their
-recommendations.
+recommendations; and the hours it spans produce cache hints.
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ class Reader:
         self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
                                   "group.id": f"check-{uuid.uuid4().hex}",
                                   "auto.offset.reset": "earliest"})
-        self.consumer.subscribe([self.topics.recommendations, self.topics.notifications])
+        self.consumer.subscribe([self.topics.recommendations, self.topics.notifications,
+                                 self.topics.cache_hints])
         self.recs: list[dict[str, Any]] = []
         self.notifications: list[dict[str, Any]] = []
+        self.hints: list[dict[str, Any]] = []
 
     def poll(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -79,6 +81,9 @@ class Reader:
                 if message.topic() == self.topics.notifications:
                     assert message.key().decode() == value["user_id"]
                     self.notifications.append(value)
+                elif message.topic() == self.topics.cache_hints:
+                    assert message.key().decode() == value["country"]
+                    self.hints.append(value)
                 else:
                     self.recs.append(value)
 
@@ -157,3 +162,9 @@ def test_scenario_notification_rows_and_artwork(make_settings, start_worker, red
         assert row["title"] and row["items"]
     # The click in the trending row reached the row bandit.
     assert 'streamrec_row_clicks_total{row_type="trending"} 1.0' in metrics
+
+    # The events span 18:00-20:41 UTC: closing an hour forecasts the next one for SE.
+    hints = [h for h in reader.hints if h["country"] == "SE"]
+    assert hints and all(h["hour"] % 3600 == 0 for h in hints)
+    assert {t["title_id"] for h in hints for t in h["titles"]} <= set(artworks)
+    assert all(t["expected_plays"] > 0 for h in hints for t in h["titles"])
