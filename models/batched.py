@@ -46,6 +46,11 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import inspect
+import logging
 import weakref
 from collections.abc import Sequence
 
@@ -53,6 +58,79 @@ import numpy as np
 
 from models.base import UserProfile
 from models.hybrid import COMPONENTS, REASON_OF, Hybrid, Recommendation
+
+logger = logging.getLogger(__name__)
+
+# The one-at-a-time code each batched path mirrors. When any of it changes, that path is
+# switched off (one warning; every batch then goes one at a time, correct but slower)
+# until this module is updated to match and the fingerprint below with it;
+# tests/unit/test_batched.py fails meanwhile, naming what changed.
+MIRRORED = {
+    "rank": (
+        "models.base:RowProfile.build", "models.base:top_k",
+        "models.trending:Trending._score_rows",
+        "models.cooccurrence:CoOccurrence.__init__",
+        "models.cooccurrence:CoOccurrence._score_rows",
+        "models.cooccurrence:CoOccurrence.explain",
+        "models.mf:ImplicitMF._user_vector", "models.mf:ImplicitMF._score_rows",
+        "models.content:ContentModel.add_title", "models.content:ContentModel.user_vector",
+        "models.content:ContentModel._score_rows",
+        "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
+        "models.hybrid:Hybrid._features", "models.hybrid:Hybrid._score_rows",
+        "models.hybrid:Hybrid._cold_scores", "models.hybrid:Hybrid.candidate_rows",
+        "models.hybrid:Hybrid.recommend", "models.hybrid:Hybrid._rank",
+        "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid._explore_slots",
+        "models.hybrid:Hybrid._reason",
+    ),
+    "learn": (
+        "models.base:Recommender.learn_one", "models.base:RowProfile.build",
+        "models.hybrid:Hybrid._learn_row", "models.hybrid:Hybrid._learn_blend",
+        "models.hybrid:Hybrid._features",
+        "models.trending:Trending._learn_row", "models.trending:Trending._score_rows",
+        "models.cooccurrence:CoOccurrence.__init__",
+        "models.cooccurrence:CoOccurrence._learn_row", "models.cooccurrence:CoOccurrence._bump",
+        "models.cooccurrence:CoOccurrence._score_rows",
+        "models.mf:ImplicitMF._user_vector", "models.mf:ImplicitMF._learn_row",
+        "models.mf:ImplicitMF._score_rows",
+        "models.content:ContentModel.user_vector", "models.content:ContentModel._score_rows",
+        "models.content:ContentModel._learn_row",
+        "models.explore:ThompsonExplorer._learn_row",
+    ),
+}
+FINGERPRINTS = {"rank": "3d31bced5bbe7f0a", "learn": "a2ffdfdcce852d72"}
+
+
+def fingerprint(kind: str) -> str | None:
+    """A hash of the source of the code the ``kind`` path mirrors (None when the sources
+    are not installed, or something it mirrors is gone)."""
+    digest = hashlib.sha256()
+    for name in MIRRORED[kind]:
+        module, _, qualname = name.partition(":")
+        try:
+            obj: object = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            digest.update(inspect.getsource(obj).encode())  # type: ignore[arg-type]
+        except AttributeError:
+            return ""
+        except (OSError, TypeError):
+            return None
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def mirrors(kind: str) -> bool:
+    """Whether the ``kind`` ("rank" or "learn") batched path matches the models' code."""
+    current = fingerprint(kind)
+    if current is None:  # no sources to compare (e.g. byte-code only): trust the build
+        return True
+    if current != FINGERPRINTS[kind]:
+        logger.warning("models changed since models/batched.py was written (%s path: "
+                       "%s, expected %s); batching it one at a time until it is updated",
+                       kind, current, FINGERPRINTS[kind])
+        return False
+    return True
+
 
 # Independent posterior samples per title drawn per batch for Thompson sampling (see the
 # module docstring): 16 keeps users of a batch mostly on different draws, for about 1 ms
@@ -62,6 +140,10 @@ SAMPLE_SETS = 16
 # they save time (8 bytes x users x titles per component); larger catalogues rank one
 # user at a time through Hybrid.recommend, which pre-selects candidates.
 DENSE_MAX_TITLES = 4096
+# Below these sizes the fixed cost of the dense batch path (~0.3-0.7 ms) exceeds the
+# one-at-a-time API's per-call cost, measured on 1,000 titles: such batches use it.
+ONE_AT_A_TIME_USERS = 1
+ONE_AT_A_TIME_EVENTS = 3
 # Up to this many users a batch is diversified one user at a time in Python (~20 us each);
 # above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
 SMALL_BATCH_USERS = 32
@@ -323,8 +405,10 @@ def rank_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
         return []
     items = model._items
     cols = np.fromiter(items.index.values(), dtype=np.int64, count=len(items))
-    if len(cols) > min(model.max_candidates, DENSE_MAX_TITLES) or len(cols) == 0 or n <= 0:
-        return [[(r.title_id, r.score, r.reason) for r in model.recommend(p, n=n, ts=t)]
+    if (len(cols) > min(model.max_candidates, DENSE_MAX_TITLES) or len(cols) == 0 or n <= 0
+            or len(profiles) <= ONE_AT_A_TIME_USERS or not mirrors("rank")):
+        return [[(r.title_id, round(r.score, SCORE_DECIMALS), r.reason)
+                 for r in model.recommend(p, n=n, ts=t)]
                 for p, t in zip(profiles, ts, strict=True)]
     batch = _RankBatch(model, profiles, cols, np.asarray(ts, dtype=np.float64))
     return batch.lists(n)
@@ -613,8 +697,9 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
         return
     items = model._items
     unknown = sum(1 for t in set(titles) if t not in items.index)
-    if len(items) + unknown > items.capacity or len(items) > DENSE_MAX_TITLES:
-        # Evictions inside the batch would recycle rows mid-way: go one at a time.
+    if (len(items) + unknown > items.capacity or len(items) > DENSE_MAX_TITLES
+            or len(titles) <= ONE_AT_A_TIME_EVENTS or not mirrors("learn")):
+        # Tiny batches, or evictions inside the batch (rows recycled mid-way): one at a time.
         for title, y, t, h in zip(titles, ys, ts, histories, strict=True):
             model.learn_one("", title, y, UserProfile("", history=list(h)), t)
         return
