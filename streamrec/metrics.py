@@ -234,7 +234,7 @@ if os.path.exists("/proc/self/stat"):
 # finds every op used in the code and fails if one is missing here.
 REDIS_OPS = ("apply_batch", "save_last_lists", "checkpoint_load", "checkpoint_save",
              "experiments_publish", "experiments_record", "product_flush", "product_save",
-             "notify", "model_sync", "catalog")
+             "notify", "model_sync", "catalog", "product_catalog")
 # Families with this prefix belong to the sink: only the sink serves them, and it serves
 # nothing else but process metrics.
 _SINK_PREFIX = "streamrec_sink_"

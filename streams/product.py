@@ -72,6 +72,13 @@ PLAYS_TTL_S = 49 * 3600
 ALL = "*"
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
 TRENDING_FETCH = 20
+# How often the catalogue copy in Redis is checked for titles another worker's catalogue
+# partitions brought (faust splits the catalog topic between workers), seconds.
+CATALOG_REFRESH_S = 30.0
+# Titles read per HMGET when catching up with the catalogue copy.
+CATALOG_CHUNK = 1000
+# Every this many checks (5 minutes), compare every key even if the count is unchanged.
+CATALOG_FULL_EVERY = 10
 
 
 def insight_key(app_id: str, kind: str, *parts: str) -> str:
@@ -138,6 +145,8 @@ class ProductLayer:
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
+        self._next_refresh = time.monotonic() + CATALOG_REFRESH_S
+        self._refreshes = 0
         self.notifier: Notifier | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -478,6 +487,45 @@ class ProductLayer:
                 metrics.REDIS_SECONDS.labels(op="product_flush").observe(
                     time.perf_counter() - started)
         self.end_batch()
+        if self._client is not None and time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + CATALOG_REFRESH_S
+            self._refreshes += 1
+            await self.refresh_catalog(full=self._refreshes % CATALOG_FULL_EVERY == 0)
+
+    async def refresh_catalog(self, full: bool = False) -> int:
+        """Catch up with the catalogue copy in Redis: titles added or removed through
+        another worker's catalogue partitions. Cheap when the count is unchanged (one
+        HLEN), unless ``full``: then every key is compared (an addition and a removal
+        in one interval keep the count). Returns the number of titles added or removed;
+        Redis errors are logged, not raised (the next check retries)."""
+        from streams.checkpoint import catalog_key
+
+        key = catalog_key(self.settings.app_id)
+        titles = self.titles
+        try:
+            stored = await self._client.hlen(key)
+            if not full and (stored == len(titles) or stored > len(titles) == titles.capacity):
+                return 0
+            present = {k.decode() for k in await self._client.hkeys(key)}
+            missing = [t for t in present if t not in titles]
+            changed = 0
+            for start in range(0, len(missing), CATALOG_CHUNK):
+                chunk = missing[start:start + CATALOG_CHUNK]
+                for value in await self._client.hmget(key, chunk):
+                    if value is not None:
+                        titles.add(orjson.loads(value))
+                        changed += 1
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="product_catalog").inc()
+            logger.warning("catalogue refresh skipped, Redis unavailable: %s", exc)
+            return 0
+        for title_id in [t for t in titles.by_id if t not in present]:
+            titles.remove(title_id)
+            changed += 1
+        if changed:
+            logger.info("catalogue refresh: %d titles added or removed (now %d)", changed,
+                        len(titles))
+        return changed
 
     def end_batch(self) -> None:
         """Count the batch's metrics and start a new batch (no I/O)."""

@@ -134,3 +134,34 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", "--top", "0"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+async def _refresh(settings: Settings, redis_url: str) -> tuple[int, int, set[str]]:
+    from streams.checkpoint import catalog_key
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        key = catalog_key(settings.app_id)
+        await client.hset(key, mapping={
+            f"t{i}": orjson.dumps({"title_id": f"t{i}", "name": f"Title {i}", "ts": T0 + i})
+            for i in range(3)})
+        product = ProductLayer(settings)
+        product.start(client)
+        first = await product.refresh_catalog()
+        # Another worker's catalogue partition adds t3 and removes t0.
+        await client.hset(key, "t3", orjson.dumps({"title_id": "t3", "name": "Late", "ts": T0}))
+        await client.hdel(key, "t0")
+        same_count = await product.refresh_catalog()  # one HLEN: the count is unchanged
+        second = await product.refresh_catalog(full=True)
+        assert same_count == 0
+        return first, second, set(product.titles.by_id)
+    finally:
+        await client.aclose()
+
+
+def test_titles_from_other_workers_partitions_are_picked_up(redis_url):
+    settings = Settings(redis_url=Secret(redis_url), app_id=f"cat-{uuid.uuid4().hex[:6]}",
+                        metrics_port=0)
+    first, second, titles = asyncio.run(_refresh(settings, redis_url))
+    assert (first, second) == (3, 2)
+    assert titles == {"t1", "t2", "t3"}
