@@ -125,6 +125,11 @@ class EventsPipeline:
         self._expected: dict[tuple[str, int], int] = {}
         self._stopping = asyncio.Event()
         self._delivery_failures = 0
+        # Records a retry wait received (see _wait): processed first by the loop.
+        self._held: list[Any] = []
+        # Why consumption is paused, if it is: streamrec_pipeline_up is 0 while either holds.
+        self._redis_paused = False
+        self._broker_down = False
         self.recall: dict[str, float] = {}
         self.events_processed = 0
 
@@ -165,7 +170,11 @@ class EventsPipeline:
             while not self._stopping.is_set():
                 applied = await pending.applied() if pending is not None else None
                 records = consumer.consume(self.settings.batch_size, 0)
+                if self._held:  # received while waiting out an outage: first, in order
+                    records, self._held = self._held + records, []
                 records = [r for r in records if not self._is_error(r)]
+                if records and self._broker_down:
+                    self._set_broker_down(False)
                 started = self._start(records) if records else None
                 if started is not None:
                     await started.sent()
@@ -332,13 +341,17 @@ class EventsPipeline:
         assert self._consumer is not None and self._producer is not None
         end = time.monotonic() + delay
         while time.monotonic() < end:
-            self._consumer.consume(1, 0)  # paused: returns nothing, services the group
+            # Services the group. Paused partitions return nothing, but one not paused (yet,
+            # or assigned meanwhile) may: such records are kept for the loop, since
+            # dropping one would skip it for good once a later offset is committed.
+            self._held += [r for r in self._consumer.consume(1, 0) if not self._is_error(r)]
             self._producer.poll(0)
             await asyncio.sleep(min(0.05, delay))
 
     def _pause(self, pause: bool) -> None:
         assert self._consumer is not None
-        metrics.PIPELINE_UP.set(0 if pause else 1)
+        self._redis_paused = pause
+        metrics.PIPELINE_UP.set(0 if (pause or self._broker_down) else 1)
         assignment = self._consumer.assignment()
         if assignment:
             (self._consumer.pause if pause else self._consumer.resume)(assignment)

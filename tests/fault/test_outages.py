@@ -1,0 +1,96 @@
+"""Redis down for 10 s, then the broker down for 10 s, while events flow: the worker
+pauses, reports it, resumes, and ends with exactly the state the stream defines."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from faultkit import (
+    Background,
+    TopicCollector,
+    events_consumed,
+    make_stream,
+    outcome,
+    produce,
+    send_catalog,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
+
+OUTAGE_S = 10.0
+
+
+def metric(worker, name: str) -> float:
+    try:
+        return events_consumed(worker, name)
+    except OSError:
+        return float("nan")
+
+
+def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str
+                    ) -> tuple[list[float], float]:
+    settings = fault_cluster.settings(checkpoint_interval_s=5.0)
+    stream = make_stream(30_000, n_users=1500, n_titles=300, seed=11)
+    client = fault_cluster.client()
+    collector = TopicCollector(settings, [settings.topics.recommendations, settings.topics.dlq])
+    collector.start()
+    try:
+        send_catalog(settings, stream.catalog)
+        worker = start_worker(settings)
+        sender = Background(lambda stop: produce(
+            settings, stream.records, settings.topics.events, rate=2500, stop=stop))
+        sender.start()
+        wait_for(lambda: events_consumed(worker) >= 5000, 60, "the worker to be mid-stream")
+        before = events_consumed(worker)
+        take_down()
+        time.sleep(1.0)
+        during = events_consumed(worker)
+        up_during = [metric(worker, "streamrec_pipeline_up")]
+        time.sleep(OUTAGE_S - 1.0)
+        up_during.append(metric(worker, "streamrec_pipeline_up"))
+        redis_errors = metric(worker, "streamrec_redis_errors_total")
+        stalled = events_consumed(worker)
+        bring_up()
+        assert worker.process.poll() is None, "the worker died during the outage"
+        sender.finish(90)
+
+        def caught_up() -> bool:
+            result = outcome(client, stream, collector, settings)
+            return (result.applied >= result.valid_events
+                    and result.dead_letters >= stream.malformed)
+
+        wait_for(caught_up, 120, f"the worker to catch up after the {what}")
+        time.sleep(2.0)
+        up_after = metric(worker, "streamrec_pipeline_up")
+        assert worker.stop() == 0
+        result = outcome(client, stream, collector, settings)
+    finally:
+        collector.close()
+    print(f"\n{result.show(f'{what} for {OUTAGE_S:.0f} s mid-stream')}\n"
+          f"  events applied: {before:.0f} when it went down, {during:.0f} 1 s later, "
+          f"{stalled:.0f} at the end of the outage; streamrec_pipeline_up during the outage "
+          f"{up_during}, after {up_after}; streamrec_redis_errors_total {redis_errors:.0f}")
+    assert result.lost == 0
+    assert result.applied_twice == 0
+    assert result.users_wrong == 0
+    assert result.users_without_recs == 0
+    assert result.dead_letters == stream.malformed
+    return up_during, up_after
+
+
+def test_redis_down_for_10_s_mid_stream(fault_cluster, start_worker):
+    up_during, up_after = run_with_outage(
+        fault_cluster, start_worker, fault_cluster.redis.kill, fault_cluster.restart_redis,
+        "Redis killed (persistent, restarted on the same port)")
+    assert up_during[-1] == 0.0  # paused, and says so
+    assert up_after == 1.0
+
+
+def test_broker_down_for_10_s_mid_stream(fault_cluster, start_worker):
+    up_during, up_after = run_with_outage(
+        fault_cluster, start_worker, fault_cluster.broker.set_down,
+        fault_cluster.broker.set_up, "broker down")
+    assert up_during[-1] == 0.0
+    assert up_after == 1.0
