@@ -51,6 +51,8 @@ RETRY_MAX_S = 5.0
 IDLE_SLEEP_S = 0.002
 # Rolling online recall: exponential smoothing over roughly this many tests.
 RECALL_WINDOW = 2000
+# Consumer errors that mean the broker cannot be reached (as opposed to a bad record).
+_BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
 
 class _InFlight:
@@ -140,7 +142,7 @@ class EventsPipeline:
             self.settings, f"{self.settings.app_id}-events",
             # Prefetch generously: the loop takes what is buffered without waiting.
             **{"queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 10,
-               "on_commit": self._on_commit},
+               "on_commit": self._on_commit, "error_cb": self._on_client_error},
         )
         self._consumer = Consumer(conf)
         self._consumer.subscribe(
@@ -149,7 +151,8 @@ class EventsPipeline:
         # Outputs are retried forever rather than dropped: an accepted record is never lost,
         # and offsets wait for their delivery.
         self._producer = make_producer(self.settings, **{"message.timeout.ms": 0,
-                                                         "linger.ms": 2})
+                                                         "linger.ms": 2,
+                                                         "error_cb": self._on_client_error})
         metrics.PIPELINE_UP.set(1)
 
     def request_stop(self) -> None:
@@ -409,6 +412,8 @@ class EventsPipeline:
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
             logger.warning("offset commit failed (a later commit supersedes it): %s", err)
+        elif self._broker_down:
+            self._set_broker_down(False)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -420,9 +425,34 @@ class EventsPipeline:
         err = record.error()
         if err is None:
             return False
-        if err.code() != KafkaError._PARTITION_EOF:
+        if err.code() in _BROKER_DOWN:
+            self._set_broker_down(True, err)
+        elif err.code() != KafkaError._PARTITION_EOF:
             logger.warning("consumer error: %s", err)
         return True
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """librdkafka's global errors (served inside consume/poll, on this thread)."""
+        if err.code() in _BROKER_DOWN:
+            self._set_broker_down(True, err)
+        else:
+            logger.warning("Kafka client error: %s", err)
+
+    def _set_broker_down(self, down: bool, err: KafkaError | None = None) -> None:
+        """Say so (log, streamrec_pipeline_up) when the broker stops or starts answering.
+
+        librdkafka keeps reconnecting by itself; consumption resumes from the position,
+        outputs wait in the producer (never dropped) and offsets are committed once they
+        are delivered, so an outage delays work and loses none.
+        """
+        if down == self._broker_down:
+            return
+        self._broker_down = down
+        if down:
+            logger.error("Kafka unreachable (%s); retrying until it answers", err)
+        else:
+            logger.warning("Kafka reachable again; consuming")
+        metrics.PIPELINE_UP.set(0 if (down or self._redis_paused) else 1)
 
     # -- metrics, once per batch ---------------------------------------------------------------
     def _update_metrics(self, ranked: RankedBatch, dead_reasons: dict[str, int],
@@ -451,6 +481,14 @@ class EventsPipeline:
         """Consumer lag per partition (called from a timer, not per batch)."""
         if self._consumer is None:
             return
+        if self._broker_down:
+            # Nothing may flow to show it is back (an idle topic): ask, briefly. Only
+            # during an outage, every GAUGE_INTERVAL_S, for at most 0.5 s.
+            try:
+                self._consumer.list_topics(self.settings.topics.events, timeout=0.5)
+                self._set_broker_down(False)
+            except Exception:  # noqa: BLE001 - KafkaException: still down
+                return
         assignment = self._consumer.assignment()
         if not assignment:
             return
