@@ -22,24 +22,20 @@ Prints a table, and with ``--report`` writes the JSON and a PNG beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from streamrec.bench_procs import Worker, proc_cpu_s, proc_rss_mb, running_workers
 from streamrec.bench_report import (
     STAGES,
     PhaseResult,
@@ -50,7 +46,6 @@ from streamrec.bench_report import (
     histogram_quantile_ms,
     latency_summary_ms,
     metric_sum,
-    parse_metrics,
     per_event_latencies,
     rate_series,
     rss_per_new_user,
@@ -64,14 +59,13 @@ logger = logging.getLogger(__name__)
 # place the busy window within ~2% of a 30 s phase; each scrape costs a worker ~10 ms of
 # CPU (a few hundred series), so faster sampling would show up in the figures measured.
 SAMPLE_INTERVAL_S = 0.5
-# How long workers may take to start, load the catalogue and join the group, seconds.
-WORKER_START_TIMEOUT_S = 90.0
 # Slowest rate a phase may run at before the bench gives up on it, events/s (a wedged
 # worker must not hang the bench); the per-record path runs at a few thousand.
 MIN_RATE = 100.0
+# How long several workers may take to split the partitions between them, seconds.
+SETTLE_TIMEOUT_S = 90.0
 # After the paced producer stops, how long to wait for the last lists, seconds.
 DRAIN_TIMEOUT_S = 30.0
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,88 +139,6 @@ def _dataset(args: argparse.Namespace) -> Dataset:
     return Dataset(titles=list(world.titles), events=events,
                    values=[orjson.dumps(e) for e in events],
                    keys=[e["user_id"].encode() for e in events])
-
-
-# -- processes ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def _proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-class Worker:
-    """One ``streamrec worker`` child process with its own /metrics port."""
-
-    def __init__(self, env: dict[str, str], log_path: str) -> None:
-        self.port = _free_port()
-        env = {**env, "STREAMREC_METRICS_PORT": str(self.port)}
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamrec.cli", "worker"], env=env,
-                stdout=log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        url = f"http://127.0.0.1:{self.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-            return parse_metrics(response.read().decode())
-
-    def handled(self, metrics: dict[str, list[tuple[dict[str, str], float]]]) -> float:
-        return (metric_sum(metrics, "streamrec_events_consumed_total")
-                + metric_sum(metrics, "streamrec_events_dead_lettered_total")
-                + metric_sum(metrics, "streamrec_events_duplicate_total"))
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise StreamrecError(f"a worker exited during start-up; see {self.log_path}")
-            with contextlib.suppress(OSError):
-                if metric_sum(self.metrics(), "streamrec_pipeline_up") >= 1:
-                    return
-            time.sleep(0.1)
-        raise StreamrecError(f"a worker did not start within {WORKER_START_TIMEOUT_S:.0f}s; "
-                             f"see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@contextlib.contextmanager
-def _workers(env: dict[str, str], count: int, logs: str, name: str) -> Iterator[list[Worker]]:
-    started = [Worker(env, f"{logs}/{name}-{i}.log") for i in range(count)]
-    try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        for worker in started:
-            worker.wait_ready(deadline)
-        yield started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 # -- the bench ------------------------------------------------------------------------------
@@ -354,15 +266,26 @@ class Bench:
         """Pre-load ``n`` records, run ``count`` workers on them until all are handled;
         ``then(workers, settings, result)`` runs on the same workers before they stop."""
         settings = self.phase_settings(name)
-        self.preload(settings, n)
+        # Several batched workers start on an empty topic and get the records once the
+        # group has settled: a rebalance stalls every worker for seconds (the first one
+        # would otherwise run alone, then stop while the group re-forms).
+        settle = pipeline == "batched" and count > 1
+        if not settle:
+            self.preload(settings, n)
         self.fresh_state(settings)
         baseline_bytes = self.redis_user_bytes()
         print(f"  {name}: {count} {pipeline} worker(s) on {n:,} events", file=sys.stderr,
               flush=True)
         launched = time.monotonic()
         redis_at_launch = self.redis_cpu_s()
-        with _workers(self.worker_env(settings, pipeline), count, self.logs, name) as workers:
-            rss_ready = [_proc_rss_mb(w.pid) for w in workers]
+        with running_workers(self.worker_env(settings, pipeline), count, self.logs,
+                             name) as workers:
+            if settle:
+                self.wait_until_settled(workers, settings)
+                launched = time.monotonic()
+                redis_at_launch = self.redis_cpu_s()
+                self.preload(settings, n)
+            rss_ready = [proc_rss_mb(w.pid) for w in workers]
             samples, cpu, redis_cpu, rss = self.sample_until(workers, n, launched)
             # The launch itself is the first sample: nothing handled, no CPU used yet.
             samples.insert(0, Sample(0.0, [0.0] * count))
@@ -372,7 +295,7 @@ class Bench:
             i0, i1, events = busy_window(samples, n)
             start_t, end_t = samples[i0].t, samples[i1].t
             final = [w.metrics() for w in workers]
-            rss_end = [_proc_rss_mb(w.pid) for w in workers]
+            rss_end = [proc_rss_mb(w.pid) for w in workers]
             user_bytes = self.redis_user_bytes() - baseline_bytes
             stage_s = {stage: sum(metric_sum(m, "streamrec_stage_seconds_sum", stage=stage)
                                   for m in final) for stage in STAGES}
@@ -395,6 +318,20 @@ class Bench:
             extra = then(workers, settings, result) if then is not None else None
         return result, extra
 
+    def wait_until_settled(self, workers: Sequence[Worker], settings: Settings) -> None:
+        """Until every worker owns events partitions and together they own all of them
+        (their ``streamrec_consumer_lag`` series, refreshed every few seconds)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        topic = settings.topics.events
+        while time.monotonic() < deadline:
+            owned = [sum(1 for labels, _ in w.metrics().get("streamrec_consumer_lag", [])
+                         if labels.get("topic") == topic) for w in workers]
+            if sum(owned) == settings.partitions and min(owned) > 0:
+                return
+            time.sleep(0.5)
+        raise StreamrecError(f"the workers did not share the {settings.partitions} partitions "
+                             f"within {SETTLE_TIMEOUT_S:.0f}s; see the logs in {self.logs}")
+
     def sample_until(self, workers: Sequence[Worker], n: int, launched: float
                      ) -> tuple[list[Sample], list[float], list[float], list[float]]:
         """Scrape until ``n`` events are handled: samples, workers' CPU seconds, Redis CPU
@@ -407,9 +344,9 @@ class Bench:
         while True:
             now = time.monotonic() - launched
             counts = [w.handled(w.metrics()) for w in workers]
-            cpu.append(sum(_proc_cpu_s(w.pid) for w in workers))
+            cpu.append(sum(proc_cpu_s(w.pid) for w in workers))
             redis_cpu.append(self.redis_cpu_s())
-            rss.append(sum(_proc_rss_mb(w.pid) for w in workers))
+            rss.append(sum(proc_rss_mb(w.pid) for w in workers))
             samples.append(Sample(now, counts))
             if sum(counts) >= n:
                 return samples, cpu, redis_cpu, rss
