@@ -52,6 +52,9 @@ def add_events_agent(app: faust.App, runtime: WorkerRuntime) -> None:
     events_topic = raw_topic(topics.events)
     recommendations = raw_topic(topics.recommendations)
     dead_letters = raw_topic(topics.dlq)
+    # The product layer's own messages (cache hints), by Topics attribute.
+    outputs = {name: raw_topic(getattr(topics, name)) for name in ("cache_hints",
+                                                                  "notifications")}
 
     @app.agent(events_topic, name="per-record-events")
     async def per_record_events(stream: faust.StreamT) -> None:
@@ -62,13 +65,14 @@ def add_events_agent(app: faust.App, runtime: WorkerRuntime) -> None:
             message = event.message
             await handle_record(runtime, message.key, message.value, message.topic,
                                 message.partition, message.offset, recommendations,
-                                dead_letters)
+                                dead_letters, outputs)
 
 
 async def handle_record(runtime: WorkerRuntime, key: bytes | None, value: bytes | None,
                         topic: str, partition: int, offset: int, recommendations: Any,
-                        dead_letters: Any) -> None:
-    """Everything the batched path does for a batch, for one record."""
+                        dead_letters: Any, outputs: dict[str, Any]) -> None:
+    """Everything the batched path does for a batch, for one record (the product layer's
+    rows, artwork and aggregates included when it is on)."""
     settings = runtime.settings
     started = time.perf_counter()
     now = time.time()
@@ -85,12 +89,17 @@ async def handle_record(runtime: WorkerRuntime, key: bytes | None, value: bytes 
     flags, profiles = await _with_retry(
         lambda: runtime.store.apply_batch([event], feedbacks_for_store([event])))
     stored = time.perf_counter()
+    product = getattr(runtime, "product", None)
     ranked = learn_and_rank([event], flags, profiles, runtime.model, top_n=settings.top_n,
                             history_cap=settings.history_cap,
-                            model_version=runtime.model_version())
+                            model_version=runtime.model_version(), product=product)
     ranked_at = time.perf_counter()
     for rec_key, rec_value in ranked.recommendations:
         await recommendations.send(key=rec_key, value=rec_value)
+    if product is not None:
+        for name, out_key, out_value in product.take_messages():
+            await outputs[name].send(key=out_key, value=out_value)
+        await _with_retry(product.flush)
     if ranked.event_times:
         metrics.EVENT_TO_RECOMMENDATION.observe(time.time() - ranked.event_times[0])
     if ranked.last_lists:
