@@ -62,6 +62,9 @@ SAMPLE_INTERVAL_S = 0.5
 # Slowest rate a phase may run at before the bench gives up on it, events/s (a wedged
 # worker must not hang the bench); the per-record path runs at a few thousand.
 MIN_RATE = 100.0
+# Workers by default: one per core (each is one busy process), at most 2 so that the
+# default run also measures one worker, and both of the throughput targets.
+DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
 # How long several workers may take to split the partitions between them, seconds.
 SETTLE_TIMEOUT_S = 90.0
 # After the paced producer stops, how long to wait for the last lists, seconds.
@@ -75,9 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulated viewers (default 10,000)")
     parser.add_argument("--titles", type=int, default=1_000, metavar="N",
                         help="catalogue size: the candidates ranked per user (default 1,000)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                         help="worker processes in one consumer group; with N > 1 a 1-worker "
-                             "run is measured first for comparison (default 1)")
+                             "run is measured first for comparison (default: one per core, "
+                             f"at most 2; here {DEFAULT_WORKERS})")
     parser.add_argument("--mode", choices=("batched", "per-record", "both"), default="both",
                         help="which events path to measure (default both)")
     parser.add_argument("--per-record-events", type=int, default=30_000, metavar="N",
