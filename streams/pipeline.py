@@ -25,6 +25,8 @@ state write is idempotent, a retry after a half-seen reply is harmless.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +55,18 @@ IDLE_SLEEP_S = 0.002
 RECALL_WINDOW = 2000
 # Consumer errors that mean the broker cannot be reached (as opposed to a bad record).
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+
+
+class _Outputs:
+    """What one batch produced: outputs the broker has not acknowledged yet, and the
+    offsets the batch may commit once they (and every older batch's) are acknowledged."""
+
+    __slots__ = ("unacked", "offsets", "on_delivery")
+
+    def __init__(self, on_delivery: Callable[[Any, Any, Any], None]) -> None:
+        self.unacked = 0
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.on_delivery = functools.partial(on_delivery, self)
 
 
 class _InFlight:
@@ -121,6 +135,11 @@ class EventsPipeline:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._pending: dict[tuple[str, int], int] = {}
+        # Batches with outputs not all acknowledged, oldest first. Committing once the
+        # producer's queue was empty, as before, hardly ever happened under steady load,
+        # so a crash replayed everything since the last lull.
+        self._unconfirmed: collections.deque[_Outputs] = collections.deque()
+        self._collecting: _Outputs | None = None
         # Lists emitted but not yet saved for online recall: they go with the next batch's
         # state write (one round trip less per batch), or on their own when idle.
         self._unsaved_lists: dict[str, bytes] = {}
@@ -212,9 +231,10 @@ class EventsPipeline:
         if self._producer is not None:
             remaining = self._producer.flush(30)
             if remaining:
-                logger.error("%d outputs still undelivered at shutdown; their offsets are "
-                             "not committed, so they will be reprocessed", remaining)
-                self._pending.clear()
+                logger.error("%d outputs still undelivered at shutdown; their batches' "
+                             "offsets are not committed, so they will be reprocessed",
+                             remaining)
+        self._release_acknowledged()
         self._commit(asynchronous=False)
         if self._consumer is not None:
             self._consumer.close()
@@ -238,6 +258,7 @@ class EventsPipeline:
         settings = self.settings
         decoded = batch.decoded
         ranked = RankedBatch()
+        self._collecting = outputs = _Outputs(self._on_batch_delivery)
         if decoded.events:
             flags, profiles = applied
             if self.sync is not None:  # new titles start identically in every worker
@@ -258,7 +279,9 @@ class EventsPipeline:
             await self.experiments.record(ranked.experiments, self._wait)
         if self.product is not None:
             await self._flush_product()
-        self._track_offsets(batch.records)
+        self._track_offsets(batch.records, outputs.offsets)
+        self._collecting = None
+        self._unconfirmed.append(outputs)
         if self.sync is not None:
             self.sync.note_offsets({f"{t}[{p}]": o for (t, p), o in self._expected.items()})
         self._commit_if_delivered()
@@ -281,9 +304,13 @@ class EventsPipeline:
                                  [emitted_at - ts for ts in ranked.event_times])
 
     def _produce(self, produce: Any, topic: str, key: bytes | None, value: bytes) -> None:
+        outputs = self._collecting  # a batch being completed owns what is produced now
+        on_delivery = self._on_delivery if outputs is None else outputs.on_delivery
         while True:
             try:
-                produce(topic, value, key, on_delivery=self._on_delivery)
+                produce(topic, value, key, on_delivery=on_delivery)
+                if outputs is not None:
+                    outputs.unacked += 1
                 return
             except BufferError:
                 # The local queue is full (broker slow or down): wait for room, never drop.
@@ -360,9 +387,11 @@ class EventsPipeline:
             (self._consumer.pause if pause else self._consumer.resume)(assignment)
 
     # -- offsets ------------------------------------------------------------------------------------
-    def _track_offsets(self, records: list[Any]) -> None:
+    def _track_offsets(self, records: list[Any],
+                       into: dict[tuple[str, int], int] | None = None) -> None:
         lost_by_topic: dict[str, int] = {}
-        pending, expected = self._pending, self._expected
+        pending = self._pending if into is None else into
+        expected = self._expected
         for record in records:
             tp = (record.topic(), record.partition())
             offset = record.offset()
@@ -377,9 +406,16 @@ class EventsPipeline:
                          "consumed them (retention overrun)", lost, topic)
 
     def _commit_if_delivered(self) -> None:
-        assert self._producer is not None
-        if self._pending and len(self._producer) == 0:
+        self._release_acknowledged()
+        if self._pending:
             self._commit(asynchronous=True)
+
+    def _release_acknowledged(self) -> None:
+        """Offsets of the oldest batches whose outputs are all acknowledged become
+        committable (in order: a batch waits for every older one)."""
+        unconfirmed = self._unconfirmed
+        while unconfirmed and unconfirmed[0].unacked == 0:
+            self._pending.update(unconfirmed.popleft().offsets)
 
     def _commit(self, asynchronous: bool) -> None:
         if not self._pending or self._consumer is None:
@@ -402,6 +438,7 @@ class EventsPipeline:
         # what is done so the next owner starts right after it.
         if self._producer is not None:
             self._producer.flush(10)
+        self._release_acknowledged()
         self._commit(asynchronous=False)
         for p in partitions:
             self._expected.pop((p.topic, p.partition), None)
@@ -414,6 +451,10 @@ class EventsPipeline:
             logger.warning("offset commit failed (a later commit supersedes it): %s", err)
         elif self._broker_down:
             self._set_broker_down(False)
+
+    def _on_batch_delivery(self, outputs: _Outputs, err: KafkaError | None, msg: Any) -> None:
+        outputs.unacked -= 1
+        self._on_delivery(err, msg)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
