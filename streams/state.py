@@ -6,11 +6,13 @@ key expires ``state_ttl_s`` after the user's last event:
 =============================  ===============================================================
 ``sr:u:{uid}:seen``            ZSET event_id -> ts: the last ``dedup_window`` applied event ids
 ``sr:u:{uid}:meta``            HASH events_applied, last_ts, device, country, ``dev:<d>`` and
-                               ``hod:<hour>`` counts (device and time-of-day profile)
+                               ``hod:<hour>`` counts (device and time-of-day profile; at
+                               most ``DEVICE_CAP`` devices, ``ndev`` counts them)
 ``sr:u:{uid}:hist``            ZSET title -> last event ts: recent titles (``history_cap``)
 ``sr:u:{uid}:aff``             HASH title -> accumulated implicit feedback (for hist titles)
 ``sr:u:{uid}:done``            ZSET title -> ts: completed titles (``COMPLETED_CAP``)
-``sr:u:{uid}:prog``            HASH title -> "position|duration|ts": in progress (resume point)
+``sr:u:{uid}:prog``            HASH title -> "position|duration|ts": in progress (resume
+                               point; the ``IN_PROGRESS_CAP`` most recent)
 ``sr:u:{uid}:q``               LIST recent search queries (``SEARCH_CAP``)
 ``sr:u:{uid}:last``            STRING the lists last emitted to the user (online recall)
 =============================  ===============================================================
@@ -48,6 +50,11 @@ from streams.signals import REWATCH_BONUS
 
 # How many recent titles the script returns per user: what the models look at.
 PROFILE_HISTORY = 50
+# Most resume points ("continue watching") kept per user, the most recent ones: a client
+# starting a new title in every event must not grow a user's state without bound.
+IN_PROGRESS_CAP = 50
+# Most distinct devices counted per user (``dev:<d>`` in meta), for the same reason.
+DEVICE_CAP = 16
 
 APPLY_BATCH_LUA = """
 local ttl = tonumber(ARGV[1])
@@ -58,6 +65,8 @@ local bonus = tonumber(ARGV[5])
 local done_ratio = tonumber(ARGV[6])
 local profile_hist = tonumber(ARGV[7])
 local search_cap = tonumber(ARGV[8])
+local prog_cap = __IN_PROGRESS_CAP__
+local device_cap = __DEVICE_CAP__
 local users = cjson.decode(ARGV[9])
 local events = cjson.decode(ARGV[10])
 
@@ -173,7 +182,16 @@ for u, list in pairs(by_user) do
     if country then fields[#fields + 1] = 'country'; fields[#fields + 1] = country end
     redis.call('HSET', meta, unpack(fields))
     for hour, n in pairs(hours) do redis.call('HINCRBY', meta, 'hod:' .. hour, n) end
-    for d, n in pairs(devices) do redis.call('HINCRBY', meta, 'dev:' .. d, n) end
+    for d, n in pairs(devices) do
+      -- A client may name a new device in every event: count at most device_cap of them.
+      if redis.call('HEXISTS', meta, 'dev:' .. d) == 1 then
+        redis.call('HINCRBY', meta, 'dev:' .. d, n)
+      elseif redis.call('HINCRBY', meta, 'ndev', 1) <= device_cap then
+        redis.call('HINCRBY', meta, 'dev:' .. d, n)
+      else
+        redis.call('HINCRBY', meta, 'ndev', -1)
+      end
+    end
     if #searches > 0 then
       call_many('LPUSH', p .. 'q', searches)
       redis.call('LTRIM', p .. 'q', 0, search_cap - 1)
@@ -199,6 +217,18 @@ for u, list in pairs(by_user) do
     end
     if #prog_del > 0 then call_many('HDEL', p .. 'prog', prog_del) end
     if #prog_set > 0 then call_many('HSET', p .. 'prog', prog_set) end
+    if #prog_set > 0 and redis.call('HLEN', p .. 'prog') > prog_cap then
+      -- Keep the prog_cap most recent resume points (values are "position|duration|ts").
+      local all = redis.call('HGETALL', p .. 'prog')
+      local entries = {}
+      for i = 1, #all, 2 do
+        entries[#entries + 1] = {all[i], tonumber(string.match(all[i + 1], '[^|]*$')) or 0}
+      end
+      table.sort(entries, function(a, b) return a[2] > b[2] end)
+      local drop = {}
+      for i = prog_cap + 1, #entries do drop[#drop + 1] = entries[i][1] end
+      call_many('HDEL', p .. 'prog', drop)
+    end
     if #done_args > 0 then
       call_many('ZADD', p .. 'done', done_args)
       local nd = redis.call('ZCARD', p .. 'done')
@@ -217,6 +247,9 @@ out[1] = table.concat(flags)
 return out
 """
 
+
+APPLY_BATCH_LUA = APPLY_BATCH_LUA.replace("__IN_PROGRESS_CAP__", str(IN_PROGRESS_CAP)).replace(
+    "__DEVICE_CAP__", str(DEVICE_CAP))
 
 # One call for many users' "last" lists: ARGV = ttl, then (user, payload) pairs.
 SAVE_LISTS_LUA = """
