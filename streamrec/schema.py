@@ -55,6 +55,11 @@ MIN_TS = 631_152_000.0  # 1990-01-01T00:00:00Z
 MAX_FUTURE_SKEW_S = 24 * 3600.0
 
 DEFAULT_MAX_BYTES = 64 * 1024
+# A dead letter copies the record, but no more than this of its value and key (bytes): a
+# hostile multi-megabyte record must not make an undeliverable dead letter (Kafka brokers
+# refuse messages over 1 MB by default), and its first 64 KiB show what was wrong.
+DLQ_MAX_VALUE_BYTES = 64 * 1024
+DLQ_MAX_KEY_BYTES = 1024
 
 
 def decode_json_object(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
@@ -283,17 +288,47 @@ def dead_letter(
     reason: str, error: str, topic: str, partition: int, offset: int,
     key: bytes | None, value: bytes | None, ts: float,
 ) -> dict[str, Any]:
-    """The ``events.dlq`` message for a record that could not be accepted."""
-    return {
+    """The ``events.dlq`` message for a record that could not be accepted.
+
+    The original key and value are kept whole up to ``DLQ_MAX_KEY_BYTES`` and
+    ``DLQ_MAX_VALUE_BYTES``; beyond that, their first bytes are kept and
+    ``key_bytes``/``value_bytes`` say how long they were.
+
+    Examples
+    --------
+    >>> letter = dead_letter("oversized", "too big", "events", 0, 9, b"u1",
+    ...                      b"x" * (DLQ_MAX_VALUE_BYTES + 10), 1.7e9)
+    >>> len(letter["value"]) == DLQ_MAX_VALUE_BYTES, letter["value_bytes"]
+    (True, 65546)
+    """
+    letter = {
         "reason": reason,
         "error": error,
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "key": _bytes_as_text(key),
-        "value": _bytes_as_text(value),
+        "key": _bytes_as_text(_head(key, DLQ_MAX_KEY_BYTES)),
+        "value": _bytes_as_text(_head(value, DLQ_MAX_VALUE_BYTES)),
         "ts": ts,
     }
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        letter["key_bytes"] = len(key)
+    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+        letter["value_bytes"] = len(value)
+    return letter
+
+
+def _head(raw: bytes | None, limit: int) -> bytes | None:
+    """The first ``limit`` bytes, not cutting a UTF-8 character of valid UTF-8 in two."""
+    if raw is None or len(raw) <= limit:
+        return raw
+    for cut in range(limit, max(0, limit - 3), -1):
+        try:
+            raw[:cut].decode("utf-8")
+            return raw[:cut]
+        except UnicodeDecodeError:
+            continue
+    return raw[:limit]
 
 
 def _bytes_as_text(raw: bytes | None) -> str | None:
