@@ -1,0 +1,125 @@
+"""SIGTERM or SIGINT mid-stream: the worker stops consuming, finishes its batch, writes
+state, checkpoints, commits and exits 0; a restarted worker takes over exactly there."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from faultkit import (
+    Background,
+    TopicCollector,
+    events_consumed,
+    make_stream,
+    outcome,
+    produce,
+    send_catalog,
+    wait_for,
+)
+
+from streamrec.exceptions import InvalidRecord
+from streamrec.schema import decode_event
+from streams.checkpoint import model_key
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
+
+
+def committed_offsets(settings) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "group.id": f"{settings.app_id}-events"})
+    try:
+        parts = [TopicPartition(settings.topics.events, p) for p in range(4)]
+        return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def valid_ids_below(settings, committed: dict[int, int]) -> tuple[set[str], int]:
+    """Valid event ids of the records below each partition's committed offset."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "group.id": f"reader-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    wanted = sum(max(0, o) for o in committed.values())
+    consumer.assign([TopicPartition(settings.topics.events, p, 0) for p in committed])
+    ids: set[str] = set()
+    seen = 0
+    deadline = time.monotonic() + 60
+    try:
+        while seen < wanted and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is not None:
+                    continue
+                if message.offset() >= committed[message.partition()]:
+                    continue
+                seen += 1
+                try:
+                    ids.add(decode_event(message.value())["event_id"])
+                except InvalidRecord:
+                    pass
+    finally:
+        consumer.close()
+    return ids, seen
+
+
+def applied_ids(client: redis.Redis, users: list[str]) -> set[str]:
+    pipe = client.pipeline(transaction=False)
+    for user in users:
+        pipe.zrange(f"sr:u:{{{user}}}:seen", 0, -1)
+    return {eid.decode() for ids in pipe.execute() for eid in ids}
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, start_worker, how):
+    settings = fault_cluster.settings(checkpoint_interval_s=600.0)  # only the final one
+    stream = make_stream(20_000, n_users=1000, n_titles=200, seed=13, duplicate_fraction=0.0)
+    client = fault_cluster.client()
+    collector = TopicCollector(settings, [settings.topics.recommendations, settings.topics.dlq])
+    collector.start()
+    try:
+        send_catalog(settings, stream.catalog)
+        worker = start_worker(settings)
+        sender = Background(lambda stop: produce(
+            settings, stream.records, settings.topics.events, rate=3000, stop=stop))
+        sender.start()
+        wait_for(lambda: events_consumed(worker) >= 5000, 60, "the worker to be mid-stream")
+        signalled = time.time()
+        worker.process.send_signal(how)
+        code = worker.stop(timeout_s=60)
+        seconds = time.time() - signalled
+        assert code == 0
+
+        # Everything below the committed offsets is applied, and nothing else is.
+        committed = committed_offsets(settings)
+        below, records_below = valid_ids_below(settings, committed)
+        applied = applied_ids(client, sorted(stream.expected))
+        checkpoint = client.hgetall(model_key(settings.app_id))
+        assert float(checkpoint[b"saved_at"]) >= signalled
+        assert checkpoint[b"log_id"]
+
+        restarted = start_worker(settings)
+        sender.finish(60)
+
+        def caught_up() -> bool:
+            result = outcome(client, stream, collector, settings)
+            return (result.applied >= result.valid_events
+                    and result.dead_letters >= stream.malformed)
+
+        wait_for(caught_up, 90, "the restarted worker to catch up")
+        redelivered = events_consumed(restarted, "streamrec_events_duplicate_total")
+        restored_at = events_consumed(restarted, "streamrec_last_checkpoint_timestamp_seconds")
+        assert restarted.stop() == 0
+        result = outcome(client, stream, collector, settings)
+    finally:
+        collector.close()
+    print(f"\n{how.name} mid-stream: exit code {code} after {seconds:.1f} s; committed "
+          f"{records_below} records, {len(below)} valid events below the committed offsets, "
+          f"{len(applied)} applied at exit; checkpoint saved at exit; after the restart "
+          f"{redelivered:.0f} events were redelivered\n{result.show('  final')}")
+    assert applied == below  # the last batch was finished, written and committed
+    assert restored_at == pytest.approx(float(checkpoint[b"saved_at"]), abs=1.0)
+    assert redelivered == 0  # the restart began exactly at the committed offsets
+    assert result.lost == 0 and result.applied_twice == 0 and result.users_wrong == 0
+    assert result.users_without_recs == 0 and result.dead_letters == stream.malformed
