@@ -8,6 +8,7 @@ asked) and stopped on exit. Library errors become :class:`StateStoreUnavailable`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,8 @@ def redacted(url: Secret | str | None) -> str:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
         rest = f"{user}:***@{host}" if user else f"***@{host}"
+    # redis-py also takes the password as a query parameter: redis://host/0?password=...
+    rest = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", rest)
     return f"{scheme}{sep}{rest}"
 
 
