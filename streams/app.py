@@ -29,7 +29,7 @@ from streams.experiment_store import start_experiments
 from streams.faust_compat import patch_aiokafka
 from streams.model_sync import ModelSync
 from streams.pipeline import EventsPipeline
-from streams.product import ProductLayer, start_product
+from streams.product import ProductLayer
 from streams.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class WorkerRuntime:
     async def start(self) -> None:
         settings = self.settings
         self.redis = async_client(settings)
+        if settings.product_features:
+            # Before any await: the catalogue agent may run while start() waits on Redis.
+            self.product = ProductLayer(settings, lambda n, ts: self.model.trending.top(n, ts))
+            self.product.start(self.redis)
         self.store = StateStore(self.redis, settings.state_ttl_s, settings.history_cap,
                                 settings.dedup_window)
         self.checkpointer = Checkpointer(self.redis, settings.app_id)
@@ -83,9 +87,8 @@ class WorkerRuntime:
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
                                        experiments=experiments)
         self.pipeline.sync = self.sync
-        if settings.product_features:
-            self.product = await self._retry(lambda: start_product(
-                settings, self.redis, lambda n, ts: self.model.trending.top(n, ts)))
+        if self.product is not None:
+            await self._retry(self.product.restore)
             self.pipeline.product = self.product
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
             self.pipeline.start()

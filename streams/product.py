@@ -155,6 +155,25 @@ class ProductLayer:
         self.notifier = Notifier(client, self.settings.notify_window_s,
                                  self.settings.notify_max_per_day)
 
+    async def restore(self) -> None:
+        """Learned state from the last checkpoint, and every title of the catalogue copy
+        in Redis (titles the catalogue agent already added are simply replaced)."""
+        from streams.checkpoint import catalog_key
+
+        await self.load()
+        try:
+            raw = await self._client.hgetall(catalog_key(self.settings.app_id))
+        except redis.RedisError as exc:
+            raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
+        for value in raw.values():
+            self.add_title(orjson.loads(value))
+        for kind in ROW_PRIORS:  # counters at zero, so rate() sees the first impressions
+            metrics.ROW_IMPRESSIONS.labels(row_type=kind)
+            metrics.ROW_CLICKS.labels(row_type=kind)
+        for reason in ("seen", "duplicate", "rate_limited"):
+            metrics.NOTIFICATIONS_SUPPRESSED.labels(reason=reason)
+        logger.info("product features on: %d titles indexed", len(self.titles))
+
     def checkpoint_key(self) -> str:
         return f"sr:product:{self.settings.app_id}"
 
@@ -545,26 +564,3 @@ class ProductLayer:
     def size(self) -> dict[str, int]:
         return {"titles": len(self.titles), **self.models.artwork.size(),
                 **{f"trending_{k}": v for k, v in self.models.trending.size().items()}}
-
-
-async def start_product(settings: Settings, client: redis.asyncio.Redis,
-                        global_trending: Any = None) -> ProductLayer:
-    """A started product layer: learned state restored, the catalogue copy loaded."""
-    from streams.checkpoint import catalog_key
-
-    layer = ProductLayer(settings, global_trending)
-    layer.start(client)
-    await layer.load()
-    try:
-        raw = await client.hgetall(catalog_key(settings.app_id))
-    except redis.RedisError as exc:
-        raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
-    for value in raw.values():
-        layer.add_title(orjson.loads(value))
-    for kind in ROW_PRIORS:  # counters at zero, so rate() sees the first impressions
-        metrics.ROW_IMPRESSIONS.labels(row_type=kind)
-        metrics.ROW_CLICKS.labels(row_type=kind)
-    for reason in ("seen", "duplicate", "rate_limited"):
-        metrics.NOTIFICATIONS_SUPPRESSED.labels(reason=reason)
-    logger.info("product features on: %d titles indexed", len(layer.titles))
-    return layer
