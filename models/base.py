@@ -60,6 +60,7 @@ class ItemTable:
         self._free: list[int] = []
         self._clock = 0
         self.last_used = np.zeros(0, dtype=np.int64)
+        self._known: np.ndarray | None = None  # cache of known_rows(), None when stale
         # Models sharing this table register here to reset a row when its title is evicted.
         self.on_recycle: list[Callable[[int], None]] = []
 
@@ -82,6 +83,15 @@ class ItemTable:
 
     def get(self, item: str) -> int | None:
         return self.index.get(item)
+
+    def known_rows(self) -> np.ndarray:
+        """Rows holding a title, in the index's order (cached until a title comes or goes;
+        callers must not modify it)."""
+        known = self.__dict__.get("_known")
+        if known is None or len(known) != len(self.index):
+            known = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+            self._known = known
+        return known
 
     def rows_of(self, items: Sequence[str]) -> np.ndarray:
         """Row per item, -1 for unknown ones."""
@@ -114,6 +124,7 @@ class ItemTable:
         self.ids[row] = item
         self.index[item] = row
         self.last_used[row] = self._clock
+        self._known = None
         return row
 
     def remove(self, item: str) -> int | None:
@@ -124,6 +135,7 @@ class ItemTable:
             self.ids[row] = None
             self.last_used[row] = 0
             self._free.append(row)
+            self._known = None
         return row
 
 
@@ -137,6 +149,66 @@ def grow(array: np.ndarray, rows: int) -> np.ndarray:
     return grown
 
 
+# History entries per user the models look at (most recent first).
+MAX_HISTORY = 50
+# Most weight one title carries in a user's vectors: one binge-watched title must not
+# dominate them.
+WEIGHT_CLIP = 3.0
+
+
+class HistoryMatrix:
+    """Padded histories of many users as item-table rows, most recent first.
+
+    ``rows`` is -1 for padding and titles the models do not know (weight 0 there);
+    ``positive`` marks known titles with positive feedback; ``clipped`` is ``rows`` safe
+    for fancy indexing (padding points at row 0, with weight 0). Components score many
+    users at once from this (the worker's batches), and one user as a matrix of one row,
+    so both paths run the same arithmetic.
+    """
+
+    __slots__ = ("rows", "weights", "positive", "clipped")
+
+    def __init__(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        weights = np.where(rows >= 0, weights, 0.0)
+        self.rows = rows
+        self.weights = weights
+        self.positive = (rows >= 0) & (weights > 0)
+        self.clipped = np.maximum(rows, 0)
+
+    @classmethod
+    def from_histories(cls, index: dict[str, int], histories: Sequence[Sequence[tuple[str, float]]],
+                       max_history: int = MAX_HISTORY) -> HistoryMatrix:
+        lengths = np.fromiter((min(len(h), max_history) for h in histories), dtype=np.int64,
+                              count=len(histories))
+        width = max(int(lengths.max(initial=0)), 1)
+        get = index.get
+        titles = [t for h in histories for t, _ in h[:max_history]]
+        flat_rows = np.fromiter((get(t, -1) for t in titles), dtype=np.int64,
+                                count=len(titles))
+        flat_w = np.fromiter((w for h in histories for _, w in h[:max_history]),
+                             dtype=np.float64, count=len(titles))
+        rows = np.full((len(histories), width), -1, dtype=np.int64)
+        weights = np.zeros((len(histories), width))
+        filled = np.arange(width)[None, :] < lengths[:, None]
+        rows[filled] = flat_rows
+        weights[filled] = flat_w
+        return cls(rows, weights)
+
+    def take(self, queries: np.ndarray) -> HistoryMatrix:
+        """The histories of ``queries`` only."""
+        out = HistoryMatrix.__new__(HistoryMatrix)
+        for name in HistoryMatrix.__slots__:
+            setattr(out, name, getattr(self, name)[queries])
+        return out
+
+    def positive_rank(self) -> np.ndarray:
+        """Each entry's position among the user's positive titles (most recent is 0)."""
+        return np.cumsum(self.positive, axis=1) - 1
+
+    def positive_count(self) -> np.ndarray:
+        return self.positive.sum(axis=1)
+
+
 class RowProfile:
     """A :class:`UserProfile` translated to item-table rows, computed once per request."""
 
@@ -147,9 +219,13 @@ class RowProfile:
         self.weights = weights
         self.completed_rows = completed_rows
 
+    def matrix(self) -> HistoryMatrix:
+        """This history as a :class:`HistoryMatrix` of one user."""
+        return HistoryMatrix(self.rows[None, :], self.weights[None, :])
+
     @classmethod
-    def build(cls, table: ItemTable, profile: UserProfile | None, max_history: int = 50
-              ) -> RowProfile:
+    def build(cls, table: ItemTable, profile: UserProfile | None,
+              max_history: int = MAX_HISTORY) -> RowProfile:
         if profile is None or not profile.history:
             rows = np.zeros(0, dtype=np.int64)
             weights = np.zeros(0)

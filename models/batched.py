@@ -6,25 +6,24 @@ per ``recommend`` (mostly numpy call overhead on small arrays and Python loops);
 same models do the same work with a few array operations per batch:
 
 ``recommend_many``
-    Scores every (user, candidate) pair of the batch as dense ``(users, titles)``
-    matrices: trending decayed to each user's event time, co-occurrence as one
-    ``bincount`` over all users' neighbour lists, the MF and content user vectors as one
-    matrix product each. Min-max scaling, the blend, the top-k, genre diversity and the
-    reasons are those of :meth:`Hybrid.recommend`; lists are identical for the same model
-    state (``tests/unit/test_batched.py`` checks it). One difference, in the Thompson
-    draws: instead of one posterior sample per (user, title), which costs ~70 us per user
-    in Beta sampling alone, ``SAMPLE_SETS`` independent posterior samples per title are
-    drawn per batch and users take them in turn. Each user's exploration slot (and a cold
-    user's sampled score) is still an exact draw from the current posterior; users of one
-    batch who share a sample set are correlated.
+    Scores every (user, candidate) pair of the batch with the hybrid's own matrix code
+    (:meth:`Hybrid.rank_matrix`, which scores one user as a matrix of one row: the same
+    arithmetic). The top-k, genre diversity, exploration slots and reasons mirror
+    :meth:`Hybrid.recommend`; lists are identical for the same model state
+    (``tests/unit/test_batched.py`` checks it). One difference, in the Thompson draws:
+    instead of one posterior sample per (user, title), which costs ~70 us per user in Beta
+    sampling alone, ``SAMPLE_SETS`` independent posterior samples per title are drawn per
+    batch and users take them in turn. Each user's exploration slots are still exact
+    draws from the current posterior; users of one batch who share a sample set are
+    correlated.
 ``learn_many``
     Replays a batch of (title, feedback, time, history-before-the-event) as minibatch
     updates computed from the model state at the start of the batch: trending and the
     bandit exactly (sums of the same increments), matrix factorisation as one minibatch
     SGD step (the same BPR and pointwise gradients, summed), co-occurrence by adding the
     batch's links and keeping each title's ``max_neighbours`` strongest (the one-at-a-time
-    rule keeps the strongest too, comparing one increment at a time), and the blend's
-    pairwise steps in order with features from the batch-start state.
+    rule is Space-Saving, one increment at a time), and the blend's steps in order
+    (:meth:`Hybrid.learn_blend`) with pools from the batch-start state.
 
 Both fall back to the one-at-a-time API when the batch cannot be done densely (more known
 titles than ``Hybrid.max_candidates`` or ``DENSE_MAX_TITLES``, or a title eviction inside
@@ -56,8 +55,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.base import UserProfile
-from models.hybrid import COMPONENTS, REASON_OF, Hybrid, Recommendation
+from models.base import MAX_HISTORY, HistoryMatrix, UserProfile  # noqa: F401 - MAX_HISTORY re-exported
+from models.hybrid import COMPONENTS, REASON_OF, Hybrid, Ranking, Recommendation
 
 logger = logging.getLogger(__name__)
 
@@ -68,36 +67,27 @@ logger = logging.getLogger(__name__)
 MIRRORED = {
     "rank": (
         "models.base:RowProfile.build", "models.base:top_k",
-        "models.trending:Trending._score_rows",
-        "models.cooccurrence:CoOccurrence.__init__",
-        "models.cooccurrence:CoOccurrence._score_rows",
-        "models.cooccurrence:CoOccurrence.explain",
-        "models.mf:ImplicitMF._user_vector", "models.mf:ImplicitMF._score_rows",
-        "models.content:ContentModel.add_title", "models.content:ContentModel.user_vector",
-        "models.content:ContentModel._score_rows",
+        "models.cooccurrence:CoOccurrence.explain", "models.cooccurrence:CoOccurrence._votes",
+        "models.content:ContentModel.add_title",
         "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
-        "models.hybrid:Hybrid._features", "models.hybrid:Hybrid._score_rows",
-        "models.hybrid:Hybrid._cold_scores", "models.hybrid:Hybrid.candidate_rows",
-        "models.hybrid:Hybrid.recommend", "models.hybrid:Hybrid._rank",
+        "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.recommend",
+        "models.hybrid:Hybrid._rank", "models.hybrid:Hybrid.explore_slots",
         "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid._explore_slots",
         "models.hybrid:Hybrid._reason",
     ),
     "learn": (
         "models.base:Recommender.learn_one", "models.base:RowProfile.build",
-        "models.hybrid:Hybrid._learn_row", "models.hybrid:Hybrid._learn_blend",
-        "models.hybrid:Hybrid._features",
-        "models.trending:Trending._learn_row", "models.trending:Trending._score_rows",
+        "models.hybrid:Hybrid._learn_row",
+        "models.trending:Trending._learn_row",
         "models.cooccurrence:CoOccurrence.__init__",
         "models.cooccurrence:CoOccurrence._learn_row", "models.cooccurrence:CoOccurrence._bump",
-        "models.cooccurrence:CoOccurrence._score_rows",
-        "models.mf:ImplicitMF._user_vector", "models.mf:ImplicitMF._learn_row",
-        "models.mf:ImplicitMF._score_rows",
-        "models.content:ContentModel.user_vector", "models.content:ContentModel._score_rows",
-        "models.content:ContentModel._learn_row",
+        "models.cooccurrence:CoOccurrence._merge",
+        "models.mf:ImplicitMF._learn_row", "models.mf:ImplicitMF.sample_negatives",
+        "models.mf:ImplicitMF.mark_engaged",
         "models.explore:ThompsonExplorer._learn_row",
     ),
 }
-FINGERPRINTS = {"rank": "3d31bced5bbe7f0a", "learn": "a2ffdfdcce852d72"}
+FINGERPRINTS = {"rank": "fd8df282c7339e89", "learn": "9c4ce2dce7899bfd"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -147,11 +137,6 @@ ONE_AT_A_TIME_EVENTS = 3
 # Up to this many users a batch is diversified one user at a time in Python (~20 us each);
 # above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
 SMALL_BATCH_USERS = 32
-# History entries per user the models look at (RowProfile.build's default).
-MAX_HISTORY = 50
-# Clip of one title's weight in a user's vectors (as in the MF and content models).
-WEIGHT_CLIP = 3.0
-
 History = Sequence[tuple[str, float]]
 # Decimal places of the scores in recommendation messages.
 SCORE_DECIMALS = 6
@@ -161,120 +146,6 @@ Ranked = list[tuple[str, float, str]]
 _GENRE_CACHE: weakref.WeakKeyDictionary[Hybrid, _GenreTable] = weakref.WeakKeyDictionary()
 
 
-class HistoryMatrix:
-    """Padded histories of many queries as item-table rows: ``rows`` (-1 = padding or a
-    title the models do not know) and ``weights`` (0 there), most recent first."""
-
-    __slots__ = ("rows", "weights", "positive", "clipped")
-
-    def __init__(self, index: dict[str, int], histories: Sequence[History],
-                 max_history: int = MAX_HISTORY) -> None:
-        lengths = np.fromiter((min(len(h), max_history) for h in histories), dtype=np.int64,
-                              count=len(histories))
-        width = max(int(lengths.max(initial=0)), 1)
-        get = index.get
-        titles = [t for h in histories for t, _ in h[:max_history]]
-        flat_rows = np.fromiter((get(t, -1) for t in titles), dtype=np.int64,
-                                count=len(titles))
-        flat_w = np.fromiter((w for h in histories for _, w in h[:max_history]),
-                             dtype=np.float64, count=len(titles))
-        rows = np.full((len(histories), width), -1, dtype=np.int64)
-        weights = np.zeros((len(histories), width))
-        filled = np.arange(width)[None, :] < lengths[:, None]
-        rows[filled] = flat_rows
-        weights[filled] = flat_w
-        weights[rows < 0] = 0.0
-        self.rows = rows
-        self.weights = weights
-        self.positive = (rows >= 0) & (weights > 0)
-        # Row index safe for fancy indexing (padding points at row 0 with weight 0).
-        self.clipped = np.maximum(rows, 0)
-
-    def take(self, queries: np.ndarray) -> HistoryMatrix:
-        """The histories of ``queries`` only."""
-        out = HistoryMatrix.__new__(HistoryMatrix)
-        for name in HistoryMatrix.__slots__:
-            setattr(out, name, getattr(self, name)[queries])
-        return out
-
-
-class _Scorer:
-    """The four components' raw scores for many queries (user profiles at a time)."""
-
-    def __init__(self, model: Hybrid, hist: HistoryMatrix, ts: np.ndarray) -> None:
-        self.model = model
-        self.hist = hist
-        self.ts = ts
-        self.n_rows = model._items.rows
-
-    def trending(self, cols: np.ndarray | slice) -> np.ndarray:
-        """Each title's decayed count at each query's time: ``score * 2**(-max(now - t,
-        0) / half_life)``, computed as ``min(score, base * factor)`` with
-        ``base = score * 2**((t - t_max) / half_life)`` per title and
-        ``factor = 2**((t_max - now) / half_life)`` per query (one outer product instead
-        of an exponential per pair)."""
-        tr = self.model.trending
-        now = np.maximum(self.ts, tr._now)
-        score, t = tr._score[cols], tr._t[cols]
-        t_max = max(float(now.max(initial=0.0)), float(t.max(initial=0.0)))
-        exponent = (t_max - now) / tr.half_life_s
-        if exponent.max(initial=0.0) > 500.0:  # 2**500 is near float64's limit
-            elapsed = np.maximum(now[:, None] - t[None, :], 0.0)
-            return score[None, :] * np.exp2(-elapsed / tr.half_life_s)
-        base = score * np.exp2((t - t_max) / tr.half_life_s)
-        out = np.multiply.outer(np.exp2(exponent), base)
-        return np.minimum(out, score[None, :], out=out)
-
-    def cooccurrence_dense(self) -> np.ndarray:
-        """(queries, rows) co-occurrence scores over every row of the item table."""
-        co = self.model.cooccurrence
-        hist, n_rows = self.hist, self.n_rows
-        rank = np.cumsum(hist.positive, axis=1) - 1
-        sel = hist.positive & (rank < co.window)
-        q_idx, pos = np.nonzero(sel)
-        out = np.zeros((len(hist.rows), n_rows))
-        if len(q_idx) == 0:
-            return out
-        h = hist.rows[q_idx, pos]
-        weight = (np.minimum(hist.weights[q_idx, pos], WEIGHT_CLIP) * co._decay[rank[q_idx, pos]]
-                  / np.sqrt(co._pop[h] + 1.0))
-        nbr = co._nbr[h]
-        valid = nbr >= 0
-        flat = (q_idx[:, None] * n_rows + nbr)[valid]
-        totals = np.bincount(flat, weights=(co._w[h] * weight[:, None])[valid],
-                             minlength=len(hist.rows) * n_rows)
-        out = totals.reshape(len(hist.rows), n_rows)
-        return out / np.sqrt(co._pop[:n_rows] + 1.0)[None, :]
-
-    def mf_user_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """User vectors (queries, factors) and the normalised history weights used."""
-        mf, hist = self.model.mf, self.hist
-        w = np.where(hist.positive, np.minimum(hist.weights, WEIGHT_CLIP), 0.0)
-        count = hist.positive.sum(axis=1)
-        total = w.sum(axis=1)
-        safe = np.where(count > 0, count, 1)
-        mean = np.where(total > 0, total / safe, 1.0)
-        wn = w / (np.sqrt(safe) * mean)[:, None]
-        users = np.einsum("ql,qlf->qf", wn, mf._y[hist.clipped]).astype(np.float32)
-        return users, wn
-
-    def mf(self, cols: np.ndarray | slice, users: np.ndarray) -> np.ndarray:
-        mf = self.model.mf
-        return (users @ mf._x[cols].T + mf._b[cols][None, :]).astype(np.float64)
-
-    def content_user_vectors(self) -> np.ndarray:
-        content, hist = self.model.content, self.hist
-        w = np.where(hist.weights > 0, np.minimum(hist.weights, WEIGHT_CLIP),
-                     content.negative_weight * np.maximum(hist.weights, -WEIGHT_CLIP))
-        w = np.where(hist.rows >= 0, w, 0.0).astype(np.float32)
-        vec = np.einsum("ql,qlf->qf", w, content._f[hist.clipped])
-        norm = np.linalg.norm(vec, axis=1)
-        return vec / np.where(norm > 0, norm, 1.0)[:, None]
-
-    def content(self, cols: np.ndarray | slice, users: np.ndarray) -> np.ndarray:
-        return (users @ self.model.content._f[cols].T).astype(np.float64)
-
-
 def _selector(cols: np.ndarray) -> np.ndarray | slice:
     """``cols`` as an index; a slice (a view, no copy) when it is ``0..n-1`` in order, which
     it is unless titles were removed or evicted."""
@@ -282,32 +153,6 @@ def _selector(cols: np.ndarray) -> np.ndarray | slice:
     if n and cols[0] == 0 and cols[-1] == n - 1 and bool((np.diff(cols) == 1).all()):
         return slice(0, n)
     return cols
-
-
-def _scale_in_place(block: np.ndarray, candidate: np.ndarray, partial: np.ndarray,
-                    weight: float) -> None:
-    """:func:`_min_max` times ``weight``, in place on ``block`` (users, cols): the min and
-    max over all columns, except for the users in ``partial`` (some columns are not
-    candidates), whose min and max skip those columns."""
-    low = block.min(axis=1)
-    high = block.max(axis=1)
-    if len(partial):
-        sub = block[partial]
-        low[partial] = np.where(candidate[partial], sub, np.inf).min(axis=1)
-        high[partial] = np.where(candidate[partial], sub, -np.inf).max(axis=1)
-    span = high - low
-    ok = span > 1e-12
-    block -= np.where(ok, low, 0.0)[:, None]
-    block *= np.where(ok, weight / np.where(ok, span, 1.0), 0.0)[:, None]
-
-
-def _min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Scale ``raw`` (queries, cols) to [0, 1] per query over the columns in ``mask``."""
-    low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
-    high = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
-    span = high - low
-    ok = span > 1e-12
-    return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
 class _LazyPosterior:
@@ -424,8 +269,7 @@ class _RankBatch:
         items = model._items
         index = items.index
         n_users, n_cols = len(profiles), len(cols)
-        self.hist = hist = HistoryMatrix(index, [p.history for p in profiles])
-        scorer = _Scorer(model, hist, times)
+        self.hist = hist = HistoryMatrix.from_histories(index, [p.history for p in profiles])
         # Candidates: every known title but the user's completed ones, in the table's order.
         position = np.full(items.rows, -1, dtype=np.int64)
         position[cols] = np.arange(n_cols)
@@ -436,32 +280,12 @@ class _RankBatch:
             done_u, done_rows = zip(*done, strict=True)
             candidate[np.array(done_u), position[np.array(done_rows)]] = False
         self.n_candidates = candidate.sum(axis=1)
-        self.cold = cold = ~hist.positive.any(axis=1)
-
+        self.cold = ~hist.positive.any(axis=1)
         self.sel = sel = _selector(cols)
-        raw = np.empty((len(COMPONENTS), n_users, n_cols))
-        raw[0] = scorer.trending(sel)
-        if cold.any():
-            trend_cold = raw[0][cold]
-        co = scorer.cooccurrence_dense()
-        raw[1] = co if co.shape[1] == n_cols and isinstance(sel, slice) else co[:, sel]
-        del co
-        mf_users, _ = scorer.mf_user_vectors()
-        raw[2] = scorer.mf(sel, mf_users)
-        raw[3] = scorer.content(sel, scorer.content_user_vectors())
-        partial = np.nonzero(self.n_candidates < n_cols)[0]
-        for k in range(len(COMPONENTS)):
-            _scale_in_place(raw[k], candidate, partial, float(model._w[k]))
-        self.contributions = raw  # (components, users, cols): min-max scaled, weighted
-        self.scores = scores = raw.sum(axis=0)
-
+        self.ranking: Ranking = model.rank_matrix(hist, cols, candidate, times)
+        self.scores = self.ranking.scores
         self.posterior = _LazyPosterior(model, sel, min(SAMPLE_SETS, n_users))
         self.which = np.arange(n_users) % self.posterior.sets
-        if cold.any():
-            t_cold = trend_cold
-            top = np.where(candidate[cold], t_cold, -np.inf).max(axis=1, keepdims=True)
-            t_cold = np.where(top > 0, t_cold / np.where(top > 0, top, 1.0), t_cold)
-            scores[cold] = 0.7 * t_cold + 0.3 * self.posterior.full(self.which[cold])
 
     def lists(self, n: int) -> list[Ranked]:
         model, cols, candidate = self.model, self.cols, self.candidate
@@ -478,17 +302,19 @@ class _RankBatch:
         lengths = np.minimum(self.n_candidates, depth)
         picks = self._diversify(order, lengths, n)
         n_picked = (picks >= 0).sum(axis=1)
-        n_explore = max(int(model.exploration * n), 1) if model.exploration > 0 else 0
-        explored = np.full((n_users, max(n_explore, 1)), -1, dtype=np.int64)
-        explore_users = np.nonzero(~self.cold & (n_explore > 0)
+        n_explore = model.explore_slots(n, self.cold)
+        width = max(int(n_explore.max(initial=0)), 1)
+        explored = np.full((n_users, width), -1, dtype=np.int64)
+        explore_users = np.nonzero((n_explore > 0)
                                    & (self.n_candidates > n_picked - n_explore))[0]
         if len(explore_users):
             pool = candidate[explore_users].copy()
             taken = picks[explore_users]
             r, c = np.nonzero(taken >= 0)
             pool[r, taken[r, c]] = False
-            explored[explore_users, :n_explore] = self.posterior.explore(
-                pool, self.which[explore_users], n_explore)
+            drawn = self.posterior.explore(pool, self.which[explore_users], width)
+            wanted = np.arange(width)[None, :] < n_explore[explore_users][:, None]
+            explored[explore_users] = np.where(wanted, drawn, -1)
         reasons = self._reasons(picks)
         ids = np.array(model._items.ids, dtype=object)
         titles = ids[cols[np.maximum(picks, 0)]].tolist()
@@ -535,33 +361,40 @@ class _RankBatch:
 
     def _reasons(self, picks: np.ndarray) -> list[list[str]]:
         """The word shown with each listed title (as :meth:`Hybrid._reason`)."""
-        model, cols = self.model, self.cols
+        model, cols, ranking = self.model, self.cols, self.ranking
         co = model.cooccurrence
         ids = model._items.ids
         safe = np.maximum(picks, 0)
-        users = np.arange(len(picks))[:, None]
-        best = self.contributions[:, users, safe].argmax(axis=0)     # (users, n)
+        n_users = len(picks)
+        users = np.arange(n_users)[:, None]
+        # Each pick's slot in its user's pool (-1: outside it, no contribution).
+        slot_of = np.full(self.scores.shape, -1, dtype=np.int32)
+        np.put_along_axis(slot_of, ranking.pool,
+                          np.where(ranking.valid, np.arange(ranking.pool.shape[1]), -1), axis=1)
+        slot = slot_of[users, safe]
+        contrib = np.where(slot >= 0, ranking.contributions[:, users, np.maximum(slot, 0)], 0.0)
+        best = contrib.argmax(axis=0)                                   # (users, n)
         by_component = np.array([REASON_OF.get(c, "similar_users") for c in COMPONENTS],
                                 dtype=object)
         out = by_component[best]
         content = best == COMPONENTS.index("content")
         if content.any():
             out[content] = _genre_table(model).label[cols[safe[content]]]
-        # Co-occurrence: the user's history title with the strongest link to the pick.
+        # Co-occurrence: the user's vote (history title) contributing most to the pick.
         cu, cj = np.nonzero(best == COMPONENTS.index("cooccurrence"))
         if len(cu):
-            hist = self.hist
-            rank = np.cumsum(hist.positive, axis=1) - 1
-            window_mask = hist.positive & (rank < co.window)
-            sizes = window_mask.sum(axis=1)
+            q_idx, h, weight = co._votes(self.hist)
+            sizes = np.bincount(q_idx, minlength=n_users)
             width = max(int(sizes.max(initial=0)), 1)
-            window = np.full((len(hist.rows), width), -1, dtype=np.int64)
-            window[np.arange(width)[None, :] < sizes[:, None]] = hist.rows[window_mask]
-            src = window[cu]                                   # (picks, width)
+            filled = np.arange(width)[None, :] < sizes[:, None]
+            src = np.full((n_users, width), -1, dtype=np.int64)
+            vote = np.zeros((n_users, width))
+            src[filled], vote[filled] = h, weight
+            src, vote = src[cu], vote[cu]                      # (picks, width)
             safe_src = np.maximum(src, 0)
             target = cols[picks[cu, cj]]
             link = np.where(co._nbr[safe_src] == target[:, None, None], co._w[safe_src],
-                            0.0).max(axis=2)
+                            0.0).sum(axis=2) * vote
             link[src < 0] = 0.0
             j = link.argmax(axis=1)
             strength = link[np.arange(len(cu)), j]
@@ -570,7 +403,8 @@ class _RankBatch:
             labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
                                for r in sources.tolist()], dtype=object)
             out[cu, cj] = labels[inverse]
-        out[self.cold] = "trending"
+        # Nothing personal stood out: a popular pick.
+        out[np.take_along_axis(contrib, best[None], axis=0)[0] <= 0] = REASON_OF["popularity"]
         return out.tolist()
 
 
@@ -707,10 +541,10 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     model._ensure_rows()
     y = np.asarray(ys, dtype=np.float64)
     times = np.asarray(ts, dtype=np.float64)
-    hist = HistoryMatrix(items.index, histories)
+    hist = HistoryMatrix.from_histories(items.index, histories)
 
     _learn_blend(model, rows, y, times, hist)
-    users, wn = _Scorer(model, hist, times).mf_user_vectors()
+    users, wn = model.mf.user_vectors(hist)
     _learn_mf(model, rows, y, hist, users, wn)
     _learn_cooccurrence(model, rows, y, hist)
     _learn_trending(model, rows, y, times)
@@ -722,40 +556,9 @@ def _learn_blend(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarr
     positives = np.nonzero(y > 0)[0]
     seen = model._positives_seen + np.arange(1, len(positives) + 1)
     model._positives_seen += len(positives)
-    if model._items.rows <= 2:
-        return
     steps = positives[seen % model.blend_every == 0]
-    if len(steps) == 0:
-        return
-    n_rows = model._items.rows
-    negatives = model._rng.integers(0, n_rows, size=(len(steps), model.blend_negatives))
-    scorer = _Scorer(model, hist.take(steps), times[steps])
-    cand = np.concatenate([rows[steps][:, None], negatives], axis=1)
-    valid = np.ones_like(cand, dtype=bool)
-    valid[:, 1:] = negatives != rows[steps][:, None]
-    q = np.arange(len(steps))[:, None]
-    all_rows = np.arange(n_rows)
-    raw = np.empty((*cand.shape, len(COMPONENTS)))
-    raw[:, :, 0] = scorer.trending(all_rows)[q, cand]
-    raw[:, :, 1] = scorer.cooccurrence_dense()[q, cand]
-    mf_users, _ = scorer.mf_user_vectors()
-    raw[:, :, 2] = np.einsum("qf,qcf->qc", mf_users, model.mf._x[cand]) + model.mf._b[cand]
-    content_users = scorer.content_user_vectors()
-    raw[:, :, 3] = np.einsum("qf,qcf->qc", content_users, model.content._f[cand])
-    for k in range(len(COMPONENTS)):
-        raw[:, :, k] = _min_max(raw[:, :, k], valid)
-    # The pairwise steps stay sequential: each one's margin depends on the weights so far.
-    w = model._w
-    lr = model.blend_learning_rate
-    for s in range(len(steps)):
-        negs = valid[s, 1:]
-        if not negs.any():
-            continue
-        diffs = raw[s, 0] - raw[s, 1:][negs]
-        margins = diffs @ w
-        grads = (1.0 / (1.0 + np.exp(np.clip(margins, -30, 30))))[:, None] * diffs
-        w = np.maximum(w + lr * grads.mean(axis=0), 0.0)
-    model._w = w
+    if len(steps):
+        model.learn_blend(rows[steps], hist.take(steps), times[steps])
 
 
 def _add_rows(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
@@ -788,23 +591,25 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
 
     pos = np.nonzero(y > 0)[0]
     if len(pos) and mf.n_negatives and n_rows > 1:
-        negs = mf._rng.integers(0, n_rows, size=(len(pos), mf.n_negatives))
+        negs, usable = mf.sample_negatives((len(pos), mf.n_negatives))
         j = rows[pos]
-        ok = (negs != j[:, None]) & mf._initialised[negs]
+        ok = usable & (negs != j[:, None])
         xj = x[j].astype(np.float64)
         xk = x[negs].astype(np.float64)                  # (P, K, F)
         up = u[pos]
         diff = np.einsum("pf,pkf->pk", up, xj[:, None, :] - xk) + b[j][:, None] - b[negs]
+        n_ok = ok.sum(axis=1).astype(np.float64)
+        share = 1.0 / np.maximum(n_ok, 1.0)[:, None]  # steps averaged over the negatives
         g = np.where(ok & (diff < 30),
                      lr * np.minimum(y[pos], 3.0)[:, None] / (1.0 + np.exp(np.minimum(diff, 30))),
-                     0.0)
-        n_ok = ok.sum(axis=1).astype(np.float64)
+                     0.0) * share
         gsum = g.sum(axis=1)
+        any_ok = (n_ok > 0).astype(np.float64)
         dx_idx += [j, negs[ok]]
-        dx_val += [gsum[:, None] * up - lr * l2 * n_ok[:, None] * xj,
-                   (-g[:, :, None] * up[:, None, :] - lr * l2 * xk)[ok]]
+        dx_val += [gsum[:, None] * up - lr * l2 * any_ok[:, None] * xj,
+                   (-g[:, :, None] * up[:, None, :] - lr * l2 * share[:, :, None] * xk)[ok]]
         db_idx += [j, negs[ok]]
-        db_val += [gsum - lr * l2 * n_ok * b[j], (-g - lr * l2 * b[negs])[ok]]
+        db_val += [gsum - lr * l2 * any_ok * b[j], (-g - lr * l2 * share * b[negs])[ok]]
         grad_u[pos] = np.einsum("pk,pkf->pf", g, xj[:, None, :] - xk)
 
     neg = np.nonzero(y < 0)[0]
@@ -822,6 +627,8 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
         db_val.append(-g)
         grad_u[neg] = -g[:, None] * (xj - step)
 
+    if len(pos):
+        mf.mark_engaged(rows[pos])
     if dx_idx:
         _add_rows(mf._x, np.concatenate(dx_idx), np.concatenate(dx_val))
         _add_rows(mf._b, np.concatenate(db_idx), np.concatenate(db_val))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Recommender, RowProfile, grow
+from models.base import WEIGHT_CLIP, HistoryMatrix, Recommender, RowProfile, grow
 
 
 def _bucket(token: str, n_features: int) -> int:
@@ -22,8 +22,10 @@ class ContentModel(Recommender):
     Each title's genres, cast and director are hashed into ``n_features`` buckets
     (genres weighted ``genre_weight``, the rest 1), L2-normalised. A user's vector is the
     weighted sum of their positive history's vectors, minus ``negative_weight`` times the
-    abandoned ones. Nothing is learned from events beyond the catalogue, so a brand-new
-    title is scored as soon as it is added: this is the cold-start path for new titles.
+    abandoned ones, each decayed by ``history_recency`` per position (most recent first):
+    what someone watched last says most about what they want next. Nothing is learned
+    from events beyond the catalogue, so a brand-new title is scored as soon as it is
+    added: this is the cold-start path for new titles.
 
     Parameters
     ----------
@@ -33,6 +35,8 @@ class ContentModel(Recommender):
         Weight of a genre token relative to a cast or director token.
     negative_weight
         How much abandoned titles push the user's vector away.
+    history_recency
+        Per-position decay of a history title's weight, in (0, 1].
     capacity
         Most titles held.
 
@@ -48,10 +52,14 @@ class ContentModel(Recommender):
     """
 
     def __init__(self, n_features: int = 128, genre_weight: float = 2.0,
-                 negative_weight: float = 0.5, capacity: int = 200_000) -> None:
+                 negative_weight: float = 0.5, history_recency: float = 0.8,
+                 capacity: int = 200_000) -> None:
+        if not 0 < history_recency <= 1:
+            raise ValueError(f"history_recency must be in (0, 1], got {history_recency}")
         self.n_features = n_features
         self.genre_weight = genre_weight
         self.negative_weight = negative_weight
+        self.history_recency = history_recency
         self.capacity = capacity
         self._init_items(capacity)
         self._f = np.zeros((0, n_features), dtype=np.float32)
@@ -86,17 +94,25 @@ class ContentModel(Recommender):
     def _learn_row(self, row, y, profile, ts):
         """Content similarity needs no training; the catalogue is its knowledge."""
 
-    def user_vector(self, profile: RowProfile) -> np.ndarray:
-        if len(profile.rows) == 0:
-            return np.zeros(self.n_features, dtype=np.float32)
-        w = np.where(profile.weights > 0, np.minimum(profile.weights, 3.0),
-                     self.negative_weight * np.maximum(profile.weights, -3.0))
-        vec = w.astype(np.float32) @ self._f[profile.rows]
-        norm = float(np.linalg.norm(vec))
-        return vec / norm if norm else vec
+    def user_vectors(self, hist: HistoryMatrix) -> np.ndarray:
+        """Unit-length user vectors (users, features) of every user of ``hist``."""
+        w = np.where(hist.weights > 0, np.minimum(hist.weights, WEIGHT_CLIP),
+                     self.negative_weight * np.maximum(hist.weights, -WEIGHT_CLIP))
+        known = hist.rows >= 0
+        position = np.maximum(np.cumsum(known, axis=1) - 1, 0)
+        w = np.where(known, w * self.history_recency ** position, 0.0).astype(np.float32)
+        vec = np.einsum("ql,qlf->qf", w, self._f[hist.clipped])
+        norm = np.linalg.norm(vec, axis=1, keepdims=True)
+        return vec / np.where(norm > 0, norm, 1.0)
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        return (self._f[rows] @ self.user_vector(profile)).astype(np.float64)
+        return self.scores(self.user_vectors(profile.matrix()), rows)[0]
+
+    def scores(self, users: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Scores (users, titles) of ``rows`` (titles, or (users, titles) per user)."""
+        if rows.ndim == 1:
+            return (users @ self._f[rows].T).astype(np.float64)
+        return np.einsum("qf,qcf->qc", users, self._f[rows]).astype(np.float64)
 
     def size(self):
         return {"titles": len(self._items), "described": len(self._genres)}

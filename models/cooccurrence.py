@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.base import Recommender, RowProfile, grow
+from models.base import WEIGHT_CLIP, HistoryMatrix, Recommender, RowProfile, grow
 
 
 class CoOccurrence(Recommender):
-    """Titles watched by the same people close together, weighted toward recent history.
+    """Titles liked by the same people, weighted toward the user's recent history.
 
-    When a user engages positively with title ``j``, each of their ``window`` most recent
-    positive titles ``h`` (most recent first, position ``p``) gains co-occurrence
-    ``y * recency**p`` with ``j``, in both directions. Each title keeps its
+    Learning: when a user engages positively with title ``j``, each of their ``window``
+    most recent positive titles ``h`` (most recent first, position ``p``) gains
+    co-occurrence ``y * recency**p`` with ``j``, in both directions. Each title keeps its
     ``max_neighbours`` strongest neighbours in fixed-width arrays (a bounded "heavy
-    hitters" table: a new neighbour replaces the weakest), so scoring a user is one
-    ``bincount`` over their history's neighbour rows, normalised like a cosine by
-    ``(popularity_h * popularity_c) ** 0.5``.
+    hitters" table: a new neighbour takes the weakest slot and its count, as in
+    Space-Saving, Metwally et al. 2005), so memory is bounded by the catalogue.
+
+    Scoring: the user's ``history`` most recent positive titles vote for their
+    neighbours with weight ``history_recency**p``, so the last few titles count most
+    ("because you watched"). A link ``h -> c`` is normalised by ``pop_h**beta *
+    pop_c**alpha``: ``beta`` turns raw counts into "how often people who liked ``h`` went
+    on to ``c``", and ``alpha < beta`` leaves a small popularity prior in the ranking
+    (``alpha = beta = 0.5`` is cosine similarity, which over-promotes rare titles).
 
     Parameters
     ----------
     window
-        Recent positive titles paired with each new one.
+        Recent positive titles paired with each new one when learning.
     recency
-        Per-position decay of history weight, in (0, 1].
+        Per-position decay of a pair's weight when learning, in (0, 1].
+    history
+        Recent positive titles that vote when scoring.
+    history_recency
+        Per-position decay of a vote, in (0, 1].
+    alpha, beta
+        Popularity exponents of the candidate and of the history title.
     max_neighbours
         Neighbours kept per title.
     capacity
@@ -40,21 +52,31 @@ class CoOccurrence(Recommender):
     ['b', 'c']
     """
 
-    def __init__(self, window: int = 10, recency: float = 0.8, max_neighbours: int = 64,
-                 capacity: int = 200_000) -> None:
-        if window <= 0 or max_neighbours <= 0:
-            raise ValueError("window and max_neighbours must be positive")
-        if not 0 < recency <= 1:
-            raise ValueError(f"recency must be in (0, 1], got {recency}")
+    def __init__(self, window: int = 20, recency: float = 0.98, history: int = 50,
+                 history_recency: float = 0.8, alpha: float = 0.2, beta: float = 0.5,
+                 max_neighbours: int = 256, capacity: int = 200_000) -> None:
+        if window <= 0 or history <= 0 or max_neighbours <= 0:
+            raise ValueError("window, history and max_neighbours must be positive")
+        for name, value in (("recency", recency), ("history_recency", history_recency)):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if alpha < 0 or beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
         self.window = window
         self.recency = recency
+        self.history = history
+        self.history_recency = history_recency
+        self.alpha = alpha
+        self.beta = beta
         self.max_neighbours = max_neighbours
         self.capacity = capacity
         self._init_items(capacity)
         self._nbr = np.full((0, max_neighbours), -1, dtype=np.int64)
         self._w = np.zeros((0, max_neighbours))
         self._pop = np.zeros(0)
+        # Per-position weights: of a pair when learning, of a vote when scoring.
         self._decay = recency ** np.arange(window)
+        self._vote_decay = history_recency ** np.arange(history)
 
     def _ensure_rows(self) -> None:
         old = len(self._nbr)
@@ -70,22 +92,36 @@ class CoOccurrence(Recommender):
             self._w[row] = 0.0
             self._pop[row] = 0.0
             # Other titles' links to the evicted one now point at a recycled row.
-            self._w[self._nbr == row] = 0.0
-            self._nbr[self._nbr == row] = -1
+            stale = self._nbr == row
+            self._w[stale] = 0.0
+            self._nbr[stale] = -1
 
     def _bump(self, rows: np.ndarray, other: np.ndarray, amounts: np.ndarray) -> None:
-        """Add ``amounts[i]`` to the link ``rows[i] -> other[i]`` for every i, vectorised."""
+        """Add ``amounts[i]`` to the link ``rows[i] -> other[i]`` (distinct ``rows``),
+        vectorised; a new link takes the weakest slot and its count (Space-Saving)."""
         nbr = self._nbr[rows]
         match = nbr == other[:, None]
         found = match.any(axis=1)
         slot = np.where(found, match.argmax(axis=1), self._w[rows].argmin(axis=1))
-        weights = self._w[rows, slot]
-        # A new neighbour takes the weakest slot only if it would be at least as strong.
-        replace = ~found & (amounts >= weights)
-        add = found | replace
-        r, s = rows[add], slot[add]
-        self._nbr[r, s] = other[add]
-        self._w[r, s] = np.where(found[add], weights[add], 0.0) + amounts[add]
+        self._nbr[rows, slot] = other
+        self._w[rows, slot] += amounts
+
+    def _merge(self, row: int, others: np.ndarray, amounts: np.ndarray) -> None:
+        """Add ``amounts`` to the links ``row -> others`` (distinct titles), keeping the
+        ``max_neighbours`` strongest of the old and new links."""
+        nbr, w = self._nbr[row], self._w[row]
+        match = nbr[:, None] == others[None, :]
+        found = match.any(axis=0)
+        w[match.argmax(axis=0)[found]] += amounts[found]
+        if found.all():
+            return
+        links = np.concatenate((nbr, others[~found]))
+        weights = np.concatenate((w, amounts[~found]))
+        weights[links < 0] = -1.0  # empty slots go first
+        keep = np.argpartition(-weights, self.max_neighbours - 1)[: self.max_neighbours]
+        kept = weights[keep]
+        self._nbr[row] = np.where(kept >= 0, links[keep], -1)
+        self._w[row] = np.maximum(kept, 0.0)
 
     def _learn_row(self, row, y, profile, ts):
         if y <= 0:
@@ -96,34 +132,52 @@ class CoOccurrence(Recommender):
         if len(hist) == 0:
             return
         amounts = y * self._decay[: len(hist)]
-        target = np.full(len(hist), row, dtype=np.int64)
-        self._bump(hist, target, amounts)
-        self._bump(target, hist, amounts)
+        self._bump(hist, np.full(len(hist), row, dtype=np.int64), amounts)
+        self._merge(row, hist, amounts)
+
+    def popularity(self, rows: np.ndarray) -> np.ndarray:
+        """``log1p`` of each title's summed positive feedback (all time)."""
+        return np.log1p(self._pop[rows])
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        positive = profile.weights > 0
-        hist, hist_w = profile.rows[positive][: self.window], profile.weights[positive]
-        if len(hist) == 0:
-            return np.zeros(len(rows))
-        weights = np.minimum(hist_w[: self.window], 3.0) * self._decay[: len(hist)]
-        weights = weights / np.sqrt(self._pop[hist] + 1.0)
-        nbr = self._nbr[hist]
+        if not (profile.weights > 0).any():
+            return self.popularity(rows)
+        return self.score_matrix(profile.matrix())[0, rows]
+
+    def _votes(self, hist: HistoryMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, history row, weight) of every vote: the ``history`` most recent positive
+        titles, decayed by position and normalised by their popularity."""
+        rank = hist.positive_rank()
+        q_idx, pos = np.nonzero(hist.positive & (rank < self.history))
+        h = hist.rows[q_idx, pos]
+        weight = (np.minimum(hist.weights[q_idx, pos], WEIGHT_CLIP)
+                  * self._vote_decay[rank[q_idx, pos]] / (self._pop[h] + 1.0) ** self.beta)
+        return q_idx, h, weight
+
+    def score_matrix(self, hist: HistoryMatrix) -> np.ndarray:
+        """(users, rows) scores of every item-table row for every user of ``hist`` (0 for
+        users with no positive history), one ``bincount``."""
+        n_rows = self._items.rows
+        n_users = len(hist.rows)
+        q_idx, h, weight = self._votes(hist)
+        if len(q_idx) == 0:
+            return np.zeros((n_users, n_rows))
+        nbr = self._nbr[h]
         valid = nbr >= 0
-        totals = np.bincount(
-            nbr[valid], weights=(self._w[hist] * weights[:, None])[valid],
-            minlength=self._items.rows,
-        )
-        return totals[rows] / np.sqrt(self._pop[rows] + 1.0)
+        totals = np.bincount((q_idx[:, None] * n_rows + nbr)[valid],
+                             weights=(self._w[h] * weight[:, None])[valid],
+                             minlength=n_users * n_rows).reshape(n_users, n_rows)
+        return totals / ((self._pop[:n_rows] + 1.0) ** self.alpha)[None, :]
 
     def explain(self, row: int, profile: RowProfile) -> int | None:
         """The history row contributing most to ``row``'s score (for the reason string)."""
-        hist = profile.rows[profile.weights > 0][: self.window]
-        best, best_w = None, 0.0
-        for h in hist:
-            hit = np.nonzero(self._nbr[h] == row)[0]
-            if len(hit) and self._w[h, hit[0]] > best_w:
-                best, best_w = int(h), float(self._w[h, hit[0]])
-        return best
+        _, hist, weights = self._votes(profile.matrix())
+        if len(hist) == 0:
+            return None
+        contributions = ((self._nbr[hist] == row) * self._w[hist]).sum(axis=1) * weights
+        best = int(np.argmax(contributions))
+        return int(hist[best]) if contributions[best] > 0 else None
 
     def size(self):
-        return {"titles": len(self._items), "links": int((self._nbr[: self._items.rows] >= 0).sum())}
+        links = int((self._nbr[: self._items.rows] >= 0).sum())
+        return {"titles": len(self._items), "links": links}

@@ -1,4 +1,4 @@
-"""The hybrid ranker: a learned blend of every model, with exploration and diversity."""
+"""The hybrid ranker: a learned, two-stage blend of every model, with exploration and diversity."""
 
 from __future__ import annotations
 
@@ -8,16 +8,37 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ItemTable, Recommender, RowProfile, UserProfile, top_k
+from models.base import (
+    MAX_HISTORY,
+    HistoryMatrix,
+    ItemTable,
+    Recommender,
+    RowProfile,
+    UserProfile,
+    top_k,
+)
 from models.content import ContentModel
 from models.cooccurrence import CoOccurrence
 from models.explore import ThompsonExplorer
 from models.mf import ImplicitMF
 from models.trending import Trending
 
-# The blended components, in feature order.
-COMPONENTS = ("trending", "cooccurrence", "mf", "content")
-REASON_OF = {"trending": "trending", "mf": "similar_users"}
+# The blended features, in order: one per component, plus the titles' all-time popularity
+# (kept by the co-occurrence model).
+COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity")
+REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular"}
+# Titles outside a user's pool are ranked after every pool title, in first-stage order:
+# pool scores are sums of a few standardised features, far smaller than this.
+BELOW_POOL = 1e3
+DEFAULT_WEIGHTS = {"trending": 0.1, "cooccurrence": 1.0, "mf": 0.3, "content": 0.3,
+                   "popularity": 0.3}
+# A blend step ranks every title anybody has engaged with; past this many (about 3 ms of
+# work per step) it ranks a uniform sample of them.
+LEARN_MAX_TITLES = 20_000
+# Layout of the learned state; a checkpoint of another layout is not loaded.
+STATE_FORMAT = 2
+# The blend's context anchors on h (see Hybrid): a new user, some history, a long one.
+CONTEXT_KNOTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,36 +48,104 @@ class Recommendation:
     reason: str
 
 
-class Hybrid(Recommender):
-    """Blend of trending, co-occurrence, matrix factorisation and content scores.
+@dataclass
+class Ranking:
+    """A block of users x candidate titles scored by :meth:`Hybrid.rank_matrix`.
 
-    Each component's scores over the candidate list are min-max scaled to [0, 1] and
-    blended with non-negative weights. The weights are learned online from what users go
-    on to watch: every ``blend_every``-th positive event, the title actually watched is
-    scored against ``blend_negatives`` random titles and the weights take a pairwise
-    logistic (BPR) step toward whatever ranked it higher. ``exploration`` is the share of
-    list slots (rounded down, at least one when > 0) given to Thompson samples from the
-    explorer; users with no positive history are ranked by the explorer blended with
-    trending. Lists are diversified so that at most ``max_per_genre`` of the top 10 share
-    a genre, and never contain a title the user completed.
+    ``scores`` (users, titles): pool titles by the blend, the others below them in
+    first-stage order. ``pool`` (users, pool) positions of each user's pool among the
+    titles, ``valid`` which of them are candidates, ``z`` (features, users, pool) the
+    standardised features and ``contributions`` each feature's share of a pool score.
+    """
+
+    scores: np.ndarray
+    pool: np.ndarray
+    valid: np.ndarray
+    z: np.ndarray
+    contributions: np.ndarray
+
+    def full_contributions(self) -> np.ndarray:
+        """``contributions`` laid out over every title: (features, users, titles)."""
+        n_feat, n_users, _ = self.contributions.shape
+        out = np.zeros((n_feat, n_users, self.scores.shape[1]))
+        users = np.arange(n_users)[:, None]
+        out[:, users, self.pool] = np.where(self.valid, self.contributions, 0.0)
+        return out
+
+
+def context(positives: np.ndarray, knots: int) -> np.ndarray:
+    """(users, knots) interpolation weights of each user's history length between the
+    knots: ``h = log1p(positives) / log1p(MAX_HISTORY)`` on evenly spaced knots over 0..1.
+
+    Examples
+    --------
+    >>> context(np.array([0, 6, 50]), 3).round(2).tolist()
+    [[1.0, 0.0, 0.0], [0.01, 0.99, 0.0], [0.0, 0.0, 1.0]]
+    """
+    h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
+    at = np.linspace(0.0, 1.0, knots)
+    return np.maximum(0.0, 1.0 - np.abs(h[:, None] - at[None, :]) * (knots - 1))
+
+
+def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
+    low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
+    high = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
+    span = high - low
+    ok = span > 1e-12
+    return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
+
+
+class Hybrid(Recommender):
+    """Two-stage blend of trending, co-occurrence, matrix factorisation, content and
+    popularity, with weights learned online from what users go on to watch.
+
+    Stage one picks each user's pool: the ``pool_size`` candidates with the best
+    co-occurrence score (min-max scaled) plus ``pool_popularity`` times their popularity
+    (likewise scaled), so short histories still get a full pool. Stage two ranks the pool
+    by a weighted sum of the five features, each standardised over the pool. The weights
+    depend on the user's context, the length of their positive history ``h`` (0 for a
+    new user, 1 at ``MAX_HISTORY`` titles, on a log scale), interpolated linearly between
+    ``CONTEXT_KNOTS`` columns of ``W`` (h = 0, 0.5, 1): what predicts a newcomer's next
+    title (popularity) is not what predicts a long-time viewer's (their own recent
+    titles).
+
+    ``W`` is learned online from every ``blend_every``-th positive event whose title had
+    been engaged with before: the user's pool is built as it would have been just before
+    the event, and if the title watched is in it, ``W`` takes an Adagrad step on the
+    softmax log-likelihood of that title within the pool (kept >= 0). So the blend learns
+    exactly the choice it is used for: which of the titles it would have shown the user
+    went on to watch.
+
+    Exploration: a share ``exploration`` of every list's slots (twice that for a user
+    with no positive history, about whom there is most to learn) goes to the explorer's
+    Thompson samples, favouring little-seen titles: the new-title and new-user path. The
+    share is exact on average: ``share * n`` slots rounded down, plus one more with
+    probability equal to the remainder. Lists are diversified so that at most
+    ``max_per_genre`` of the top 10 share a genre, and never contain a title the user
+    completed.
 
     Parameters
     ----------
     trending, cooccurrence, mf, content, explorer
         The component models (defaults are created when ``None``).
     weights
-        Initial blend weights, by component name.
+        Initial blend weights by feature name (both contexts); see ``DEFAULT_WEIGHTS``.
     blend_learning_rate
-        Step size of the blend's pairwise updates.
-    blend_every, blend_negatives
-        How often (in positive events) and against how many negatives the blend learns.
+        Adagrad step size of the blend.
+    blend_every
+        The blend learns from every ``blend_every``-th positive event (1: all of them).
+    pool_size
+        Titles re-ranked per user by the blend.
+    pool_popularity
+        Weight of popularity next to co-occurrence when picking the pool.
     exploration
         Share of slots filled by exploration, 0..1.
     max_per_genre
         Most titles of one genre among the top 10.
     max_candidates
-        When more titles are known, candidates are pre-selected from trending, the user's
-        co-occurrence neighbours and new titles.
+        When more titles are known, candidates are pre-selected from popular titles, the
+        user's co-occurrence neighbours and a random sample.
     seed, capacity
         Seed for sampling; most titles held.
 
@@ -83,8 +172,9 @@ class Hybrid(Recommender):
         explorer: ThompsonExplorer | None = None,
         weights: dict[str, float] | None = None,
         blend_learning_rate: float = 0.05,
-        blend_every: int = 4,
-        blend_negatives: int = 20,
+        blend_every: int = 1,
+        pool_size: int = 100,
+        pool_popularity: float = 0.3,
         exploration: float = 0.05,
         max_per_genre: int = 5,
         max_candidates: int = 2000,
@@ -93,8 +183,11 @@ class Hybrid(Recommender):
     ) -> None:
         if not 0.0 <= exploration <= 1.0:
             raise ValueError(f"exploration must be within 0..1, got {exploration}")
-        if blend_every <= 0 or blend_negatives <= 0 or max_per_genre <= 0:
-            raise ValueError("blend_every, blend_negatives and max_per_genre must be positive")
+        if blend_every <= 0 or pool_size <= 0 or max_per_genre <= 0:
+            raise ValueError("blend_every, pool_size and max_per_genre must be positive")
+        unknown = set(weights or {}) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown blend weights {sorted(unknown)}; known: {COMPONENTS}")
         self.trending = trending if trending is not None else Trending(capacity=capacity)
         self.cooccurrence = (cooccurrence if cooccurrence is not None
                              else CoOccurrence(capacity=capacity))
@@ -105,7 +198,8 @@ class Hybrid(Recommender):
         self.weights = weights
         self.blend_learning_rate = blend_learning_rate
         self.blend_every = blend_every
-        self.blend_negatives = blend_negatives
+        self.pool_size = pool_size
+        self.pool_popularity = pool_popularity
         self.exploration = exploration
         self.max_per_genre = max_per_genre
         self.max_candidates = max_candidates
@@ -114,11 +208,16 @@ class Hybrid(Recommender):
         self._items = ItemTable(capacity)
         for model in self._components_and_explorer():
             model.use_item_table(self._items)
-        initial = {"trending": 0.2, "cooccurrence": 1.0, "mf": 0.5, "content": 0.3}
-        initial.update(weights or {})
-        self._w = np.array([initial[name] for name in COMPONENTS], dtype=np.float64)
+        initial = {**DEFAULT_WEIGHTS, **(weights or {})}
+        column = np.array([initial[name] for name in COMPONENTS], dtype=np.float64)
+        # (features, context knots): weights from a new user to a long history.
+        self._w = np.repeat(column[:, None], CONTEXT_KNOTS, axis=1)
+        # Adagrad's running sum of squared gradients (starts at 1e-2: the first steps are
+        # at most lr / 0.1 = 10 lr, not unbounded).
+        self._g2 = np.full_like(self._w, 1e-2)
         self._rng = np.random.default_rng(seed)
         self._positives_seen = 0
+        self._format = STATE_FORMAT
 
     def clone(self) -> Hybrid:
         params = self._get_params()
@@ -127,6 +226,9 @@ class Hybrid(Recommender):
         return type(self)(**params)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("_format") != STATE_FORMAT:
+            raise ValueError(f"a Hybrid of state format {state.get('_format', 1)}, this code "
+                             f"reads format {STATE_FORMAT}; it has to learn afresh")
         # Components re-register with the shared table themselves when unpickled.
         self.__dict__.update(state)
 
@@ -135,7 +237,15 @@ class Hybrid(Recommender):
 
     @property
     def blend_weights(self) -> dict[str, float]:
-        return {name: float(w) for name, w in zip(COMPONENTS, self._w, strict=True)}
+        """The blend's weights for a user halfway between new and long history."""
+        w = self._w.mean(axis=1) if self._w.ndim == 2 else self._w
+        return {name: float(v) for name, v in zip(COMPONENTS, w, strict=True)}
+
+    def user_weights(self, positives: np.ndarray) -> np.ndarray:
+        """(users, features) blend weights for users with ``positives`` history titles."""
+        if self._w.ndim == 1:  # fixed weights (an experiment's view)
+            return np.broadcast_to(self._w, (len(positives), len(self._w)))
+        return context(positives, self._w.shape[1]) @ self._w.T
 
     # -- learning ------------------------------------------------------------------------------
     def _ensure_rows(self) -> None:
@@ -149,53 +259,102 @@ class Hybrid(Recommender):
     def _learn_row(self, row, y, profile, ts):
         if y > 0:
             self._positives_seen += 1
-            if self._positives_seen % self.blend_every == 0 and self._items.rows > 2:
-                self._learn_blend(row, profile, ts)
+            if self._positives_seen % self.blend_every == 0:
+                now = self.trending._now if ts is None else ts
+                self.learn_blend(np.array([row]), profile.matrix(), np.array([now]))
         for model in self._components_and_explorer():
             model._learn_row(row, y, profile, ts)
 
-    def _features(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        """(len(rows), len(COMPONENTS)) matrix of min-max scaled component scores."""
-        raw = np.column_stack([
-            self.trending._score_rows(rows, profile, ts),
-            self.cooccurrence._score_rows(rows, profile, ts),
-            self.mf._score_rows(rows, profile, ts),
-            self.content._score_rows(rows, profile, ts),
-        ])
-        low, high = raw.min(axis=0), raw.max(axis=0)
-        span = high - low
-        return np.where(span > 1e-12, (raw - low) / np.where(span > 1e-12, span, 1.0), 0.0)
-
-    def _learn_blend(self, row: int, profile: RowProfile, ts: float | None) -> None:
-        negatives = self._rng.integers(0, self._items.rows, size=self.blend_negatives)
-        negatives = negatives[negatives != row]
-        if len(negatives) == 0:
+    def learn_blend(self, rows: np.ndarray, hist: HistoryMatrix, times: np.ndarray) -> None:
+        """One blend step per positive event (title ``rows[i]``, the user's history just
+        before it, event time): the pools are built from the current model state, the
+        steps taken in order. Events whose title nobody had engaged with before, or that
+        the user had already engaged with, or that their pool missed, teach nothing."""
+        if self._w.ndim != 2:
             return
-        feats = self._features(np.concatenate(([row], negatives)), profile, ts)
-        diffs = feats[0] - feats[1:]
-        margins = diffs @ self._w
-        grads = (1.0 / (1.0 + np.exp(np.clip(margins, -30, 30))))[:, None] * diffs
-        self._w = np.maximum(self._w + self.blend_learning_rate * grads.mean(axis=0), 0.0)
+        fresh = self.cooccurrence._pop[rows] > 0
+        rows, hist, times = rows[fresh], hist.take(np.nonzero(fresh)[0]), times[fresh]
+        if len(rows) == 0:
+            return
+        known = self._items.known_rows()
+        cols = known[self.cooccurrence._pop[known] > 0]  # pools never hold unwatched titles
+        if len(cols) > LEARN_MAX_TITLES:
+            cols = np.union1d(self._rng.choice(cols, LEARN_MAX_TITLES, replace=False), rows)
+        position = np.full(self._items.rows, -1, dtype=np.int64)
+        position[cols] = np.arange(len(cols))
+        candidate = np.ones((len(rows), len(cols)), dtype=bool)
+        q_idx, slot = np.nonzero(hist.rows >= 0)
+        seen = position[hist.rows[q_idx, slot]]
+        candidate[q_idx[seen >= 0], seen[seen >= 0]] = False
+        target = position[rows]
+        new_to_user = candidate[np.arange(len(rows)), target]
+        ranking = self.rank_matrix(hist, cols, candidate, times)
+        positives = hist.positive_count()
+        lr = self.blend_learning_rate
+        for s in np.nonzero(new_to_user)[0]:
+            hit = np.nonzero((ranking.pool[s] == target[s]) & ranking.valid[s])[0]
+            if len(hit) == 0:
+                continue
+            z = ranking.z[:, s, ranking.valid[s]]
+            true = int(np.searchsorted(np.nonzero(ranking.valid[s])[0], hit[0]))
+            ctx = context(positives[s:s + 1], self._w.shape[1])[0]
+            logits = (self._w @ ctx) @ z
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            grad = np.outer(z[:, true] - z @ p, ctx)
+            self._g2 += grad * grad
+            self._w = np.maximum(self._w + lr * grad / np.sqrt(self._g2), 0.0)
 
     # -- scoring -------------------------------------------------------------------------------
-    def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        if not (profile.weights > 0).any():
-            return self._cold_scores(rows, profile, ts)
-        return self._features(rows, profile, ts) @ self._w
+    def rank_matrix(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray,
+                    times: np.ndarray) -> Ranking:
+        """Score titles ``cols`` for every user of ``hist`` (``candidate`` (users, titles)
+        marks what each may be shown; ``times`` their query times): the two stages."""
+        n_users, n_cols = candidate.shape
+        co = self.cooccurrence.score_matrix(hist)[:, cols]
+        pop = np.broadcast_to(self.cooccurrence.popularity(cols), (n_users, n_cols))
+        first = min_max(co, candidate) + self.pool_popularity * min_max(pop, candidate)
+        size = min(self.pool_size, n_cols)
+        # Ties (titles nobody engaged with) are broken by row, so a user's pool does not
+        # depend on which other titles were scored alongside (one user or a batch).
+        ranked = np.where(candidate, first - 1e-12 * cols, -np.inf)
+        pool = (np.argpartition(-ranked, size - 1, axis=1)[:, :size] if size < n_cols
+                else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
+        valid = np.take_along_axis(candidate, pool, axis=1)
+        rows = cols[pool]
+        mf_users, _ = self.mf.user_vectors(hist)
+        raw = np.stack([
+            self.trending.decayed(rows, times),
+            np.take_along_axis(co, pool, axis=1),
+            self.mf.scores(mf_users, rows),
+            self.content.scores(self.content.user_vectors(hist), rows),
+            np.take_along_axis(pop, pool, axis=1),
+        ])
+        count = np.maximum(valid.sum(axis=1), 1)
+        mean = np.where(valid, raw, 0.0).sum(axis=2, keepdims=True) / count[:, None]
+        var = np.where(valid, (raw - mean) ** 2, 0.0).sum(axis=2, keepdims=True) / count[:, None]
+        std = np.sqrt(var)
+        z = np.where(std > 1e-12, (raw - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
+        weights = self.user_weights(hist.positive_count())
+        contributions = weights.T[:, :, None] * z
+        scores = first - BELOW_POOL
+        np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
+                                                 np.take_along_axis(scores, pool, axis=1)),
+                          axis=1)
+        return Ranking(scores, pool, valid, z, contributions)
 
-    def _cold_scores(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        trend = self.trending._score_rows(rows, profile, ts)
-        top = trend.max() if len(trend) else 0.0
-        trend = trend / top if top > 0 else trend
-        return 0.7 * trend + 0.3 * self.explorer._score_rows(rows, profile, ts)
+    def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
+        now = np.array([self.trending._now if ts is None else ts])
+        candidate = np.ones((1, len(rows)), dtype=bool)
+        return self.rank_matrix(profile.matrix(), rows, candidate, now).scores[0]
 
     def candidate_rows(self, profile: RowProfile, ts: float | None) -> np.ndarray:
         """Rows worth scoring for this user (every known title when there are few)."""
-        known = np.fromiter(self._items.index.values(), dtype=np.int64, count=len(self._items))
+        known = self._items.known_rows()
         if len(known) <= self.max_candidates:
             return known
-        trend = self.trending._score_rows(known, profile, ts)
-        picked = [known[top_k(trend, self.max_candidates // 2)]]
+        popular = self.cooccurrence.popularity(known)
+        picked = [known[top_k(popular, self.max_candidates // 2)]]
         nbr = self.cooccurrence._nbr[profile.rows[profile.weights > 0]].ravel()
         picked.append(nbr[nbr >= 0])
         picked.append(self._rng.choice(known, size=self.max_candidates // 4, replace=False))
@@ -216,11 +375,11 @@ class Hybrid(Recommender):
             rows = rows[~np.isin(rows, row_profile.completed_rows)]
         if len(rows) == 0:
             return []
-        scores, picks, contributions, cold = self._rank(rows, row_profile, n, ts)
+        scores, picks, contributions = self._rank(rows, row_profile, n, ts)
         return [
             Recommendation(
                 self._items.ids[rows[i]] or "", float(scores[i]),
-                reason or self._reason(int(rows[i]), i, contributions, row_profile, cold),
+                reason or self._reason(int(rows[i]), i, contributions, row_profile),
             )
             for i, reason in picks
         ]
@@ -228,31 +387,38 @@ class Hybrid(Recommender):
     def list_rows(self, rows: np.ndarray, profile: UserProfile, n: int, ts: float | None = None
                   ) -> tuple[np.ndarray, list[int]]:
         """What :meth:`recommend` does for candidate ``rows`` (see :meth:`item_rows`):
-        the blended score of every row, and the positions in ``rows`` of the ``n`` titles
-        listed, in list order (diversified, with exploration slots)."""
+        the score of every row, and the positions in ``rows`` of the ``n`` titles listed,
+        in list order (diversified, with exploration slots)."""
         if len(rows) == 0:
             return np.zeros(0), []
-        scores, picks, _, _ = self._rank(rows, RowProfile.build(self._items, profile), n, ts)
+        scores, picks, _ = self._rank(rows, RowProfile.build(self._items, profile), n, ts)
         return scores, [i for i, _ in picks]
 
     def _rank(self, rows: np.ndarray, row_profile: RowProfile, n: int, ts: float | None):
         cold = not (row_profile.weights > 0).any()
-        if cold:
-            scores = self._cold_scores(rows, row_profile, ts)
-            contributions = None
-        else:
-            feats = self._features(rows, row_profile, ts)
-            contributions = feats * self._w
-            scores = contributions.sum(axis=1)
+        now = np.array([self.trending._now if ts is None else ts])
+        ranking = self.rank_matrix(row_profile.matrix(), rows,
+                                   np.ones((1, len(rows)), dtype=bool), now)
+        scores = ranking.scores[0]
+        contributions = ranking.full_contributions()[:, 0, :].T
         order = top_k(scores, min(len(rows), 3 * n))
         chosen = self._diversify(rows, order, n)
         picks = [(int(i), "") for i in chosen]
-        n_explore = int(self.exploration * n) if not cold else 0
-        if self.exploration > 0 and not cold:
-            n_explore = max(n_explore, 1)
+        n_explore = self.explore_slots(n, np.array([cold]))[0]
         if n_explore and len(rows) > len(picks) - n_explore:
             picks = self._explore_slots(rows, picks, n_explore, row_profile, ts)
-        return scores, picks[:n], contributions, cold
+        return scores, picks[:n], contributions
+
+    def explore_slots(self, n: int, cold: np.ndarray) -> np.ndarray:
+        """Exploration slots of an ``n``-title list for each user (``cold``: no positive
+        history): the share times ``n``, the remainder granted with its probability."""
+        share = self.exploration * np.where(cold, 2.0, 1.0) * n
+        whole = np.floor(share)
+        slots = whole.astype(np.int64)
+        partial = share > whole
+        if partial.any():
+            slots[partial] += self._rng.random(int(partial.sum())) < (share - whole)[partial]
+        return slots
 
     def _diversify(self, rows: np.ndarray, order: np.ndarray, n: int) -> list[int]:
         """Greedy: no genre more than ``max_per_genre`` times in the first 10 slots."""
@@ -273,8 +439,9 @@ class Hybrid(Recommender):
         return (chosen + deferred)[:n]
 
     def _explore_slots(self, rows, picks, n_explore, profile, ts):
-        taken = {i for i, _ in picks}
-        pool = np.array([i for i in range(len(rows)) if i not in taken], dtype=np.int64)
+        taken = np.zeros(len(rows), dtype=bool)
+        taken[[i for i, _ in picks]] = True
+        pool = np.nonzero(~taken)[0]
         if len(pool) == 0:
             return picks
         samples = self.explorer._score_rows(rows[pool], profile, ts)
@@ -289,11 +456,12 @@ class Hybrid(Recommender):
             head.insert(min(len(head), (k + 1) * step + k), slot)
         return head
 
-    def _reason(self, row: int, i: int, contributions: np.ndarray | None,
-                profile: RowProfile, cold: bool) -> str:
-        if cold or contributions is None:
-            return "trending"
-        component = COMPONENTS[int(np.argmax(contributions[i]))]
+    def _reason(self, row: int, i: int, contributions: np.ndarray, profile: RowProfile
+                ) -> str:
+        best = int(np.argmax(contributions[i]))
+        if contributions[i, best] <= 0:  # nothing personal stood out: a popular pick
+            return REASON_OF["popularity"]
+        component = COMPONENTS[best]
         if component == "cooccurrence":
             source = self.cooccurrence.explain(row, profile)
             if source is not None:

@@ -58,7 +58,14 @@ class Trending(Recommender):
         self._t[row] = max(t, self._t[row])
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
-        now = self._now if ts is None else max(ts, self._now)
+        return self.decayed(rows, np.array(self._now if ts is None else ts))
+
+    def decayed(self, rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Scores of ``rows`` (any shape) decayed to query times ``ts`` (broadcast against
+        ``rows``' leading axes: one time per user for a (users, titles) block)."""
+        now = np.maximum(ts, self._now)
+        if now.ndim:
+            now = now.reshape(now.shape + (1,) * (rows.ndim - now.ndim))
         return self._score[rows] * decay_factor(now - self._t[rows], self.half_life_s)
 
     def top(self, n: int, ts: float | None = None) -> list[tuple[str, float]]:

@@ -98,12 +98,18 @@ def self_information(listed: np.ndarray, engaged_users: np.ndarray, users: int) 
 
 
 def rolling_mean(hits: list[bool], window: int) -> np.ndarray:
-    """Mean of the last ``window`` values at every position (shorter at the start)."""
+    """Mean of the last ``window`` values at every position (shorter at the start).
+
+    Examples
+    --------
+    >>> rolling_mean([True, False, True, True], 2).tolist()
+    [1.0, 0.5, 0.5, 1.0]
+    """
     values = np.asarray(hits, dtype=np.float64)
     if len(values) == 0:
         return values
     sums = np.cumsum(values)
-    lagged = np.concatenate((np.zeros(window), sums[:-window])) if len(values) > window \
-        else np.zeros(len(values))
+    lagged = np.zeros(len(values))
+    lagged[window:] = sums[:-window] if len(values) > window else 0.0
     counts = np.minimum(np.arange(1, len(values) + 1), window)
-    return (sums - lagged[: len(values)]) / counts
+    return (sums - lagged) / counts

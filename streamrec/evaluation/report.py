@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from streamrec.evaluation.metrics import rolling_mean
 from streamrec.evaluation.protocol import Outcome
 
@@ -78,11 +80,14 @@ def plot(outcome: Outcome, k: int, path: str, title: str = "") -> None:
     window = max(50, outcome.tested // 40)
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     contenders = sorted(outcome.contenders, key=lambda c: -sum(c.board.hits))
+    # Only full windows: the first few events alone would swing between 0 and 1.
+    start = min(window, max(outcome.tested, 1)) - 1
     for c in contenders:
         width = 2.4 if c.name == "streamrec" else 1.2
         style = "--" if c.name in ("popularity", "random") else "-"
-        ax.plot(rolling_mean(c.board.hits, window), label=c.name, linewidth=width,
-                linestyle=style)
+        rolling = rolling_mean(c.board.hits, window)[start:]
+        ax.plot(np.arange(start, start + len(rolling)), rolling, label=c.name,
+                linewidth=width, linestyle=style)
     ax.set_xlabel("tested positive event")
     ax.set_ylabel(f"recall@{k}, rolling mean over {window} events")
     ax.set_title(f"Prequential recall@{k}" + (f": {Path(title).name}" if title else ""))

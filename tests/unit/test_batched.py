@@ -9,6 +9,7 @@ import pytest
 
 from models.base import UserProfile
 from models.batched import MIRRORED, fingerprint, learn_many, mirrors, rank_many, recommend_many
+from models.cooccurrence import CoOccurrence
 from models.hybrid import Hybrid
 
 # The equality checks below compare the batched path with the one-at-a-time one; when the
@@ -109,12 +110,16 @@ def test_exploration_slot_is_placed_like_recommend_and_never_a_completed_title()
         assert not set(titles) & profiles[user].completed
 
 
-def test_cold_users_get_trending_lists_without_completed_titles():
+def test_cold_users_get_non_personal_lists_without_completed_titles():
     model, _ = trained(batched=False, exploration=0.05)
     cold = UserProfile("new", completed={"t1", "t2"})
-    (recs,) = recommend_many(model, [cold], 20, [1_700_003_000.0])
-    assert len(recs) == 20 and {r.reason for r in recs} == {"trending"}
-    assert not {r.title_id for r in recs} & {"t1", "t2"}
+    for recs in (recommend_many(model, [cold, cold], 20, [1_700_003_000.0] * 2)[0],
+                 model.recommend(cold, n=20, ts=1_700_003_000.0)):
+        reasons = [r.reason for r in recs]
+        assert len(recs) == 20
+        assert not any(r.startswith("because_you_watched") for r in reasons)
+        assert reasons.count("explore") == 2  # twice a known user's share: 2 of 20 slots
+        assert not {r.title_id for r in recs} & {"t1", "t2"}
 
 
 def test_large_catalogues_fall_back_to_recommend():
@@ -154,7 +159,7 @@ def test_batched_learning_recovers_what_users_like():
 
 @needs_mirror
 def test_co_occurrence_links_both_ways_with_recency_decay():
-    model = Hybrid(seed=1)
+    model = Hybrid(seed=1, cooccurrence=CoOccurrence(recency=0.8))
     for title in ("a", "b", "c", "x"):
         model.add_title({"title_id": title, "genres": ["Drama"]})
     events = [("a", 1.0, 1.0, []), ("b", 1.0, 2.0, [("a", 1.0)]),

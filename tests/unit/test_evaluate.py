@@ -236,3 +236,11 @@ def test_bad_format_choice_is_a_usage_error(tmp_path, capsys):
         cli.main(["evaluate", data, "--format", "parquet"])
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_metric_examples_hold():
+    import doctest
+
+    from streamrec.evaluation import metrics
+
+    assert doctest.testmod(metrics).failed == 0
