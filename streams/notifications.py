@@ -2,10 +2,10 @@
 
 Two halves, both keyed so one user's keys share a Redis Cluster slot:
 
-* the **audience index**, written by the events path (``streams.product``, one pipelined
-  call per batch): ``sr:series:{<series_id>}:aud`` is a ZSET user -> event time of their
-  latest playback of any episode of the series, capped at ``AUDIENCE_CAP`` most recent
-  watchers and expiring ``window_s`` after the last write;
+* the **audience index**, written by the events path (``streams.product``, one Lua call
+  per batch, :data:`ADD_AUDIENCE_LUA`): ``sr:series:{<series_id>}:aud`` is a ZSET user ->
+  event time of their latest playback of any episode of the series, capped at
+  ``AUDIENCE_CAP`` most recent watchers and expiring ``window_s`` after the last write;
 * the **notifier**, run by the catalogue agent on an ``episode_released`` event: every
   user in the audience within ``window_s`` before the release who has not already
   played or completed that episode gets ``{"notification_id", "user_id", "type":
@@ -105,17 +105,37 @@ def notification(user_id: str, episode: Mapping[str, Any], ts: float) -> dict[st
     }
 
 
-def add_audience_writes(pipe: Any, watchers: Mapping[tuple[str, str], float],
-                        window_s: int) -> None:
-    """Queue the audience-index writes for ``(series, user) -> latest watch ts``."""
-    by_series: dict[str, dict[str, float]] = {}
+# Records a batch's series watchers in one call: ARGV = ttl, cap, then (audience key,
+# user, ts) triples. ZADD GT keeps each user's latest watch; each key is trimmed to the
+# ``cap`` most recent watchers and its TTL refreshed once.
+ADD_AUDIENCE_LUA = """
+local ttl = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local keys = {}
+for i = 3, #ARGV, 3 do
+  redis.call('ZADD', ARGV[i], 'GT', ARGV[i + 2], ARGV[i + 1])
+  keys[ARGV[i]] = true
+end
+for key, _ in pairs(keys) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""
+
+
+def audience_args(watchers: Mapping[tuple[str, str], float], window_s: int) -> list[Any]:
+    """ARGV of ``ADD_AUDIENCE_LUA`` for ``(series, user) -> latest watch ts``.
+
+    Examples
+    --------
+    >>> audience_args({("s1", "u1"): 5.0}, 60)
+    [60, 100000, 'sr:series:{s1}:aud', 'u1', 5.0]
+    """
+    args: list[Any] = [window_s, AUDIENCE_CAP]
     for (series, user), ts in watchers.items():
-        by_series.setdefault(series, {})[user] = ts
-    for series, users in by_series.items():
-        key = audience_key(series)
-        pipe.zadd(key, users, gt=True)
-        pipe.zremrangebyrank(key, 0, -(AUDIENCE_CAP + 1))
-        pipe.expire(key, window_s)
+        args += (audience_key(series), user, ts)
+    return args
 
 
 @dataclass

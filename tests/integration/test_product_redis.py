@@ -16,7 +16,7 @@ from models.base import UserProfile
 from models.hybrid import Hybrid
 from streamrec.settings import Secret, Settings
 from streams.batch import learn_and_rank
-from streams.notifications import Notifier, add_audience_writes
+from streams.notifications import ADD_AUDIENCE_LUA, Notifier, audience_args
 from streams.product import ProductLayer
 from streams.state import StoredProfile, user_key
 
@@ -34,13 +34,14 @@ async def _notifications(redis_url: str, run: str) -> dict:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         users = [f"n{i}-{run}" for i in range(4)]
-        pipe = client.pipeline(transaction=False)
         watchers = {(f"s-{run}", u): T0 for u in users[:3]}
         watchers[(f"s-{run}", users[3])] = T0 - 90 * DAY  # watched long ago
-        add_audience_writes(pipe, watchers, window_s=365 * 24 * 3600)
+        record = client.register_script(ADD_AUDIENCE_LUA)
+        await record(keys=[], args=audience_args(watchers, 365 * 24 * 3600))
+        # An older watch never moves a user's latest one back.
+        await record(keys=[], args=audience_args({(f"s-{run}", users[0]): T0 - DAY}, 3600))
         # users[2] already played episode 2 (it is in their recent titles).
-        pipe.zadd(user_key(users[2], "hist"), {f"e2-{run}": T0})
-        await pipe.execute()
+        await client.zadd(user_key(users[2], "hist"), {f"e2-{run}": T0})
         notifier = Notifier(client, window_s=30 * 24 * 3600, max_per_day=2)
         out = {}
         out["first"] = await notifier.on_episode(episode(run, 2, T0 + 3600))
@@ -105,6 +106,9 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
             for k in range(3):
                 events.append({"event_id": f"q{h}-{k}", "type": "play", "user_id": f"w{k}",
                                "ts": ts + k, "title_id": "t2", "country": "SE"})
+    # An event of the next hour ends hour 47: plays are written once their hour is over.
+    events.append({"event_id": "end", "type": "play", "user_id": "v0", "ts": T0 + 48 * 3600,
+                   "title_id": "t1", "country": "SE"})
     for k, query in enumerate(["Robot Chef 3", "robot chef 3", "Nightbus to Lisbon", "title"]):
         events.append({"event_id": f"s{k}", "type": "search", "user_id": f"x{k}",
                        "ts": T0 + 47 * 3600, "query": query, "country": "SE"})
@@ -125,7 +129,8 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
     assert report["unmatched_searches"][:2] == [
         {"query": "robot chef 3", "searches": 2}, {"query": "nightbus to lisbon", "searches": 1}]
     assert report["rising"][0]["title_id"] == "t2"
-    assert report["rising"][0]["plays"] == 72 and report["rising"][0]["plays_before"] == 0
+    # Hours 25..48 against 1..24 (hour 48 is still open: nothing written for it yet).
+    assert report["rising"][0]["plays"] == 69 and report["rising"][0]["plays_before"] == 3
 
     text = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights"], env=env,
                           capture_output=True, text=True, timeout=60)
