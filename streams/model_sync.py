@@ -63,11 +63,12 @@ from streamrec.exceptions import StateStoreUnavailable
 logger = logging.getLogger(__name__)
 
 # Hard cap on the log's length, entries: bounds Redis memory if checkpoints stop. At one
-# entry per worker per 5 s, 2,000 entries are ~20 minutes of 8 workers.
-LOG_MAX_ENTRIES = 2000
+# entry per worker per 5 s, 500 entries are ~5 minutes of 8 workers (an entry is ~1-2 MB
+# for a 2,500-title catalogue at 1,000 events/s: mostly co-occurrence link increments).
+LOG_MAX_ENTRIES = 500
 # Entries kept before the latest checkpoint's position, milliseconds: room for a worker
 # that is a little behind in reading (it reads every model_sync_interval_s).
-LOG_MARGIN_MS = 120_000
+LOG_MARGIN_MS = 30_000
 # Entries read per XRANGE call.
 READ_COUNT = 200
 # Event types whose title the models learn (as streams.batch.learn_and_rank decides).
@@ -158,10 +159,12 @@ class Delta:
     worker: str
     titles: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    # co-occurrence link increments: source (index into titles) -> destination title
-    link_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    link_dst: list[str] = field(default_factory=list)
-    link_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # co-occurrence link increments: source (index into ``titles``) -> destination (index
+    # into ``link_titles``), weight gained
+    link_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    link_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    link_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    link_titles: list[str] = field(default_factory=list)
     blend: np.ndarray = field(default_factory=lambda: np.zeros(0))
     now: float = 0.0
     added: list[dict[str, Any]] = field(default_factory=list)
@@ -174,12 +177,13 @@ class Delta:
 
     def encode(self) -> bytes:
         header = orjson.dumps({
-            "worker": self.worker, "titles": self.titles, "link_dst": self.link_dst,
+            "worker": self.worker, "titles": self.titles, "link_titles": self.link_titles,
             "now": self.now, "added": self.added, "removed": self.removed,
             "offsets": self.offsets,
         })
         buffer = io.BytesIO()
-        np.savez(buffer, link_src=self.link_src, link_w=self.link_w, blend=self.blend,
+        np.savez(buffer, link_src=self.link_src, link_dst=self.link_dst, link_w=self.link_w,
+                 blend=self.blend,
                  **self.arrays)
         return len(header).to_bytes(4, "big") + header + buffer.getvalue()
 
@@ -190,7 +194,8 @@ class Delta:
         with np.load(io.BytesIO(raw[4 + size:]), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return cls(
-            worker=header["worker"], titles=header["titles"], link_dst=header["link_dst"],
+            worker=header["worker"], titles=header["titles"],
+            link_titles=header["link_titles"], link_dst=arrays.pop("link_dst"),
             now=header["now"], added=header["added"], removed=header["removed"],
             offsets=header["offsets"], link_src=arrays.pop("link_src"),
             link_w=arrays.pop("link_w"), blend=arrays.pop("blend"), arrays=arrays,
@@ -266,17 +271,29 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
         nbr, w = cur["co_nbr"][src_rows], cur["co_w"][src_rows]
         bnbr, bw = old["co_nbr"][src_rows], old["co_w"][src_rows]
         bnbr_ok = (bnbr >= 0) & stable[np.maximum(bnbr, 0)]
-        # base weight of the same destination in the same source row
-        match = (nbr[:, :, None] == bnbr[:, None, :]) & bnbr_ok[:, None, :]
-        base_w = (match * bw[:, None, :]).sum(axis=2)
+        # The base weight of the same (source, destination) link: keys looked up in the
+        # sorted base keys (memory O(links); comparing every slot with every slot cost
+        # rows x 64 x 64 floats, ~80 MB for 2,500 titles, at every sync).
+        span = n + 1
+        source = np.arange(len(src_rows))[:, None]
+        base_keys = (source * span + bnbr)[bnbr_ok]
+        order = np.argsort(base_keys, kind="stable")
+        base_keys, base_vals = base_keys[order], bw[bnbr_ok][order]
+        keys = source * span + np.maximum(nbr, 0)
+        base_w = np.zeros_like(w)
+        if len(base_keys):
+            at = np.minimum(np.searchsorted(base_keys, keys), len(base_keys) - 1)
+            found = base_keys[at] == keys
+            base_w[found] = base_vals[at[found]]
         dw = np.where(nbr >= 0, w - base_w, 0.0)
         keep = (nbr >= 0) & (dw > 0)
-        position = {int(r): i for i, r in enumerate(rows)}
         s_idx, slot = np.nonzero(keep)
-        delta.link_src = np.fromiter((position[int(src_rows[s])] for s in s_idx),
-                                     dtype=np.int64, count=len(s_idx))
-        delta.link_dst = [ids[int(nbr[s, k])] for s, k in zip(s_idx, slot, strict=True)]
-        delta.link_w = dw[s_idx, slot]
+        # rows is sorted (np.nonzero), so a source row's index in it is a binary search.
+        delta.link_src = np.searchsorted(rows, src_rows[s_idx]).astype(np.int32)
+        dst_rows, dst_idx = np.unique(nbr[s_idx, slot], return_inverse=True)
+        delta.link_dst = dst_idx.astype(np.int32)
+        delta.link_titles = [ids[int(r)] for r in dst_rows]  # type: ignore[misc]
+        delta.link_w = dw[s_idx, slot].astype(np.float32)
     return delta
 
 
@@ -319,7 +336,7 @@ def apply(model: Hybrid, delta: Delta) -> None:
     tr._now = max(tr._now, delta.now)
     if not delta.titles:
         return
-    add_titles(model, list(delta.titles) + list(delta.link_dst))
+    add_titles(model, list(delta.titles) + list(delta.link_titles))
     index = model._items.index
     rows = np.fromiter((index.get(t, -1) for t in delta.titles), dtype=np.int64,
                        count=len(delta.titles))
@@ -342,11 +359,13 @@ def apply(model: Hybrid, delta: Delta) -> None:
     tr._t[r] = np.maximum(t, tv)
     if len(delta.link_w):
         src = rows[delta.link_src]
-        dst = np.fromiter((index.get(t, -1) for t in delta.link_dst), dtype=np.int64,
-                          count=len(delta.link_dst))
+        link_rows = np.fromiter((index.get(t, -1) for t in delta.link_titles), dtype=np.int64,
+                                count=len(delta.link_titles))
+        dst = link_rows[delta.link_dst]
         good = (src >= 0) & (dst >= 0) & (src != dst)
         if good.any():
-            _merge_links(model, src[good], dst[good], delta.link_w[good])
+            _merge_links(model, src[good], dst[good],
+                         delta.link_w[good].astype(np.float64))
 
 
 # -- the worker side ------------------------------------------------------------------------------
