@@ -272,10 +272,12 @@ class Hybrid(Recommender):
         the user had already engaged with, or that their pool missed, teach nothing."""
         if self._w.ndim != 2:
             return
-        fresh = self.cooccurrence._pop[rows] > 0
-        rows, hist, times = rows[fresh], hist.take(np.nonzero(fresh)[0]), times[fresh]
-        if len(rows) == 0:
+        # Only a first engagement with a title somebody engaged with before teaches the
+        # blend anything (checked before any scoring: most positive events are neither).
+        fresh = (self.cooccurrence._pop[rows] > 0) & ~(hist.rows == rows[:, None]).any(axis=1)
+        if not fresh.any():
             return
+        rows, hist, times = rows[fresh], hist.take(np.nonzero(fresh)[0]), times[fresh]
         known = self._items.known_rows()
         cols = known[self.cooccurrence._pop[known] > 0]  # pools never hold unwatched titles
         if len(cols) > LEARN_MAX_TITLES:

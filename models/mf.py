@@ -148,8 +148,14 @@ class ImplicitMF(Recommender):
                          0.0) / len(negs)
             x[row] += g.sum() * u - lr * l2 * xj
             b[row] += g.sum() - lr * l2 * b[row]
-            np.add.at(x, negs, -g[:, None] * u - lr * l2 * xk / len(negs))
-            np.add.at(b, negs, -g - lr * l2 * b[negs] / len(negs))
+            dx = -g[:, None] * u - lr * l2 * xk / len(negs)
+            db = -g - lr * l2 * b[negs] / len(negs)
+            if len(set(negs.tolist())) == len(negs):  # usually: plain fancy indexing
+                x[negs] += dx
+                b[negs] += db
+            else:
+                np.add.at(x, negs, dx)
+                np.add.at(b, negs, db)
             grad_u = g @ (xj - xk)
         else:
             score = float(u @ xj + b[row])

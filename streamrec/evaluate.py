@@ -40,9 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", default=None, metavar="FILE",
                         help="titles with genres (MovieLens movies.csv, movies.dat, u.item, or "
                              "JSONL title_added events); default: the MovieLens titles file "
-                             "next to FILE if there is one; 'none' to use none")
+                             "next to FILE, or for FILE.jsonl the FILE.catalog.jsonl that "
+                             "`streamrec simulate` writes, if there is one; 'none' for none")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed of every model's sampling (default 42)")
+    parser.add_argument("--oracle", default=None, metavar="USERS,TITLES,SEED",
+                        help="FILE came from `streamrec simulate` with these --users, --titles "
+                             "and --seed: also rank by the simulated users' hidden tastes "
+                             "(`oracle`), and by taste times the hidden popularity that "
+                             "decides what they are shown (`oracle_exposure`)")
 
 
 def _model_names(text: str | None, known: list[str]) -> list[str]:
@@ -67,19 +73,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.min_rating is not None and not math.isfinite(args.min_rating):
         raise ConfigError(f"--min-rating must be a number, got {args.min_rating}")
     names = _model_names(args.models, list(MODELS))
+    oracles = {}
+    if args.oracle is not None:
+        from streamrec.evaluation.oracle import Oracle, parse_world
+
+        try:
+            world = parse_world(args.oracle)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        oracles = {"oracle": Oracle(*world), "oracle_exposure": Oracle(*world, exposure=True)}
     fmt = args.format or streams.detect_format(args.file)
     catalog = args.catalog
-    if catalog is None and fmt == "movielens":
-        catalog = streams.sibling_catalog(args.file)
+    if catalog is None:
+        catalog = streams.sibling_catalog(args.file, fmt)
     elif catalog == "none":
         catalog = None
     stream = streams.load(args.file, fmt, args.min_rating, catalog)
     if stream.invalid:
         logger.warning("skipped %s invalid lines of %s", stream.invalid, args.file)
     models = {name: create(name, args.seed) for name in names}
+    models.update(oracles)
+    product = None
+    if fmt == "jsonl":  # our events carry searches: rank as the worker does after them
+        from streams.product import ProductLayer
+
+        product = ProductLayer(settings)
     try:
         outcome = protocol.run(stream, models, args.k, settings.history_cap,
-                               progress=report.Progress(sys.stderr))
+                               progress=report.Progress(sys.stderr), product=product)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     document = report.build(outcome, _protocol(args, stream, fmt))

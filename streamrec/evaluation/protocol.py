@@ -9,7 +9,9 @@ already interacted with, plus the true title. Every event, tested or not, update
 user's profile with ``streams.profile.apply_event`` and teaches each model
 ``learn_one(user, title, y, profile, ts)`` exactly as the worker does.
 
-A model scores the candidates with its vectorised path in one call; a title a model has
+Before ranking, ``product`` (the worker's product layer, ``streams.product``), when
+given, adjusts a copy of the profile as the worker does (recent searches become weak
+positives). A model scores the candidates with its vectorised path in one call; a title a model has
 never heard of scores ``-inf`` (it cannot recommend it). The hybrid is evaluated on the
 list it would actually show (diversified, with its exploration slots) for the first k
 places, then by its blended score.
@@ -23,10 +25,11 @@ anything.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,6 +40,14 @@ from streams.profile import apply_event
 
 WARMUP_SHARE = 0.2
 VALIDATION_SHARE = 0.1
+
+
+class ProfileAdjuster(Protocol):
+    """What the protocol needs of the worker's product layer (``streams.product``)."""
+
+    def add_title(self, title: dict[str, Any]) -> None: ...
+    def remove_title(self, title_id: str) -> None: ...
+    def adjust_profile(self, profile: UserProfile) -> None: ...
 
 
 class Contender:
@@ -113,7 +124,8 @@ def test_start(positives: int) -> int:
 
 
 def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_cap: int = 200,
-        progress: Callable[[int, int], None] | None = None) -> Outcome:
+        progress: Callable[[int, int], None] | None = None,
+        product: ProfileAdjuster | None = None) -> Outcome:
     """Replay ``stream`` through ``models`` under the protocol; per-model scoreboards."""
     index: dict[str, int] = {}
     for title in stream.titles:
@@ -131,6 +143,8 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
     for title in stream.titles:
         for c in contenders:
             c.add_title(index[title["title_id"]], title)
+        if product is not None:
+            product.add_title(title)
 
     first_tested = test_start(stream.positives)
     seen = np.zeros(n_titles, dtype=bool)
@@ -151,6 +165,11 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
                     c.remove_title(index[tid], tid)
                 else:
                     c.add_title(index[tid], step.title)
+            if product is not None:
+                if step.removed:
+                    product.remove_title(tid)
+                else:
+                    product.add_title(step.title)
             continue
         profile = profiles.get(step.user_id)
         if profile is None:
@@ -158,7 +177,12 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         title = index[step.title_id] if step.title_id is not None else -1
         if step.positive:
             if positives >= first_tested:
-                _test(contenders, title, seen, interacted.get(step.user_id, ()), profile,
+                shown = profile
+                if product is not None and profile.search_terms:
+                    shown = copy.copy(profile)
+                    shown.history = list(profile.history)
+                    product.adjust_profile(shown)
+                _test(contenders, title, seen, interacted.get(step.user_id, ()), shown,
                       step.ts, engaged_users, len(users_engaged))
                 tested += 1
                 unreachable += not seen[title]

@@ -229,8 +229,14 @@ def _load_jsonl(path: str) -> LoadedStream:
 
 
 # -- catalogue ------------------------------------------------------------------------------------
-def sibling_catalog(path: str) -> str | None:
-    """The MovieLens titles file next to a ratings file, if there is one."""
+def sibling_catalog(path: str, fmt: str) -> str | None:
+    """The titles file that came with ``path``, if there is one: MovieLens' next to its
+    ratings, or the ``.catalog.jsonl`` that ``streamrec simulate`` writes beside events."""
+    if fmt == "jsonl":
+        from producers.simulator import catalog_path_for
+
+        candidate = catalog_path_for(path)
+        return candidate if candidate != path and Path(candidate).is_file() else None
     folder = Path(path).parent
     for name in ("movies.csv", "movies.dat", "u.item"):
         if (folder / name).is_file():

@@ -218,6 +218,7 @@ def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     (["{data}", "--format", "jsonl", "--min-rating", "4"], "--min-rating applies to ratings"),
     (["{junk}"], "cannot tell the format"),
     (["{data}", "--catalog", "missing-movies.csv"], "file not found"),
+    (["{data}", "--oracle", "300,500"], "--oracle takes USERS,TITLES,SEED"),
 ])
 def test_mistakes_get_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     data = write_udata(tmp_path / "u.data", TEN)
@@ -244,3 +245,28 @@ def test_metric_examples_hold():
     from streamrec.evaluation import metrics
 
     assert doctest.testmod(metrics).failed == 0
+
+
+def test_simulated_stream_with_its_catalogue_and_the_oracles(tmp_path, capsys):
+    from producers.simulator import catalog_path_for, generate_events, generate_world
+
+    world = generate_world(40, 60, seed=5)
+    events = tmp_path / "sim.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(e) for e in generate_events(world, 3000, seed=5)))
+    Path(catalog_path_for(str(events))).write_bytes(
+        b"\n".join(orjson.dumps(t) for t in world.titles))
+    code, out, _ = run_cli(capsys, str(events), "--models", "popularity", "--oracle", "40,60,5",
+                           "--report", str(tmp_path / "r"))
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["protocol"]["catalog"] == catalog_path_for(str(events))
+    assert set(report["models"]) == {"popularity", "oracle", "oracle_exposure"}
+    assert report["tested"] > 0 and report["models"]["oracle"]["recall@10"] > 0
+
+
+def test_oracle_ranks_by_the_hidden_affinity():
+    import doctest
+
+    from streamrec.evaluation import oracle
+
+    assert doctest.testmod(oracle).failed == 0
