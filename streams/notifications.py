@@ -2,8 +2,8 @@
 
 Two halves, both keyed so one user's keys share a Redis Cluster slot:
 
-* the **audience index**, written by the events path (``streams.product``, one Lua call
-  per batch, :data:`ADD_AUDIENCE_LUA`): ``sr:series:{<series_id>}:aud`` is a ZSET user ->
+* the **audience index**, written by the events path (``streams.product``, in its one
+  Lua call per batch): ``sr:series:{<series_id>}:aud`` is a ZSET user ->
   event time of their latest playback of any episode of the series, capped at
   ``AUDIENCE_CAP`` most recent watchers and expiring ``window_s`` after the last write;
 * the **notifier**, run by the catalogue agent on an ``episode_released`` event: every
@@ -103,39 +103,6 @@ def notification(user_id: str, episode: Mapping[str, Any], ts: float) -> dict[st
         "ts": ts,
         "name": episode.get("name") or episode["title_id"],
     }
-
-
-# Records a batch's series watchers in one call: ARGV = ttl, cap, then (audience key,
-# user, ts) triples. ZADD GT keeps each user's latest watch; each key is trimmed to the
-# ``cap`` most recent watchers and its TTL refreshed once.
-ADD_AUDIENCE_LUA = """
-local ttl = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-local keys = {}
-for i = 3, #ARGV, 3 do
-  redis.call('ZADD', ARGV[i], 'GT', ARGV[i + 2], ARGV[i + 1])
-  keys[ARGV[i]] = true
-end
-for key, _ in pairs(keys) do
-  redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
-  redis.call('EXPIRE', key, ttl)
-end
-return 0
-"""
-
-
-def audience_args(watchers: Mapping[tuple[str, str], float], window_s: int) -> list[Any]:
-    """ARGV of ``ADD_AUDIENCE_LUA`` for ``(series, user) -> latest watch ts``.
-
-    Examples
-    --------
-    >>> audience_args({("s1", "u1"): 5.0}, 60)
-    [60, 100000, 'sr:series:{s1}:aud', 'u1', 5.0]
-    """
-    args: list[Any] = [window_s, AUDIENCE_CAP]
-    for (series, user), ts in watchers.items():
-        args += (audience_key(series), user, ts)
-    return args
 
 
 @dataclass

@@ -11,7 +11,7 @@ events path calls it at three points (all in ``streams.batch`` and
   user ranked: searches become weak positives in the profile, then the message gets
   its ``rows`` and every item its ``artwork_id``;
 * :meth:`ProductLayer.flush` once per batch, before offsets are committed: one
-  pipelined Redis call (series audiences, search demand, and the plays per country of
+  Lua call to Redis (series audiences, search demand, and the plays per country of
   each hour of event time that has ended)
   and the batch's metrics; :meth:`ProductLayer.take_messages` hands over the cache hints.
 
@@ -42,7 +42,7 @@ from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
 from streamrec.settings import Settings
 from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
-from streams.notifications import ADD_AUDIENCE_LUA, Notifier, NotifyOutcome, audience_args
+from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.rows import (
     PLAYBACK_TYPES,
     RowInputs,
@@ -82,18 +82,42 @@ CATALOG_CHUNK = 1000
 CATALOG_FULL_EVERY = 10
 
 
-# Adds one ended hour's plays: ARGV = ttl, then (key, title, count) triples. One call
-# instead of a ZINCRBY per title (redis-py spends ~10 us packing each command).
-ADD_PLAYS_LUA = """
-local ttl = tonumber(ARGV[1])
-local seen = {}
-for i = 2, #ARGV, 3 do
-  redis.call('ZINCRBY', ARGV[i], ARGV[i + 2], ARGV[i + 1])
-  if not seen[ARGV[i]] then
-    seen[ARGV[i]] = true
-    redis.call('EXPIRE', ARGV[i], ttl)
-  end
+# Everything a batch writes besides per-user state, in one call (one round trip):
+# ARGV = audience ttl, audience cap, plays ttl, demand cap, clock key, clock ts ("" for
+# none), then the counts of three kinds of (key, member, value) triples, then the triples:
+# series watchers (ZADD GT: a user's latest watch; each audience trimmed to the cap, its
+# TTL refreshed), plays of ended hours (ZINCRBY; TTL), unmatched queries (ZINCRBY; the
+# top ``demand cap`` kept).
+FLUSH_LUA = """
+local aud_ttl, aud_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local plays_ttl, demand_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n_aud, n_plays, n_unmatched = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local i = 10
+local keys = {}
+for _ = 1, n_aud do
+  redis.call('ZADD', ARGV[i], 'GT', ARGV[i + 2], ARGV[i + 1])
+  keys[ARGV[i]] = true
+  i = i + 3
 end
+for key, _ in pairs(keys) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -(aud_cap + 1))
+  redis.call('EXPIRE', key, aud_ttl)
+end
+keys = {}
+for _ = 1, n_plays do
+  redis.call('ZINCRBY', ARGV[i], ARGV[i + 2], ARGV[i + 1])
+  keys[ARGV[i]] = true
+  i = i + 3
+end
+for key, _ in pairs(keys) do redis.call('EXPIRE', key, plays_ttl) end
+keys = {}
+for _ = 1, n_unmatched do
+  redis.call('ZINCRBY', ARGV[i], ARGV[i + 2], ARGV[i + 1])
+  keys[ARGV[i]] = true
+  i = i + 3
+end
+for key, _ in pairs(keys) do redis.call('ZREMRANGEBYRANK', key, 0, -(demand_cap + 1)) end
+if ARGV[6] ~= '' then redis.call('ZADD', ARGV[5], 'GT', ARGV[6], 'ts') end
 return 0
 """
 
@@ -172,8 +196,7 @@ class ProductLayer:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, client: redis.asyncio.Redis) -> None:
         self._client = client
-        self._add_plays = client.register_script(ADD_PLAYS_LUA)
-        self._add_audience = client.register_script(ADD_AUDIENCE_LUA)
+        self._flush = client.register_script(FLUSH_LUA)
         self.notifier = Notifier(client, self.settings.notify_window_s,
                                  self.settings.notify_max_per_day)
 
@@ -495,48 +518,38 @@ class ProductLayer:
             metrics.CACHE_HINTS_PUBLISHED.inc(len(messages))
         return messages
 
-    def _queue_writes(self, pipe: Any) -> None:
+    def flush_args(self) -> tuple[list[tuple[str, int]], list[Any]]:
+        """``FLUSH_LUA``'s ARGV for this batch, and the (country, hour) pairs of plays whose
+        hour is over (written now, then forgotten here)."""
         batch, app = self._batch, self.settings.app_id
-        demand_keys: set[str] = set()
-        for (country, query), count in batch.unmatched.items():
-            for scope in (country, ALL):
-                key = insight_key(app, "unmatched", scope)
-                pipe.zincrby(key, count, query)
-                demand_keys.add(key)
-        for key in demand_keys:
-            pipe.zremrangebyrank(key, 0, -(DEMAND_CAP + 1))
-        if batch.clock:
-            pipe.zadd(insight_key(app, "clock"), {"ts": batch.clock}, gt=True)
-
-    def _ended_plays(self) -> tuple[list[tuple[str, int]], list[Any]]:
-        """The (country, hour) pairs of plays whose hour is over, and the script's ARGV."""
+        audience: list[Any] = []
+        for (series, user), ts in batch.watchers.items():
+            audience += (audience_key(series), user, ts)
         closed = [key for key in self._open_plays if key[1] < self._latest_hour]
-        args: list[Any] = [PLAYS_TTL_S]
-        app = self.settings.app_id
+        plays: list[Any] = []
         for country, hour in closed:
             for scope in (country, ALL):
                 key = insight_key(app, "plays", scope, str(hour))
                 for title, count in self._open_plays[(country, hour)].items():
-                    args += (key, title, count)
+                    plays += (key, title, count)
+        demand: list[Any] = []
+        for (country, query), count in batch.unmatched.items():
+            for scope in (country, ALL):
+                demand += (insight_key(app, "unmatched", scope), query, count)
+        args = [self.settings.notify_window_s, AUDIENCE_CAP, PLAYS_TTL_S, DEMAND_CAP,
+                insight_key(app, "clock"), batch.clock or "",
+                len(audience) // 3, len(plays) // 3, len(demand) // 3,
+                *audience, *plays, *demand]
         return closed, args
 
     async def flush(self) -> None:
-        """Write the batch's aggregates (one pipelined call), count its metrics, reset."""
+        """Write the batch's aggregates (one Lua call), count its metrics, reset."""
         if self._client is not None:
-            pipe = self._client.pipeline(transaction=False)
-            self._queue_writes(pipe)
-            closed, plays = self._ended_plays()
-            watchers = self._batch.watchers
-            if len(pipe) or closed or watchers:
+            closed, args = self.flush_args()
+            if args[5] != "" or len(args) > 9:
                 started = time.perf_counter()
                 try:
-                    if len(pipe):
-                        await pipe.execute()
-                    if watchers:
-                        await self._add_audience(keys=[], args=audience_args(
-                            watchers, self.settings.notify_window_s))
-                    if closed:
-                        await self._add_plays(keys=[], args=plays)
+                    await self._flush(keys=[], args=args)
                 except redis.RedisError as exc:
                     metrics.REDIS_ERRORS.labels(op="product_flush").inc()
                     raise StateStoreUnavailable(f"Redis product flush failed: {exc}") from exc

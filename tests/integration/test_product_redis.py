@@ -16,7 +16,7 @@ from models.base import UserProfile
 from models.hybrid import Hybrid
 from streamrec.settings import Secret, Settings
 from streams.batch import learn_and_rank
-from streams.notifications import ADD_AUDIENCE_LUA, Notifier, audience_args
+from streams.notifications import Notifier, audience_key
 from streams.product import ProductLayer
 from streams.state import StoredProfile, user_key
 
@@ -36,10 +36,8 @@ async def _notifications(redis_url: str, run: str) -> dict:
         users = [f"n{i}-{run}" for i in range(4)]
         watchers = {(f"s-{run}", u): T0 for u in users[:3]}
         watchers[(f"s-{run}", users[3])] = T0 - 90 * DAY  # watched long ago
-        record = client.register_script(ADD_AUDIENCE_LUA)
-        await record(keys=[], args=audience_args(watchers, 365 * 24 * 3600))
-        # An older watch never moves a user's latest one back.
-        await record(keys=[], args=audience_args({(f"s-{run}", users[0]): T0 - DAY}, 3600))
+        for (series, user), ts in watchers.items():
+            await client.zadd(audience_key(series), {user: ts})
         # users[2] already played episode 2 (it is in their recent titles).
         await client.zadd(user_key(users[2], "hist"), {f"e2-{run}": T0})
         notifier = Notifier(client, window_s=30 * 24 * 3600, max_per_day=2)
@@ -170,3 +168,42 @@ def test_titles_from_other_workers_partitions_are_picked_up(redis_url):
     first, second, titles = asyncio.run(_refresh(settings, redis_url))
     assert (first, second) == (3, 2)
     assert titles == {"t1", "t2", "t3"}
+
+
+async def _watch(product: ProductLayer, model: Hybrid, redis_url: str, batches) -> dict:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    product.start(client)
+    try:
+        for events in batches:
+            stored = {e["user_id"]: StoredProfile(UserProfile(e["user_id"]), {}, 0, {})
+                      for e in events}
+            learn_and_rank(events, [True] * len(events), stored, model, top_n=5,
+                           history_cap=50, model_version="v", product=product)
+            await product.flush()
+        key = audience_key(f"s-{product.settings.app_id}")
+        return {k.decode(): v for k, v in await client.zrange(key, 0, -1, withscores=True)}
+    finally:
+        await client.aclose()
+
+
+def test_the_events_path_records_each_series_latest_watchers(redis_url):
+    app_id = f"aud-{uuid.uuid4().hex[:6]}"
+    settings = Settings(redis_url=Secret(redis_url), app_id=app_id, metrics_port=0)
+    model = Hybrid(seed=1)
+    product = ProductLayer(settings)
+    episode = {"title_id": f"ep-{app_id}", "kind": "episode", "series_id": f"s-{app_id}",
+               "ts": T0}
+    movie = {"title_id": f"mv-{app_id}", "ts": T0}
+    for title in (episode, movie):
+        model.add_title(title)
+        product.add_title(title)
+
+    def play(n: int, user: str, title: dict, ts: float) -> dict:
+        return {"event_id": f"{app_id}-{n}", "type": "play", "user_id": user, "ts": ts,
+                "title_id": title["title_id"], "country": "SE"}
+
+    audience = asyncio.run(_watch(product, model, redis_url, [
+        [play(1, "a", episode, T0 + 100), play(2, "b", movie, T0 + 100)],
+        [play(3, "a", episode, T0 + 50)],  # late: an older watch never moves a user back
+    ]))
+    assert audience == {"a": T0 + 100}
