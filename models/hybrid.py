@@ -37,8 +37,10 @@ DEFAULT_WEIGHTS = {"trending": 0.1, "cooccurrence": 1.0, "mf": 0.3, "content": 0
 LEARN_MAX_TITLES = 20_000
 # Layout of the learned state; a checkpoint of another layout is not loaded.
 STATE_FORMAT = 2
-# The blend's context anchors on h (see Hybrid): a new user, some history, a long one.
+# The blend's context (see Hybrid): anchors on h (a new user, some history, a long one),
+# and the part of the day (UTC hours 0-5, 6-11, 12-17, 18-23).
 CONTEXT_KNOTS = 3
+DAYPARTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +75,24 @@ class Ranking:
         return out
 
 
-def context(positives: np.ndarray, knots: int) -> np.ndarray:
-    """(users, knots) interpolation weights of each user's history length between the
-    knots: ``h = log1p(positives) / log1p(MAX_HISTORY)`` on evenly spaced knots over 0..1.
+def context(positives: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(users, CONTEXT_KNOTS + DAYPARTS) context of the blend: how each user's history
+    length ``h = log1p(positives) / log1p(MAX_HISTORY)`` interpolates between evenly
+    spaced knots over 0..1, then the part of the (UTC) day of ``times``, one-hot.
 
     Examples
     --------
-    >>> context(np.array([0, 6, 50]), 3).round(2).tolist()
-    [[1.0, 0.0, 0.0], [0.01, 0.99, 0.0], [0.0, 0.0, 1.0]]
+    >>> context(np.array([0, 6, 50]), np.array([0.0, 8 * 3600.0, 20 * 3600.0])).round(2)
+    array([[1.  , 0.  , 0.  , 1.  , 0.  , 0.  , 0.  ],
+           [0.01, 0.99, 0.  , 0.  , 1.  , 0.  , 0.  ],
+           [0.  , 0.  , 1.  , 0.  , 0.  , 0.  , 1.  ]])
     """
+    positives = np.asarray(positives)
     h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
-    at = np.linspace(0.0, 1.0, knots)
-    return np.maximum(0.0, 1.0 - np.abs(h[:, None] - at[None, :]) * (knots - 1))
+    at = np.linspace(0.0, 1.0, CONTEXT_KNOTS)
+    knots = np.maximum(0.0, 1.0 - np.abs(h[:, None] - at[None, :]) * (CONTEXT_KNOTS - 1))
+    part = (np.broadcast_to(times, positives.shape) // 3600 % 24 // (24 // DAYPARTS))
+    return np.hstack([knots, np.eye(DAYPARTS)[part.astype(np.int64)]])
 
 
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -104,11 +112,12 @@ class Hybrid(Recommender):
     co-occurrence score (min-max scaled) plus ``pool_popularity`` times their popularity
     (likewise scaled), so short histories still get a full pool. Stage two ranks the pool
     by a weighted sum of the five features, each standardised over the pool. The weights
-    depend on the user's context, the length of their positive history ``h`` (0 for a
-    new user, 1 at ``MAX_HISTORY`` titles, on a log scale), interpolated linearly between
-    ``CONTEXT_KNOTS`` columns of ``W`` (h = 0, 0.5, 1): what predicts a newcomer's next
-    title (popularity) is not what predicts a long-time viewer's (their own recent
-    titles).
+    depend on the context: the length of the user's positive history ``h`` (0 for a new
+    user, 1 at ``MAX_HISTORY`` titles, on a log scale), interpolated linearly between
+    ``CONTEXT_KNOTS`` columns of ``W`` (h = 0, 0.5, 1), plus a column per part of the
+    day (``DAYPARTS``, from the event time): ``w = W @ context``. What predicts a
+    newcomer's next title (popularity) is not what predicts a long-time viewer's (their
+    own recent titles), and late-night viewing need not look like Sunday afternoon's.
 
     ``W`` is learned online from every ``blend_every``-th positive event whose title had
     been engaged with before: the user's pool is built as it would have been just before
@@ -210,8 +219,10 @@ class Hybrid(Recommender):
             model.use_item_table(self._items)
         initial = {**DEFAULT_WEIGHTS, **(weights or {})}
         column = np.array([initial[name] for name in COMPONENTS], dtype=np.float64)
-        # (features, context knots): weights from a new user to a long history.
-        self._w = np.repeat(column[:, None], CONTEXT_KNOTS, axis=1)
+        # (features, context): history-length knots (the prior weights), then dayparts
+        # (adjustments, starting at 0).
+        self._w = np.hstack([np.repeat(column[:, None], CONTEXT_KNOTS, axis=1),
+                             np.zeros((len(column), DAYPARTS))])
         # Adagrad's running sum of squared gradients (starts at 1e-2: the first steps are
         # at most lr / 0.1 = 10 lr, not unbounded).
         self._g2 = np.full_like(self._w, 1e-2)
@@ -237,15 +248,23 @@ class Hybrid(Recommender):
 
     @property
     def blend_weights(self) -> dict[str, float]:
-        """The blend's weights for a user halfway between new and long history."""
-        w = self._w.mean(axis=1) if self._w.ndim == 2 else self._w
+        """The blend's weights for a user halfway between new and long history, averaged
+        over the parts of the day."""
+        if self._w.ndim == 2:
+            halfway = np.interp(0.5, np.linspace(0.0, 1.0, CONTEXT_KNOTS),
+                                np.arange(CONTEXT_KNOTS))  # fractional knot index
+            knots = np.maximum(0.0, 1.0 - np.abs(np.arange(CONTEXT_KNOTS) - halfway))
+            w = self._w @ np.concatenate([knots, np.full(DAYPARTS, 1.0 / DAYPARTS)])
+        else:
+            w = self._w
         return {name: float(v) for name, v in zip(COMPONENTS, w, strict=True)}
 
-    def user_weights(self, positives: np.ndarray) -> np.ndarray:
-        """(users, features) blend weights for users with ``positives`` history titles."""
+    def user_weights(self, positives: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """(users, features) blend weights for users with ``positives`` history titles, at
+        event times ``times``."""
         if self._w.ndim == 1:  # fixed weights (an experiment's view)
             return np.broadcast_to(self._w, (len(positives), len(self._w)))
-        return context(positives, self._w.shape[1]) @ self._w.T
+        return context(positives, times) @ self._w.T
 
     # -- learning ------------------------------------------------------------------------------
     def _ensure_rows(self) -> None:
@@ -299,7 +318,7 @@ class Hybrid(Recommender):
                 continue
             z = ranking.z[:, s, ranking.valid[s]]
             true = int(np.searchsorted(np.nonzero(ranking.valid[s])[0], hit[0]))
-            ctx = context(positives[s:s + 1], self._w.shape[1])[0]
+            ctx = context(positives[s:s + 1], times[s:s + 1])[0]
             logits = (self._w @ ctx) @ z
             p = np.exp(logits - logits.max())
             p /= p.sum()
@@ -337,7 +356,7 @@ class Hybrid(Recommender):
         var = np.where(valid, (raw - mean) ** 2, 0.0).sum(axis=2, keepdims=True) / count[:, None]
         std = np.sqrt(var)
         z = np.where(std > 1e-12, (raw - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
-        weights = self.user_weights(hist.positive_count())
+        weights = self.user_weights(hist.positive_count(), times)
         contributions = weights.T[:, :, None] * z
         scores = first - BELOW_POOL
         np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),

@@ -2,6 +2,7 @@
 
 A factory takes the seed and returns a fresh, unfitted model. Add a preset by adding an
 entry: ``MODELS["hybrid-no-mf"] = lambda seed: Hybrid(weights={"mf": 0.0}, seed=seed)``.
+``evaluate`` runs ``DEFAULT_MODELS`` unless ``--models`` names others.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ MODELS: dict[str, ModelFactory] = {
     "mf": lambda seed: ImplicitMF(seed=seed),
     "content": lambda seed: ContentModel(),
     "explorer": lambda seed: ThompsonExplorer(seed=seed),
+    # The hybrid's ranking alone: no exploration slots, no genre cap (what the product's
+    # list constraints cost).
+    "streamrec-unconstrained": lambda seed: Hybrid(exploration=0.0, max_per_genre=10,
+                                                   seed=seed),
 }
+DEFAULT_MODELS = ("streamrec", "popularity", "random", "trending", "cooccurrence", "mf",
+                  "content", "explorer")
 
 
 def create(name: str, seed: int = 42) -> Recommender:

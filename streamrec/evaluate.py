@@ -33,10 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 5, the literature's 5-star stream)")
     parser.add_argument("--k", type=int, default=10, help="list length (default 10)")
     parser.add_argument("--models", default=None, metavar="LIST",
-                        help="comma-separated model names (default: all registered, "
-                             "see models/registry.py)")
+                        help="comma-separated model names (default: the product's hybrid "
+                             "`streamrec`, its components and the baselines; see "
+                             "models/registry.py for all)")
     parser.add_argument("--report", default=None, metavar="DIR",
                         help="write DIR/report.json and DIR/report.png")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also write the rolling recall@k plot to FILE.png")
     parser.add_argument("--catalog", default=None, metavar="FILE",
                         help="titles with genres (MovieLens movies.csv, movies.dat, u.item, or "
                              "JSONL title_added events); default: the MovieLens titles file "
@@ -51,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "decides what they are shown (`oracle_exposure`)")
 
 
-def _model_names(text: str | None, known: list[str]) -> list[str]:
+def _model_names(text: str | None, known: list[str], default: list[str]) -> list[str]:
     if text is None:
-        return known
+        return default
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ConfigError("--models is empty; give comma-separated names, e.g. "
@@ -65,14 +68,16 @@ def _model_names(text: str | None, known: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from models.registry import MODELS, create
+    from models.registry import DEFAULT_MODELS, MODELS, create
     from streamrec.evaluation import protocol, report, streams
 
     if args.k < 1:
         raise ConfigError(f"--k must be a positive whole number, got {args.k}")
+    if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
+        raise ConfigError(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     if args.min_rating is not None and not math.isfinite(args.min_rating):
         raise ConfigError(f"--min-rating must be a number, got {args.min_rating}")
-    names = _model_names(args.models, list(MODELS))
+    names = _model_names(args.models, list(MODELS), list(DEFAULT_MODELS))
     oracles = {}
     if args.oracle is not None:
         from streamrec.evaluation.oracle import Oracle, parse_world
@@ -108,6 +113,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.report:
         for path in report.write(document, outcome, args.report, args.k):
             print(f"wrote {path}")
+    if args.plot:
+        report.plot(outcome, args.k, args.plot, title=args.file)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -95,6 +95,7 @@ def plot(outcome: Outcome, k: int, path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8, ncol=2)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 

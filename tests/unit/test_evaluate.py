@@ -199,12 +199,13 @@ def test_the_hybrid_runs_under_the_protocol(tmp_path):
 def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     data = write_udata(tmp_path / "u.data", TEN * 5)
     code, out, err = run_cli(capsys, data, "--models", "popularity,random", "--report",
-                             str(tmp_path / "r"))
+                             str(tmp_path / "r"), "--plot", str(tmp_path / "docs" / "q.png"))
     assert code == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(report["models"]) == {"popularity", "random"}
     assert report["protocol"]["k"] == 10 and report["protocol"]["min_rating"] == 5.0
     assert (tmp_path / "r" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "docs" / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluating: 100%" in err  # not a terminal: plain lines, no carriage returns
     assert "\r" not in err
     assert out.splitlines()[1].split()[:3] == ["model", "recall@10", "ndcg@10"]
@@ -219,6 +220,7 @@ def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     (["{junk}"], "cannot tell the format"),
     (["{data}", "--catalog", "missing-movies.csv"], "file not found"),
     (["{data}", "--oracle", "300,500"], "--oracle takes USERS,TITLES,SEED"),
+    (["{data}", "--plot", "out/plot.txt"], "give a .png, .svg or .pdf"),
 ])
 def test_mistakes_get_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     data = write_udata(tmp_path / "u.data", TEN)
