@@ -87,7 +87,7 @@ MIRRORED = {
         "models.explore:ThompsonExplorer._learn_row",
     ),
 }
-FINGERPRINTS = {"rank": "fd8df282c7339e89", "learn": "7b5e07d6533ef184"}
+FINGERPRINTS = {"rank": "2b46798a72576512", "learn": "7b5e07d6533ef184"}
 
 
 def fingerprint(kind: str) -> str | None:

@@ -19,8 +19,10 @@ def _bucket(token: str, n_features: int) -> int:
 class ContentModel(Recommender):
     """Cosine similarity between a title's metadata and the user's liked titles' metadata.
 
-    Each title's genres, cast and director are hashed into ``n_features`` buckets
-    (genres weighted ``genre_weight``, the rest 1), L2-normalised. A user's vector is the
+    Each title's genres, cast, director, decade (from ``year``) and series are hashed into
+    ``n_features`` buckets (genres weighted ``genre_weight``, the decade ``year_weight``,
+    the series ``series_weight``, the rest 1), L2-normalised: a new episode is close to
+    the ones its viewers watched before anybody has watched it. A user's vector is the
     weighted sum of their positive history's vectors, minus ``negative_weight`` times the
     abandoned ones, each decayed by ``history_recency`` per position (most recent first):
     what someone watched last says most about what they want next. Nothing is learned
@@ -35,6 +37,8 @@ class ContentModel(Recommender):
         Weight of a genre token relative to a cast or director token.
     negative_weight
         How much abandoned titles push the user's vector away.
+    year_weight, series_weight
+        Weights of the decade and series tokens.
     history_recency
         Per-position decay of a history title's weight, in (0, 1].
     capacity
@@ -49,10 +53,15 @@ class ContentModel(Recommender):
     >>> m.add_title({"title_id": "c", "genres": ["Comedy"]})
     >>> m.rank("u", ["c", "b"], UserProfile("u", history=[("a", 1.0)]))
     ['b', 'c']
+    >>> for t, series in [("s1e1", "s1"), ("s1e2", "s1"), ("other", None)]:
+    ...     m.add_title({"title_id": t, "genres": ["Drama"], "series_id": series})
+    >>> m.rank("u", ["other", "s1e2"], UserProfile("u", history=[("s1e1", 2.0)]))
+    ['s1e2', 'other']
     """
 
     def __init__(self, n_features: int = 128, genre_weight: float = 2.0,
                  negative_weight: float = 0.5, history_recency: float = 0.8,
+                 year_weight: float = 1.0, series_weight: float = 2.0,
                  capacity: int = 200_000) -> None:
         if not 0 < history_recency <= 1:
             raise ValueError(f"history_recency must be in (0, 1], got {history_recency}")
@@ -60,6 +69,8 @@ class ContentModel(Recommender):
         self.genre_weight = genre_weight
         self.negative_weight = negative_weight
         self.history_recency = history_recency
+        self.year_weight = year_weight
+        self.series_weight = series_weight
         self.capacity = capacity
         self._init_items(capacity)
         self._f = np.zeros((0, n_features), dtype=np.float32)
@@ -84,6 +95,10 @@ class ContentModel(Recommender):
             vec[_bucket("c:" + c.lower(), self.n_features)] += 1.0
         if title.get("director"):
             vec[_bucket("d:" + str(title["director"]).lower(), self.n_features)] += 1.0
+        if title.get("year"):
+            vec[_bucket(f"y:{int(title['year']) // 10}", self.n_features)] += self.year_weight
+        if title.get("series_id"):
+            vec[_bucket("s:" + str(title["series_id"]), self.n_features)] += self.series_weight
         norm = float(np.linalg.norm(vec))
         self._f[row] = vec / norm if norm else vec
         self._genres[row] = genres

@@ -20,6 +20,7 @@ list of a user never contains titles they already interacted with.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,7 +270,8 @@ def load_catalog(path: str) -> list[dict[str, Any]]:
                 if len(parts) >= 24:
                     genres = [g for g, flag in zip(genre_names, parts[5:24], strict=True)
                               if flag == "1"]
-                    titles.append({"title_id": parts[0], "name": parts[1], "genres": genres})
+                    titles.append({**_movielens_title(parts[0], parts[1], ""),
+                                   "genres": genres})
         elif name.endswith(".dat"):
             for line in handle:
                 parts = line.rstrip("\n").split("::")
@@ -286,6 +288,13 @@ def load_catalog(path: str) -> list[dict[str, Any]]:
     return titles
 
 
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
 def _movielens_title(title_id: str, name: str, genres: str) -> dict[str, Any]:
     listed = [g for g in genres.split("|") if g and g != "(no genres listed)"]
-    return {"title_id": title_id, "name": name, "genres": listed}
+    title: dict[str, Any] = {"title_id": title_id, "name": name, "genres": listed}
+    year = _YEAR.search(name.strip())  # MovieLens names end in "(1995)"
+    if year:
+        title["year"] = int(year.group(1))
+    return title
