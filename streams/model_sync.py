@@ -126,6 +126,7 @@ class Snapshot:
     ids: list[str | None]
     arrays: dict[str, np.ndarray]
     blend: np.ndarray
+    g2: np.ndarray
 
 
 # (model attribute path, snapshot name): every array indexed by item-table row.
@@ -134,8 +135,12 @@ _ROW_ARRAYS = (
     ("explorer._a", "ex_a"), ("explorer._b", "ex_b"),
     ("trending._score", "tr_s"), ("trending._t", "tr_t"),
     ("cooccurrence._pop", "co_pop"), ("cooccurrence._nbr", "co_nbr"),
-    ("cooccurrence._w", "co_w"),
+    ("cooccurrence._w", "co_w"), ("mf._engaged", "mf_eng"),
 )
+# Everything else the models learn: the blend's weights and their Adagrad accumulators
+# (Hybrid._w, Hybrid._g2) and trending's clock. tests/unit/test_model_sync.py fails when
+# learning changes an array that neither this list nor _ROW_ARRAYS names.
+SHARED_STATE = tuple(path for path, _ in _ROW_ARRAYS) + ("_w", "_g2", "trending._now")
 
 
 def _get(model: Hybrid, path: str) -> np.ndarray:
@@ -149,6 +154,7 @@ def snapshot(model: Hybrid) -> Snapshot:
         ids=list(model._items.ids),
         arrays={name: _get(model, path)[:n].copy() for path, name in _ROW_ARRAYS},
         blend=model._w.copy(),
+        g2=model._g2.copy(),
     )
 
 
@@ -166,6 +172,7 @@ class Delta:
     link_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     link_titles: list[str] = field(default_factory=list)
     blend: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    g2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     now: float = 0.0
     added: list[dict[str, Any]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -183,7 +190,7 @@ class Delta:
         })
         buffer = io.BytesIO()
         np.savez(buffer, link_src=self.link_src, link_dst=self.link_dst, link_w=self.link_w,
-                 blend=self.blend,
+                 blend=self.blend, g2=self.g2,
                  **self.arrays)
         return len(header).to_bytes(4, "big") + header + buffer.getvalue()
 
@@ -198,7 +205,8 @@ class Delta:
             link_titles=header["link_titles"], link_dst=arrays.pop("link_dst"),
             now=header["now"], added=header["added"], removed=header["removed"],
             offsets=header["offsets"], link_src=arrays.pop("link_src"),
-            link_w=arrays.pop("link_w"), blend=arrays.pop("blend"), arrays=arrays,
+            link_w=arrays.pop("link_w"), blend=arrays.pop("blend"), g2=arrays.pop("g2"),
+            arrays=arrays,
         )
 
 
@@ -244,25 +252,27 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
     d_a = cur["ex_a"] - old["ex_a"]
     d_eb = cur["ex_b"] - old["ex_b"]
     d_pop = cur["co_pop"] - old["co_pop"]
+    d_eng = cur["mf_eng"] & ~old["mf_eng"]  # engaged only ever becomes true
     # Trending: what was added, as a value at the row's current time.
     hl = model.trending.half_life_s
     tr_v = cur["tr_s"] - old["tr_s"] * np.exp2(-np.maximum(cur["tr_t"] - old["tr_t"], 0.0) / hl)
     links_changed = ((cur["co_nbr"] != old["co_nbr"]) | (cur["co_w"] != old["co_w"])).any(axis=1)
     dirty = live & (
         d_x.any(axis=1) | d_y.any(axis=1) | (d_b != 0) | (d_a != 0) | (d_eb != 0)
-        | (d_pop != 0) | (tr_v != 0) | links_changed
+        | (d_pop != 0) | (tr_v != 0) | links_changed | d_eng
     )
     rows = np.nonzero(dirty)[0]
     # Without a base (before the first sync) the blend has no known starting point.
     blend = model._w - base.blend if base is not None else np.zeros_like(model._w)
-    delta = Delta(worker=worker, now=float(model.trending._now), blend=blend)
+    g2 = model._g2 - base.g2 if base is not None else np.zeros_like(model._g2)
+    delta = Delta(worker=worker, now=float(model.trending._now), blend=blend, g2=g2)
     if len(rows) == 0:
         return delta
     delta.titles = [ids[r] for r in rows]  # type: ignore[misc]
     delta.arrays = {
         "mf_x": d_x[rows], "mf_y": d_y[rows], "mf_b": d_b[rows], "ex_a": d_a[rows],
         "ex_b": d_eb[rows], "co_pop": d_pop[rows], "tr_v": tr_v[rows],
-        "tr_t": cur["tr_t"][rows],
+        "tr_t": cur["tr_t"][rows], "mf_eng": d_eng[rows],
     }
     # Co-occurrence: per changed source row, each current link minus its base weight
     # (matched by destination row, for destinations that kept their title).
@@ -330,8 +340,10 @@ def apply(model: Hybrid, delta: Delta) -> None:
             seed_rows(model, [title["title_id"]])
     for title_id in delta.removed:
         model.remove_title(title_id)
-    if len(delta.blend) == len(model._w):
+    if delta.blend.shape == model._w.shape:
         model._w = np.maximum(model._w + delta.blend, 0.0)
+    if delta.g2.shape == model._g2.shape:
+        model._g2 = model._g2 + delta.g2
     tr = model.trending
     tr._now = max(tr._now, delta.now)
     if not delta.titles:
@@ -350,6 +362,8 @@ def apply(model: Hybrid, delta: Delta) -> None:
     np.add.at(ex._a, r, a["ex_a"])
     np.add.at(ex._b, r, a["ex_b"])
     np.add.at(model.cooccurrence._pop, r, a["co_pop"])
+    if a["mf_eng"].any():
+        mf.mark_engaged(r[a["mf_eng"]])
     hl = tr.half_life_s
     v, tv = a["tr_v"], a["tr_t"]
     t = tr._t[r]

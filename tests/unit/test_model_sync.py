@@ -175,3 +175,47 @@ def test_no_learning_means_an_empty_delta():
 def test_a_corrupt_delta_raises_a_value_error(raw):
     with pytest.raises((ValueError, KeyError, OSError)):
         Delta.decode(raw)
+
+
+# State a worker keeps to itself: random generators, counters that pace its own learning,
+# and caches derived from shared state (mf._engaged_rows follows mf._engaged).
+LOCAL_STATE = {"_rng", "_positives_seen", "mf._rng", "explorer._rng", "mf._engaged_rows",
+               "mf._n_engaged"}
+
+
+def learned_state(model: Hybrid) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for owner_name in ("", "trending", "cooccurrence", "mf", "content", "explorer"):
+        owner = getattr(model, owner_name) if owner_name else model
+        for name, value in vars(owner).items():
+            if not name.startswith("_") or name == "_items":
+                continue
+            path = f"{owner_name}.{name}" if owner_name else name
+            if isinstance(value, np.ndarray):
+                out[path] = value.copy()
+            elif isinstance(value, int | float):
+                out[path] = value
+            elif isinstance(value, np.random.Generator):
+                out[path] = value.bit_generator.state
+    return out
+
+
+def test_everything_learning_changes_is_shared_or_deliberately_local():
+    from streams.model_sync import SHARED_STATE
+
+    model = new_worker(catalogue(400))
+    learn(model, stream(300, n_users=20, n_titles=400, seed=2))  # warm: blend steps run
+    before = learned_state(model)
+    learn(model, stream(600, n_users=20, n_titles=400, seed=3))  # new titles engaged too
+    after = learned_state(model)
+    changed = set()
+    for path, value in after.items():
+        old = before.get(path)
+        same = (np.array_equal(old, value) if isinstance(value, np.ndarray)
+                and isinstance(old, np.ndarray) else old == value)
+        if not same:
+            changed.add(path)
+    unshared = changed - set(SHARED_STATE) - LOCAL_STATE
+    assert not unshared, (f"learning changes {sorted(unshared)}, which streams/model_sync.py "
+                          "does not share between workers: add it there (or to LOCAL_STATE "
+                          "here if each worker should keep its own)")
