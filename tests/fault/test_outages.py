@@ -10,12 +10,15 @@ from faultkit import (
     Background,
     TopicCollector,
     events_consumed,
+    make_catalog,
     make_stream,
     outcome,
     produce,
     send_catalog,
     wait_for,
 )
+
+from streams.checkpoint import catalog_key
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -29,8 +32,8 @@ def metric(worker, name: str) -> float:
         return float("nan")
 
 
-def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str
-                    ) -> tuple[list[float], float]:
+def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str,
+                    new_titles: list[dict] | None = None) -> tuple[list[float], float]:
     settings = fault_cluster.settings(checkpoint_interval_s=5.0)
     stream = make_stream(30_000, n_users=1500, n_titles=300, seed=11)
     client = fault_cluster.client()
@@ -45,6 +48,8 @@ def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str
         wait_for(lambda: events_consumed(worker) >= 5000, 60, "the worker to be mid-stream")
         before = events_consumed(worker)
         take_down()
+        if new_titles:  # the catalogue agent meets the outage too
+            send_catalog(settings, new_titles)
         time.sleep(1.0)
         during = events_consumed(worker)
         up_during = [metric(worker, "streamrec_pipeline_up")]
@@ -62,6 +67,10 @@ def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str
                     and result.dead_letters >= stream.malformed)
 
         wait_for(caught_up, 120, f"the worker to catch up after the {what}")
+        for title in new_titles or []:
+            wait_for(lambda t=title: client.hexists(catalog_key(settings.app_id),
+                                                    t["title_id"]),
+                     30, "the catalogue agent to store the titles sent during the outage")
         time.sleep(2.0)
         up_after = metric(worker, "streamrec_pipeline_up")
         assert worker.stop() == 0
@@ -81,9 +90,12 @@ def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str
 
 
 def test_redis_down_for_10_s_mid_stream(fault_cluster, start_worker):
+    new_titles = make_catalog(3, time.time())
+    for title in new_titles:
+        title["title_id"] = "during-outage-" + title["title_id"]
     up_during, up_after = run_with_outage(
         fault_cluster, start_worker, fault_cluster.redis.kill, fault_cluster.restart_redis,
-        "Redis killed (persistent, restarted on the same port)")
+        "Redis killed (persistent, restarted on the same port)", new_titles)
     assert up_during[-1] == 0.0  # paused, and says so
     assert up_after == 1.0
 
