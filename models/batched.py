@@ -662,10 +662,16 @@ def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
     h = hrows[e, slot]
     j = rows[pos][e]
     amount = y[pos][e] * co._decay[order[e, slot]]
-    src = np.concatenate([h, j])
-    dst = np.concatenate([j, h])
-    amt = np.concatenate([amount, amount])
-    # Merge with the sources' current links and keep each source's strongest.
+    merge_links(model, np.concatenate([h, j]), np.concatenate([j, h]),
+                np.concatenate([amount, amount]))
+
+
+def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray) -> None:
+    """Add ``amt`` to the co-occurrence links ``src -> dst`` (repeats summed) and keep each
+    source's ``max_neighbours`` strongest, in one pass; used by batched learning and by
+    the model sync between workers (``streams.model_sync``)."""
+    co = model.cooccurrence
+    n_rows = model._items.rows
     sources = np.unique(src)
     width = co.max_neighbours
     cur_nbr = co._nbr[sources]

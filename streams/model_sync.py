@@ -56,6 +56,7 @@ import orjson
 import redis
 import redis.asyncio
 
+from models.batched import merge_links
 from models.hybrid import Hybrid
 from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
@@ -307,30 +308,6 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
     return delta
 
 
-def _merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray) -> None:
-    """Add link weights and keep each source's strongest ``max_neighbours`` (as learning)."""
-    co = model.cooccurrence
-    n_rows = model._items.rows
-    width = co.max_neighbours
-    sources = np.unique(src)
-    cur_nbr, cur_w = co._nbr[sources], co._w[sources]
-    have = cur_nbr >= 0
-    all_src = np.concatenate([np.repeat(sources, width)[have.ravel()], src])
-    all_dst = np.concatenate([cur_nbr[have], dst])
-    all_w = np.concatenate([cur_w[have], amt])
-    keys, inverse = np.unique(all_src * n_rows + all_dst, return_inverse=True)
-    weights = np.bincount(inverse, weights=all_w, minlength=len(keys))
-    k_src, k_dst = keys // n_rows, keys % n_rows
-    order = np.lexsort((-weights, k_src))
-    k_src, k_dst, weights = k_src[order], k_dst[order], weights[order]
-    rank = np.arange(len(k_src)) - np.searchsorted(k_src, k_src, side="left")
-    keep = rank < width
-    co._nbr[sources] = -1
-    co._w[sources] = 0.0
-    co._nbr[k_src[keep], rank[keep]] = k_dst[keep]
-    co._w[k_src[keep], rank[keep]] = weights[keep]
-
-
 def apply(model: Hybrid, delta: Delta) -> None:
     """Add another worker's ``delta`` to ``model``."""
     for title in delta.added:
@@ -378,7 +355,7 @@ def apply(model: Hybrid, delta: Delta) -> None:
         dst = link_rows[delta.link_dst]
         good = (src >= 0) & (dst >= 0) & (src != dst)
         if good.any():
-            _merge_links(model, src[good], dst[good],
+            merge_links(model, src[good], dst[good],
                          delta.link_w[good].astype(np.float64))
 
 
