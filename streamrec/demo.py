@@ -155,7 +155,9 @@ def _committed_all(settings: Settings, group: str) -> bool:
 
 
 @contextlib.contextmanager
-def _child(args: list[str], env: dict[str, str], log_path: str) -> Iterator[subprocess.Popen[bytes]]:
+def _child(
+    args: list[str], env: dict[str, str], log_path: str
+) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -3,7 +3,7 @@
 ::
 
     StreamrecError
-    ├── ConfigError            a setting or command-line argument is wrong; message says how to fix it
+    ├── ConfigError            a setting or argument is wrong; the message says how to fix it
     ├── InvalidRecord          a streamed record broke its contract; ``reason`` is a short code
     ├── BrokerUnavailable      Kafka could not be reached or refused a request
     ├── StateStoreUnavailable  Redis could not be reached or refused a request

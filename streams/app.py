@@ -258,7 +258,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
                 runtime.pipeline.request_stop()
                 try:
                     await asyncio.wait_for(self._task, SHUTDOWN_TIMEOUT_S)
-                except (asyncio.TimeoutError, AttributeError):
+                except (TimeoutError, AttributeError):
                     logger.error("events pipeline did not stop within %ss", SHUTDOWN_TIMEOUT_S)
             await runtime.checkpoint(final=True)
             await runtime.stop()

@@ -386,7 +386,7 @@ class EventsPipeline:
         if assignment:
             (self._consumer.pause if pause else self._consumer.resume)(assignment)
 
-    # -- offsets ------------------------------------------------------------------------------------
+    # -- offsets --------------------------------------------------------------------------------
     def _track_offsets(self, records: list[Any],
                        into: dict[tuple[str, int], int] | None = None) -> None:
         lost_by_topic: dict[str, int] = {}
@@ -536,7 +536,7 @@ class EventsPipeline:
         for tp in self._consumer.position(assignment):
             try:
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            except Exception:  # noqa: BLE001 - no cached watermark yet
+            except Exception:  # noqa: BLE001, S112 - no cached watermark yet; next tick
                 continue
             if high < 0:
                 continue

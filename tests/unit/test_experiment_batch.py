@@ -211,9 +211,9 @@ def test_a_user_without_a_served_list_is_enrolled_with_zero_counts() -> None:
 
 
 def test_row_policy_override_orders_the_homepage_rows() -> None:
+    from streamrec.settings import Settings
     from streams.product import ProductLayer
     from streams.rows import ASSIGN_ORDER, row_type
-    from streamrec.settings import Settings
 
     config = parse("""
 [[experiment]]

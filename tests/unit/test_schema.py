@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from streamrec.exceptions import InvalidRecord
-from streamrec.schema import decode_catalog, decode_event, dead_letter, validate_event
+from streamrec.schema import dead_letter, decode_catalog, decode_event, validate_event
 
 NOW = 1_700_000_000.0
 
