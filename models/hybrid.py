@@ -308,11 +308,10 @@ class Hybrid(Recommender):
         seen = position[hist.rows[q_idx, slot]]
         candidate[q_idx[seen >= 0], seen[seen >= 0]] = False
         target = position[rows]
-        new_to_user = candidate[np.arange(len(rows)), target]
         ranking = self.rank_matrix(hist, cols, candidate, times)
         positives = hist.positive_count()
         lr = self.blend_learning_rate
-        for s in np.nonzero(new_to_user)[0]:
+        for s in range(len(rows)):
             hit = np.nonzero((ranking.pool[s] == target[s]) & ranking.valid[s])[0]
             if len(hit) == 0:
                 continue
