@@ -243,6 +243,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                               f"{tail_state.recommendations:>7,}  dead letters "
                               f"{tail_state.dead_letters:>5,}", flush=True)
             undelivered = producer.flush(60)
+            # Close it now: a producer outliving the embedded broker logs reconnect failures.
+            del producer
             if undelivered:
                 raise StreamrecError(f"{undelivered} events could not be delivered to Kafka")
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
