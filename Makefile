@@ -43,7 +43,7 @@ tools: ## install promtool and docker-compose for the deploy checks (apt, as roo
 demo: $(STAMP) ## run the whole pipeline on embedded Kafka and Redis, then summarise
 	$(BIN)/streamrec demo
 
-test: $(STAMP) tools ## run every test (unit, integration, fault); fails if none ran
+test: $(STAMP) tools lint ## ruff, then every test (unit, integration, fault); fails if none ran
 	$(BIN)/python -m pytest -m "not soak" -p no:cacheprovider
 
 test-fast: $(STAMP) tools ## unit tests only
