@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "`streamrec simulate` writes, if there is one; 'none' for none")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed of every model's sampling (default 42)")
+    parser.add_argument("--cache-hints", action="store_true",
+                        help="also score the worker's hourly per-country cache-hint forecasts "
+                             "against what was played next (our JSONL events only)")
     parser.add_argument("--oracle", default=None, metavar="USERS,TITLES,SEED",
                         help="FILE came from `streamrec simulate` with these --users, --titles "
                              "and --seed: also rank by the simulated users' hidden tastes "
@@ -88,6 +91,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(str(exc)) from None
         oracles = {"oracle": Oracle(*world), "oracle_exposure": Oracle(*world, exposure=True)}
     fmt = args.format or streams.detect_format(args.file)
+    if getattr(args, "cache_hints", False) and fmt != "jsonl":
+        raise ConfigError("--cache-hints needs our JSONL events (plays carry a country); "
+                          f"{args.file} is {fmt}")
     catalog = args.catalog
     if catalog is None:
         catalog = streams.sibling_catalog(args.file, fmt)
@@ -110,6 +116,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(str(exc)) from None
     document = report.build(outcome, _protocol(args, stream, fmt))
     print(report.table(document, args.k))
+    if getattr(args, "cache_hints", False):
+        document["cache_hints"] = _score_cache_hints(args.file, args.k)
+        hints = document["cache_hints"]
+        if hints.get("recall") is None:
+            print("cache hints: no country-hour after the first has enough plays to score")
+        else:
+            print(f"cache hints: recall@{args.k} {hints['recall']:.4f} of each hour's most "
+                  f"played titles per country (last hour's top {args.k}: "
+                  f"{hints['baseline_recall']:.4f}) over {hints['hours']} country-hours")
     if args.report:
         for path in report.write(document, outcome, args.report, args.k):
             print(f"wrote {path}")
@@ -117,6 +132,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         report.plot(outcome, args.k, args.plot, title=args.file)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _score_cache_hints(path: str, k: int) -> dict[str, Any]:
+    """The worker's cache-hint forecaster replayed over the file's events, in file order."""
+    import orjson
+
+    from producers.formats import open_text
+    from streams.cache_hints import evaluate_cache_hints
+
+    def events() -> Any:
+        with open_text(path) as handle:
+            for line in handle:
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # already counted as invalid by the main evaluation
+                if isinstance(event, dict) and isinstance(event.get("ts"), int | float):
+                    yield event
+
+    return evaluate_cache_hints(events(), k=k)
 
 
 def _protocol(args: argparse.Namespace, stream: Any, fmt: str) -> dict[str, Any]:

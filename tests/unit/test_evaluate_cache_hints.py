@@ -1,0 +1,44 @@
+"""`streamrec evaluate --cache-hints` scores the hourly per-country forecasts."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+
+from streamrec.cli import main
+
+
+def write_plays(path, hours: int = 6) -> None:
+    # Every hour, SE plays t0 most, then t1, then t2; a forecast should learn that.
+    lines = []
+    n = 0
+    for hour in range(hours):
+        for i in range(60):
+            title = f"t{0 if i < 30 else 1 if i < 50 else 2}"
+            lines.append({"event_id": f"e{n}", "type": "play", "user_id": f"u{i}",
+                          "ts": 1_700_000_000 + hour * 3600 + i, "title_id": title,
+                          "position_s": 0.0, "country": "SE"})
+            n += 1
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in lines) + b"\n")
+
+
+def test_cache_hints_are_scored_and_reported(tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    write_plays(events)
+    code = main(["evaluate", str(events), "--models", "popularity", "--k", "3",
+                 "--cache-hints", "--report", str(tmp_path / "out")])
+    assert code == 0
+    assert "cache hints: recall@3" in capsys.readouterr().out
+    hints = json.loads((tmp_path / "out" / "report.json").read_text())["cache_hints"]
+    assert hints["hours"] >= 4
+    assert hints["recall"] == 1.0  # the same three titles every hour
+
+
+def test_cache_hints_need_our_events(tmp_path, capsys):
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,rating,timestamp\n1,1,5.0,964982703\n")
+    code = main(["evaluate", str(ratings), "--cache-hints"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--cache-hints needs our JSONL events" in err and len(err.strip().splitlines()) == 1
