@@ -80,7 +80,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     if args.min_rating is not None and not math.isfinite(args.min_rating):
         raise ConfigError(f"--min-rating must be a number, got {args.min_rating}")
-    names = _model_names(args.models, list(MODELS), list(DEFAULT_MODELS))
+    variants = _experiment_variants(settings)
+    names = _model_names(args.models, [*MODELS, *variants], list(DEFAULT_MODELS))
     oracles = {}
     if args.oracle is not None:
         from streamrec.evaluation.oracle import Oracle, parse_world
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stream = streams.load(args.file, fmt, args.min_rating, catalog)
     if stream.invalid:
         logger.warning("skipped %s invalid lines of %s", stream.invalid, args.file)
-    models = {name: create(name, args.seed) for name in names}
+    models = {name: variants[name](args.seed) if name in variants else create(name, args.seed)
+              for name in names}
     models.update(oracles)
     product = None
     if fmt == "jsonl":  # our events carry searches: rank as the worker does after them
@@ -132,6 +134,37 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         report.plot(outcome, args.k, args.plot, title=args.file)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _experiment_variants(settings: Settings) -> dict[str, Any]:
+    """``experiment:variant`` -> model factory for the experiments in ``STREAMREC_EXPERIMENTS``.
+
+    Offline, a variant is its own model learning the whole stream: ``default`` is the
+    hybrid, ``popularity`` and ``random`` the baselines, and an overrides table a hybrid
+    built with them (fixed ``weights`` also switch blend learning off, so every blend
+    weight stays at its start value; the worker keeps learning the unnamed ones).
+    """
+    from models.baselines import Popularity, RandomRanker
+    from models.hybrid import Hybrid
+    from streams.experiments import load
+
+    config = load(settings.experiments_path)
+    if not config:
+        return {}
+    factories: dict[str, Any] = {}
+    for experiment in config.experiments:
+        for variant in experiment.variants:
+            name = f"{experiment.name}:{variant.name}"
+            if variant.preset == "popularity":
+                factories[name] = lambda seed: Popularity()
+            elif variant.preset == "random":
+                factories[name] = lambda seed: RandomRanker(seed=seed)
+            else:
+                overrides = dict(variant.ranking_overrides)
+                if "weights" in overrides:
+                    overrides["blend_learning_rate"] = 0.0
+                factories[name] = lambda seed, o=overrides: Hybrid(seed=seed, **o)
+    return factories
 
 
 def _score_cache_hints(path: str, k: int) -> dict[str, Any]:
