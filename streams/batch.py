@@ -22,7 +22,7 @@ from streamrec.exceptions import InvalidRecord
 from streamrec.schema import dead_letter, decode_event
 from streams.experiment_batch import ExperimentBatch, ExperimentTallies
 from streams.experiments import ExperimentConfig
-from streams.profile import apply_event
+from streams.profile import apply_event, event_feedback
 from streams.signals import feedback
 from streams.state import StoredProfile
 
@@ -140,13 +140,10 @@ def learn_and_rank(
                 if name in out.recall:
                     out.recall[name][1] += 1
                     out.recall[name][0] += title in titles
-        if title is not None and kind not in ("search", "impression"):
-            y = feedback(event, rewatch=kind == "play" and title in profile.completed)
-            if y != 0.0:
-                # The history as it is just before this event; learned as one minibatch.
-                learned_events.append((title, y, event["ts"], profile.history[:MAX_HISTORY]))
-        else:
-            y = 0.0
+        y = event_feedback(profile, event)
+        if y != 0.0:
+            # The history as it is just before this event; learned as one minibatch.
+            learned_events.append((title, y, event["ts"], profile.history[:MAX_HISTORY]))
         if product is not None:
             product.observe(event, y, stored)
         apply_event(profile, event, y, history_cap)
