@@ -338,3 +338,53 @@ def events_consumed(worker, metric: str = "streamrec_events_consumed_total") -> 
         if line.startswith(metric) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+class StreamRun:
+    """One fault test's stream: the catalogue sent, a collector on the output topics, and
+    the checks every fault test makes once the worker has caught up."""
+
+    def __init__(self, cluster: FaultCluster, settings: Settings, stream: Stream) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.client = cluster.client()
+        self.collector = TopicCollector(
+            settings, [settings.topics.recommendations, settings.topics.dlq])
+
+    def __enter__(self) -> StreamRun:
+        self.collector.start()
+        send_catalog(self.settings, self.stream.catalog)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.collector.close()
+
+    def start_sending(self, rate: float) -> Background:
+        """Produce the stream's events at ``rate`` per second, in a background thread."""
+        settings, records = self.settings, self.stream.records
+        sender = Background(lambda stop: produce(
+            settings, records, settings.topics.events, rate=rate, stop=stop))
+        sender.start()
+        return sender
+
+    def outcome(self) -> Outcome:
+        return outcome(self.client, self.stream, self.collector, self.settings)
+
+    def wait_caught_up(self, timeout_s: float, what: str) -> None:
+        """Until every valid event is applied and every malformed one dead-lettered."""
+        def caught_up() -> bool:
+            result = self.outcome()
+            return (result.applied >= result.valid_events
+                    and result.dead_letters >= self.stream.malformed)
+
+        wait_for(caught_up, timeout_s, what)
+
+
+def assert_exactly_once(result: Outcome, stream: Stream) -> None:
+    """Nothing lost, nothing applied twice, every user has recommendations, and every
+    malformed record dead-lettered once."""
+    assert result.lost == 0
+    assert result.applied_twice == 0
+    assert result.users_wrong == 0
+    assert result.users_without_recs == 0
+    assert result.dead_letters == stream.malformed

@@ -7,13 +7,11 @@ import time
 
 import pytest
 from faultkit import (
-    Background,
-    TopicCollector,
+    StreamRun,
+    assert_exactly_once,
     events_consumed,
     make_catalog,
     make_stream,
-    outcome,
-    produce,
     send_catalog,
     wait_for,
 )
@@ -36,15 +34,9 @@ def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str,
                     new_titles: list[dict] | None = None) -> tuple[list[float], float]:
     settings = fault_cluster.settings(checkpoint_interval_s=5.0)
     stream = make_stream(30_000, n_users=1500, n_titles=300, seed=11)
-    client = fault_cluster.client()
-    collector = TopicCollector(settings, [settings.topics.recommendations, settings.topics.dlq])
-    collector.start()
-    try:
-        send_catalog(settings, stream.catalog)
+    with StreamRun(fault_cluster, settings, stream) as run:
         worker = start_worker(settings)
-        sender = Background(lambda stop: produce(
-            settings, stream.records, settings.topics.events, rate=2500, stop=stop))
-        sender.start()
+        sender = run.start_sending(rate=2500)
         wait_for(lambda: events_consumed(worker) >= 5000, 60, "the worker to be mid-stream")
         before = events_consumed(worker)
         take_down()
@@ -60,32 +52,20 @@ def run_with_outage(fault_cluster, start_worker, take_down, bring_up, what: str,
         bring_up()
         assert worker.process.poll() is None, "the worker died during the outage"
         sender.finish(90)
-
-        def caught_up() -> bool:
-            result = outcome(client, stream, collector, settings)
-            return (result.applied >= result.valid_events
-                    and result.dead_letters >= stream.malformed)
-
-        wait_for(caught_up, 120, f"the worker to catch up after the {what}")
+        run.wait_caught_up(120, f"the worker to catch up after the {what}")
         for title in new_titles or []:
-            wait_for(lambda t=title: client.hexists(catalog_key(settings.app_id),
-                                                    t["title_id"]),
+            wait_for(lambda t=title: run.client.hexists(catalog_key(settings.app_id),
+                                                        t["title_id"]),
                      30, "the catalogue agent to store the titles sent during the outage")
         time.sleep(2.0)
         up_after = metric(worker, "streamrec_pipeline_up")
         assert worker.stop() == 0
-        result = outcome(client, stream, collector, settings)
-    finally:
-        collector.close()
+        result = run.outcome()
     print(f"\n{result.show(f'{what} for {OUTAGE_S:.0f} s mid-stream')}\n"
           f"  events applied: {before:.0f} when it went down, {during:.0f} 1 s later, "
           f"{stalled:.0f} at the end of the outage; streamrec_pipeline_up during the outage "
           f"{up_during}, after {up_after}; streamrec_redis_errors_total {redis_errors:.0f}")
-    assert result.lost == 0
-    assert result.applied_twice == 0
-    assert result.users_wrong == 0
-    assert result.users_without_recs == 0
-    assert result.dead_letters == stream.malformed
+    assert_exactly_once(result, stream)
     return up_during, up_after
 
 

@@ -9,16 +9,7 @@ import time
 import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
-from faultkit import (
-    Background,
-    TopicCollector,
-    events_consumed,
-    make_stream,
-    outcome,
-    produce,
-    send_catalog,
-    wait_for,
-)
+from faultkit import StreamRun, assert_exactly_once, events_consumed, make_stream, wait_for
 
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import decode_event
@@ -75,15 +66,10 @@ def applied_ids(client: redis.Redis, users: list[str]) -> set[str]:
 def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, start_worker, how):
     settings = fault_cluster.settings(checkpoint_interval_s=600.0)  # only the final one
     stream = make_stream(20_000, n_users=1000, n_titles=200, seed=13, duplicate_fraction=0.0)
-    client = fault_cluster.client()
-    collector = TopicCollector(settings, [settings.topics.recommendations, settings.topics.dlq])
-    collector.start()
-    try:
-        send_catalog(settings, stream.catalog)
+    with StreamRun(fault_cluster, settings, stream) as run:
+        client = run.client
         worker = start_worker(settings)
-        sender = Background(lambda stop: produce(
-            settings, stream.records, settings.topics.events, rate=3000, stop=stop))
-        sender.start()
+        sender = run.start_sending(rate=3000)
         wait_for(lambda: events_consumed(worker) >= 5000, 60, "the worker to be mid-stream")
         signalled = time.time()
         worker.process.send_signal(how)
@@ -101,19 +87,11 @@ def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, star
 
         restarted = start_worker(settings)
         sender.finish(60)
-
-        def caught_up() -> bool:
-            result = outcome(client, stream, collector, settings)
-            return (result.applied >= result.valid_events
-                    and result.dead_letters >= stream.malformed)
-
-        wait_for(caught_up, 90, "the restarted worker to catch up")
+        run.wait_caught_up(90, "the restarted worker to catch up")
         redelivered = events_consumed(restarted, "streamrec_events_duplicate_total")
         restored_at = events_consumed(restarted, "streamrec_last_checkpoint_timestamp_seconds")
         assert restarted.stop() == 0
-        result = outcome(client, stream, collector, settings)
-    finally:
-        collector.close()
+        result = run.outcome()
     print(f"\n{how.name} mid-stream: exit code {code} after {seconds:.1f} s; committed "
           f"{records_below} records, {len(below)} valid events below the committed offsets, "
           f"{len(applied)} applied at exit; checkpoint saved at exit; after the restart "
@@ -121,5 +99,4 @@ def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, star
     assert applied == below  # the last batch was finished, written and committed
     assert restored_at == pytest.approx(float(checkpoint[b"saved_at"]), abs=1.0)
     assert redelivered == 0  # the restart began exactly at the committed offsets
-    assert result.lost == 0 and result.applied_twice == 0 and result.users_wrong == 0
-    assert result.users_without_recs == 0 and result.dead_letters == stream.malformed
+    assert_exactly_once(result, stream)
