@@ -13,21 +13,11 @@ from streams.experiment_batch import MEASURES, ExperimentTallies
 from streams.experiment_stats import RATIOS, ArmStats
 from streams.experiment_store import ExperimentStore, arm_key, read_experiments
 from streams.experiments import parse
+from tests.experiment_toml import RANDOM, two_arms
 
 pytestmark = pytest.mark.integration
 
-CONFIG = parse("""
-[[experiment]]
-name = "store-test"
-[[experiment.variant]]
-name = "a"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "b"
-share = 0.5
-model = "random"
-""")
+CONFIG = parse(two_arms("store-test", b=("b", RANDOM)))
 
 
 def test_running_sums_match_a_recount_and_users_are_counted_once(redis_url, redis_client):

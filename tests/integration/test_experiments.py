@@ -21,33 +21,13 @@ from producers.simulator import generate_events, generate_world
 from streamrec.kafka import required_topics
 from streamrec.runtime import child_environment
 from streams.experiments import load
+from tests.experiment_toml import DEFAULT, RANDOM, two_arms
 from tests.integration.test_worker import consume_until_idle
 
 pytestmark = pytest.mark.integration
 
-EXPERIMENTS = """
-[[experiment]]
-name = "strong-vs-random"
-[[experiment.variant]]
-name = "control"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "weak"
-share = 0.5
-model = "random"
-
-[[experiment]]
-name = "aa"
-[[experiment.variant]]
-name = "a"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "b"
-share = 0.5
-model = "default"
-"""
+EXPERIMENTS = (two_arms("strong-vs-random", ("control", DEFAULT), ("weak", RANDOM))
+               + two_arms("aa"))
 
 
 def produce(settings, records: list[tuple[str, dict]]) -> None:

@@ -33,6 +33,7 @@ from streamrec.metrics import REDIS_OPS
 from streamrec.runtime import child_environment
 from streamrec.schema import DEAD_LETTER_REASONS, EVENT_TYPES, decode_event
 from streamrec.settings import Settings
+from tests.experiment_toml import two_arms
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +108,7 @@ def count_records(settings: Settings, topic: str, expected: int, limit_s: float)
     return seen
 
 
-AA_EXPERIMENT = """
-[[experiment]]
-name = "aa"
-[[experiment.variant]]
-name = "a"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "b"
-share = 0.5
-model = "default"
-"""
+AA_EXPERIMENT = two_arms("aa")
 
 
 @dataclass

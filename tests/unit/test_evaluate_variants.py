@@ -7,29 +7,11 @@ import json
 import orjson
 
 from streamrec.cli import main
+from tests.experiment_toml import DEFAULT, RANDOM, two_arms
 
-CONFIG = """
-[[experiment]]
-name = "ranker"
-[[experiment.variant]]
-name = "control"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "weak"
-share = 0.5
-model = "random"
-[[experiment]]
-name = "tuned"
-[[experiment.variant]]
-name = "control"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "treatment"
-share = 0.5
-model = { exploration = 0.0, weights = { content = 0.0 } }
-"""
+CONFIG = (two_arms("ranker", ("control", DEFAULT), ("weak", RANDOM))
+          + two_arms("tuned", ("control", DEFAULT),
+                     ("treatment", "{ exploration = 0.0, weights = { content = 0.0 } }")))
 
 
 def write_stream(path) -> None:

@@ -11,6 +11,7 @@ from streams.experiment_batch import MEASURES, SERVED
 from streams.experiments import parse
 from streams.state import StoredProfile
 from streams.variants import hybrid_view, popularity_list
+from tests.experiment_toml import DEFAULT, RANDOM, two_arms
 
 TS = 1_714_521_600.0
 CONFIG = parse("""
@@ -137,28 +138,7 @@ def test_override_view_shares_components_and_leaves_the_model_alone() -> None:
 
 
 def test_the_first_experiment_that_changes_the_model_decides() -> None:
-    config = parse("""
-[[experiment]]
-name = "aa"
-[[experiment.variant]]
-name = "a"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "b"
-share = 0.5
-model = "default"
-[[experiment]]
-name = "ab"
-[[experiment.variant]]
-name = "control"
-share = 0.5
-model = "default"
-[[experiment.variant]]
-name = "weak"
-share = 0.5
-model = "random"
-""")
+    config = parse(two_arms("aa") + two_arms("ab", ("control", DEFAULT), ("weak", RANDOM)))
     aa, ab = config.experiments
     users = [f"u{i}" for i in range(40)]
     ranked = run([event(u, "play") for u in users], {u: stored(u) for u in users},
