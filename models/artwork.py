@@ -44,7 +44,13 @@ class ArtworkBandit:
     makes a new title's images get tried.
 
     Memory is bounded: at most ``artwork_capacity`` artworks and ``user_capacity``
-    users are held; the least recently used are evicted.
+    users are held; the least recently used are evicted. A user costs one row of a
+    preallocated matrix (``n_factors`` floats) and one dict entry, about 150 bytes, not
+    a numpy object per user: the worker holds up to ``user_capacity`` of them.
+
+    :meth:`choose_pairs` and :meth:`learn_many` are the worker's batched paths (one
+    matrix product for every (user, title) of a batch); :meth:`choose` and
+    :meth:`learn_one` the one-at-a-time API, with the same maths.
 
     Parameters
     ----------
@@ -113,7 +119,14 @@ class ArtworkBandit:
         self._free: list[int] = []
         self._q = np.zeros((0, n_factors))
         self._b = np.zeros(0)
-        self._users: OrderedDict[str, np.ndarray] = OrderedDict()
+        # user id -> row of _p; _used[row] is the tick of the row's last learning step
+        # (the least recently used are evicted in bulk when full: see _user_rows).
+        self._user_rows: dict[str, int] = {}
+        self._row_users: list[str | None] = []
+        self._free_users: list[int] = []
+        self._p = np.zeros((0, n_factors))
+        self._used = np.zeros(0, dtype=np.int64)
+        self._tick = 0
         self._w = np.zeros((n_factors, n_context))
         self._buckets: dict[str, int] = {}
 
@@ -131,7 +144,21 @@ class ArtworkBandit:
         return f"{type(self).__name__}({params})"
 
     def size(self) -> dict[str, int]:
-        return {"artworks": len(self._rows), "users": len(self._users)}
+        return {"artworks": len(self._rows), "users": len(self._user_rows)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before the user table was a matrix held one vector per user.
+        users = state.pop("_users", None)
+        self.__dict__.update(state)
+        if users is not None:
+            ids = list(users)
+            self._user_rows = {u: i for i, u in enumerate(ids)}
+            self._row_users = list(ids)
+            self._free_users = []
+            self._p = (np.stack(list(users.values())) if ids
+                       else np.zeros((0, self.n_factors)))
+            self._used = np.arange(len(ids), dtype=np.int64)
+            self._tick = len(ids)
 
     # -- context ---------------------------------------------------------------------------------
     def context(self, device: str | None = None,
@@ -171,31 +198,82 @@ class ArtworkBandit:
         x[0] = 1.0
         return x
 
-    # -- choosing --------------------------------------------------------------------------------
-    def _user(self, user_id: str, create: bool) -> np.ndarray | None:
-        vec = self._users.get(user_id)
-        if vec is not None:
-            self._users.move_to_end(user_id)
-            return vec
+    # -- users ---------------------------------------------------------------------------------
+    def _user_rows_of(self, user_ids: Sequence[str], create: bool) -> np.ndarray:
+        """Rows of ``_p`` for ``user_ids`` (-1 for unknown users unless ``create``).
+        Created users get a random initial vector; a full table first evicts the least
+        recently used eighth (in bulk: one partial sort per eviction, not per user)."""
+        get = self._user_rows.get
+        rows = np.fromiter(map(get, user_ids, repeat(-1)), dtype=np.int64,
+                           count=len(user_ids))
         if not create:
-            return None
-        vec = self._rng.normal(0.0, self.init_scale, self.n_factors)
-        self._users[user_id] = vec
-        if len(self._users) > self.user_capacity:
-            self._users.popitem(last=False)
-        return vec
+            return rows
+        self._tick += 1
+        self._used[rows[rows >= 0]] = self._tick  # not evicted to make room for the others
+        missing = list(dict.fromkeys(u for u, r in zip(user_ids, rows.tolist(), strict=True)
+                                     if r < 0))
+        if missing and len(set(user_ids)) > self.user_capacity:
+            raise ValueError(f"more distinct users in one call than user_capacity "
+                             f"({self.user_capacity})")
+        if missing:
+            new_rows = self._allocate_users(len(missing))
+            vectors = self._rng.normal(0.0, self.init_scale, (len(missing), self.n_factors))
+            self._p[new_rows] = vectors
+            for user, row in zip(missing, new_rows.tolist(), strict=True):
+                self._user_rows[user] = row
+                self._row_users[row] = user
+            rows = np.fromiter(map(self._user_rows.__getitem__, user_ids), dtype=np.int64,
+                               count=len(user_ids))
+        self._used[rows] = self._tick
+        return rows
 
-    def _representation(self, user_id: str, context: np.ndarray | None) -> np.ndarray:
-        vec = self._users.get(user_id)
-        r = np.zeros(self.n_factors) if vec is None else vec.copy()
-        if context is not None:
-            r += self._w @ context
+    def _allocate_users(self, n: int) -> np.ndarray:
+        out: list[int] = []
+        while len(out) < n:
+            if self._free_users:
+                out.append(self._free_users.pop())
+                continue
+            held = len(self._row_users)
+            if held < self.user_capacity:
+                take = min(n - len(out), self.user_capacity - held)
+                self._p = grow(self._p, held + take)
+                self._used = grow(self._used, held + take)
+                self._row_users.extend([None] * take)
+                out.extend(range(held, held + take))
+                continue
+            # Full: evict the least recently used (at least what is needed).
+            held_rows = np.fromiter(self._user_rows.values(), dtype=np.int64,
+                                    count=len(self._user_rows))
+            used = self._used[held_rows]
+            # Users of the current call (this tick) stay; the oldest eighth goes.
+            evictable = int((used < self._tick).sum())
+            evict = min(max(n - len(out), self.user_capacity // 8, 1), evictable)
+            oldest = held_rows[np.argpartition(used, evict - 1)[:evict]]
+            for row in oldest.tolist():
+                user = self._row_users[row]
+                if user is not None:
+                    del self._user_rows[user]
+                    self._row_users[row] = None
+                self._free_users.append(row)
+        return np.asarray(out, dtype=np.int64)
+
+    def _representations(self, user_ids: Sequence[str], contexts: np.ndarray | None
+                         ) -> np.ndarray:
+        """``r_u = p_u + W x_u`` for each user (``p_u`` is 0 for users never seen)."""
+        rows = self._user_rows_of(user_ids, create=False)
+        r = np.zeros((len(user_ids), self.n_factors))
+        known = rows >= 0
+        if known.any():
+            r[known] = self._p[rows[known]]
+        if contexts is not None:
+            r += contexts @ self._w.T
         return r
 
+    # -- choosing --------------------------------------------------------------------------------
     def scores(self, user_id: str, artwork_ids: Sequence[str],
                context: np.ndarray | None = None) -> np.ndarray:
         """Predicted click logits of ``artwork_ids`` for the user (unseen artworks 0)."""
-        r = self._representation(user_id, context)
+        r = self._representations([user_id], None if context is None else context[None])[0]
         idx = np.fromiter(map(self._rows.get, artwork_ids, repeat(-1)), dtype=np.int64,
                           count=len(artwork_ids))
         out = np.zeros(len(artwork_ids))
@@ -214,31 +292,58 @@ class ArtworkBandit:
                     context: np.ndarray | None = None, explore: bool = True
                     ) -> list[str | None]:
         """:meth:`choose` for many titles at once: one matrix product for all of them."""
+        n = len(artwork_lists)
+        picks = self.choose_pairs([user_id], artwork_lists, np.zeros(n, dtype=np.int64),
+                                  np.arange(n), None if context is None else context[None],
+                                  explore)
+        return [arts[k] if k >= 0 else None
+                for arts, k in zip(artwork_lists, picks.tolist(), strict=True)]
+
+    def choose_pairs(self, user_ids: Sequence[str], artwork_lists: Sequence[Sequence[str]],
+                     pair_users: np.ndarray, pair_lists: np.ndarray,
+                     contexts: np.ndarray | None = None, explore: bool = True
+                     ) -> np.ndarray:
+        """:meth:`choose` for many (user, title) pairs of many users at once.
+
+        ``artwork_lists`` are the titles' artworks (each title once); pair ``i`` asks
+        for user ``user_ids[pair_users[i]]`` (context ``contexts[pair_users[i]]``) and
+        title ``artwork_lists[pair_lists[i]]``. Returns, per pair, the position of the
+        chosen artwork in its list (-1 for a title without artwork): the arg-max of
+        the predicted logits, or with probability ``exploration`` a uniform pick.
+        Every pair's scores come out of one matrix product."""
+        n_pairs = len(pair_lists)
+        counts = np.fromiter(map(len, artwork_lists), dtype=np.int64,
+                             count=len(artwork_lists))
+        if n_pairs == 0 or not counts.any():
+            return np.full(n_pairs, -1, dtype=np.int64)
+        width = int(counts.max())
+        # (title, position) -> row of _q (-1: artwork never seen, -2: padding).
         flat = [a for arts in artwork_lists for a in arts]
-        if not flat:
-            return [None] * len(artwork_lists)
+        table = np.full((len(artwork_lists), width), -2, dtype=np.int64)
+        table[np.arange(width) < counts[:, None]] = np.fromiter(
+            map(self._rows.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+        rows = table[pair_lists]
+        real = rows > -2
+        known = rows >= 0
+        scores = np.full(rows.shape, -np.inf)
+        scores[real] = 0.0  # unseen artworks score as the average unseen image
+        if known.any():
+            r = self._representations(user_ids, contexts)
+            who = np.broadcast_to(pair_users[:, None], rows.shape)[known]
+            art = rows[known]
+            scores[known] = self._b[art] + np.einsum("ij,ij->i", self._q[art], r[who])
         rng = self._rng
         # A little noise breaks ties between unseen artworks without favouring the first.
-        scores = (self.scores(user_id, flat, context)
-                  + rng.uniform(0.0, 1e-6, len(flat))).tolist()
+        scores[real] += rng.uniform(0.0, 1e-6, int(real.sum()))
+        picks = np.argmax(scores, axis=1)
+        pair_counts = counts[pair_lists]
         eps = self.exploration if explore else 0.0
-        draws = rng.random(len(artwork_lists)).tolist() if eps > 0 else None
-        out: list[str | None] = []
-        start = 0
-        # A plain loop: for the ~50 titles of a page it beats a segmented numpy arg-max.
-        for k, arts in enumerate(artwork_lists):
-            n = len(arts)
-            if n == 0:
-                out.append(None)
-            elif n == 1:
-                out.append(arts[0])
-            elif draws is not None and draws[k] < eps:
-                out.append(arts[int(draws[k] / eps * n)])
-            else:
-                group = scores[start:start + n]
-                out.append(arts[group.index(max(group))])
-            start += n
-        return out
+        if eps > 0:
+            draws = rng.random(n_pairs)
+            uniform = (draws < eps) & (pair_counts > 1)
+            picks[uniform] = (draws[uniform] / eps * pair_counts[uniform]).astype(np.int64)
+        picks[pair_counts == 0] = -1
+        return picks
 
     # -- learning --------------------------------------------------------------------------------
     def _artwork_row(self, artwork_id: str) -> int:
@@ -263,8 +368,8 @@ class ArtworkBandit:
                   context: np.ndarray | None = None) -> None:
         """The user was shown ``artwork_id`` and clicked it (1) or not (0)."""
         row = self._artwork_row(artwork_id)
-        p_u = self._user(user_id, create=True)
-        assert p_u is not None  # create=True always returns a vector
+        user_row = int(self._user_rows_of([user_id], create=True)[0])  # may grow _p
+        p_u = self._p[user_row]  # a view: updated in place below
         r = p_u if context is None else p_u + self._w @ context
         q = self._q[row]
         z = self._b[row] + float(q @ r)
@@ -291,12 +396,9 @@ class ArtworkBandit:
         if n == 0:
             return
         rows = np.fromiter(map(self._artwork_row, artwork_ids), dtype=np.int64, count=n)
-        users = list(dict.fromkeys(user_ids))
-        slot = {u: i for i, u in enumerate(users)}
-        vectors = [self._user(u, create=True) for u in users]
-        p = np.stack(vectors)  # type: ignore[arg-type]
-        who = np.fromiter(map(slot.__getitem__, user_ids), dtype=np.int64, count=n)
-        r = p[who] if contexts is None else p[who] + contexts @ self._w.T
+        who = self._user_rows_of(user_ids, create=True)
+        p = self._p[who]
+        r = p if contexts is None else p + contexts @ self._w.T
         q = self._q[rows]
         z = self._b[rows] + np.einsum("ij,ij->i", q, r)
         y = np.asarray(clicked, dtype=np.float64)
@@ -304,10 +406,7 @@ class ArtworkBandit:
         lr, l2 = self.learning_rate, self.l2
         np.add.at(self._b, rows, lr * error)
         np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
-        step_p = np.zeros_like(p)
-        np.add.at(step_p, who, lr * (error[:, None] * q - l2 * p[who]))
-        for vector, step in zip(vectors, step_p, strict=True):
-            vector += step  # type: ignore[operator]
+        np.add.at(self._p, who, lr * (error[:, None] * q - l2 * p))
         if contexts is not None and self.context_learning_rate:
             grad = (error[:, None] * q).T @ contexts
             self._w += self.context_learning_rate * (grad - l2 * n * self._w)
