@@ -38,6 +38,7 @@ import redis.asyncio
 
 from streamrec.exceptions import StateStoreUnavailable
 from streamrec.metrics import REDIS_ERRORS
+from streams.state import STATE_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,22 @@ local title = ARGV[1]
 local day = ARGV[2]
 local dedup_ttl = tonumber(ARGV[3])
 local max_per_day = tonumber(ARGV[4])
+local title_json = cjson.encode(title)
+-- Is title in the user's recent or completed titles (streams.state's profile field)? The
+-- plain search rules most users out without decoding their profile.
+local function watched(uid)
+  local p = redis.call('HGET', 'sr:u:{' .. uid .. '}:__STATE__', 'p')
+  if not p or not string.find(p, title_json, 1, true) then return false end
+  local prof = cjson.decode(p)
+  local h = prof.h or {}
+  for j = 1, #h, 3 do if h[j] == title then return true end end
+  for _, t in ipairs(prof.d or {}) do if t == title then return true end end
+  return false
+end
 local out = {}
 for i = 5, #ARGV do
   local p = 'sr:u:{' .. ARGV[i] .. '}:'
-  if redis.call('ZSCORE', p .. 'hist', title) or redis.call('ZSCORE', p .. 'done', title) then
+  if watched(ARGV[i]) then
     out[#out + 1] = 'seen'
   elseif redis.call('EXISTS', p .. 'ntf:' .. title) == 1 then
     out[#out + 1] = 'duplicate'
@@ -74,7 +87,7 @@ for i = 5, #ARGV do
   end
 end
 return out
-"""
+""".replace("__STATE__", f"s{STATE_VERSION}")
 
 
 def audience_key(series_id: str) -> str:

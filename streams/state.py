@@ -1,41 +1,47 @@
 """Per-user feature state in Redis: one atomic, idempotent Lua call per batch.
 
-Key scheme (``{uid}`` is a Redis Cluster hash tag, so one user's keys share a slot); every
-key expires ``state_ttl_s`` after the user's last event:
+Layout (state version 2): ONE hash per user, ``sr:u:{uid}:s2`` (``{uid}`` is a Redis
+Cluster hash tag, so a user's keys share a slot; the ``s2`` suffix is the layout's version,
+bumped whenever it changes so old keys are ignored and simply expire). The whole key
+expires ``state_ttl_s`` after the user's last write: one ``EXPIRE`` per user per batch.
 
-=============================  ===============================================================
-``sr:u:{uid}:seen``            ZSET event_id -> ts: the last ``dedup_window`` applied event ids
-``sr:u:{uid}:meta``            HASH events_applied, last_ts, device, country, ``dev:<d>`` and
-                               ``hod:<hour>`` counts (device and time-of-day profile; at
-                               most ``DEVICE_CAP`` devices, ``ndev`` counts them)
-``sr:u:{uid}:hist``            ZSET title -> last event ts: recent titles (``history_cap``)
-``sr:u:{uid}:aff``             HASH title -> accumulated implicit feedback (for hist titles)
-``sr:u:{uid}:done``            ZSET title -> ts: completed titles (``COMPLETED_CAP``)
-``sr:u:{uid}:prog``            HASH title -> "position|duration|ts": in progress (resume
-                               point; the ``IN_PROGRESS_CAP`` most recent)
-``sr:u:{uid}:q``               LIST recent search queries (``SEARCH_CAP``)
-``sr:u:{uid}:last``            STRING the lists last emitted to the user (online recall)
-=============================  ===============================================================
+=========  ===================================================================================
+``s``      the last ``dedup_window`` applied event ids, as ``DIGEST_BYTES``-byte BLAKE2b
+           digests concatenated oldest first (binary; a zset of the ids cost ~5x the bytes)
+``p``      the profile, one JSON object the script decodes and re-encodes once per batch:
+           ``n`` events applied, ``t`` last event ts, ``dv`` device, ``c`` country,
+           ``h`` recent titles, flat ``[title, affinity, ts (whole seconds), ...]`` most
+           recent first (``history_cap``), ``d`` completed titles oldest first
+           (``COMPLETED_CAP``), ``g`` in progress, flat ``[title, position, duration, ts,
+           ...]`` most recent first (``IN_PROGRESS_CAP``), ``q`` searches newest first
+           (``SEARCH_CAP``), ``hod`` hour-of-day -> count, ``dev`` device -> count
+           (``DEVICE_CAP`` devices)
+``l``      the lists last emitted to the user (online recall), JSON written by the worker
+others     any JSON a caller stores per user (``user_fields``), returned like ``l``
+=========  ===================================================================================
 
-The script first reads every batch user's profile *as it was before the batch*, then
-applies the events in order, skipping any whose ``event_id`` is already in ``seen`` (or
-earlier in the batch), so a redelivered batch is never applied twice. Redis runs a script
-atomically, so a crash leaves either all of a batch's state or none of it; the worker
-commits Kafka offsets only after this call returns (state before offsets).
+For every user of a batch the script reads the hash (``HGETALL``), returns it *as it was
+before the batch* (every field but ``s``, as one JSON object), applies the user's events
+in order, skipping any whose event id digest is in ``s`` (or earlier in the batch), and
+writes the changed fields back (``HSET``, ``EXPIRE``): three Redis calls per user, where
+the key-per-list layout (version 1) made about 25. A redelivered batch is never applied
+twice; Redis runs a script atomically, so a crash leaves all of a batch's state or none of
+it; the worker commits Kafka offsets only after this call returns (state before offsets).
 
-Cost: the batch travels as one JSON argument, and each user's writes are gathered in Lua
-and issued once per user and key (one ``ZADD`` of all the user's new titles, one
-``HINCRBYFLOAT`` per title, ...) rather than once per event, which about halves the Redis
-CPU per event. The caps (``history_cap``, ``COMPLETED_CAP``, ``dedup_window``) are applied
-once per user at the end of the batch: within one batch a list may exceed its cap, and a
-title that falls off a full history and comes back in the same batch keeps its affinity.
+Lists keep arrival order (a title played again moves to the front, as in
+``streams.profile.apply_event``) and their caps apply once per user at the end of a batch:
+within one batch a list may exceed its cap, and a title that falls off a full history and
+comes back in the same batch keeps its affinity. Numbers are stored as JSON numbers (Lua
+prints 14 significant digits: event times to 0.1 ms, history times to the second).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,220 +54,281 @@ from streamrec.metrics import REDIS_ERRORS, REDIS_SECONDS
 from streams.profile import COMPLETED_CAP, COMPLETION_RATIO, SEARCH_CAP
 from streams.signals import REWATCH_BONUS
 
-# How many recent titles the script returns per user: what the models look at.
+# The layout's version, in every per-user state key: bump it when the layout changes.
+STATE_VERSION = 2
+# How many recent titles a profile hands the models (the stored history is longer).
 PROFILE_HISTORY = 50
 # Most resume points ("continue watching") kept per user, the most recent ones: a client
 # starting a new title in every event must not grow a user's state without bound.
 IN_PROGRESS_CAP = 50
-# Most distinct devices counted per user (``dev:<d>`` in meta), for the same reason.
+# Most distinct devices counted per user, for the same reason.
 DEVICE_CAP = 16
+# Bytes of an event id's digest in the dedup window. 96 bits: the chance that a new event
+# is taken for a duplicate is window / 2**96 (~6e-26 with 5,000 ids remembered), and an
+# id costs 12 bytes instead of its text plus a zset entry (~80 bytes).
+DIGEST_BYTES = 12
+# Fields the script owns; callers may store others (``user_fields``) next to ``l``.
+OWN_FIELDS = frozenset({"s", "p"})
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")
 
 APPLY_BATCH_LUA = """
 local ttl = tonumber(ARGV[1])
 local hist_cap = tonumber(ARGV[2])
-local dedup_window = tonumber(ARGV[3])
+local seen_bytes = tonumber(ARGV[3]) * __DIGEST_BYTES__
 local done_cap = tonumber(ARGV[4])
 local bonus = tonumber(ARGV[5])
 local done_ratio = tonumber(ARGV[6])
-local profile_hist = tonumber(ARGV[7])
-local search_cap = tonumber(ARGV[8])
+local search_cap = tonumber(ARGV[7])
+local users = cjson.decode(ARGV[8])
+local events = cjson.decode(ARGV[9])
+local digests = ARGV[10]
+local D = __DIGEST_BYTES__
 local prog_cap = __IN_PROGRESS_CAP__
 local device_cap = __DEVICE_CAP__
-local users = cjson.decode(ARGV[9])
-local events = cjson.decode(ARGV[10])
 
--- The lists the previous batch emitted (user, payload pairs), saved before any profile is
--- read so this batch's online-recall check sees them.
-for i = 11, #ARGV, 2 do
-  redis.call('SET', 'sr:u:{' .. ARGV[i] .. '}:last', ARGV[i + 1], 'EX', ttl)
+-- Fields stored with this call, (user, field, JSON) triples: the lists the previous batch
+-- emitted, saved "before" any profile is read so this batch's online-recall check sees them.
+local pending = {}
+for i = 11, #ARGV, 3 do
+  local w = pending[ARGV[i]]
+  if not w then w = {}; pending[ARGV[i]] = w end
+  w[#w + 1] = ARGV[i + 1]
+  w[#w + 1] = ARGV[i + 2]
 end
 
--- Redis commands with many arguments, in chunks (Lua's unpack has a stack limit).
-local CHUNK = 1000
-local function call_many(cmd, key, args, extra)
-  local replies = {}
-  for i = 1, #args, CHUNK do
-    local reply = redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
-    if extra then for _, r in ipairs(reply) do replies[#replies + 1] = r end end
+local function state_key(uid) return 'sr:u:{' .. uid .. '}:s__STATE_VERSION__' end
+
+-- Is digest dg one of the fixed-width digests in seen? (A match must start on a boundary.)
+local function remembered(seen, dg)
+  local from = 1
+  while true do
+    local at = string.find(seen, dg, from, true)
+    if not at then return false end
+    if (at - 1) % D == 0 then return true end
+    from = at + 1
   end
-  return replies
 end
 
-local out = {}
-local done_sets = {}
-for u = 1, #users do
-  local p = 'sr:u:{' .. users[u] .. '}:'
-  local hist = redis.call('ZREVRANGE', p .. 'hist', 0, profile_hist - 1)
-  local aff = {}
-  if #hist > 0 then aff = redis.call('HMGET', p .. 'aff', unpack(hist)) end
-  for i = 1, #aff do if not aff[i] then aff[i] = '0' end end
-  local done = redis.call('ZRANGE', p .. 'done', 0, -1)
-  local done_set = {}
-  for _, t in ipairs(done) do done_set[t] = true end
-  done_sets[u] = done_set
-  local prof = {
-    h = hist, w = aff, d = done,
-    p = redis.call('HGETALL', p .. 'prog'),
-    m = redis.call('HMGET', p .. 'meta', 'device', 'country', 'events_applied'),
-    q = redis.call('LRANGE', p .. 'q', 0, search_cap - 1),
-    l = redis.call('GET', p .. 'last'),
-  }
-  for i = 1, 3 do if not prof.m[i] then prof.m[i] = '' end end
-  if not prof.l then prof.l = '' end
-  out[u + 1] = cjson.encode(prof)
-end
-
--- Each user's events, in batch order.
 local by_user = {}
 for i = 1, #events do
-  local u = events[i][2]
+  local u = events[i][1]
   local list = by_user[u]
   if not list then list = {}; by_user[u] = list end
   list[#list + 1] = i
 end
 
-local flags = {}
 local playback = {play=true, pause=true, resume=true, seek=true, stop=true, complete=true}
 local partial_done = {stop=true, pause=true, seek=true}
-for u, list in pairs(by_user) do
-  local p = 'sr:u:{' .. users[u] .. '}:'
-  local ids = {}
-  for k, i in ipairs(list) do ids[k] = events[i][1] end
-  local known = call_many('ZMSCORE', p .. 'seen', ids, true)
-  local fresh = {}
-  local seen_args, searches, hist_args, done_args = {}, {}, {}, {}
-  local hours, devices, aff_add, prog = {}, {}, {}, {}
-  local applied, last_ts, device, country = 0, nil, nil, nil
-  local done_set = done_sets[u]
-  for k, i in ipairs(list) do
+
+-- Fold the applied events (indices into events, in order) into profile p (decoded JSON).
+local function apply(p, applied)
+  local h, d, g, q = p.h or {}, p.d or {}, p.g or {}, p.q or {}
+  local hod, dev = p.hod or {}, p.dev or {}
+  local done_set
+  local function done_has(title)
+    if not done_set then
+      done_set = {}
+      for _, t in ipairs(d) do done_set[t] = true end
+    end
+    return done_set[title]
+  end
+  local ndev = 0
+  for _ in pairs(dev) do ndev = ndev + 1 end
+  local titles, aff_add, title_ts = {}, {}, {}
+  local progs, prog_val, done_new, searches = {}, {}, {}, {}
+  for _, i in ipairs(applied) do
     local e = events[i]
-    local eid = e[1]
-    if known[k] or fresh[eid] then
-      flags[i] = '0'
-    else
-      flags[i] = '1'
-      fresh[eid] = true
-      applied = applied + 1
-      local typ, title, ts_text, y = e[3], e[4], e[5], e[6]
-      local pos_text, dur_text = e[7], e[8]
-      local ts = tonumber(ts_text)
-      seen_args[#seen_args + 1] = ts_text
-      seen_args[#seen_args + 1] = eid
-      last_ts = ts_text
-      local hour = math.floor(ts / 3600) % 24
-      hours[hour] = (hours[hour] or 0) + 1
-      if e[9] ~= '' then device = e[9]; devices[e[9]] = (devices[e[9]] or 0) + 1 end
-      if e[10] ~= '' then country = e[10] end
-      if typ == 'search' then
-        searches[#searches + 1] = e[11]
-      elseif typ ~= 'impression' and title ~= '' then
-        if typ == 'play' and done_set[title] then y = y + bonus end
-        aff_add[title] = (aff_add[title] or 0) + y
-        hist_args[#hist_args + 1] = ts_text
-        hist_args[#hist_args + 1] = title
-        if playback[typ] then
-          local pos, dur = tonumber(pos_text), tonumber(dur_text)
-          if typ == 'complete' or (partial_done[typ] and dur > 0 and pos >= done_ratio * dur) then
-            done_args[#done_args + 1] = ts_text
-            done_args[#done_args + 1] = title
-            done_set[title] = true
-            prog[title] = false
-          elseif pos > 0 then
-            prog[title] = pos_text .. '|' .. dur_text .. '|' .. ts_text
-          end
+    local typ, title, ts, y, pos, dur = e[2], e[3], e[4], e[5], e[6], e[7]
+    p.t = ts
+    local hour = tostring(math.floor(ts / 3600) % 24)
+    hod[hour] = (hod[hour] or 0) + 1
+    local device = e[8]
+    if device ~= '' then
+      p.dv = device
+      -- A client may name a new device in every event: count at most device_cap of them.
+      if dev[device] then
+        dev[device] = dev[device] + 1
+      elseif ndev < device_cap then
+        dev[device] = 1
+        ndev = ndev + 1
+      end
+    end
+    if e[9] ~= '' then p.c = e[9] end
+    if typ == 'search' then
+      searches[#searches + 1] = e[10]
+    elseif typ ~= 'impression' and title ~= '' then
+      if typ == 'play' and done_has(title) then y = y + bonus end
+      aff_add[title] = (aff_add[title] or 0) + y
+      title_ts[title] = ts
+      titles[#titles + 1] = title
+      if playback[typ] then
+        if typ == 'complete' or (partial_done[typ] and dur > 0 and pos >= done_ratio * dur) then
+          done_has(title)
+          done_set[title] = true
+          done_new[#done_new + 1] = title
+          prog_val[title] = false
+          progs[#progs + 1] = title
+        elseif pos > 0 then
+          prog_val[title] = {pos, dur, ts}
+          progs[#progs + 1] = title
         end
       end
     end
   end
-  if applied > 0 then
-    call_many('ZADD', p .. 'seen', seen_args)
-    local meta = p .. 'meta'
-    redis.call('HINCRBY', meta, 'events_applied', applied)
-    local fields = {'last_ts', last_ts}
-    if device then fields[3] = 'device'; fields[4] = device end
-    if country then fields[#fields + 1] = 'country'; fields[#fields + 1] = country end
-    redis.call('HSET', meta, unpack(fields))
-    for hour, n in pairs(hours) do redis.call('HINCRBY', meta, 'hod:' .. hour, n) end
-    for d, n in pairs(devices) do
-      -- A client may name a new device in every event: count at most device_cap of them.
-      if redis.call('HEXISTS', meta, 'dev:' .. d) == 1 then
-        redis.call('HINCRBY', meta, 'dev:' .. d, n)
-      elseif redis.call('HINCRBY', meta, 'ndev', 1) <= device_cap then
-        redis.call('HINCRBY', meta, 'dev:' .. d, n)
-      else
-        redis.call('HINCRBY', meta, 'ndev', -1)
+  p.n = (p.n or 0) + #applied
+  p.hod = hod
+  p.dev = dev
+  if #titles > 0 then
+    -- This batch's titles, latest first, then the untouched rest, up to hist_cap.
+    local old_aff, nh, placed = {}, {}, {}
+    for j = 1, #h, 3 do
+      if aff_add[h[j]] then old_aff[h[j]] = h[j + 1] end
+    end
+    for j = #titles, 1, -1 do
+      local t = titles[j]
+      if not placed[t] and #nh < 3 * hist_cap then
+        placed[t] = true
+        nh[#nh + 1] = t
+        nh[#nh + 1] = (old_aff[t] or 0) + aff_add[t]
+        nh[#nh + 1] = math.floor(title_ts[t])
       end
     end
-    if #searches > 0 then
-      call_many('LPUSH', p .. 'q', searches)
-      redis.call('LTRIM', p .. 'q', 0, search_cap - 1)
-    end
-    if #hist_args > 0 then
-      for title, y in pairs(aff_add) do redis.call('HINCRBYFLOAT', p .. 'aff', title, y) end
-      call_many('ZADD', p .. 'hist', hist_args)
-      local n = redis.call('ZCARD', p .. 'hist')
-      if n > hist_cap then
-        local old = redis.call('ZRANGE', p .. 'hist', 0, n - hist_cap - 1)
-        redis.call('ZREMRANGEBYRANK', p .. 'hist', 0, n - hist_cap - 1)
-        call_many('HDEL', p .. 'aff', old)
+    for j = 1, #h, 3 do
+      if #nh >= 3 * hist_cap then break end
+      if not placed[h[j]] then
+        nh[#nh + 1] = h[j]; nh[#nh + 1] = h[j + 1]; nh[#nh + 1] = h[j + 2]
       end
     end
-    local prog_set, prog_del = {}, {}
-    for title, value in pairs(prog) do
-      if value then
-        prog_set[#prog_set + 1] = title
-        prog_set[#prog_set + 1] = value
-      else
-        prog_del[#prog_del + 1] = title
+    p.h = nh
+  end
+  if #progs > 0 then
+    local ng, placed = {}, {}
+    for j = #progs, 1, -1 do
+      local t = progs[j]
+      if not placed[t] then
+        placed[t] = true
+        local v = prog_val[t]
+        if v and #ng < 4 * prog_cap then
+          ng[#ng + 1] = t; ng[#ng + 1] = v[1]; ng[#ng + 1] = v[2]; ng[#ng + 1] = v[3]
+        end
       end
     end
-    if #prog_del > 0 then call_many('HDEL', p .. 'prog', prog_del) end
-    if #prog_set > 0 then call_many('HSET', p .. 'prog', prog_set) end
-    if #prog_set > 0 and redis.call('HLEN', p .. 'prog') > prog_cap then
-      -- Keep the prog_cap most recent resume points (values are "position|duration|ts").
-      local all = redis.call('HGETALL', p .. 'prog')
-      local entries = {}
-      for i = 1, #all, 2 do
-        entries[#entries + 1] = {all[i], tonumber(string.match(all[i + 1], '[^|]*$')) or 0}
+    for j = 1, #g, 4 do
+      if #ng >= 4 * prog_cap then break end
+      if not placed[g[j]] then
+        ng[#ng + 1] = g[j]; ng[#ng + 1] = g[j + 1]; ng[#ng + 1] = g[j + 2]; ng[#ng + 1] = g[j + 3]
       end
-      table.sort(entries, function(a, b) return a[2] > b[2] end)
-      local drop = {}
-      for i = prog_cap + 1, #entries do drop[#drop + 1] = entries[i][1] end
-      call_many('HDEL', p .. 'prog', drop)
     end
-    if #done_args > 0 then
-      call_many('ZADD', p .. 'done', done_args)
-      local nd = redis.call('ZCARD', p .. 'done')
-      if nd > done_cap then redis.call('ZREMRANGEBYRANK', p .. 'done', 0, nd - done_cap - 1) end
+    p.g = ng
+  end
+  if #done_new > 0 then
+    -- Completed titles oldest first; one completed again moves to the end.
+    local last = {}
+    for k, t in ipairs(done_new) do last[t] = k end
+    local nd = {}
+    for _, t in ipairs(d) do if not last[t] then nd[#nd + 1] = t end end
+    for k, t in ipairs(done_new) do if last[t] == k then nd[#nd + 1] = t end end
+    if #nd > done_cap then
+      local kept = {}
+      for j = #nd - done_cap + 1, #nd do kept[#kept + 1] = nd[j] end
+      nd = kept
     end
-    local ns = redis.call('ZCARD', p .. 'seen')
-    if ns > dedup_window then
-      redis.call('ZREMRANGEBYRANK', p .. 'seen', 0, ns - dedup_window - 1)
+    p.d = nd
+  end
+  if #searches > 0 then
+    local nq = {}
+    for j = #searches, 1, -1 do
+      if #nq < search_cap then nq[#nq + 1] = searches[j] end
     end
-    for _, k in ipairs({'seen', 'meta', 'hist', 'aff', 'done', 'prog', 'q'}) do
-      redis.call('EXPIRE', p .. k, ttl)
+    for j = 1, #q do
+      if #nq >= search_cap then break end
+      nq[#nq + 1] = q[j]
     end
+    p.q = nq
   end
 end
-out[1] = table.concat(flags)
-return out
+
+local flags, replies = {}, {}
+for u = 1, #users do
+  local uid = users[u]
+  local key = state_key(uid)
+  local flat = redis.call('HGETALL', key)
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  local writes = pending[uid] or {}
+  pending[uid] = nil
+  for i = 1, #writes, 2 do rec[writes[i]] = writes[i + 1] end
+  local parts = {}
+  for name, value in pairs(rec) do
+    if name ~= 's' then parts[#parts + 1] = '"' .. name .. '":' .. value end
+  end
+  replies[u] = '{' .. table.concat(parts, ',') .. '}'
+
+  local seen = rec.s or ''
+  local fresh, new_ids, applied = {}, {}, {}
+  for _, i in ipairs(by_user[u]) do
+    local dg = string.sub(digests, (i - 1) * D + 1, i * D)
+    if fresh[dg] or remembered(seen, dg) then
+      flags[i] = '0'
+    else
+      flags[i] = '1'
+      fresh[dg] = true
+      new_ids[#new_ids + 1] = dg
+      applied[#applied + 1] = i
+    end
+  end
+  if #applied > 0 then
+    local p = rec.p and cjson.decode(rec.p) or {}
+    apply(p, applied)
+    seen = seen .. table.concat(new_ids)
+    if #seen > seen_bytes then seen = string.sub(seen, -seen_bytes) end
+    writes[#writes + 1] = 's'
+    writes[#writes + 1] = seen
+    writes[#writes + 1] = 'p'
+    writes[#writes + 1] = cjson.encode(p)
+  end
+  if #writes > 0 then
+    redis.call('HSET', key, unpack(writes))
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+for uid, writes in pairs(pending) do
+  local key = state_key(uid)
+  redis.call('HSET', key, unpack(writes))
+  redis.call('EXPIRE', key, ttl)
+end
+return {table.concat(flags), '[' .. table.concat(replies, ',') .. ']'}
 """
 
+APPLY_BATCH_LUA = (APPLY_BATCH_LUA.replace("__IN_PROGRESS_CAP__", str(IN_PROGRESS_CAP))
+                   .replace("__DEVICE_CAP__", str(DEVICE_CAP))
+                   .replace("__DIGEST_BYTES__", str(DIGEST_BYTES))
+                   .replace("__STATE_VERSION__", str(STATE_VERSION)))
 
-APPLY_BATCH_LUA = APPLY_BATCH_LUA.replace("__IN_PROGRESS_CAP__", str(IN_PROGRESS_CAP)).replace(
-    "__DEVICE_CAP__", str(DEVICE_CAP))
-
-# One call for many users' "last" lists: ARGV = ttl, then (user, payload) pairs.
-SAVE_LISTS_LUA = """
-for i = 2, #ARGV, 2 do
-  redis.call('SET', 'sr:u:{' .. ARGV[i] .. '}:last', ARGV[i + 1], 'EX', ARGV[1])
+# Fields for users outside a batch: ARGV = ttl, then (user, field, JSON) triples.
+SAVE_FIELDS_LUA = """
+for i = 2, #ARGV, 3 do
+  local key = 'sr:u:{' .. ARGV[i] .. '}:s__STATE_VERSION__'
+  redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+  redis.call('EXPIRE', key, ARGV[1])
 end
 return #ARGV
-"""
+""".replace("__STATE_VERSION__", str(STATE_VERSION))
 
 
 def user_key(user_id: str, kind: str) -> str:
+    """A per-user key of another area (``recs``, ``xp``, ...), in the user's hash slot."""
     return f"sr:u:{{{user_id}}}:{kind}"
+
+
+def state_key(user_id: str) -> str:
+    """The one key holding ``user_id``'s state (see the module docstring)."""
+    return user_key(user_id, f"s{STATE_VERSION}")
+
+
+def event_digest(event_id: str) -> bytes:
+    """What the dedup window remembers of an event id."""
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
 
 
 @dataclass
@@ -272,6 +339,8 @@ class StoredProfile:
     in_progress: dict[str, tuple[float, float, float]]  # title -> (position, duration, ts)
     events_applied: int
     last_lists: dict[str, list[str]]
+    # Fields other callers store per user (``StateStore.apply_batch(user_fields=...)``).
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -279,44 +348,57 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def parse_profile(user_id: str, raw: bytes | str) -> StoredProfile:
-    data = orjson.loads(raw)
-    titles = _as_list(data.get("h"))
-    weights = _as_list(data.get("w"))
-    history = [(t, float(w)) for t, w in zip(titles, weights, strict=False)]
-    device, country, applied = (_as_list(data.get("m")) + ["", "", ""])[:3]
-    prog_flat = _as_list(data.get("p"))
-    in_progress: dict[str, tuple[float, float, float]] = {}
-    for title, packed in zip(prog_flat[::2], prog_flat[1::2], strict=False):
-        pos, dur, ts = (float(x) for x in packed.split("|"))
-        in_progress[title] = (pos, dur, ts)
-    last = data.get("l") or ""
+def parse_profile(user_id: str, record: Mapping[str, Any]) -> StoredProfile:
+    """One user's record as the script returns it (``p``, ``l`` and callers' fields)."""
+    data = record.get("p") or {}
+    flat = _as_list(data.get("h"))[:3 * PROFILE_HISTORY]
+    history = [(t, float(w)) for t, w in zip(flat[::3], flat[1::3], strict=False)]
+    prog = _as_list(data.get("g"))
+    in_progress = {t: (float(pos), float(dur), float(ts))
+                   for t, pos, dur, ts in zip(prog[::4], prog[1::4], prog[2::4], prog[3::4],
+                                              strict=False)}
     profile = UserProfile(
         user_id=user_id, history=history, completed=set(_as_list(data.get("d"))),
-        device=device or None, country=country or None,
+        device=data.get("dv") or None, country=data.get("c") or None,
         search_terms=list(_as_list(data.get("q"))),
     )
+    extra = {k: v for k, v in record.items() if k not in ("p", "l")}
     return StoredProfile(
-        profile=profile, in_progress=in_progress,
-        events_applied=int(applied) if applied else 0,
-        last_lists=orjson.loads(last) if last else {},
+        profile=profile, in_progress=in_progress, events_applied=int(data.get("n") or 0),
+        last_lists=record.get("l") or {}, fields=extra,
     )
 
 
 def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
                    user_index: dict[str, int]) -> bytes:
-    """The batch as one JSON argument (one array per event; see the script for the order).
-
-    Times, positions and durations travel as text so the stored values are exactly the
-    producer's numbers (Lua would print a number with 14 significant digits).
-    """
+    """The batch as one JSON argument (one array per event; see the script for the order)."""
     return orjson.dumps([
-        [event["event_id"], user_index[event["user_id"]], event["type"],
-         event.get("title_id") or "", repr(event["ts"]), y, repr(event.get("position_s", 0.0)),
-         repr(event.get("duration_s") or 0.0), event.get("device") or "",
-         event.get("country") or "", event.get("query") or ""]
+        [user_index[event["user_id"]], event["type"], event.get("title_id") or "",
+         event["ts"], y, event.get("position_s") or 0.0, event.get("duration_s") or 0.0,
+         event.get("device") or "", event.get("country") or "", event.get("query") or ""]
         for event, y in zip(events, feedbacks, strict=True)
     ])
+
+
+def _field_args(user_fields: Mapping[str, Mapping[str, bytes]]) -> list[Any]:
+    """(user, field, JSON) triples; field names are checked (they are spliced into JSON)."""
+    args: list[Any] = []
+    for uid, fields in user_fields.items():
+        for name, value in fields.items():
+            if name in OWN_FIELDS or not _FIELD_NAME.fullmatch(name):
+                raise ValueError(f"bad per-user state field name {name!r}: use 1-16 of "
+                                 f"[a-z0-9_], starting with a letter, not {sorted(OWN_FIELDS)}")
+            args += (uid, name, value)
+    return args
+
+
+def _merge(last_lists: Mapping[str, bytes] | None,
+           user_fields: Mapping[str, Mapping[str, bytes]] | None
+           ) -> dict[str, dict[str, bytes]]:
+    merged: dict[str, dict[str, bytes]] = {uid: dict(f) for uid, f in (user_fields or {}).items()}
+    for uid, payload in (last_lists or {}).items():
+        merged.setdefault(uid, {})["l"] = payload
+    return merged
 
 
 class StateStore:
@@ -335,28 +417,32 @@ class StateStore:
         self.history_cap = history_cap
         self.dedup_window = dedup_window
         self._script = client.register_script(APPLY_BATCH_LUA)
-        self._save_lists = client.register_script(SAVE_LISTS_LUA)
+        self._save_fields = client.register_script(SAVE_FIELDS_LUA)
 
     async def apply_batch(
         self, events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
         last_lists: Mapping[str, bytes] | None = None,
+        user_fields: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> tuple[list[bool], dict[str, StoredProfile]]:
         """Apply valid events (in order) idempotently; returns per-event "applied" flags and
         every batch user's profile as it was *before* the batch.
 
         ``last_lists`` (user -> what was last emitted to them, see :meth:`save_last_lists`)
+        and ``user_fields`` (user -> {field: JSON}, returned in ``StoredProfile.fields``)
         are saved in the same call, first: the hot path sends a batch's lists with the next
         batch's state rather than in a round trip of their own.
         """
         users = list(dict.fromkeys(e["user_id"] for e in events))
         user_index = {uid: i for i, uid in enumerate(users, start=1)}
+        digest = hashlib.blake2b
         argv = [
             self.ttl_s, self.history_cap, self.dedup_window, COMPLETED_CAP, REWATCH_BONUS,
-            COMPLETION_RATIO, PROFILE_HISTORY, SEARCH_CAP, orjson.dumps(users),
+            COMPLETION_RATIO, SEARCH_CAP, orjson.dumps(users),
             _encode_events(events, feedbacks, user_index),
+            b"".join(digest(e["event_id"].encode(), digest_size=DIGEST_BYTES).digest()
+                     for e in events),
         ]
-        for uid, payload in (last_lists or {}).items():
-            argv += (uid, payload)
+        argv += _field_args(_merge(last_lists, user_fields))
         started = time.perf_counter()
         try:
             reply = await self._script(keys=[], args=argv)
@@ -367,19 +453,21 @@ class StateStore:
         flags_raw = reply[0]
         flags_text = flags_raw.decode() if isinstance(flags_raw, bytes) else flags_raw
         flags = [c == "1" for c in flags_text]
-        profiles = {uid: parse_profile(uid, raw) for uid, raw in zip(users, reply[1:], strict=True)}
+        profiles = {uid: parse_profile(uid, record)
+                    for uid, record in zip(users, orjson.loads(reply[1]), strict=True)}
         return flags, profiles
 
-    async def save_last_lists(self, lists: dict[str, bytes]) -> None:
-        """Remember what was just emitted to each user (for online recall)."""
-        if not lists:
+    async def save_last_lists(self, lists: Mapping[str, bytes],
+                              user_fields: Mapping[str, Mapping[str, bytes]] | None = None
+                              ) -> None:
+        """Remember what was just emitted to each user (for online recall), and any
+        ``user_fields``, outside a batch."""
+        args = _field_args(_merge(lists, user_fields))
+        if not args:
             return
         started = time.perf_counter()
-        argv: list[Any] = [self.ttl_s]
-        for uid, payload in lists.items():
-            argv += (uid, payload)
         try:
-            await self._save_lists(keys=[], args=argv)
+            await self._save_fields(keys=[], args=[self.ttl_s, *args])
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="save_last_lists").inc()
             raise StateStoreUnavailable(f"Redis save_last_lists failed: {exc}") from exc
@@ -389,37 +477,59 @@ class StateStore:
         await self._client.aclose()
 
 
+def _load(raw: bytes | None) -> dict[str, Any]:
+    data = orjson.loads(raw) if raw else {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_features(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
     """A user's whole feature state, for ``streamrec features`` (synchronous client)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(user_key(user_id, "meta"))
-    pipe.zrevrange(user_key(user_id, "hist"), 0, -1, withscores=True)
-    pipe.hgetall(user_key(user_id, "aff"))
-    pipe.zrevrange(user_key(user_id, "done"), 0, -1)
-    pipe.hgetall(user_key(user_id, "prog"))
-    pipe.lrange(user_key(user_id, "q"), 0, -1)
-    meta, hist, aff, done, prog, queries = pipe.execute()
-    if not meta:
+    record = client.hgetall(state_key(user_id))
+    if b"p" not in record:
         return None
-    text = {k.decode(): v.decode() for k, v in meta.items()}
-    affinity = {k.decode(): float(v) for k, v in aff.items()}
+    data = _load(record[b"p"])
+    hist = _as_list(data.get("h"))
+    prog = _as_list(data.get("g"))
     return {
         "user_id": user_id,
-        "events_applied": int(text.get("events_applied", 0)),
-        "last_event_ts": float(text.get("last_ts", 0) or 0),
-        "device": text.get("device"),
-        "country": text.get("country"),
-        "devices": {k[4:]: int(v) for k, v in text.items() if k.startswith("dev:")},
-        "hours": {int(k[4:]): int(v) for k, v in text.items() if k.startswith("hod:")},
+        "events_applied": int(data.get("n") or 0),
+        "last_event_ts": float(data.get("t") or 0),
+        "device": data.get("dv"),
+        "country": data.get("c"),
+        "devices": dict(data.get("dev") or {}),
+        "hours": {int(k): int(v) for k, v in (data.get("hod") or {}).items()},
         "recent_titles": [
-            {"title_id": t.decode(), "last_ts": ts, "affinity": affinity.get(t.decode(), 0.0)}
-            for t, ts in hist
+            {"title_id": t, "last_ts": float(ts), "affinity": float(w)}
+            for t, w, ts in zip(hist[::3], hist[1::3], hist[2::3], strict=False)
         ],
-        "completed": [t.decode() for t in done],
+        "completed": _as_list(data.get("d"))[::-1],  # most recent first
         "in_progress": {
-            t.decode(): dict(zip(("position_s", "duration_s", "ts"),
-                                 (float(x) for x in v.decode().split("|")), strict=True))
-            for t, v in prog.items()
+            t: {"position_s": float(pos), "duration_s": float(dur), "ts": float(ts)}
+            for t, pos, dur, ts in zip(prog[::4], prog[1::4], prog[2::4], prog[3::4],
+                                       strict=False)
         },
-        "searches": [q.decode() for q in queries],
+        "searches": _as_list(data.get("q")),
+        # How many event ids the dedup window remembers (at most ``dedup_window``).
+        "remembered_events": len(record.get(b"s", b"")) // DIGEST_BYTES,
     }
+
+
+def events_applied(client: redis.Redis, user_ids: Sequence[str]) -> dict[str, int]:
+    """Events applied per user, read in one pipeline (0 for a user with no state)."""
+    pipe = client.pipeline(transaction=False)
+    for uid in user_ids:
+        pipe.hget(state_key(uid), "p")
+    return {uid: int(_load(raw).get("n") or 0)
+            for uid, raw in zip(user_ids, pipe.execute(), strict=True)}
+
+
+def remembered_event_ids(client: redis.Redis, user_ids: Sequence[str],
+                         candidates: Iterable[str]) -> set[str]:
+    """Which of ``candidates`` the users' dedup windows remember (i.e. were applied and are
+    still recognised as duplicates), read in one pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for uid in user_ids:
+        pipe.hget(state_key(uid), "s")
+    windows = [raw or b"" for raw in pipe.execute()]
+    digests = {w[i:i + DIGEST_BYTES] for w in windows for i in range(0, len(w), DIGEST_BYTES)}
+    return {eid for eid in candidates if event_digest(eid) in digests}

@@ -23,6 +23,7 @@ from streamrec.broker import EmbeddedBroker
 from streamrec.kafka import required_topics
 from streamrec.redis_conn import EmbeddedRedis
 from streamrec.settings import Secret, Settings, Topics
+from streams.state import events_applied
 
 GENRES = ["Drama", "Comedy", "Action", "Horror", "Documentary", "Romance"]
 PLAYBACK = ["play", "pause", "resume", "seek", "stop", "complete"]
@@ -270,10 +271,7 @@ class TopicCollector(threading.Thread):
 
 def applied_counts(client: redis.Redis, users: list[str]) -> dict[str, int]:
     """events_applied per user, read in one pipeline."""
-    pipe = client.pipeline(transaction=False)
-    for user in users:
-        pipe.hget(f"sr:u:{{{user}}}:meta", "events_applied")
-    return {u: int(v or 0) for u, v in zip(users, pipe.execute(), strict=True)}
+    return events_applied(client, users)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,

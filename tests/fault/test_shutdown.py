@@ -14,6 +14,7 @@ from faultkit import StreamRun, assert_exactly_once, events_consumed, make_strea
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import decode_event
 from streams.checkpoint import model_key
+from streams.state import remembered_event_ids
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -55,11 +56,10 @@ def valid_ids_below(settings, committed: dict[int, int]) -> tuple[set[str], int]
     return ids, seen
 
 
-def applied_ids(client: redis.Redis, users: list[str]) -> set[str]:
-    pipe = client.pipeline(transaction=False)
-    for user in users:
-        pipe.zrange(f"sr:u:{{{user}}}:seen", 0, -1)
-    return {eid.decode() for ids in pipe.execute() for eid in ids}
+def applied_ids(client: redis.Redis, expected: dict[str, set[str]]) -> set[str]:
+    """The valid event ids that Redis remembers as applied (its dedup windows)."""
+    users = sorted(expected)
+    return remembered_event_ids(client, users, set().union(*expected.values()))
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -80,7 +80,7 @@ def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, star
         # Everything below the committed offsets is applied, and nothing else is.
         committed = committed_offsets(settings)
         below, records_below = valid_ids_below(settings, committed)
-        applied = applied_ids(client, sorted(stream.expected))
+        applied = applied_ids(client, stream.expected)
         checkpoint = client.hgetall(model_key(settings.app_id))
         assert float(checkpoint[b"saved_at"]) >= signalled
         assert checkpoint[b"log_id"]

@@ -18,7 +18,7 @@ from streamrec.settings import Secret, Settings
 from streams.batch import learn_and_rank
 from streams.notifications import Notifier, audience_key
 from streams.product import ProductLayer
-from streams.state import StoredProfile, user_key
+from streams.state import StateStore, StoredProfile
 
 pytestmark = pytest.mark.integration
 DAY = 86_400.0
@@ -39,7 +39,10 @@ async def _notifications(redis_url: str, run: str) -> dict:
         for (series, user), ts in watchers.items():
             await client.zadd(audience_key(series), {user: ts})
         # users[2] already played episode 2 (it is in their recent titles).
-        await client.zadd(user_key(users[2], "hist"), {f"e2-{run}": T0})
+        played = {"event_id": f"p-{run}", "type": "play", "user_id": users[2], "ts": T0,
+                  "title_id": f"e2-{run}", "position_s": 0.0}
+        await StateStore(client, ttl_s=3600, history_cap=200, dedup_window=100).apply_batch(
+            [played], [0.3])
         notifier = Notifier(client, window_s=30 * 24 * 3600, max_per_day=2)
         out = {}
         out["first"] = await notifier.on_episode(episode(run, 2, T0 + 3600))

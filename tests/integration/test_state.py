@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio
 
 from streams.batch import feedbacks_for_store
-from streams.state import StateStore, read_features, user_key
+from streams.state import StateStore, read_features
 
 pytestmark = pytest.mark.integration
 TS = 1_700_000_000.0
@@ -28,16 +28,25 @@ def events_for(user: str) -> list[dict]:
     ]
 
 
+def assert_expiring(client, user: str, ttl_s: int) -> None:
+    """Every key holding the user's state expires within ``ttl_s``."""
+    keys = list(client.scan_iter(match=f"sr:u:{{{user}}}:*", count=1000))
+    assert keys, "no state stored for the user"
+    for key in keys:
+        assert 0 < client.ttl(key) <= ttl_s, key
+
+
 def run(coro):
     return asyncio.run(coro)
 
 
-async def apply(url: str, events: list[dict], **caps):
+async def apply(url: str, events: list[dict], lists=None, fields=None, **caps):
     client = redis.asyncio.Redis.from_url(url)
-    store = StateStore(client, ttl_s=3600, history_cap=caps.get("history_cap", 200),
+    store = StateStore(client, ttl_s=caps.get("ttl_s", 3600),
+                       history_cap=caps.get("history_cap", 200),
                        dedup_window=caps.get("dedup_window", 1000))
     try:
-        return await store.apply_batch(events, feedbacks_for_store(events))
+        return await store.apply_batch(events, feedbacks_for_store(events), lists, fields)
     finally:
         await store.close()
 
@@ -53,7 +62,7 @@ def test_batch_applies_state_and_returns_previous_profiles(redis_url, redis_clie
     assert features["in_progress"]["a"]["position_s"] == 600.0
     assert features["searches"] == ["space opera"]
     assert features["device"] == "tv" and features["country"] == "SE"
-    assert 0 < redis_client.ttl(user_key(user, "meta")) <= 3600
+    assert_expiring(redis_client, user, 3600)
 
 
 def test_redelivered_batch_is_not_applied_twice(redis_url, redis_client):
@@ -86,7 +95,12 @@ def test_history_is_capped(redis_url, redis_client):
     run(apply(redis_url, events, history_cap=10))
     recent = read_features(redis_client, user)["recent_titles"]
     assert [r["title_id"] for r in recent] == [f"t{i}" for i in range(29, 19, -1)]
-    assert redis_client.hlen(user_key(user, "aff")) == 10
+    # A title that fell off the history comes back without its old affinity.
+    again = dict(events[5], event_id=f"{user}-again", ts=TS + 100)
+    run(apply(redis_url, [again], history_cap=10))
+    recent = read_features(redis_client, user)["recent_titles"]
+    assert recent[0] == {"title_id": "t5", "last_ts": TS + 100, "affinity": 0.3}
+    assert len(recent) == 10 and recent[-1]["title_id"] == "t21"
 
 
 def test_rewatch_of_a_completed_title_is_a_strong_positive(redis_url, redis_client):
@@ -98,3 +112,78 @@ def test_rewatch_of_a_completed_title_is_a_strong_positive(redis_url, redis_clie
     run(apply(redis_url, [done, again]))
     affinity = read_features(redis_client, user)["recent_titles"][0]["affinity"]
     assert affinity == pytest.approx(2.0 + 0.3 + 1.5)
+
+
+def test_rewatch_bonus_uses_completions_from_earlier_batches(redis_url, redis_client):
+    user = f"u-{uuid.uuid4().hex}"
+    done = {"event_id": f"{user}-c", "type": "complete", "user_id": user, "ts": TS,
+            "title_id": "m", "position_s": 10.0, "duration_s": 10.0}
+    nearly = {"event_id": f"{user}-s", "type": "stop", "user_id": user, "ts": TS + 1,
+              "title_id": "n", "position_s": 96.0, "duration_s": 100.0}
+    run(apply(redis_url, [done, nearly]))
+    again = [{"event_id": f"{user}-p{t}", "type": "play", "user_id": user, "ts": TS + 5,
+              "title_id": t, "position_s": 0.0} for t in ("m", "n", "o")]
+    _, profiles = run(apply(redis_url, again))
+    assert profiles[user].profile.completed == {"m", "n"}
+    affinity = {r["title_id"]: r["affinity"]
+                for r in read_features(redis_client, user)["recent_titles"]}
+    stop = feedbacks_for_store([nearly])[0]
+    assert affinity == pytest.approx({"m": 2.0 + 0.3 + 1.5, "n": stop + 0.3 + 1.5, "o": 0.3})
+    assert read_features(redis_client, user)["in_progress"] == {}
+
+
+def test_dedup_holds_across_batches_and_mixed_redeliveries(redis_url, redis_client):
+    user = f"u-{uuid.uuid4().hex}"
+    events = events_for(user)
+    run(apply(redis_url, events[:2]))
+    run(apply(redis_url, events[2:3]))
+    # A redelivery of everything so far, with one new event in the middle.
+    flags, profiles = run(apply(redis_url, [*events[:2], events[3], events[2]]))
+    assert flags == [False, False, True, False]
+    assert profiles[user].events_applied == 3
+    features = read_features(redis_client, user)
+    assert features["events_applied"] == 4
+    assert features["searches"] == ["space opera"]
+    assert features["remembered_events"] == 4
+    # The window forgets the oldest ids beyond ``dedup_window``.
+    more = [dict(events[3], event_id=f"{user}-x{i}", ts=TS + 200 + i) for i in range(3)]
+    run(apply(redis_url, more, dedup_window=5))
+    assert read_features(redis_client, user)["remembered_events"] == 5
+    flags, _ = run(apply(redis_url, [events[0], events[2]], dedup_window=5))
+    assert flags == [True, False]  # events[0] was forgotten, events[2] is still known
+
+
+def test_each_write_renews_the_ttl(redis_url, redis_client):
+    user = f"u-{uuid.uuid4().hex}"
+    events = events_for(user)
+    run(apply(redis_url, events[:1], ttl_s=100))
+    assert_expiring(redis_client, user, 100)
+    run(apply(redis_url, events[1:], ttl_s=3600))
+    assert_expiring(redis_client, user, 3600)
+    assert min(redis_client.ttl(k) for k in
+               redis_client.scan_iter(match=f"sr:u:{{{user}}}:*")) > 100
+
+
+def test_lists_and_other_fields_round_trip_with_the_next_batch(redis_url, redis_client):
+    user, other = f"u-{uuid.uuid4().hex}", f"u-{uuid.uuid4().hex}"
+    events = events_for(user)
+    lists = {user: b'{"streamrec":["a","b"]}', other: b'{"streamrec":["c"]}'}
+    artwork = {user: {"art": b'{"t1":[1,2]}'}, other: {"art": b"[3]"}}
+    _, profiles = run(apply(redis_url, events[:2], lists=lists, fields=artwork))
+    # Saved first: this batch's profiles see them.
+    assert profiles[user].last_lists == {"streamrec": ["a", "b"]}
+    assert profiles[user].fields == {"art": {"t1": [1, 2]}}
+    _, profiles = run(apply(redis_url, [dict(events[2], user_id=other),
+                                        *events[2:]]))
+    assert profiles[other].last_lists == {"streamrec": ["c"]}
+    assert profiles[other].fields == {"art": [3]}
+    assert profiles[user].fields == {"art": {"t1": [1, 2]}}
+    assert profiles[user].events_applied == 2
+    assert_expiring(redis_client, other, 3600)
+
+
+def test_a_bad_field_name_is_refused_before_anything_is_written(redis_url, redis_client):
+    user = f"u-{uuid.uuid4().hex}"
+    with pytest.raises(ValueError, match="field name"):
+        run(apply(redis_url, events_for(user), fields={user: {"p": b"{}"}}))
+    assert read_features(redis_client, user) is None

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio
 
 from streams.batch import feedbacks_for_store
-from streams.state import DEVICE_CAP, IN_PROGRESS_CAP, StateStore, read_features, user_key
+from streams.state import DEVICE_CAP, IN_PROGRESS_CAP, StateStore, read_features
 
 pytestmark = pytest.mark.integration
 TS = 1_700_000_000.0
@@ -58,10 +58,13 @@ def test_one_users_state_is_bounded_by_the_caps(redis_url, redis_client):
     playing = [e["title_id"] for e in events if e["type"] in ("play", "pause")]
     assert set(features["in_progress"]) == set(playing[-IN_PROGRESS_CAP:])
     assert len(features["searches"]) == 20
-    assert redis_client.zcard(user_key(user, "seen")) == DEDUP_WINDOW
-    assert redis_client.hlen(user_key(user, "aff")) == HISTORY_CAP
-    for kind in ("seen", "meta", "hist", "aff", "prog", "q"):
-        assert 0 < redis_client.ttl(user_key(user, kind)) <= TTL_S, kind
+    assert features["remembered_events"] == DEDUP_WINDOW
+    keys = list(redis_client.scan_iter(match=f"sr:u:{{{user}}}:*"))
+    assert keys
+    for key in keys:
+        assert 0 < redis_client.ttl(key) <= TTL_S, key
+    # Bounded in bytes too: the caps, not the 1,500 events, size the state.
+    assert sum(redis_client.memory_usage(key) for key in keys) < 32 * 1024
 
 
 def test_an_existing_device_keeps_counting_past_the_cap(redis_url, redis_client):

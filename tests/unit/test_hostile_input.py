@@ -116,8 +116,7 @@ def test_a_hostile_batch_is_accounted_for_and_ranked_without_errors(st_batch):
     decoded = decode_batch([Record(v, i) for i, v in enumerate(st_batch)], 64 * 1024, NOW)
     assert len(decoded.events) + len(decoded.dead_letters) == len(st_batch)
     assert sum(decoded.dead_reasons.values()) == len(decoded.dead_letters)
-    empty = orjson.dumps({"h": [], "w": [], "d": [], "p": [], "m": ["", "", ""], "q": [],
-                          "l": ""})
+    empty: dict = {}  # a new user's record, as the state script returns it
     profiles = {e["user_id"]: parse_profile(e["user_id"], empty) for e in decoded.events}
     ranked = learn_and_rank(decoded.events, [True] * len(decoded.events), profiles, MODEL,
                             top_n=5, history_cap=20, model_version="fuzz")
