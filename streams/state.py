@@ -109,9 +109,11 @@ local function remembered(seen, dg)
   end
 end
 
+-- events is flat, FIELDS values per event (one table, not one per event, to decode).
+local F = __EVENT_FIELDS__
 local by_user = {}
-for i = 1, #events do
-  local u = events[i][1]
+for i = 1, #events / F do
+  local u = events[(i - 1) * F + 1]
   local list = by_user[u]
   if not list then list = {}; by_user[u] = list end
   list[#list + 1] = i
@@ -137,12 +139,13 @@ local function apply(p, applied)
   local titles, aff_add, title_ts = {}, {}, {}
   local progs, prog_val, done_new, searches = {}, {}, {}, {}
   for _, i in ipairs(applied) do
-    local e = events[i]
-    local typ, title, ts, y, pos, dur = e[2], e[3], e[4], e[5], e[6], e[7]
+    local b = (i - 1) * F
+    local typ, title, ts, y = events[b + 2], events[b + 3], events[b + 4], events[b + 5]
+    local pos, dur = events[b + 6], events[b + 7]
     p.t = ts
     local hour = tostring(math.floor(ts / 3600) % 24)
     hod[hour] = (hod[hour] or 0) + 1
-    local device = e[8]
+    local device = events[b + 8]
     if device ~= '' then
       p.dv = device
       -- A client may name a new device in every event: count at most device_cap of them.
@@ -153,9 +156,10 @@ local function apply(p, applied)
         ndev = ndev + 1
       end
     end
-    if e[9] ~= '' then p.c = e[9] end
+    local country = events[b + 9]
+    if country ~= '' then p.c = country end
     if typ == 'search' then
-      searches[#searches + 1] = e[10]
+      searches[#searches + 1] = events[b + 10]
     elseif typ ~= 'impression' and title ~= '' then
       if typ == 'play' and done_has(title) then y = y + bonus end
       aff_add[title] = (aff_add[title] or 0) + y
@@ -303,7 +307,8 @@ return {table.concat(flags), '[' .. table.concat(replies, ',') .. ']'}
 APPLY_BATCH_LUA = (APPLY_BATCH_LUA.replace("__IN_PROGRESS_CAP__", str(IN_PROGRESS_CAP))
                    .replace("__DEVICE_CAP__", str(DEVICE_CAP))
                    .replace("__DIGEST_BYTES__", str(DIGEST_BYTES))
-                   .replace("__STATE_VERSION__", str(STATE_VERSION)))
+                   .replace("__STATE_VERSION__", str(STATE_VERSION))
+                   .replace("__EVENT_FIELDS__", "10"))
 
 # Fields for users outside a batch: ARGV = ttl, then (user, field, JSON) triples.
 SAVE_FIELDS_LUA = """
@@ -350,34 +355,37 @@ def _as_list(value: Any) -> list[Any]:
 
 def parse_profile(user_id: str, record: Mapping[str, Any]) -> StoredProfile:
     """One user's record as the script returns it (``p``, ``l`` and callers' fields)."""
-    data = record.get("p") or {}
-    flat = _as_list(data.get("h"))[:3 * PROFILE_HISTORY]
-    history = [(t, float(w)) for t, w in zip(flat[::3], flat[1::3], strict=False)]
+    lists = record.get("l") or {}
+    extra = {k: v for k, v in record.items() if k != "p" and k != "l"}
+    data = record.get("p")
+    if not data:  # a new user
+        return StoredProfile(UserProfile(user_id), {}, 0, lists, extra)
+    flat = _as_list(data.get("h"))
+    # JSON numbers: an affinity of 2.0 arrives as the int 2, so make every weight a float.
+    history = list(zip(flat[0:3 * PROFILE_HISTORY:3],
+                       map(float, flat[1:3 * PROFILE_HISTORY:3]), strict=True))
     prog = _as_list(data.get("g"))
     in_progress = {t: (float(pos), float(dur), float(ts))
                    for t, pos, dur, ts in zip(prog[::4], prog[1::4], prog[2::4], prog[3::4],
-                                              strict=False)}
+                                              strict=False)} if prog else {}
     profile = UserProfile(
-        user_id=user_id, history=history, completed=set(_as_list(data.get("d"))),
-        device=data.get("dv") or None, country=data.get("c") or None,
-        search_terms=list(_as_list(data.get("q"))),
+        user_id, history, set(_as_list(data.get("d"))), data.get("dv") or None,
+        data.get("c") or None, None, list(_as_list(data.get("q"))),
     )
-    extra = {k: v for k, v in record.items() if k not in ("p", "l")}
-    return StoredProfile(
-        profile=profile, in_progress=in_progress, events_applied=int(data.get("n") or 0),
-        last_lists=record.get("l") or {}, fields=extra,
-    )
+    return StoredProfile(profile, in_progress, int(data.get("n") or 0), lists, extra)
 
 
 def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
                    user_index: dict[str, int]) -> bytes:
-    """The batch as one JSON argument (one array per event; see the script for the order)."""
-    return orjson.dumps([
-        [user_index[event["user_id"]], event["type"], event.get("title_id") or "",
-         event["ts"], y, event.get("position_s") or 0.0, event.get("duration_s") or 0.0,
-         event.get("device") or "", event.get("country") or "", event.get("query") or ""]
-        for event, y in zip(events, feedbacks, strict=True)
-    ])
+    """The batch as one flat JSON array, 10 values per event (see the script for the order)."""
+    flat: list[Any] = []
+    add = flat.extend
+    for event, y in zip(events, feedbacks, strict=True):
+        get = event.get
+        add((user_index[event["user_id"]], event["type"], get("title_id") or "", event["ts"], y,
+             get("position_s") or 0.0, get("duration_s") or 0.0, get("device") or "",
+             get("country") or "", get("query") or ""))
+    return orjson.dumps(flat)
 
 
 def _field_args(user_fields: Mapping[str, Mapping[str, bytes]]) -> list[Any]:
