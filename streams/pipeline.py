@@ -15,8 +15,10 @@ faust application's event loop (a ``mode.Service`` the app starts and stops):
    librdkafka retries through a broker outage instead of dropping them);
 6. offsets are committed only once state is written and every output is delivered.
 
-Steps 3 and 4-6 of consecutive batches overlap: Redis runs batch *i*'s script while this
-process learns, ranks and emits batch *i - 1* (see :meth:`EventsPipeline.run`).
+While records queue up, steps 3 and 4-6 of consecutive batches overlap: Redis runs batch
+*i*'s script while this process learns, ranks and emits batch *i - 1*; while the worker
+keeps up, each batch is finished before the next is taken, so a record waits at most about
+one batch cycle (see :meth:`EventsPipeline.run`).
 
 Redis outages pause consumption and retry the same batch with capped backoff; since the
 state write is idempotent, a retry after a half-seen reply is harmless.
@@ -51,6 +53,21 @@ RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
 # Idle sleep when no records are waiting, seconds: short, because it adds to latency.
 IDLE_SLEEP_S = 0.002
+# A batch at least this share of STREAMREC_BATCH_SIZE means records are queueing: then the
+# next batch's state write overlaps this one's ranking (throughput, at the cost of one
+# batch cycle of latency). Smaller batches mean the worker keeps up: each is finished
+# before the next is taken, so a record waits for at most about one batch cycle.
+LAGGING_SHARE = 0.5
+# Longest the broker may hold a fetch that finds no new records, ms. librdkafka's mock
+# cluster (the embedded broker) answers such a fetch only when this expires, not when a
+# record arrives, so a caught-up worker saw records ~5 ms late on average at 10 ms (a real
+# broker answers on arrival). Short costs an idle consumer up to 500 empty fetches/s.
+FETCH_WAIT_MS = 2
+# Emitted lists are saved with the next batch's state write; on their own only after the
+# loop has been idle this long, seconds (a round trip per idle poll delayed the next
+# record; online recall only needs them by the user's next event, and the next batch's
+# state write stores them first).
+IDLE_SAVE_AFTER_S = 0.05
 # Rolling online recall: exponential smoothing over roughly this many tests.
 RECALL_WINDOW = 2000
 # Consumer errors that mean the broker cannot be reached (as opposed to a bad record).
@@ -160,7 +177,7 @@ class EventsPipeline:
         conf = consumer_config(
             self.settings, f"{self.settings.app_id}-events",
             # Prefetch generously: the loop takes what is buffered without waiting.
-            **{"queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 10,
+            **{"queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": FETCH_WAIT_MS,
                "on_commit": self._on_commit, "error_cb": self._on_client_error},
         )
         self._consumer = Consumer(conf)
@@ -180,21 +197,31 @@ class EventsPipeline:
     async def run(self) -> None:
         """The loop: until asked to stop, then finish the batch, flush and commit.
 
-        Two batches overlap: batch *i*'s state write runs in Redis (another process, often
+        While records queue up (a batch of at least ``LAGGING_SHARE`` of the batch size),
+        two batches overlap: batch *i*'s state write runs in Redis (another process, often
         another core) while this process learns, ranks and emits batch *i - 1*. Batches
         still reach Redis strictly in order: batch *i*'s write starts only once batch
-        *i - 1*'s has returned.
+        *i - 1*'s has returned. When the worker keeps up, overlapping would only make
+        every record wait one extra batch cycle, so each batch is finished first and the
+        next one takes what arrived meanwhile.
         """
         assert self._consumer is not None and self._producer is not None, "call start() first"
-        consumer, producer = self._consumer, self._producer
+        producer = self._producer
+        batch_size = self.settings.batch_size
+        lagging = max(1, int(batch_size * LAGGING_SHARE))
         pending: _InFlight | None = None
+        idle_since: float | None = None
         try:
             while not self._stopping.is_set():
                 applied = await pending.applied() if pending is not None else None
-                records = consumer.consume(self.settings.batch_size, 0)
-                if self._held:  # received while waiting out an outage: first, in order
-                    records, self._held = self._held + records, []
-                records = [r for r in records if not self._is_error(r)]
+                records = self._take(batch_size)
+                if pending is not None and len(records) < lagging:
+                    # Keeping up: finish the previous batch now, then top this one up with
+                    # what arrived meanwhile.
+                    last, pending = pending, None
+                    await self._complete(last, applied)
+                    if len(records) < batch_size:
+                        records += self._take(batch_size - len(records))
                 if records and self._broker_down:
                     self._set_broker_down(False)
                 started = self._start(records) if records else None
@@ -204,7 +231,9 @@ class EventsPipeline:
                     await self._complete(pending, applied)
                 pending = started
                 if pending is None:
-                    if self._unsaved_lists:
+                    now = time.monotonic()
+                    idle_since = now if idle_since is None else idle_since
+                    if self._unsaved_lists and now - idle_since >= IDLE_SAVE_AFTER_S:
                         await self._save_lists_with_retry(self._unsaved_lists)
                         self._unsaved_lists = {}
                     producer.poll(0)
@@ -213,6 +242,7 @@ class EventsPipeline:
                         await self.sync.maybe_sync(self.model)
                     await asyncio.sleep(IDLE_SLEEP_S)
                     continue
+                idle_since = None
                 if self.sync is not None:  # between batches: nothing learns meanwhile
                     await self.sync.maybe_sync(self.model)
                 # Yield to the loop between batches (catalogue agent, timers).
@@ -226,6 +256,14 @@ class EventsPipeline:
             if pending is not None:
                 pending.cancel()  # an error: its offsets stay uncommitted, it is redelivered
             self._finish()
+
+    def _take(self, n: int) -> list[Any]:
+        """Up to ``n`` records without blocking: first any a retry wait received, in order."""
+        assert self._consumer is not None
+        records = self._consumer.consume(n, 0)
+        if self._held:  # received while waiting out an outage: first, in order
+            records, self._held = self._held + records, []
+        return [r for r in records if not self._is_error(r)]
 
     def _finish(self) -> None:
         if self._producer is not None:
