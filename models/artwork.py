@@ -198,6 +198,36 @@ class ArtworkBandit:
         x[0] = 1.0
         return x
 
+    def contexts(self, devices: Sequence[str | None],
+                 affinities: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """:meth:`context` for many users at once: one row per (device, affinities)."""
+        n_users = len(devices)
+        buckets = self._buckets
+        if len(buckets) > 100_000:
+            buckets.clear()
+        n = self.n_context - 1
+        users: list[int] = []
+        index: list[int] = []
+        weights: list[float] = []
+        for u, (device, tokens) in enumerate(zip(devices, affinities, strict=True)):
+            items = list(tokens.items())
+            if device:
+                items.append(("d:" + device, 1.0))
+            for token, weight in items:
+                i = buckets.get(token)
+                if i is None:
+                    i = buckets[token] = 1 + _bucket(token, n)
+                index.append(i)
+                weights.append(weight)
+            users.extend([u] * len(items))
+        x = np.zeros((n_users, self.n_context))
+        if index:
+            np.add.at(x, (np.asarray(users), np.asarray(index)), np.asarray(weights))
+        norm = np.sqrt(np.einsum("ij,ij->i", x[:, 1:], x[:, 1:]))
+        x[:, 1:] /= np.where(norm > 0, norm, 1.0)[:, None]
+        x[:, 0] = 1.0
+        return x
+
     # -- users ---------------------------------------------------------------------------------
     def _user_rows_of(self, user_ids: Sequence[str], create: bool) -> np.ndarray:
         """Rows of ``_p`` for ``user_ids`` (-1 for unknown users unless ``create``).

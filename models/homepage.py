@@ -119,19 +119,33 @@ class RowBandit(_Params):
 
     def context(self, device: str | None = None, hour: int | None = None,
                 events: int = 0, in_progress: bool = False) -> np.ndarray:
-        """The context vector: a bias and hashed tokens, each 1."""
+        """The context vector: a bias and hashed tokens, each 1.
+
+        A few hundred distinct vectors exist (devices x 6 parts of the day x 4 levels of
+        experience x in progress or not), so they are memoised; the array returned is
+        shared: read-only."""
+        key = (device, None if hour is None else hour // 4,
+               min(3, int(math.log10(events + 1))), bool(in_progress))
+        memo = self.__dict__.setdefault("_contexts", {})
+        x = memo.get(key)
+        if x is not None:
+            return x
         x = np.zeros(self.n_context)
         x[0] = 1.0
         n = self.n_context - 1
-        tokens = [f"m:{min(3, int(math.log10(events + 1)))}"]
+        tokens = [f"m:{key[2]}"]
         if device:
             tokens.append("d:" + device)
         if hour is not None:
-            tokens.append(f"h:{hour // 4}")
+            tokens.append(f"h:{key[1]}")
         if in_progress:
             tokens.append("p:1")
         for token in tokens:
             x[1 + zlib.crc32(token.encode()) % n] = 1.0
+        x.flags.writeable = False
+        if len(memo) >= 4096:  # bounded: device names come from clients
+            memo.clear()
+        memo[key] = x
         return x
 
     def learn_one(self, row_type: str, context: np.ndarray, clicked: bool,
@@ -176,6 +190,38 @@ class RowBandit(_Params):
         affinity = np.fromiter((a for _, a in rows), dtype=np.float64, count=len(rows))
         scores = weights[:, :-1] @ context + weights[:, -1] * affinity
         return [int(i) for i in np.argsort(-scores, kind="stable")]
+
+    def order_many(self, pages: Sequence[Sequence[tuple[str, float]]], contexts: np.ndarray,
+                   explore: Sequence[bool]) -> list[list[int]]:
+        """:meth:`order` for many users at once (``contexts`` has a row per user): one
+        posterior sample for all their rows, then one sort. Draws the same random
+        numbers, in the same order, as calling :meth:`order` user after user."""
+        counts = [len(rows) for rows in pages]
+        total = sum(counts)
+        if not total:
+            return [[] for _ in pages]
+        flat = [row for rows in pages for row in rows]
+        slots = np.fromiter(map(self._type, [t for t, _ in flat]), dtype=np.int64, count=total)
+        affinity = np.fromiter((a for _, a in flat), dtype=np.float64, count=total)
+        user = np.repeat(np.arange(len(pages)), counts)
+        weights = self._mean[slots]
+        if self.exploration > 0:
+            sampled = np.repeat(np.asarray(explore, dtype=bool), counts)
+            if sampled.any():
+                noise = self._rng.standard_normal((int(sampled.sum()), weights.shape[1]))
+                weights[sampled] += (self.exploration * noise
+                                     / np.sqrt(self._precision[slots[sampled]]))
+        scores = (np.einsum("ij,ij->i", weights[:, :-1], contexts[user])
+                  + weights[:, -1] * affinity)
+        # Best first within each user; stable, so ties keep the rows' order (as order()).
+        ranked = np.lexsort((-scores, user)) - np.repeat(np.cumsum(counts) - counts, counts)
+        out: list[list[int]] = []
+        start = 0
+        ranked_list = ranked.tolist()
+        for n in counts:
+            out.append(ranked_list[start:start + n])
+            start += n
+        return out
 
 
 class ResumeModel(_Params):

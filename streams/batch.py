@@ -159,9 +159,17 @@ def learn_and_rank(
     # Every user is ranked in one vectorised call (models.batched); with experiments, one
     # call per variant (streams.experiment_batch).
     variant_lists = xb.recommend_all(profiles, last_event, top_n) if xb is not None else {}
-    batch_lists = None if xb is not None else iter(rank_many(
+    ranked = None if xb is not None else rank_many(
         model, [profiles[uid].profile for uid in last_event], top_n,
-        [event["ts"] for event in last_event.values()]))
+        [event["ts"] for event in last_event.values()])
+    if product is not None:  # every user's rows and artwork at once; decorate hands them out
+        decorating = time.perf_counter()
+        product.prepare_pages([
+            (uid, profiles[uid], ranked[i] if ranked is not None else variant_lists[uid], event,
+             xb.row_policy(uid) if xb is not None else "learned")
+            for i, (uid, event) in enumerate(last_event.items())])
+        out.product_seconds += time.perf_counter() - decorating
+    batch_lists = None if ranked is None else iter(ranked)
     for uid, event in last_event.items():
         stored = profiles[uid]
         recs: Any

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.rows import (
     PLAYBACK_TYPES,
+    Row,
     RowInputs,
     affinity_tokens,
     candidate_rows,
@@ -73,6 +74,9 @@ PLAYS_TTL_S = 49 * 3600
 ALL = "*"
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
 TRENDING_FETCH = 20
+# Recent titles a user's artwork context and row affinities look at (what the state
+# script returns of a profile, streams.state.PROFILE_HISTORY).
+HISTORY_USED = 50
 # How often the catalogue copy in Redis is checked for titles another worker's catalogue
 # partitions brought (faust splits the catalog topic between workers), seconds.
 CATALOG_REFRESH_S = 30.0
@@ -122,6 +126,19 @@ return 0
 """
 
 
+def _rec_pairs(recs: Sequence[Any]) -> list[tuple[str, str]]:
+    """``(title_id, reason)`` of a ranked list: the batched ranking's ``(title_id, score,
+    reason)`` tuples, message items (dicts), or ``Recommendation`` objects."""
+    if not recs:
+        return []
+    first = recs[0]
+    if isinstance(first, tuple):
+        return [(t, r) for t, _, r in recs]
+    if isinstance(first, dict):
+        return [(item["title_id"], item["reason"]) for item in recs]
+    return [(r.title_id, r.reason) for r in recs]
+
+
 def insight_key(app_id: str, kind: str, *parts: str) -> str:
     return ":".join(("sr:ins", app_id, kind, *parts))
 
@@ -149,22 +166,28 @@ class _BatchState:
     row_impressions: dict[str, int] = field(default_factory=dict)
     row_clicks: dict[str, int] = field(default_factory=dict)
     search_added: dict[str, set[str]] = field(default_factory=dict)
-    # Per-batch caches: a user's bandit contexts and total genre affinity.
-    art_context: dict[tuple[str, str | None], Any] = field(default_factory=dict)
-    row_context: dict[tuple[str, str | None, int, bool], Any] = field(default_factory=dict)
+    # A user's recent history as it was at their first display event of the batch: what
+    # their bandit contexts and row affinities are computed from (once per batch).
+    history: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     genre_total: dict[str, float] = field(default_factory=dict)
     history_weight: dict[str, dict[str, float]] = field(default_factory=dict)
-    # Impressions and clicks, learned as one minibatch per batch (_learn_displays).
+    # Impressions and clicks, learned as one minibatch per batch (_learn_displays); their
+    # contexts and affinities are computed there, all at once.
     art_users: list[str] = field(default_factory=list)
+    art_devices: list[str | None] = field(default_factory=list)
     art_ids: list[str] = field(default_factory=list)
     art_clicked: list[bool] = field(default_factory=list)
-    art_contexts: list[Any] = field(default_factory=list)
     row_types: list[str] = field(default_factory=list)
+    row_ids: list[str] = field(default_factory=list)
+    row_users: list[str] = field(default_factory=list)
     row_contexts: list[Any] = field(default_factory=list)
     row_clicked: list[bool] = field(default_factory=list)
-    row_affinity: list[float] = field(default_factory=list)
     trending: dict[str, list[str]] = field(default_factory=dict)
     newest: list[str] | None = None
+    # Pages built by prepare_pages, handed out by decorate: user -> (rows message,
+    # title -> artwork, titles their searches added).
+    pages: dict[str, tuple[list[dict[str, Any]], dict[str, str | None], Any]] = field(
+        default_factory=dict)
     seconds: float = 0.0
 
 
@@ -330,16 +353,19 @@ class ProductLayer:
 
     def _observe_display(self, event: dict[str, Any], clicked: bool,
                          stored: StoredProfile) -> None:
+        # Only noted here; contexts and affinities are computed per batch (_learn_displays).
         batch = self._batch
         uid, profile = event["user_id"], stored.profile
+        if uid not in batch.history:
+            batch.history[uid] = profile.history[:HISTORY_USED]
         device = event.get("device") or profile.device
         row = event.get("row")
         artwork = event.get("artwork_id")
         if artwork:
             batch.art_users.append(uid)
+            batch.art_devices.append(device)
             batch.art_ids.append(artwork)
             batch.art_clicked.append(clicked)
-            batch.art_contexts.append(self._art_context(uid, device, profile))
         if row:
             kind = row_type(row)
             if kind not in ROW_PRIORS:
@@ -347,47 +373,55 @@ class ProductLayer:
             counter = batch.row_clicks if clicked else batch.row_impressions
             counter[kind] = counter.get(kind, 0) + 1
             batch.row_types.append(kind)
-            batch.row_contexts.append(self._row_context(
-                uid, device, int(event["ts"] // 3600) % 24, stored.events_applied,
+            batch.row_ids.append(row)
+            batch.row_users.append(uid)
+            batch.row_contexts.append(self.models.rows.context(
+                device, int(event["ts"] // 3600) % 24, stored.events_applied,
                 bool(batch.progress.get(uid, stored.in_progress))))
             batch.row_clicked.append(clicked)
-            batch.row_affinity.append(self._row_affinity(row, uid, profile))
 
     def _learn_displays(self) -> None:
         """Teach the batch's impressions and clicks to the bandits, as one minibatch each."""
         batch, models = self._batch, self.models
         if batch.art_ids:
+            pairs = list(dict.fromkeys(zip(batch.art_users, batch.art_devices, strict=True)))
+            slot = {pair: i for i, pair in enumerate(pairs)}
+            contexts = self._art_contexts(pairs, {})
+            which = [slot[pair] for pair in zip(batch.art_users, batch.art_devices,
+                                                strict=True)]
             models.artwork.learn_many(batch.art_users, batch.art_ids, batch.art_clicked,
-                                      np.stack(batch.art_contexts))
-            batch.art_users, batch.art_ids, batch.art_clicked = [], [], []
-            batch.art_contexts = []
+                                      contexts[which])
+            batch.art_users, batch.art_devices, batch.art_ids = [], [], []
+            batch.art_clicked = []
         if batch.row_types:
+            history = batch.history
+            affinity = [self._row_affinity(row, uid, history[uid])
+                        for row, uid in zip(batch.row_ids, batch.row_users, strict=True)]
             models.rows.learn_many(batch.row_types, np.stack(batch.row_contexts),
-                                   batch.row_clicked, batch.row_affinity)
-            batch.row_types, batch.row_contexts, batch.row_clicked = [], [], []
-            batch.row_affinity = []
+                                   batch.row_clicked, affinity)
+            batch.row_types, batch.row_ids, batch.row_users = [], [], []
+            batch.row_contexts, batch.row_clicked = [], []
 
-    def _art_context(self, uid: str, device: str | None, profile: UserProfile) -> Any:
-        key = (uid, device)
-        context = self._batch.art_context.get(key)
-        if context is None:
-            context = self._batch.art_context[key] = self.models.artwork.context(
-                device, self._tokens(uid, profile))
-        return context
+    def _tokens(self, uid: str, history: Sequence[tuple[str, float]]) -> dict[str, float]:
+        tokens = self._batch.tokens.get(uid)
+        if tokens is None:
+            tokens = self._batch.tokens[uid] = affinity_tokens(history, self.titles)
+        return tokens
 
-    def _row_context(self, uid: str, device: str | None, hour: int, events: int,
-                     in_progress: bool) -> Any:
-        key = (uid, device, hour, in_progress)
-        context = self._batch.row_context.get(key)
-        if context is None:
-            context = self._batch.row_context[key] = self.models.rows.context(
-                device, hour, events, in_progress)
-        return context
+    def _art_contexts(self, pairs: Sequence[tuple[str, str | None]],
+                      histories: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
+        """The artwork bandit's contexts of (user, device) pairs, one matrix. A user's
+        history: as at their first display event of the batch, else ``histories``."""
+        seen = self._batch.history
+        tokens = [self._tokens(uid, seen[uid] if uid in seen else histories.get(uid, ()))
+                  for uid, _ in pairs]
+        return self.models.artwork.contexts([device for _, device in pairs], tokens)
 
-    def _row_affinity(self, row_id: str, uid: str, profile: UserProfile) -> float:
+    def _row_affinity(self, row_id: str, uid: str,
+                      history: Sequence[tuple[str, float]]) -> float:
         kind, _, arg = row_id.partition(":")
         if kind == "genre" and arg:
-            tokens = self._tokens(uid, profile)
+            tokens = self._tokens(uid, history)
             total = self._batch.genre_total.get(uid)
             if total is None:
                 total = self._batch.genre_total[uid] = sum(
@@ -396,7 +430,7 @@ class ProductLayer:
         if kind == "because_you_watched" and arg:
             weights = self._batch.history_weight.get(uid)
             if weights is None:
-                weights = self._batch.history_weight[uid] = dict(profile.history[:50])
+                weights = self._batch.history_weight[uid] = dict(history[:HISTORY_USED])
             return max(0.0, min(weights.get(arg, 0.0), 3.0)) / 3.0
         return 0.0
 
@@ -447,68 +481,132 @@ class ProductLayer:
             self._batch.trending[key] = cached
         return cached
 
+    def prepare_pages(self, requests: Sequence[tuple[str, StoredProfile, Sequence[Any],
+                                                   dict[str, Any], str]]) -> None:
+        """Build the pages of many users at once: ``(user_id, stored, recs, event,
+        row_policy)`` each, ``recs`` their ranked list (``(title_id, score, reason)``
+        tuples or objects with ``title_id`` and ``reason``). :meth:`decorate` then hands
+        each message its page.
+
+        What is the same for everyone is computed once per batch (trending per country,
+        new releases, row contexts per (device, hour, ...)); the rows are ordered for all
+        users with one posterior sample, and every (user, title) pair's artwork comes out
+        of one matrix product (``ArtworkBandit.choose_pairs``)."""
+        started = time.perf_counter()
+        if self._batch.art_ids or self._batch.row_types:
+            self._learn_displays()
+        settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
+        if batch.newest is None:
+            batch.newest = titles.newest(settings.row_items + 5)
+        info_of = titles.by_id.get
+        seen_history = batch.history
+        pages: list[list[Row]] = []
+        row_contexts: list[Any] = []
+        art_pairs: list[tuple[str, str | None]] = []
+        histories: dict[str, Sequence[tuple[str, float]]] = {}
+        shown_pages: list[list[str]] = []
+        for uid, stored, recs, event, _ in requests:
+            profile = stored.profile
+            ts = event["ts"]
+            history = (seen_history[uid] if uid in seen_history
+                       else profile.history[:HISTORY_USED])
+            histories[uid] = history
+            progress = batch.progress.get(uid, stored.in_progress)
+            searched = batch.search_added.get(uid, ())
+            pairs = _rec_pairs(recs)
+            if searched:
+                pairs = [(t, "search" if r.startswith("because_you_watched:")
+                          and r[20:] in searched else r) for t, r in pairs]
+            if progress:
+                episodes = [t for t in progress if titles.series_of(t) is not None]
+                resume_order = models.resume.rank(progress, ts, episodes)
+            else:
+                resume_order = []
+            inputs = RowInputs(
+                recs=pairs,
+                in_progress=progress,
+                resume_order=resume_order,
+                completed=profile.completed,
+                trending=self._trending(profile.country, ts),
+                new_releases=batch.newest,
+                country=profile.country,
+            )
+            candidates = candidate_rows(
+                inputs, titles,
+                genre_affinity=lambda g, u=uid, h=history: self._row_affinity(
+                    "genre:" + g, u, h),
+                title_affinity=lambda t, u=uid, h=history: self._row_affinity(
+                    "because_you_watched:" + t, u, h),
+            )
+            rows = fill_rows(candidates, titles, progress, settings.row_items,
+                             settings.row_duplicates)
+            pages.append(rows)
+            row_contexts.append(models.rows.context(
+                profile.device, int(ts // 3600) % 24, stored.events_applied, bool(progress)))
+            art_pairs.append((uid, profile.device))
+            shown_pages.append(list(dict.fromkeys(
+                [t for t, _ in pairs] + [it["title_id"] for r in rows for it in r.items])))
+        # Row order: one posterior sample and one sort for every user ("fixed": as built).
+        learned = [i for i, request in enumerate(requests) if request[4] != "fixed"]
+        orders = models.rows.order_many(
+            [[(r.type, r.affinity) for r in pages[i]] for i in learned],
+            np.stack([row_contexts[i] for i in learned]) if learned else np.zeros((0, 1)),
+            [requests[i][4] != "greedy" for i in learned])
+        for i, order in zip(learned, orders, strict=True):
+            rows = pages[i]
+            pages[i] = [rows[k] for k in order]
+        # Artwork: one artwork per (user, title) of the batch, all chosen in one call.
+        flat = [title for shown in shown_pages for title in shown]
+        slot = {title: i for i, title in enumerate(dict.fromkeys(flat))}
+        artwork_lists = [info.artwork_ids if (info := info_of(title)) is not None else ()
+                         for title in slot]
+        pair_titles = np.fromiter(map(slot.__getitem__, flat), dtype=np.int64, count=len(flat))
+        users = np.repeat(np.arange(len(shown_pages)), [len(shown) for shown in shown_pages])
+        picks = models.artwork.choose_pairs(
+            [uid for uid, _ in art_pairs], artwork_lists, users, pair_titles,
+            self._art_contexts(art_pairs, histories))
+        # (title, position) -> artwork id; the extra last column (None) is "no artwork".
+        width = max(map(len, artwork_lists), default=0)
+        table = np.full((len(artwork_lists), width + 1), None, dtype=object)
+        table[np.arange(width + 1) < np.array([len(a) for a in artwork_lists])[:, None]] = [
+            a for arts in artwork_lists for a in arts]
+        chosen = table[pair_titles, picks].tolist()
+        k = 0
+        for (uid, *_), rows, shown in zip(requests, pages, shown_pages, strict=True):
+            artwork_of = dict(zip(shown, chosen[k:k + len(shown)], strict=True))
+            k += len(shown)
+            for row in rows:
+                for item in row.items:
+                    item["artwork_id"] = artwork_of[item["title_id"]]
+            batch.pages[uid] = (rows_message(rows), artwork_of,
+                                batch.search_added.get(uid, ()))
+        batch.seconds += time.perf_counter() - started
+
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
                  recs: Sequence[Any], event: dict[str, Any], row_policy: str = "learned"
                  ) -> None:
         """Add ``rows`` to ``message`` and an ``artwork_id`` to each of its items.
 
+        The page comes from :meth:`prepare_pages` (the events path builds every user's
+        at once); a user without one gets it built now, from the message's items.
         ``row_policy`` (an A/B variant's, ``streams.experiments``) orders the rows:
         ``learned`` by the row bandit, ``greedy`` by the bandit without exploration,
         ``fixed`` in the rows' specificity order."""
+        uid = message["user_id"]
+        page = self._batch.pages.pop(uid, None)
+        if page is None:
+            self.prepare_pages([(uid, stored, message["items"], event, row_policy)])
+            page = self._batch.pages.pop(uid)
         started = time.perf_counter()
-        if self._batch.art_ids or self._batch.row_types:
-            self._learn_displays()
-        settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
-        uid, profile = message["user_id"], stored.profile
-        ts = event["ts"]
-        progress = batch.progress.get(uid, stored.in_progress)
-        searched = batch.search_added.get(uid, ())
-        items = message["items"]
-        if searched:
-            for item in items:
+        rows, artwork_of, searched = page
+        for item in message["items"]:
+            if searched:
                 reason = item["reason"]
                 if reason.startswith("because_you_watched:") and reason[20:] in searched:
                     item["reason"] = "search"
-        if batch.newest is None:
-            batch.newest = titles.newest(settings.row_items + 5)
-        episodes = [t for t in progress if titles.series_of(t) is not None] if progress else []
-        inputs = RowInputs(
-            recs=[(item["title_id"], item["reason"]) for item in items],
-            in_progress=progress,
-            resume_order=models.resume.rank(progress, ts, episodes) if progress else [],
-            completed=profile.completed,
-            trending=self._trending(profile.country, ts),
-            new_releases=batch.newest,
-            country=profile.country,
-        )
-        candidates = candidate_rows(
-            inputs, titles,
-            genre_affinity=lambda g: self._row_affinity("genre:" + g, uid, profile),
-            title_affinity=lambda t: self._row_affinity("because_you_watched:" + t, uid,
-                                                        profile),
-        )
-        rows = fill_rows(candidates, titles, progress, settings.row_items,
-                         settings.row_duplicates)
-        context = self._row_context(uid, profile.device, int(ts // 3600) % 24,
-                                    stored.events_applied, bool(progress))
-        order = (list(range(len(rows))) if row_policy == "fixed" else models.rows.order(
-            [(r.type, r.affinity) for r in rows], context, explore=row_policy != "greedy"))
-        rows = [rows[i] for i in order]
-        # One artwork per title for the whole page, chosen in one vectorised call.
-        shown = list(dict.fromkeys([item["title_id"] for item in items]
-                                   + [it["title_id"] for r in rows for it in r.items]))
-        info_of = titles.by_id.get
-        arts = [info.artwork_ids if (info := info_of(t)) is not None else () for t in shown]
-        picks = models.artwork.choose_many(uid, arts,
-                                           self._art_context(uid, profile.device, profile))
-        artwork_of = dict(zip(shown, picks, strict=True))
-        for item in items:
             item["artwork_id"] = artwork_of.get(item["title_id"])
-        for row in rows:
-            for item in row.items:
-                item["artwork_id"] = artwork_of.get(item["title_id"])
-        message["rows"] = rows_message(rows)
-        batch.seconds += time.perf_counter() - started
+        message["rows"] = rows
+        self._batch.seconds += time.perf_counter() - started
 
     # -- once per batch --------------------------------------------------------------------------
     def take_messages(self) -> list[tuple[str, bytes, bytes]]:

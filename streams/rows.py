@@ -134,25 +134,34 @@ def candidate_rows(inputs: RowInputs, titles: TitleIndex,
                    genre_affinity: Callable[[str], float] | None = None,
                    title_affinity: Callable[[str], float] | None = None,
                    ) -> list[tuple[Row, list[str]]]:
-    """Every row the user could get, with its candidate titles (before de-duplication)."""
-    completed = set(inputs.completed)
+    """Every row the user could get, with its candidate titles (before de-duplication),
+    in ``ASSIGN_ORDER``."""
+    completed = inputs.completed
+    if not isinstance(completed, (set, frozenset)):
+        completed = set(completed)
     rows: list[tuple[Row, list[str]]] = []
-    resume = [t for t in inputs.resume_order if t in inputs.in_progress and t not in completed]
-    if resume:
-        rows.append((Row("continue_watching", "continue_watching", "Continue watching", []),
-                     resume))
+    if inputs.resume_order:
+        in_progress = inputs.in_progress
+        resume = [t for t in inputs.resume_order if t in in_progress and t not in completed]
+        if resume:
+            rows.append((Row("continue_watching", "continue_watching", "Continue watching",
+                             []), resume))
     because: dict[str, list[str]] = {}
     genres: dict[str, list[str]] = {}
+    picks: list[str] = []
     for title, reason in inputs.recs:
-        kind, _, arg = reason.partition(":")
-        if kind == "because_you_watched" and arg:
-            if arg in because or len(because) < MAX_BECAUSE_ROWS:
+        picks.append(title)
+        if reason.startswith("because_you_watched:"):
+            arg = reason[20:]
+            if arg and (arg in because or len(because) < MAX_BECAUSE_ROWS):
                 because.setdefault(arg, []).append(title)
-        elif kind == "genre" and arg:
-            if arg in genres or len(genres) < MAX_GENRE_ROWS:
+        elif reason.startswith("genre:"):
+            arg = reason[6:]
+            if arg and (arg in genres or len(genres) < MAX_GENRE_ROWS):
                 genres.setdefault(arg, []).append(title)
+    get = titles.by_id.get
     for source, members in because.items():
-        info = titles.get(source)
+        info = get(source)
         name = info.name if info is not None else source
         affinity = title_affinity(source) if title_affinity else 0.0
         rows.append((Row(f"because_you_watched:{source}", "because_you_watched",
@@ -160,17 +169,27 @@ def candidate_rows(inputs: RowInputs, titles: TitleIndex,
     for genre, members in genres.items():
         affinity = genre_affinity(genre) if genre_affinity else 0.0
         rows.append((Row(f"genre:{genre}", "genre", genre, [], affinity), members))
-    fresh = [t for t in inputs.new_releases if t not in completed]
-    if fresh:
-        rows.append((Row("new_releases", "new_releases", "New releases", []), fresh))
-    trend = [t for t in inputs.trending if t not in completed]
-    if trend:
+    # Completed titles are left out of these two when the rows are filled (fill_rows).
+    if inputs.new_releases:
+        rows.append((Row("new_releases", "new_releases", "New releases", []),
+                     list(inputs.new_releases)))
+    if inputs.trending:
         where = f"Trending in {inputs.country}" if inputs.country else "Trending now"
-        rows.append((Row("trending", "trending", where, []), trend))
-    picks = [t for t, _ in inputs.recs]
+        rows.append((Row("trending", "trending", where, []), list(inputs.trending)))
     if picks:
         rows.append((Row("top_picks", "top_picks", "Top picks for you", []), picks))
+    if completed:
+        rows = [(row, [t for t in members if t not in completed])
+                if row.type in ("new_releases", "trending") else (row, members)
+                for row, members in rows]
     return rows
+
+
+_ASSIGN_RANK = {name: i for i, name in enumerate(ASSIGN_ORDER)}
+
+
+def _assign_rank(candidate: tuple[Row, list[str]]) -> int:
+    return _ASSIGN_RANK.get(candidate[0].type, len(_ASSIGN_RANK))
 
 
 def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
@@ -179,24 +198,31 @@ def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
     """Give each row its items: most specific row first, each title once (by default),
     one episode per series per row, at most ``max_items`` per row; drops empty rows."""
     taken: set[str] = set()
-    rank = {name: i for i, name in enumerate(ASSIGN_ORDER)}
-    get = titles.by_id.get
-    for row, members in sorted(candidates, key=lambda rm: rank.get(rm[0].type, len(rank))):
+    series_of = titles.series.get  # episodes only: most titles are not in it
+    ranks = [_assign_rank(c) for c in candidates]
+    ordered = (candidates if ranks == sorted(ranks)
+               else sorted(candidates, key=_assign_rank))
+    for row, members in ordered:
         items = row.items
-        resume = row.type == "continue_watching"
+        if row.type == "continue_watching":
+            for title in members:
+                if not allow_duplicates and title in taken:
+                    continue
+                items.append({"title_id": title, "resume_s": round(in_progress[title][0], 1)})
+                taken.add(title)
+                if len(items) >= max_items:
+                    break
+            continue
         series_seen: set[str] = set()
         for title in members:
             if not allow_duplicates and title in taken:
                 continue
-            info = get(title)
-            if info is not None and info.series_id is not None and not resume:
-                if info.series_id in series_seen:
+            series = series_of(title)
+            if series is not None:
+                if series in series_seen:
                     continue
-                series_seen.add(info.series_id)
-            if resume:
-                items.append({"title_id": title, "resume_s": round(in_progress[title][0], 1)})
-            else:
-                items.append({"title_id": title})
+                series_seen.add(series)
+            items.append({"title_id": title})
             taken.add(title)
             if len(items) >= max_items:
                 break

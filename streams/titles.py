@@ -82,6 +82,9 @@ class TitleIndex:
         # callers (``by_id``): the hot path looks titles up without a method call.
         self._titles: dict[str, TitleInfo] = {}
         self.by_id = self._titles
+        # title_id -> series_id, for episodes only (the rows' one-episode-per-series rule
+        # looks every row title up in it).
+        self.series: dict[str, str] = {}
         self._newest: list[tuple[float, str]] = []  # ascending (added_ts, title_id)
         self.on_add: list[Any] = []
         self.on_remove: list[Any] = []
@@ -114,6 +117,8 @@ class TitleIndex:
         elif len(self._titles) >= self.capacity:
             self.remove(next(iter(self._titles)))
         self._titles[info.title_id] = info
+        if info.series_id is not None:
+            self.series[info.title_id] = info.series_id
         entry = (info.added_ts, info.title_id)
         if len(self._newest) < NEWEST_CAP or entry > self._newest[0]:
             bisect.insort(self._newest, entry)
@@ -125,6 +130,7 @@ class TitleIndex:
         info = self._titles.pop(title_id, None)
         if info is None:
             return
+        self.series.pop(title_id, None)
         entry = (info.added_ts, title_id)
         i = bisect.bisect_left(self._newest, entry)
         if i < len(self._newest) and self._newest[i] == entry:
@@ -137,5 +143,10 @@ class TitleIndex:
         return [t for _, t in reversed(self._newest[-n:])] if n > 0 else []
 
     def series_of(self, title_id: str) -> str | None:
-        info = self._titles.get(title_id)
-        return info.series_id if info is not None else None
+        return self.series.get(title_id)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "series" not in state:  # pickled before the series map existed
+            self.series = {t: i.series_id for t, i in self._titles.items()
+                           if i.series_id is not None}
