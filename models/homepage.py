@@ -200,9 +200,9 @@ class RowBandit(_Params):
         total = sum(counts)
         if not total:
             return [[] for _ in pages]
-        flat = [row for rows in pages for row in rows]
-        slots = np.fromiter(map(self._type, [t for t, _ in flat]), dtype=np.int64, count=total)
-        affinity = np.fromiter((a for _, a in flat), dtype=np.float64, count=total)
+        types, affinities = zip(*[row for rows in pages for row in rows], strict=True)
+        slots = np.fromiter(map(self._type, types), dtype=np.int64, count=total)
+        affinity = np.array(affinities, dtype=np.float64)
         user = np.repeat(np.arange(len(pages)), counts)
         weights = self._mean[slots]
         if self.exploration > 0:

@@ -49,9 +49,8 @@ from streams.rows import (
     RowInputs,
     affinity_tokens,
     candidate_rows,
-    fill_rows,
+    row_titles,
     row_type,
-    rows_message,
     update_in_progress,
 )
 from streams.search import SearchIndex, normalise
@@ -500,11 +499,12 @@ class ProductLayer:
             batch.newest = titles.newest(settings.row_items + 5)
         info_of = titles.by_id.get
         seen_history = batch.history
-        pages: list[list[Row]] = []
+        pages: list[list[tuple[Row, list[str]]]] = []
         row_contexts: list[Any] = []
         art_pairs: list[tuple[str, str | None]] = []
         histories: dict[str, Sequence[tuple[str, float]]] = {}
         shown_pages: list[list[str]] = []
+        progresses: list[Mapping[str, tuple[float, float, float]]] = []
         for uid, stored, recs, event, _ in requests:
             profile = stored.profile
             ts = event["ts"]
@@ -538,18 +538,20 @@ class ProductLayer:
                 title_affinity=lambda t, u=uid, h=history: self._row_affinity(
                     "because_you_watched:" + t, u, h),
             )
-            rows = fill_rows(candidates, titles, progress, settings.row_items,
-                             settings.row_duplicates)
+            rows = row_titles(candidates, titles, settings.row_items, settings.row_duplicates)
             pages.append(rows)
+            progresses.append(progress)
             row_contexts.append(models.rows.context(
                 profile.device, int(ts // 3600) % 24, stored.events_applied, bool(progress)))
             art_pairs.append((uid, profile.device))
-            shown_pages.append(list(dict.fromkeys(
-                [t for t, _ in pairs] + [it["title_id"] for r in rows for it in r.items])))
+            shown = [t for t, _ in pairs]
+            for _, members in rows:
+                shown += members
+            shown_pages.append(list(dict.fromkeys(shown)))
         # Row order: one posterior sample and one sort for every user ("fixed": as built).
         learned = [i for i, request in enumerate(requests) if request[4] != "fixed"]
         orders = models.rows.order_many(
-            [[(r.type, r.affinity) for r in pages[i]] for i in learned],
+            [[(r.type, r.affinity) for r, _ in pages[i]] for i in learned],
             np.stack([row_contexts[i] for i in learned]) if learned else np.zeros((0, 1)),
             [requests[i][4] != "greedy" for i in learned])
         for i, order in zip(learned, orders, strict=True):
@@ -572,14 +574,20 @@ class ProductLayer:
             a for arts in artwork_lists for a in arts]
         chosen = table[pair_titles, picks].tolist()
         k = 0
-        for (uid, *_), rows, shown in zip(requests, pages, shown_pages, strict=True):
+        for (uid, *_), rows, shown, progress in zip(requests, pages, shown_pages, progresses,
+                                                    strict=True):
             artwork_of = dict(zip(shown, chosen[k:k + len(shown)], strict=True))
             k += len(shown)
-            for row in rows:
-                for item in row.items:
-                    item["artwork_id"] = artwork_of[item["title_id"]]
-            batch.pages[uid] = (rows_message(rows), artwork_of,
-                                batch.search_added.get(uid, ()))
+            art = artwork_of.__getitem__
+            message = []
+            for row, members in rows:
+                if row.type == "continue_watching":
+                    items = [{"title_id": t, "resume_s": round(progress[t][0], 1),
+                              "artwork_id": art(t)} for t in members]
+                else:
+                    items = [{"title_id": t, "artwork_id": art(t)} for t in members]
+                message.append({"id": row.id, "title": row.title, "items": items})
+            batch.pages[uid] = (message, artwork_of, batch.search_added.get(uid, ()))
         batch.seconds += time.perf_counter() - started
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,

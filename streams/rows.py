@@ -108,7 +108,7 @@ def affinity_tokens(history: Sequence[tuple[str, float]], titles: TitleIndex,
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RowInputs:
     """Everything one user's page is made from (all already computed, no I/O)."""
 
@@ -121,7 +121,7 @@ class RowInputs:
     country: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     id: str
     type: str
@@ -197,36 +197,49 @@ def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
               allow_duplicates: bool = False) -> list[Row]:
     """Give each row its items: most specific row first, each title once (by default),
     one episode per series per row, at most ``max_items`` per row; drops empty rows."""
+    out = []
+    for row, members in row_titles(candidates, titles, max_items, allow_duplicates):
+        if row.type == "continue_watching":
+            row.items.extend({"title_id": t, "resume_s": round(in_progress[t][0], 1)}
+                             for t in members)
+        else:
+            row.items.extend({"title_id": t} for t in members)
+        out.append(row)
+    return out
+
+
+def row_titles(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
+               max_items: int = 10, allow_duplicates: bool = False
+               ) -> list[tuple[Row, list[str]]]:
+    """:func:`fill_rows`' choice of titles, without building the items: ``(row, titles)``
+    for every row that gets any, in the candidates' order."""
     taken: set[str] = set()
     series_of = titles.series.get  # episodes only: most titles are not in it
+    chosen: dict[int, list[str]] = {}
     ranks = [_assign_rank(c) for c in candidates]
-    ordered = (candidates if ranks == sorted(ranks)
-               else sorted(candidates, key=_assign_rank))
-    for row, members in ordered:
-        items = row.items
-        if row.type == "continue_watching":
-            for title in members:
-                if not allow_duplicates and title in taken:
-                    continue
-                items.append({"title_id": title, "resume_s": round(in_progress[title][0], 1)})
-                taken.add(title)
-                if len(items) >= max_items:
-                    break
-            continue
-        series_seen: set[str] = set()
+    ordered = (enumerate(candidates) if ranks == sorted(ranks)
+               else sorted(enumerate(candidates), key=lambda ic: _assign_rank(ic[1])))
+    for i, (row, members) in ordered:
+        picked: list[str] = []
+        count = 0
+        series_seen: set[str] | None = None if row.type == "continue_watching" else set()
         for title in members:
             if not allow_duplicates and title in taken:
                 continue
-            series = series_of(title)
-            if series is not None:
-                if series in series_seen:
-                    continue
-                series_seen.add(series)
-            items.append({"title_id": title})
+            if series_seen is not None:
+                series = series_of(title)
+                if series is not None:
+                    if series in series_seen:
+                        continue
+                    series_seen.add(series)
+            picked.append(title)
             taken.add(title)
-            if len(items) >= max_items:
+            count += 1
+            if count >= max_items:
                 break
-    return [row for row, _ in candidates if row.items]
+        if picked:
+            chosen[i] = picked
+    return [(row, chosen[i]) for i, (row, _) in enumerate(candidates) if i in chosen]
 
 
 def rows_message(rows: Sequence[Row]) -> list[dict[str, Any]]:

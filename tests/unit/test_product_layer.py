@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from models.artwork import ArtworkBandit
 from models.base import UserProfile
 from models.hybrid import Hybrid
 from streamrec.settings import Settings
@@ -146,3 +147,53 @@ def test_displays_teach_the_bandits(kind):
     assert product.models.rows.impressions == 1
     assert product.models.rows.clicks == (kind == "click")
     assert product.models.artwork.size()["artworks"] == 1
+
+
+def test_a_batch_of_pages_is_what_each_user_gets_alone():
+    # The events path builds every user's page in one call (prepare_pages); a user's page
+    # must not depend on who else is in the batch: same rows, order and artwork.
+    model, product = setup()
+    product.models.artwork = ArtworkBandit(exploration=0.0, seed=3)
+    warm_up(model, product)
+    # Every artwork shown and some clicked: no two artworks of a title score the same, so
+    # no choice is left to the random tie-break.
+    arts = [(t["title_id"], a) for t in catalogue() for a in t["artwork_ids"]]
+    run(model, product, [event(k, f"viewer{k % 7}", "click" if k % 3 == 0 else "impression",
+                               title_id=t, artwork_id=a, row="trending")
+                         for k, (t, a) in enumerate(arts)])
+    # ... and the batch's users have tastes of their own: p<i> clicks every title's
+    # image i % 3, so a page with another user's artwork would show.
+    for _ in range(3):
+        run(model, product, [event(k, f"p{i}", "click" if a.endswith("abc"[i % 3]) else
+                                   "impression", title_id=t, artwork_id=a)
+                             for i in range(12) for k, (t, a) in enumerate(arts[:123])])
+    titles = [t["title_id"] for t in catalogue()]
+    requests = []
+    for i in range(12):
+        history = [(titles[(i + 3 * k) % 41], 1.0 + k % 3) for k in range(6)]
+        profile = UserProfile(f"p{i}", history=history, completed={titles[(i + 7) % 41]},
+                              device=["tv", "mobile", None][i % 3],
+                              country=["SE", "US", None][i % 3])
+        progress = {titles[(i + 11) % 41]: (600.0 + i, 3000.0, T0 - 3600 * i)} if i % 2 else {}
+        stored = StoredProfile(profile, progress, 5 * i, {})
+        reasons = ["because_you_watched:" + history[0][0], "genre:Drama", "trending",
+                   "similar_users"]
+        recs = [(titles[(5 * i + k) % 41], 1.0 - k / 20, reasons[k % 4]) for k in range(10)]
+        requests.append((profile.user_id, stored, recs, event(100 + i, profile.user_id, "play"),
+                         "greedy"))
+
+    def message(uid, recs):
+        return {"user_id": uid, "items": [{"title_id": t, "score": s, "reason": r}
+                                          for t, s, r in recs]}
+
+    product.prepare_pages(requests)
+    together = {}
+    for uid, stored, recs, evt, policy in requests:
+        together[uid] = message(uid, recs)
+        product.decorate(together[uid], stored, recs, evt, row_policy=policy)
+    for uid, stored, recs, evt, policy in requests:
+        alone = message(uid, recs)
+        product.decorate(alone, stored, recs, evt, row_policy=policy)  # no prepared page
+        assert alone == together[uid]
+        assert alone["rows"] and all(i["artwork_id"] for r in alone["rows"] for i in r["items"])
+    assert any(r["id"] == "continue_watching" for m in together.values() for r in m["rows"])
