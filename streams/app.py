@@ -140,8 +140,7 @@ class WorkerRuntime:
             letter = dead_letter(exc.reason, exc.detail, self.settings.topics.catalog,
                                  partition, offset, key, value, time.time())
             if self.pipeline is not None and self.pipeline._producer is not None:
-                self.pipeline._produce(self.pipeline._producer.produce,
-                                       self.settings.topics.dlq, key, orjson.dumps(letter))
+                self.pipeline.produce(self.settings.topics.dlq, [(key, orjson.dumps(letter))])
             logger.warning("catalog %s[%d]@%d dead-lettered: %s", self.settings.topics.catalog,
                            partition, offset, exc)
             return
@@ -166,9 +165,7 @@ class WorkerRuntime:
         outcome = await self._retry(lambda: product.on_catalog(title))
         pipeline = self.pipeline
         if outcome.messages and pipeline is not None and pipeline._producer is not None:
-            for key, value in outcome.messages:
-                pipeline._produce(pipeline._producer.produce,
-                                  self.settings.topics.notifications, key, value)
+            pipeline.produce(self.settings.topics.notifications, list(outcome.messages))
             pipeline._producer.poll(0)
 
     def update_gauges(self) -> None:

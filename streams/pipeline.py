@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -78,12 +77,19 @@ class _Outputs:
     """What one batch produced: outputs the broker has not acknowledged yet, and the
     offsets the batch may commit once they (and every older batch's) are acknowledged."""
 
-    __slots__ = ("unacked", "offsets", "on_delivery")
+    __slots__ = ("unacked", "offsets", "_failed")
 
-    def __init__(self, on_delivery: Callable[[Any, Any, Any], None]) -> None:
+    def __init__(self, failed: Callable[[Any, Any], None]) -> None:
         self.unacked = 0
         self.offsets: dict[tuple[str, int], int] = {}
-        self.on_delivery = functools.partial(on_delivery, self)
+        self._failed = failed
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        """librdkafka's delivery report, once per message (inside poll, on this thread):
+        kept to one Python call and a decrement, since it runs for every output."""
+        self.unacked -= 1
+        if err is not None:
+            self._failed(err, msg)
 
 
 class _InFlight:
@@ -296,7 +302,7 @@ class EventsPipeline:
         settings = self.settings
         decoded = batch.decoded
         ranked = RankedBatch()
-        self._collecting = outputs = _Outputs(self._on_batch_delivery)
+        self._collecting = outputs = _Outputs(self._on_delivery)
         if decoded.events:
             flags, profiles = applied
             if self.sync is not None:  # new titles start identically in every worker
@@ -330,30 +336,45 @@ class EventsPipeline:
 
     def _emit(self, ranked: RankedBatch, dead_letters: list[tuple[bytes | None, bytes]]) -> None:
         assert self._producer is not None
-        produce, topics = self._producer.produce, self.settings.topics
-        for key, value in dead_letters:
-            self._produce(produce, topics.dlq, key, value)
-        for key, value in ranked.recommendations:
-            self._produce(produce, topics.recommendations, key, value)
+        topics = self.settings.topics
+        self.produce(topics.dlq, dead_letters)
+        self.produce(topics.recommendations, ranked.recommendations)
         self._producer.poll(0)
         emitted_at = time.time()
         if ranked.event_times:
             metrics.observe_many(metrics.EVENT_TO_RECOMMENDATION,
                                  [emitted_at - ts for ts in ranked.event_times])
 
-    def _produce(self, produce: Any, topic: str, key: bytes | None, value: bytes) -> None:
-        outputs = self._collecting  # a batch being completed owns what is produced now
+    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """Produce ``(key, value)`` messages, never dropping one; the batch being completed,
+        if any, owns them (its offsets wait for their delivery)."""
+        if not messages:
+            return
+        assert self._producer is not None
+        outputs = self._collecting
         on_delivery = self._on_delivery if outputs is None else outputs.on_delivery
-        while True:
+        if outputs is not None:
+            # Counted before producing: a delivery report runs only inside poll(), so none
+            # can arrive before its message is counted.
+            outputs.unacked += len(messages)
+        produce = self._producer.produce
+        for key, value in messages:
             try:
                 produce(topic, value, key, on_delivery=on_delivery)
-                if outputs is not None:
-                    outputs.unacked += 1
+            except BufferError:
+                self._produce_when_room(topic, key, value, on_delivery)
+
+    def _produce_when_room(self, topic: str, key: bytes | None, value: bytes,
+                           on_delivery: Callable[[Any, Any], None]) -> None:
+        """The local queue is full (broker slow or down): wait for room, never drop."""
+        assert self._producer is not None
+        while True:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(topic, value, key, on_delivery=on_delivery)
                 return
             except BufferError:
-                # The local queue is full (broker slow or down): wait for room, never drop.
-                assert self._producer is not None
-                self._producer.poll(0.05)
+                continue
 
     async def _apply_with_retry(self, events: list[dict[str, Any]],
                                 lists: dict[str, bytes] | None = None
@@ -391,9 +412,9 @@ class EventsPipeline:
     async def _flush_product(self) -> None:
         """Produce the product layer's messages (cache hints) and write its aggregates."""
         assert self._producer is not None
-        produce, topics = self._producer.produce, self.settings.topics
+        topics = self.settings.topics
         for topic, key, value in self.product.take_messages():
-            self._produce(produce, getattr(topics, topic), key, value)
+            self.produce(getattr(topics, topic), [(key, value)])
         delay = RETRY_INITIAL_S
         while True:
             try:
@@ -489,10 +510,6 @@ class EventsPipeline:
             logger.warning("offset commit failed (a later commit supersedes it): %s", err)
         elif self._broker_down:
             self._set_broker_down(False)
-
-    def _on_batch_delivery(self, outputs: _Outputs, err: KafkaError | None, msg: Any) -> None:
-        outputs.unacked -= 1
-        self._on_delivery(err, msg)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
