@@ -190,6 +190,15 @@ def validate_event(obj: dict[str, Any], now: float | None = None) -> dict[str, A
         if value.__class__ is not str or not 0 < len(value) <= MAX_ID_CHARS:
             _require_id(obj, "title_id")
     if event_type in PLAYBACK_TYPES:
+        position = get("position_s")
+        duration = get("duration_s")
+        # Both plainly fine (floats in range; NaN fails every comparison): only the clamp.
+        if (position.__class__ is float and duration.__class__ is float
+                and 0.0 <= position <= MAX_MEDIA_SECONDS
+                and 0.0 < duration <= MAX_MEDIA_SECONDS):
+            if position > duration:
+                obj["position_s"] = duration
+            return _check_optional_ids(obj)
         position = _media_seconds(obj, "position_s", required=event_type in POSITION_REQUIRED)
         duration = _media_seconds(obj, "duration_s", required=False)
         if duration is not None:
@@ -207,6 +216,11 @@ def validate_event(obj: dict[str, Any], now: float | None = None) -> dict[str, A
         if not 1.0 <= rating <= 5.0:
             raise InvalidRecord("out_of_range", f"rating={rating} must be within 1..5")
         obj["rating"] = rating
+    return _check_optional_ids(obj)
+
+
+def _check_optional_ids(obj: dict[str, Any]) -> dict[str, Any]:
+    get = obj.get
     for name in ("row", "artwork_id", "device", "country"):
         value = get(name)
         if value is not None and (value.__class__ is not str or len(value) > MAX_ID_CHARS):
@@ -218,6 +232,15 @@ def decode_event(
     value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, now: float | None = None
 ) -> dict[str, Any]:
     """Bytes from the ``events`` topic to a valid event dict, or :class:`InvalidRecord`."""
+    # Hot path: a record that parses to an object goes straight to validation; anything
+    # else takes decode_json_object's checks (parsing again), which give the reason.
+    if value is not None and len(value) <= max_bytes:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            obj = None
+        if obj.__class__ is dict:
+            return validate_event(obj, now)
     return validate_event(decode_json_object(value, max_bytes), now)
 
 
