@@ -390,6 +390,7 @@ class Bench:
         thread = threading.Thread(target=collect, name="bench-latency", daemon=True)
         thread.start()
         before = [w.metrics() for w in workers]
+        cpu_before = sum(proc_cpu_s(w.pid) for w in workers)
         # The paced producer is the test harness, not the product: 1 ms lingers keep its
         # own batching out of the measured latency.
         producer = make_producer(settings, **{"linger.ms": 1})
@@ -407,7 +408,12 @@ class Bench:
                 sent.append((event["user_id"], event["ts"]))
             producer.poll(0)
             time.sleep(0.0005)
-        achieved = total / (time.perf_counter() - started)
+        paced_s = time.perf_counter() - started
+        achieved = total / paced_s
+        # The workers' CPU while paced (to here, not the drain): near 1 per worker means
+        # they were saturated, so latency is queueing, not processing.
+        cpu_share = (sum(proc_cpu_s(w.pid) for w in workers) - cpu_before) / paced_s / len(
+            workers)
         producer.flush(30)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -431,8 +437,15 @@ class Bench:
                 buckets[le] = buckets.get(le, 0.0) + value
             for labels, value in b.get("streamrec_event_to_recommendation_seconds_bucket", []):
                 buckets[float(labels["le"])] -= value
+        batches = sum(metric_sum(a, "streamrec_batch_events_count")
+                      - metric_sum(b, "streamrec_batch_events_count")
+                      for b, a in zip(before, after, strict=True))
         return {
             "latency_ms": latency_summary_ms(lat for _, lat in latencies),
+            # Events per hot-path batch while paced (small when the workers keep up), and
+            # the workers' CPU share: why latency is what it is.
+            "paced_batch_events_mean": round(total / batches, 1) if batches else None,
+            "paced_worker_cpu_share": round(cpu_share, 3),
             "latency_ms_worker_histogram": {
                 name: histogram_quantile_ms(buckets, q)
                 for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},

@@ -318,6 +318,9 @@ def format_table(report: Mapping[str, Any]) -> str:
                  ", ".join(f"{k} {stages[k]:.1f}" for k in STAGES if k in stages)))
     rows.append((f"latency at {report['paced_rate']:,.0f} events/s (paced)",
                  f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"))
+    if report.get("paced_batch_events_mean") is not None:
+        rows.append(("while paced", f"{report['paced_batch_events_mean']:,.1f} events per "
+                     f"batch, worker CPU {report['paced_worker_cpu_share']:.0%} of a core"))
     per_user = report["rss_bytes_per_active_user"]
     rows.append(("worker RSS", f"{report['rss_mb']:.0f} MB per worker; "
                  + (f"{per_user:,.0f} B more per active user" if per_user is not None

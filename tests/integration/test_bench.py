@@ -41,6 +41,7 @@ def test_a_tiny_bench_reports_every_figure(tmp_path):
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
     # Nearly every paced event is reflected in a recommendation.
     assert report["paced_events_unmatched"] <= 0.01 * report["paced_events"]
+    assert report["paced_batch_events_mean"] >= 1 and report["paced_worker_cpu_share"] >= 0
     assert set(report["events_per_s_by_workers"]) == {"1", "2"}
     assert report["per_record_events_per_s"] > 0 and report["speedup_vs_per_record"] > 0
     phases = {p["name"]: p for p in report["phases"]}
