@@ -34,6 +34,9 @@ MIN_PREFIX = 3
 # Queries remembered with their matches; users repeat queries, and a user's recent
 # queries are re-matched every time they are ranked.
 CACHE_SIZE = 20_000
+# Matches kept per cached query: the events path asks for 1 or 3 (``match``'s default is
+# 10); keeping 50 made the cache several KB per distinct query, most of a user's RSS cost.
+CACHED_MATCHES = 10
 MAX_QUERY_TOKENS = 8
 
 
@@ -110,7 +113,7 @@ class SearchIndex:
         # token -> {title_id: best field weight}
         self._postings: dict[str, dict[str, float]] = {}
         self._trigram: dict[str, set[str]] = {}
-        self._cache: OrderedDict[str, list[tuple[str, float]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[tuple[str, float], ...]] = OrderedDict()
         for info in titles:
             self._add(info)
         titles.on_add.append(self._add)
@@ -183,8 +186,8 @@ class SearchIndex:
     def match(self, query: str, limit: int = 10) -> list[tuple[str, float]]:
         """Titles matching ``query``, best first, with their scores (empty: no match)."""
         cached = self._cache.get(query)
-        if cached is not None:
-            return cached[:limit]
+        if cached is not None and (limit <= CACHED_MATCHES or len(cached) < CACHED_MATCHES):
+            return list(cached[:limit])
         key = normalise(query)
         words = key.split()[:MAX_QUERY_TOKENS]
         meaningful = [w for w in words if w not in STOP_WORDS] or words
@@ -204,7 +207,7 @@ class SearchIndex:
                 break
         result = sorted((scores or {}).items(), key=lambda ts: (-ts[1], ts[0]))[:50]
         # Keyed by the query as typed: the common repeat costs one dict lookup.
-        self._cache[query] = result
+        self._cache[query] = tuple(result[:CACHED_MATCHES])
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return result[:limit]

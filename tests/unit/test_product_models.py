@@ -291,3 +291,13 @@ def test_product_settings_parse_and_validate():
         Settings.from_env({"STREAMREC_ROW_DUPLICATES": "maybe"})
     with pytest.raises(ConfigError, match="notify_max_per_day"):
         Settings.from_env({"STREAMREC_NOTIFY_MAX_PER_DAY": "0"})
+
+
+def test_search_cache_does_not_shorten_a_longer_answer():
+    titles = TitleIndex()
+    index = SearchIndex(titles)
+    for i in range(30):
+        titles.add({"title_id": f"n{i}", "name": f"Night Train {i}"})
+    assert len(index.match("night train", 1)) == 1  # cached now
+    assert len(index.match("night train", 25)) == 25
+    assert index.match("night train", 3) == index.match("night train", 25)[:3]
