@@ -56,7 +56,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.base import MAX_HISTORY, HistoryMatrix, UserProfile  # noqa: F401 - MAX_HISTORY re-exported
-from models.hybrid import COMPONENTS, REASON_OF, Hybrid, Ranking, Recommendation
+from models.hybrid import (
+    COMPONENTS,
+    MOST_OF_ONE_GENRE,
+    REASON_OF,
+    Hybrid,
+    Ranking,
+    Recommendation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,8 @@ MIRRORED = {
         "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
         "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.recommend",
         "models.hybrid:Hybrid._rank", "models.hybrid:Hybrid.explore_slots",
-        "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid._explore_slots",
+        "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid.genre_caps",
+        "models.hybrid:Hybrid._explore_slots",
         "models.hybrid:Hybrid._reason",
     ),
     "learn": (
@@ -87,7 +95,7 @@ MIRRORED = {
         "models.explore:ThompsonExplorer._learn_row",
     ),
 }
-FINGERPRINTS = {"rank": "2b46798a72576512", "learn": "7b5e07d6533ef184"}
+FINGERPRINTS = {"rank": "42589dfa9dce428b", "learn": "7b5e07d6533ef184"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -280,7 +288,6 @@ class _RankBatch:
             done_u, done_rows = zip(*done, strict=True)
             candidate[np.array(done_u), position[np.array(done_rows)]] = False
         self.n_candidates = candidate.sum(axis=1)
-        self.cold = ~hist.positive.any(axis=1)
         self.sel = sel = _selector(cols)
         self.ranking: Ranking = model.rank_matrix(hist, cols, candidate, times)
         self.scores = self.ranking.scores
@@ -302,7 +309,7 @@ class _RankBatch:
         lengths = np.minimum(self.n_candidates, depth)
         picks = self._diversify(order, lengths, n)
         n_picked = (picks >= 0).sum(axis=1)
-        n_explore = model.explore_slots(n, self.cold)
+        n_explore = model.explore_slots(n, self.hist.positive_count())
         width = max(int(n_explore.max(initial=0)), 1)
         explored = np.full((n_users, width), -1, dtype=np.int64)
         explore_users = np.nonzero((n_explore > 0)
@@ -340,10 +347,12 @@ class _RankBatch:
         10 titles; the others are their first ``n`` ranked titles as they are.
         """
         model = self.model
-        genre_matrix = _genre_table(model).matrix[self.sel]
+        table = _genre_table(model)
+        caps = _genre_caps(self.hist, table.matrix, model.max_per_genre)  # (users, genres)
+        genre_matrix = table.matrix[self.sel]
         onehot = genre_matrix[order[:, :10]].astype(np.int16)     # (users, 10, genres)
         before = np.cumsum(onehot, axis=1) - onehot
-        capped = ((before >= model.max_per_genre) & (onehot > 0)).any(axis=(1, 2))
+        capped = ((before >= caps[:, None, :]) & (onehot > 0)).any(axis=(1, 2))
         capped |= lengths < min(n, order.shape[1])
         picks = np.full((len(order), n), -1, dtype=np.int64)
         width = min(n, order.shape[1])
@@ -352,10 +361,14 @@ class _RankBatch:
         if len(slow) == 0:
             return picks
         if len(slow) <= SMALL_BATCH_USERS:
+            raised = [{table.names[g]: int(caps[u, g])
+                       for g in np.nonzero(caps[u] > model.max_per_genre)[0].tolist()}
+                      for u in slow.tolist()]
             picks[slow] = _diversify_each(order[slow], lengths[slow], self.cols,
-                                          model.content._genres, n, model.max_per_genre)
+                                          model.content._genres, n, model.max_per_genre,
+                                          raised)
         else:
-            picks[slow] = _diversify_many(order[slow], genre_matrix, n, model.max_per_genre,
+            picks[slow] = _diversify_many(order[slow], genre_matrix, n, caps[slow],
                                           lengths[slow])
         return picks
 
@@ -408,19 +421,33 @@ class _RankBatch:
         return out.tolist()
 
 
+def _genre_caps(hist: HistoryMatrix, genre_matrix: np.ndarray, max_per_genre: int
+                ) -> np.ndarray:
+    """:meth:`Hybrid.genre_caps` for every user of ``hist`` as a (users, genres) matrix of
+    caps (``max_per_genre`` where the history does not raise it)."""
+    liked = genre_matrix[hist.clipped] & hist.positive[:, :, None]   # (users, history, genres)
+    counts = liked.sum(axis=1)
+    n = np.maximum(hist.positive_count(), 1)[:, None]
+    share = np.minimum(MOST_OF_ONE_GENRE, -(-10 * counts // n))
+    return np.maximum(share, max_per_genre)
+
+
 def _diversify_each(order: np.ndarray, lengths: np.ndarray, cols: np.ndarray,
-                    genres: dict[int, list[str]], n: int, max_per_genre: int) -> np.ndarray:
+                    genres: dict[int, list[str]], n: int, max_per_genre: int,
+                    caps: list[dict[str, int]]) -> np.ndarray:
     """:meth:`Hybrid._diversify` one user at a time (cheaper than the vectorised walk for
-    a handful of users): (users, n) positions, -1 padded."""
+    a handful of users): (users, n) positions, -1 padded; ``caps`` per user as
+    :meth:`Hybrid.genre_caps`."""
     out = np.full((len(order), n), -1, dtype=np.int64)
     for u, (ranked, length) in enumerate(zip(order.tolist(), lengths.tolist(), strict=True)):
+        raised = caps[u]
         counts: dict[str, int] = {}
         chosen: list[int] = []
         deferred: list[int] = []
         for i in ranked[:length]:
             gs = genres.get(int(cols[i]), ())
             if len(chosen) < 10:
-                if any(counts.get(g, 0) >= max_per_genre for g in gs):
+                if any(counts.get(g, 0) >= raised.get(g, max_per_genre) for g in gs):
                     deferred.append(i)
                     continue
                 for g in gs:
@@ -443,6 +470,7 @@ class _GenreTable:
         for gs in genres.values():
             for g in gs:
                 names.setdefault(g, len(names))
+        self.names = list(names)
         self.matrix = np.zeros((max(rows, 1), max(len(names), 1)), dtype=bool)
         self.label = np.full(max(rows, 1), "similar_users", dtype=object)
         for row, gs in genres.items():
@@ -464,13 +492,13 @@ def _genre_table(model: Hybrid) -> _GenreTable:
     return cached
 
 
-def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, max_per_genre: int,
+def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, caps: np.ndarray,
                     lengths: np.ndarray) -> np.ndarray:
     """:meth:`Hybrid._diversify` for every user at once: (users, n) positions, -1 padded.
 
     Walks the ranked positions once, all users in step: among a list's first 10 titles no
-    genre may appear more than ``max_per_genre`` times; a title that would break that is
-    deferred to after the chosen ones.
+    genre may appear more than its cap (``caps``, users x genres) times; a title that
+    would break that is deferred to after the chosen ones.
     """
     n_users, depth = order.shape
     counts = np.zeros((n_users, genre_matrix.shape[1]), dtype=np.int64)
@@ -487,7 +515,7 @@ def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, max_per
             break
         g = onehot[:, j, :]
         head = filling & (chosen < 10)
-        over = head & ((counts >= max_per_genre) & g).any(axis=1)
+        over = head & ((counts >= caps) & g).any(axis=1)
         take = filling & ~over
         counts += g & (take & head)[:, None]
         status[take, j] = 1

@@ -42,6 +42,9 @@ STATE_FORMAT = 2
 # and the part of the day (UTC hours 0-5, 6-11, 12-17, 18-23).
 CONTEXT_KNOTS = 3
 DAYPARTS = 4
+# The genre cap stretches to a genre's share of the user's own history, but however much
+# that leans to one genre, 2 of the top 10 always go to others.
+MOST_OF_ONE_GENRE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +130,16 @@ class Hybrid(Recommender):
     exactly the choice it is used for: which of the titles it would have shown the user
     went on to watch.
 
-    Exploration: a share ``exploration`` of every list's slots (twice that for a user
-    with no positive history, about whom there is most to learn) goes to the explorer's
-    Thompson samples, favouring little-seen titles: the new-title and new-user path. The
-    share is exact on average: ``share * n`` slots rounded down, plus one more with
-    probability equal to the remainder. Lists are diversified so that at most
-    ``max_per_genre`` of the top 10 share a genre, and never contain a title the user
+    Exploration: a share of every list's slots goes to the explorer's Thompson samples,
+    favouring little-seen titles: the new-title and new-user path. The share is
+    ``2 * exploration`` for a user with no positive history, about whom there is most to
+    learn, and ``exploration * (1 - h)`` after that, so it fades as the history grows and
+    is 0 from ``MAX_HISTORY`` positive titles on: a long-time viewer's list is spent on
+    what the blend predicts, new titles reach them once others engaged. The share is
+    exact on average: ``share * n`` slots rounded down, plus one more with probability
+    equal to the remainder. Lists are diversified so that no genre takes more of the top
+    10 than ``max_per_genre`` or, if more, its share of the user's recent positive titles
+    (rounded up, at most ``MOST_OF_ONE_GENRE``), and never contain a title the user
     completed.
 
     Parameters
@@ -152,7 +159,8 @@ class Hybrid(Recommender):
     exploration
         Share of slots filled by exploration, 0..1.
     max_per_genre
-        Most titles of one genre among the top 10.
+        Most titles of one genre among the top 10, unless the user's history leans to it
+        more (see above).
     max_candidates
         When more titles are known, candidates are pre-selected from popular titles, the
         user's co-occurrence neighbours and a random sample.
@@ -419,24 +427,25 @@ class Hybrid(Recommender):
         return scores, [i for i, _ in picks]
 
     def _rank(self, rows: np.ndarray, row_profile: RowProfile, n: int, ts: float | None):
-        cold = not (row_profile.weights > 0).any()
         now = np.array([self.trending._now if ts is None else ts])
         ranking = self.rank_matrix(row_profile.matrix(), rows,
                                    np.ones((1, len(rows)), dtype=bool), now)
         scores = ranking.scores[0]
         contributions = ranking.full_contributions()[:, 0, :].T
         order = top_k(scores, min(len(rows), 3 * n))
-        chosen = self._diversify(rows, order, n)
+        chosen = self._diversify(rows, order, n, self.genre_caps(row_profile))
         picks = [(int(i), "") for i in chosen]
-        n_explore = self.explore_slots(n, np.array([cold]))[0]
+        n_explore = self.explore_slots(n, np.array([int((row_profile.weights > 0).sum())]))[0]
         if n_explore and len(rows) > len(picks) - n_explore:
             picks = self._explore_slots(rows, picks, n_explore, row_profile, ts)
         return scores, picks[:n], contributions
 
-    def explore_slots(self, n: int, cold: np.ndarray) -> np.ndarray:
-        """Exploration slots of an ``n``-title list for each user (``cold``: no positive
-        history): the share times ``n``, the remainder granted with its probability."""
-        share = self.exploration * np.where(cold, 2.0, 1.0) * n
+    def explore_slots(self, n: int, positives: np.ndarray) -> np.ndarray:
+        """Exploration slots of an ``n``-title list for each user (``positives``: titles in
+        their positive history): the share times ``n``, the remainder granted with its
+        probability."""
+        h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
+        share = self.exploration * np.where(positives == 0, 2.0, 1.0 - h) * n
         whole = np.floor(share)
         slots = whole.astype(np.int64)
         partial = share > whole
@@ -444,14 +453,29 @@ class Hybrid(Recommender):
             slots[partial] += self._rng.random(int(partial.sum())) < (share - whole)[partial]
         return slots
 
-    def _diversify(self, rows: np.ndarray, order: np.ndarray, n: int) -> list[int]:
-        """Greedy: no genre more than ``max_per_genre`` times in the first 10 slots."""
+    def genre_caps(self, profile: RowProfile) -> dict[str, int]:
+        """Genres the user's positive history allows more than ``max_per_genre`` of the
+        top 10: ``ceil(10 * share)`` of their positive titles, at most
+        ``MOST_OF_ONE_GENRE``."""
+        liked = profile.rows[profile.weights > 0]
+        counts: dict[str, int] = {}
+        for row in liked.tolist():
+            for g in self.content.genres_of_row(row):
+                counts[g] = counts.get(g, 0) + 1
+        caps = {g: min(MOST_OF_ONE_GENRE, -(-10 * c // len(liked))) for g, c in counts.items()}
+        return {g: cap for g, cap in caps.items() if cap > self.max_per_genre}
+
+    def _diversify(self, rows: np.ndarray, order: np.ndarray, n: int,
+                   caps: dict[str, int]) -> list[int]:
+        """Greedy: no genre more than its cap (``caps``, else ``max_per_genre``) times in
+        the first 10 slots."""
+        most = self.max_per_genre
         counts: dict[str, int] = {}
         chosen: list[int] = []
         deferred: list[int] = []
         for i in order:
             genres = self.content.genres_of_row(int(rows[i]))
-            if len(chosen) < 10 and any(counts.get(g, 0) >= self.max_per_genre for g in genres):
+            if len(chosen) < 10 and any(counts.get(g, 0) >= caps.get(g, most) for g in genres):
                 deferred.append(int(i))
                 continue
             if len(chosen) < 10:
