@@ -44,12 +44,18 @@ from streamrec.settings import Settings
 from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.rows import (
+    MAX_BECAUSE_ROWS,
+    MAX_GENRE_ROWS,
+    N_SLOTS,
     PLAYBACK_TYPES,
-    Row,
-    RowInputs,
+    SLOT_BECAUSE,
+    SLOT_CONTINUE,
+    SLOT_GENRE,
+    SLOT_NEW,
+    SLOT_TOP,
+    SLOT_TRENDING,
     affinity_tokens,
-    candidate_rows,
-    row_titles,
+    fill_slots,
     row_type,
     update_in_progress,
 )
@@ -488,7 +494,10 @@ class ProductLayer:
         each message its page.
 
         What is the same for everyone is computed once per batch (trending per country,
-        new releases, row contexts per (device, hour, ...)); the rows are ordered for all
+        new releases, row contexts per (device, hour, ...)). Every title of the batch gets
+        an integer code; every user's candidate rows become flat arrays and are filled
+        for all users at once, row slot by row slot (``streams.rows.fill_slots``, the
+        same choice as ``row_titles`` makes for one user); the rows are ordered for all
         users with one posterior sample, and every (user, title) pair's artwork comes out
         of one matrix product (``ArtworkBandit.choose_pairs``)."""
         started = time.perf_counter()
@@ -497,96 +506,262 @@ class ProductLayer:
         settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
         if batch.newest is None:
             batch.newest = titles.newest(settings.row_items + 5)
-        info_of = titles.by_id.get
+        newest = batch.newest
+        series_of = titles.series.get
         seen_history = batch.history
-        pages: list[list[tuple[Row, list[str]]]] = []
-        row_contexts: list[Any] = []
-        art_pairs: list[tuple[str, str | None]] = []
+        n_users = len(requests)
         histories: dict[str, Sequence[tuple[str, float]]] = {}
-        shown_pages: list[list[str]] = []
+        rec_titles: list[str] = []
+        rec_reasons: list[str] = []
+        rec_counts: list[int] = []
+        resume_titles: list[str] = []
+        resume_counts: list[int] = []
         progresses: list[Mapping[str, tuple[float, float, float]]] = []
-        for uid, stored, recs, event, _ in requests:
+        countries: dict[str | None, int] = {}
+        trend_lists: list[list[str]] = []
+        user_country: list[int] = []
+        row_contexts: list[Any] = []
+        devices: list[str | None] = []
+        # (user, title) of new releases and trending titles the user completed.
+        excluded: list[tuple[int, str]] = []
+        for u, (uid, stored, recs, event, _) in enumerate(requests):
             profile = stored.profile
             ts = event["ts"]
-            history = (seen_history[uid] if uid in seen_history
-                       else profile.history[:HISTORY_USED])
-            histories[uid] = history
-            progress = batch.progress.get(uid, stored.in_progress)
-            searched = batch.search_added.get(uid, ())
-            pairs = _rec_pairs(recs)
-            if searched:
-                pairs = [(t, "search" if r.startswith("because_you_watched:")
-                          and r[20:] in searched else r) for t, r in pairs]
-            if progress:
-                episodes = [t for t in progress if titles.series_of(t) is not None]
-                resume_order = models.resume.rank(progress, ts, episodes)
+            histories[uid] = (seen_history[uid] if uid in seen_history
+                              else profile.history[:HISTORY_USED])
+            if recs and isinstance(recs[0], tuple):
+                names, _, reasons = zip(*recs, strict=True)
             else:
-                resume_order = []
-            inputs = RowInputs(
-                recs=pairs,
-                in_progress=progress,
-                resume_order=resume_order,
-                completed=profile.completed,
-                trending=self._trending(profile.country, ts),
-                new_releases=batch.newest,
-                country=profile.country,
-            )
-            candidates = candidate_rows(
-                inputs, titles,
-                genre_affinity=lambda g, u=uid, h=history: self._row_affinity(
-                    "genre:" + g, u, h),
-                title_affinity=lambda t, u=uid, h=history: self._row_affinity(
-                    "because_you_watched:" + t, u, h),
-            )
-            rows = row_titles(candidates, titles, settings.row_items, settings.row_duplicates)
-            pages.append(rows)
+                pairs = _rec_pairs(recs)
+                names = tuple(t for t, _ in pairs)
+                reasons = tuple(r for _, r in pairs)
+            searched = batch.search_added.get(uid)
+            if searched:
+                reasons = tuple("search" if r.startswith("because_you_watched:")
+                                and r[20:] in searched else r for r in reasons)
+            rec_titles += names
+            rec_reasons += reasons
+            rec_counts.append(len(names))
+            completed = profile.completed
+            if not isinstance(completed, (set, frozenset)):
+                completed = set(completed)
+            progress = batch.progress.get(uid, stored.in_progress)
             progresses.append(progress)
+            if progress:
+                episodes = [t for t in progress if series_of(t) is not None]
+                resume = [t for t in models.resume.rank(progress, ts, episodes)
+                          if t not in completed]
+                resume_titles += resume
+                resume_counts.append(len(resume))
+            else:
+                resume_counts.append(0)
+            country = profile.country
+            where = countries.get(country)
+            if where is None:
+                where = countries[country] = len(trend_lists)
+                trend_lists.append(self._trending(country, ts))
+            user_country.append(where)
+            if completed:
+                for title in completed.intersection(newest):
+                    excluded.append((u, title))
+                for title in completed.intersection(trend_lists[where]):
+                    excluded.append((u, title))
             row_contexts.append(models.rows.context(
                 profile.device, int(ts // 3600) % 24, stored.events_applied, bool(progress)))
-            art_pairs.append((uid, profile.device))
-            shown = [t for t, _ in pairs]
-            for _, members in rows:
-                shown += members
-            shown_pages.append(list(dict.fromkeys(shown)))
+            devices.append(profile.device)
+
+        # Every title of the batch gets a code; what rows and artwork need of it, once.
+        code = {t: i for i, t in enumerate(dict.fromkeys(
+            [*rec_titles, *resume_titles, *newest, *(t for ts_ in trend_lists for t in ts_)]))}
+        n_titles = len(code)
+        batch_titles = list(code)
+        infos = list(map(titles.by_id.get, batch_titles))
+        series_code: dict[str, int] = {}
+        group_of = np.fromiter(
+            (series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
+             else -1 for t in batch_titles), dtype=np.int64, count=n_titles)
+        episode = group_of >= 0
+        group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
+        n_groups = len(series_code) + n_titles
+
+        def codes(names: Sequence[str]) -> np.ndarray:
+            return np.fromiter(map(code.__getitem__, names), dtype=np.int64, count=len(names))
+
+        # Candidates, slot after slot (each slot's in user order, each list in its order).
+        rec_code = codes(rec_titles)
+        rec_user = np.repeat(np.arange(n_users), rec_counts)
+        reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
+        reason_list = list(reason_code)
+        reason_kind = np.fromiter(
+            (1 if r.startswith("because_you_watched:") and len(r) > 20
+             else 2 if r.startswith("genre:") and len(r) > 6 else 0 for r in reason_list),
+            dtype=np.int64, count=len(reason_list))
+        rec_reason = np.fromiter(map(reason_code.__getitem__, rec_reasons), dtype=np.int64,
+                                 count=len(rec_reasons))
+        rec_kind = reason_kind[rec_reason]
+        # A user's first MAX_BECAUSE_ROWS sources and MAX_GENRE_ROWS genres, in rank order,
+        # get a row each: the slot of each such (user, reason).
+        slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
+        row_slots: list[np.ndarray] = []
+        row_entries: list[np.ndarray] = []
+        for kind, base, cap in ((1, SLOT_BECAUSE, MAX_BECAUSE_ROWS),
+                                (2, SLOT_GENRE, MAX_GENRE_ROWS)):
+            at = np.flatnonzero(rec_kind == kind)
+            if not len(at):
+                continue
+            _, first, inverse = np.unique(rec_user[at] * len(reason_list) + rec_reason[at],
+                                          return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            who = rec_user[at][first[order]]
+            rank = np.empty(len(first), dtype=np.int64)
+            rank[order] = np.arange(len(first)) - np.searchsorted(who, who)
+            keep = rank[inverse.reshape(-1)] < cap
+            slot = base + rank[inverse.reshape(-1)]
+            row_slots.append(slot[keep])
+            row_entries.append(at[keep])
+            kept = rank < cap
+            slot_reason[rec_user[at][first][kept], base + rank[kept]] = (
+                rec_reason[at][first][kept])
+        if row_slots:
+            slot_arr = np.concatenate(row_slots)
+            entry_arr = np.concatenate(row_entries)
+            by_slot = np.lexsort((entry_arr, slot_arr))
+            mid_slots, mid_entries = slot_arr[by_slot], entry_arr[by_slot]
+        else:
+            mid_slots = mid_entries = np.zeros(0, dtype=np.int64)
+        resume_code = codes(resume_titles)
+        resume_user = np.repeat(np.arange(n_users), resume_counts)
+        newest_code = codes(newest)
+        new_user = np.repeat(np.arange(n_users), len(newest))
+        new_code = np.tile(newest_code, n_users)
+        trend_len = [len(t) for t in trend_lists]
+        trend_flat = codes([t for ts_ in trend_lists for t in ts_])
+        trend_start = np.cumsum(trend_len) - trend_len
+        per_user_len = np.asarray(trend_len, dtype=np.int64)[user_country]
+        trend_user = np.repeat(np.arange(n_users), per_user_len)
+        trend_code = trend_flat[np.repeat(trend_start[user_country], per_user_len)
+                                + np.arange(int(per_user_len.sum()))
+                                - np.repeat(np.cumsum(per_user_len) - per_user_len,
+                                            per_user_len)]
+        if excluded:
+            dropped = np.zeros(n_users * n_titles, dtype=bool)
+            dropped[[u * n_titles + code[t] for u, t in excluded]] = True
+            keep_new = ~dropped[new_user * n_titles + new_code]
+            new_user, new_code = new_user[keep_new], new_code[keep_new]
+            keep_trend = ~dropped[trend_user * n_titles + trend_code]
+            trend_user, trend_code = trend_user[keep_trend], trend_code[keep_trend]
+        parts = (
+            (SLOT_CONTINUE, resume_user, resume_code),
+            (mid_slots, rec_user[mid_entries], rec_code[mid_entries]),
+            (SLOT_NEW, new_user, new_code),
+            (SLOT_TRENDING, trend_user, trend_code),
+            (SLOT_TOP, rec_user, rec_code),
+        )
+        slots = np.concatenate([np.broadcast_to(s, len(w)) for s, w, _ in parts])
+        users = np.concatenate([w for _, w, _ in parts])
+        cands = np.concatenate([c for _, _, c in parts])
+        groups = np.where(slots == SLOT_CONTINUE, len(series_code) + cands, group_of[cands])
+        picked = np.flatnonzero(fill_slots(slots, users, cands, groups, n_titles, n_groups,
+                                           settings.row_items, settings.row_duplicates))
+        # The picks of each (user, slot), in their lists' order.
+        by_user = picked[np.argsort(users[picked] * N_SLOTS + slots[picked], kind="stable")]
+        row_key = users[by_user] * N_SLOTS + slots[by_user]
+        row_size = np.bincount(row_key, minlength=n_users * N_SLOTS).reshape(n_users, N_SLOTS)
+
+        # The rows each user gets, in ASSIGN_ORDER: (slot, type, id, title, affinity).
+        pages: list[list[tuple[int, str, str, str, float]]] = []
+        has_rows = (row_size > 0).tolist()
+        reasons_of = slot_reason.tolist()
+        name_of = titles.by_id.get
+        for u, (uid, stored, *_rest) in enumerate(requests):
+            rows: list[tuple[int, str, str, str, float]] = []
+            has = has_rows[u]
+            for slot in range(N_SLOTS):
+                if not has[slot]:
+                    continue
+                if slot == SLOT_CONTINUE:
+                    rows.append((slot, "continue_watching", "continue_watching",
+                                 "Continue watching", 0.0))
+                elif slot < SLOT_GENRE:
+                    row_id = reason_list[reasons_of[u][slot]]
+                    source = row_id[20:]
+                    info = name_of(source)
+                    rows.append((slot, "because_you_watched", row_id,
+                                 f"Because you watched {info.name if info else source}",
+                                 self._row_affinity(row_id, uid, histories[uid])))
+                elif slot < SLOT_NEW:
+                    row_id = reason_list[reasons_of[u][slot]]
+                    rows.append((slot, "genre", row_id, row_id[6:],
+                                 self._row_affinity(row_id, uid, histories[uid])))
+                elif slot == SLOT_NEW:
+                    rows.append((slot, "new_releases", "new_releases", "New releases", 0.0))
+                elif slot == SLOT_TRENDING:
+                    country = stored.profile.country
+                    rows.append((slot, "trending", "trending",
+                                 f"Trending in {country}" if country else "Trending now", 0.0))
+                else:
+                    rows.append((slot, "top_picks", "top_picks", "Top picks for you", 0.0))
+            pages.append(rows)
         # Row order: one posterior sample and one sort for every user ("fixed": as built).
         learned = [i for i, request in enumerate(requests) if request[4] != "fixed"]
         orders = models.rows.order_many(
-            [[(r.type, r.affinity) for r, _ in pages[i]] for i in learned],
+            [[(r[1], r[4]) for r in pages[i]] for i in learned],
             np.stack([row_contexts[i] for i in learned]) if learned else np.zeros((0, 1)),
             [requests[i][4] != "greedy" for i in learned])
         for i, order in zip(learned, orders, strict=True):
             rows = pages[i]
             pages[i] = [rows[k] for k in order]
-        # Artwork: one artwork per (user, title) of the batch, all chosen in one call.
-        flat = [title for shown in shown_pages for title in shown]
-        slot = {title: i for i, title in enumerate(dict.fromkeys(flat))}
-        artwork_lists = [info.artwork_ids if (info := info_of(title)) is not None else ()
-                         for title in slot]
-        pair_titles = np.fromiter(map(slot.__getitem__, flat), dtype=np.int64, count=len(flat))
-        users = np.repeat(np.arange(len(shown_pages)), [len(shown) for shown in shown_pages])
+        # Artwork: one artwork per (user, title) of the batch, all chosen in one call; per
+        # user, the ranked list's titles, then the rows' (in ASSIGN_ORDER), each once.
+        pair_user = np.concatenate((rec_user, users[by_user]))
+        pair_code = np.concatenate((rec_code, cands[by_user]))
+        in_order = np.argsort(pair_user, kind="stable")
+        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
+                                      return_index=True, return_inverse=True)
+        first_order = np.argsort(first)
+        chosen_pairs = in_order[first[first_order]]
+        artwork_lists = [info.artwork_ids if info is not None else () for info in infos]
         picks = models.artwork.choose_pairs(
-            [uid for uid, _ in art_pairs], artwork_lists, users, pair_titles,
-            self._art_contexts(art_pairs, histories))
+            [request[0] for request in requests], artwork_lists, pair_user[chosen_pairs],
+            pair_code[chosen_pairs], self._art_contexts(
+                list(zip([r[0] for r in requests], devices, strict=True)), histories))
+        # The pick of every entry (ranked list, then rows) by way of its unique pair.
+        unique_pick = np.empty(len(first), dtype=np.int64)
+        unique_pick[first_order] = picks
+        entry_pick = np.empty(len(pair_user), dtype=np.int64)
+        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
         # (title, position) -> artwork id; the extra last column (None) is "no artwork".
         width = max(map(len, artwork_lists), default=0)
-        table = np.full((len(artwork_lists), width + 1), None, dtype=object)
+        table = np.full((n_titles, width + 1), None, dtype=object)
         table[np.arange(width + 1) < np.array([len(a) for a in artwork_lists])[:, None]] = [
             a for arts in artwork_lists for a in arts]
-        chosen = table[pair_titles, picks].tolist()
-        k = 0
-        for (uid, *_), rows, shown, progress in zip(requests, pages, shown_pages, progresses,
-                                                    strict=True):
-            artwork_of = dict(zip(shown, chosen[k:k + len(shown)], strict=True))
-            k += len(shown)
-            art = artwork_of.__getitem__
+        n_recs = len(rec_code)
+        rec_art = table[rec_code, entry_pick[:n_recs]].tolist()
+        # Items: one dict per (title, artwork) shown, shared by the pages of the batch
+        # (read-only: orjson writes them); continue watching's carry the user's resume_s.
+        item_key = cands[by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
+        item_keys, item_of = np.unique(item_key, return_inverse=True)
+        item_dicts = [{"title_id": batch_titles[k // (width + 1)],
+                       "artwork_id": table[k // (width + 1), k % (width + 1)]}
+                      for k in item_keys.tolist()]
+        items = [item_dicts[i] for i in item_of.reshape(-1).tolist()]
+        row_start = np.concatenate(([0], np.cumsum(row_size.reshape(-1)))).tolist()
+        r0 = 0
+        for u, ((uid, *_rest), rows, progress) in enumerate(zip(requests, pages, progresses,
+                                                               strict=True)):
+            n = rec_counts[u]
+            artwork_of = dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n], strict=True))
+            r0 += n
             message = []
-            for row, members in rows:
-                if row.type == "continue_watching":
-                    items = [{"title_id": t, "resume_s": round(progress[t][0], 1),
-                              "artwork_id": art(t)} for t in members]
+            for slot, _, row_id, row_title, _ in rows:
+                a, b = row_start[u * N_SLOTS + slot], row_start[u * N_SLOTS + slot + 1]
+                if slot == SLOT_CONTINUE:
+                    row_items = [{"title_id": item["title_id"],
+                                  "resume_s": round(progress[item["title_id"]][0], 1),
+                                  "artwork_id": item["artwork_id"]} for item in items[a:b]]
                 else:
-                    items = [{"title_id": t, "artwork_id": art(t)} for t in members]
-                message.append({"id": row.id, "title": row.title, "items": items})
+                    row_items = items[a:b]
+                message.append({"id": row_id, "title": row_title, "items": row_items})
             batch.pages[uid] = (message, artwork_of, batch.search_added.get(uid, ()))
         batch.seconds += time.perf_counter() - started
 

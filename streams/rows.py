@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streams.profile import COMPLETION_RATIO
 from streams.titles import TitleIndex
 
@@ -245,3 +247,65 @@ def row_titles(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
 def rows_message(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """The ``rows`` field of a recommendation message."""
     return [{"id": r.id, "title": r.title, "items": r.items} for r in rows]
+
+
+# The rows' slots in a page built by fill_slots, in ASSIGN_ORDER: one each, except the
+# because-you-watched and genre rows (MAX_BECAUSE_ROWS, MAX_GENRE_ROWS of them).
+SLOT_CONTINUE = 0
+SLOT_BECAUSE = 1
+SLOT_GENRE = SLOT_BECAUSE + MAX_BECAUSE_ROWS
+SLOT_NEW = SLOT_GENRE + MAX_GENRE_ROWS
+SLOT_TRENDING = SLOT_NEW + 1
+SLOT_TOP = SLOT_TRENDING + 1
+N_SLOTS = SLOT_TOP + 1
+
+
+def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups: np.ndarray,
+               n_titles: int, n_groups: int, max_items: int = 10,
+               allow_duplicates: bool = False) -> np.ndarray:
+    """:func:`row_titles` for many users at once, on integer codes: which candidates
+    are picked (a boolean mask).
+
+    Candidate ``i`` is title ``titles[i]`` (``0 <= code < n_titles``) in row slot
+    ``slots[i]`` (the ``SLOT_*`` constants, in ``ASSIGN_ORDER``) of user ``users[i]``;
+    the candidates are sorted by slot, then user, then their place in the row's list.
+    ``groups[i]`` is what may appear once per row: the title's series for an episode
+    (outside continue watching), else something unique to the title. The rows are
+    filled slot by slot, as :func:`row_titles` fills one user's: a title taken by an
+    earlier row is skipped (unless ``allow_duplicates``), then the first title of each
+    group, then the first ``max_items``. One pass of array operations per slot,
+    whatever the number of users.
+
+    Examples
+    --------
+    >>> pick = fill_slots(np.array([SLOT_BECAUSE, SLOT_BECAUSE, SLOT_TOP, SLOT_TOP]),
+    ...                   np.zeros(4, dtype=np.int64), np.array([0, 1, 0, 2]),
+    ...                   np.array([0, 0, 0, 2]), n_titles=3, n_groups=3)
+    >>> pick.tolist()  # 1 is an episode of 0's series; 0 went to the earlier row
+    [True, False, False, True]
+    """
+    chosen = np.zeros(len(slots), dtype=bool)
+    if not len(slots):
+        return chosen
+    taken = None if allow_duplicates else np.zeros(
+        (int(users.max()) + 1) * n_titles, dtype=bool)
+    bounds = np.searchsorted(slots, np.arange(int(slots.max()) + 2)).tolist()
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if a == b:
+            continue
+        who = users[a:b]
+        keys = who * n_titles + titles[a:b]
+        if taken is None:
+            left = np.arange(b - a)
+        else:
+            left = np.flatnonzero(~taken[keys])
+        # The first candidate of each (user, group): np.unique's index is the first one.
+        _, first = np.unique(who[left] * n_groups + groups[a:b][left], return_index=True)
+        left = left[np.sort(first)]
+        # At most max_items per user: a candidate's place among its user's survivors.
+        who_left = who[left]
+        left = left[np.arange(len(left)) - np.searchsorted(who_left, who_left) < max_items]
+        chosen[a + left] = True
+        if taken is not None:
+            taken[keys[left]] = True
+    return chosen

@@ -197,3 +197,56 @@ def test_a_batch_of_pages_is_what_each_user_gets_alone():
         assert alone == together[uid]
         assert alone["rows"] and all(i["artwork_id"] for r in alone["rows"] for i in r["items"])
     assert any(r["id"] == "continue_watching" for m in together.values() for r in m["rows"])
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_batch_rows_are_the_per_user_reference_rows(duplicates):
+    # prepare_pages fills every user's rows at once on integer codes (rows.fill_slots);
+    # rows.candidate_rows + row_titles is the one-user reference: same rows, same titles.
+    import random
+
+    from streams.rows import RowInputs, candidate_rows, row_titles
+
+    model, product = setup(row_items=4, row_duplicates=duplicates)
+    for s in range(3):  # series: one episode per row
+        for e in range(4):
+            product.add_title({"title_id": f"s{s}e{e}", "name": f"S{s}E{e}", "ts": T0 + 99,
+                               "kind": "episode", "series_id": f"s{s}",
+                               "genres": [GENRES[s]], "artwork_ids": [f"s{s}e{e}-a"]})
+    warm_up(model, product)
+    rng = random.Random(5)
+    ids = [t["title_id"] for t in catalogue()] + [f"s{s}e{e}" for s in range(3)
+                                                  for e in range(4)] + ["unknown"]
+    reasons = ["because_you_watched:t1", "because_you_watched:t2", "because_you_watched:t3",
+               "because_you_watched:", "genre:Drama", "genre:Horror", "genre:Comedy",
+               "trending", "similar_users", "genre:"]
+    requests = []
+    for i in range(40):
+        recs = [(t, 1.0, rng.choice(reasons)) for t in rng.sample(ids, rng.randint(0, 14))]
+        completed = set(rng.sample(ids, rng.randint(0, 20)))
+        progress = {t: (100.0 + k, 3000.0, T0 - 60 * k)
+                    for k, t in enumerate(rng.sample(ids, rng.randint(0, 6)))}
+        profile = UserProfile(f"r{i}", completed=completed,
+                              country=rng.choice(["SE", "US", None]))
+        requests.append((f"r{i}", StoredProfile(profile, progress, i, {}), recs,
+                         event(200 + i, f"r{i}", "play"), "fixed"))
+    product.prepare_pages(requests)
+    settings, titles = product.settings, product.titles
+    for uid, stored, recs, evt, _ in requests:
+        progress = stored.in_progress
+        episodes = [t for t in progress if titles.series_of(t) is not None]
+        inputs = RowInputs(
+            recs=[(t, r) for t, _, r in recs], in_progress=progress,
+            resume_order=product.models.resume.rank(progress, evt["ts"], episodes),
+            completed=stored.profile.completed,
+            trending=product._trending(stored.profile.country, evt["ts"]),
+            new_releases=titles.newest(settings.row_items + 5),
+            country=stored.profile.country)
+        expected = [(row.id, row.title, members) for row, members in row_titles(
+            candidate_rows(inputs, titles), titles, settings.row_items, duplicates)]
+        rows, _, _ = product._batch.pages.pop(uid)
+        assert [(r["id"], r["title"], [i["title_id"] for i in r["items"]])
+                for r in rows] == expected
+        for row in rows:
+            for item in row["items"]:
+                assert ("resume_s" in item) == (row["id"] == "continue_watching")
