@@ -60,7 +60,8 @@ LAGGING_SHARE = 0.5
 # Longest the broker may hold a fetch that finds no new records, ms. librdkafka's mock
 # cluster (the embedded broker) answers such a fetch only when this expires, not when a
 # record arrives, so a caught-up worker saw records ~5 ms late on average at 10 ms (a real
-# broker answers on arrival). Short costs an idle consumer up to 500 empty fetches/s.
+# broker answers on arrival). Short costs an idle consumer up to 500 empty fetches/s: an
+# idle worker measured 5% -> 8% of a core at 2 ms against 10, the embedded broker 1% -> 4%.
 FETCH_WAIT_MS = 2
 # Emitted lists are saved with the next batch's state write; on their own only after the
 # loop has been idle this long, seconds (a round trip per idle poll delayed the next
