@@ -228,6 +228,49 @@ class ArtworkBandit:
         x[:, 0] = 1.0
         return x
 
+    def _bucket_of(self, token: str) -> int:
+        buckets = self._buckets
+        i = buckets.get(token)
+        if i is None:
+            if len(buckets) > 100_000:  # bounded: the token vocabulary is the catalogue's
+                buckets.clear()
+            i = buckets[token] = 1 + _bucket(token, self.n_context - 1)
+        return i
+
+    def token_vectors(self, token_lists: Sequence[Sequence[tuple[str, float]]]) -> np.ndarray:
+        """Each list of ``(token, weight)`` hashed into a row of ``n_context`` columns
+        (column 0, the bias, left 0), not normalised: a title's genres and cast, say.
+        Weighted sums of such rows, given to :meth:`contexts_from_sums`, are the
+        contexts :meth:`contexts` builds from the summed tokens (up to rounding).
+
+        Examples
+        --------
+        >>> m = ArtworkBandit(n_context=8)
+        >>> rows = m.token_vectors([[("g:drama", 1.0)], [("g:drama", 1.0), ("c:ava", 0.5)]])
+        >>> x = m.contexts_from_sums([2.0 * rows[0] + rows[1]], ["tv"])
+        >>> bool(np.allclose(x[0], m.context("tv", {"g:drama": 3.0, "c:ava": 0.5})))
+        True
+        """
+        out = np.zeros((len(token_lists), self.n_context))
+        for row, tokens in enumerate(token_lists):
+            for token, weight in tokens:
+                out[row, self._bucket_of(token)] += weight
+        return out
+
+    def contexts_from_sums(self, sums: np.ndarray, devices: Sequence[str | None]) -> np.ndarray:
+        """Contexts (one row per user) from summed :meth:`token_vectors` and the users'
+        devices: the device's token added, L2-normalised apart from the bias, bias 1."""
+        x = np.array(sums, dtype=np.float64)
+        with_device = [(u, self._bucket_of("d:" + d)) for u, d in enumerate(devices) if d]
+        if with_device:
+            who, where = zip(*with_device, strict=True)
+            x[list(who), list(where)] += 1.0
+        x[:, 0] = 0.0
+        norm = np.sqrt(np.einsum("ij,ij->i", x[:, 1:], x[:, 1:]))
+        x[:, 1:] /= np.where(norm > 0, norm, 1.0)[:, None]
+        x[:, 0] = 1.0
+        return x
+
     # -- users ---------------------------------------------------------------------------------
     def _user_rows_of(self, user_ids: Sequence[str], create: bool) -> np.ndarray:
         """Rows of ``_p`` for ``user_ids`` (-1 for unknown users unless ``create``).

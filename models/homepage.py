@@ -202,8 +202,31 @@ class RowBandit(_Params):
             return [[] for _ in pages]
         types, affinities = zip(*[row for rows in pages for row in rows], strict=True)
         slots = np.fromiter(map(self._type, types), dtype=np.int64, count=total)
-        affinity = np.array(affinities, dtype=np.float64)
-        user = np.repeat(np.arange(len(pages)), counts)
+        ranked = self.order_flat(slots, np.array(affinities, dtype=np.float64),
+                                 np.asarray(counts, dtype=np.int64), contexts, explore)
+        ranked = ranked - np.repeat(np.cumsum(counts) - counts, counts)
+        out: list[list[int]] = []
+        start = 0
+        ranked_list = ranked.tolist()
+        for n in counts:
+            out.append(ranked_list[start:start + n])
+            start += n
+        return out
+
+    def type_slots(self, names: Sequence[str]) -> np.ndarray:
+        """The slots of row types (what :meth:`order_flat` takes)."""
+        return np.fromiter(map(self._type, names), dtype=np.int64, count=len(names))
+
+    def order_flat(self, slots: np.ndarray, affinity: np.ndarray, counts: np.ndarray,
+                   contexts: np.ndarray, explore: Sequence[bool]) -> np.ndarray:
+        """:meth:`order_many` on flat arrays: every user's rows one after the other
+        (``counts[u]`` rows of type slot ``slots[i]`` (:meth:`type_slots`) for user
+        ``u``); returns the rows' indices, each user's best first (the same random
+        numbers as :meth:`order_many`)."""
+        total = len(slots)
+        if not total:
+            return np.zeros(0, dtype=np.int64)
+        user = np.repeat(np.arange(len(counts)), counts)
         weights = self._mean[slots]
         if self.exploration > 0:
             sampled = np.repeat(np.asarray(explore, dtype=bool), counts)
@@ -214,14 +237,7 @@ class RowBandit(_Params):
         scores = (np.einsum("ij,ij->i", weights[:, :-1], contexts[user])
                   + weights[:, -1] * affinity)
         # Best first within each user; stable, so ties keep the rows' order (as order()).
-        ranked = np.lexsort((-scores, user)) - np.repeat(np.cumsum(counts) - counts, counts)
-        out: list[list[int]] = []
-        start = 0
-        ranked_list = ranked.tolist()
-        for n in counts:
-            out.append(ranked_list[start:start + n])
-            start += n
-        return out
+        return np.lexsort((-scores, user))
 
 
 class ResumeModel(_Params):

@@ -28,6 +28,7 @@ import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ import redis
 import redis.asyncio
 
 from models.artwork import ArtworkBandit
-from models.base import UserProfile
+from models.base import UserProfile, grow
 from models.homepage import ROW_PRIORS, CountryTrending, ResumeModel, RowBandit
 from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
@@ -44,6 +45,7 @@ from streamrec.settings import Settings
 from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.rows import (
+    AFFINITY_HISTORY,
     MAX_BECAUSE_ROWS,
     MAX_GENRE_ROWS,
     N_SLOTS,
@@ -54,6 +56,7 @@ from streams.rows import (
     SLOT_NEW,
     SLOT_TOP,
     SLOT_TRENDING,
+    SLOT_TYPES,
     affinity_tokens,
     fill_slots,
     row_type,
@@ -77,6 +80,9 @@ DEMAND_CAP = 1000
 PLAYS_TTL_S = 49 * 3600
 # Insight keys' marker for "all countries".
 ALL = "*"
+# Most titles in the artwork context table (_page_contexts; n_context floats each, 256 B
+# by default): cleared and rebuilt beyond it, so a huge catalogue costs at most ~5 MB.
+VECTORS_CAP = 20_000
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
 TRENDING_FETCH = 20
 # Recent titles a user's artwork context and row affinities look at (what the state
@@ -210,6 +216,11 @@ class ProductLayer:
         self.titles = TitleIndex(capacity=settings.model_capacity)
         self.search = SearchIndex(self.titles)
         self.titles.on_remove.append(self._forget_title)
+        # Artwork context rows of catalogue titles (_page_contexts), built on first use;
+        # row 0 is for titles not in the catalogue. Any catalogue change clears them.
+        self._vector_rows: dict[str, int] = {}
+        self._vectors = np.zeros((16, 0))
+        self.titles.on_add.append(self._clear_title_vectors)
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
@@ -284,6 +295,7 @@ class ProductLayer:
         self.titles.remove(title_id)
 
     def _forget_title(self, info: Any) -> None:
+        self._clear_title_vectors()
         self.models.trending.forget(info.title_id)
         for artwork in info.artwork_ids:
             self.models.artwork.forget_artwork(artwork)
@@ -668,49 +680,50 @@ class ProductLayer:
         row_key = users[by_user] * N_SLOTS + slots[by_user]
         row_size = np.bincount(row_key, minlength=n_users * N_SLOTS).reshape(n_users, N_SLOTS)
 
-        # The rows each user gets, in ASSIGN_ORDER: (slot, type, id, title, affinity).
-        pages: list[list[tuple[int, str, str, str, float]]] = []
-        has_rows = (row_size > 0).tolist()
-        reasons_of = slot_reason.tolist()
+        # The rows users get (user after user, in ASSIGN_ORDER): a row's id and title
+        # (the same for every row of a slot, country or reason), its affinity.
+        row_user, row_slot = np.nonzero(row_size)
+        row_reason = slot_reason[row_user, row_slot]
+        n_countries = len(trend_lists)
+        meta: list[tuple[str, str]] = [
+            ("continue_watching", "Continue watching"), *[("", "")] * (SLOT_NEW - 1),
+            ("new_releases", "New releases"), ("", ""), ("top_picks", "Top picks for you")]
+        meta += [("trending", f"Trending in {country}" if country else "Trending now")
+                 for country in countries]
         name_of = titles.by_id.get
-        for u, (uid, stored, *_rest) in enumerate(requests):
-            rows: list[tuple[int, str, str, str, float]] = []
-            has = has_rows[u]
-            for slot in range(N_SLOTS):
-                if not has[slot]:
-                    continue
-                if slot == SLOT_CONTINUE:
-                    rows.append((slot, "continue_watching", "continue_watching",
-                                 "Continue watching", 0.0))
-                elif slot < SLOT_GENRE:
-                    row_id = reason_list[reasons_of[u][slot]]
-                    source = row_id[20:]
-                    info = name_of(source)
-                    rows.append((slot, "because_you_watched", row_id,
-                                 f"Because you watched {info.name if info else source}",
-                                 self._row_affinity(row_id, uid, histories[uid])))
-                elif slot < SLOT_NEW:
-                    row_id = reason_list[reasons_of[u][slot]]
-                    rows.append((slot, "genre", row_id, row_id[6:],
-                                 self._row_affinity(row_id, uid, histories[uid])))
-                elif slot == SLOT_NEW:
-                    rows.append((slot, "new_releases", "new_releases", "New releases", 0.0))
-                elif slot == SLOT_TRENDING:
-                    country = stored.profile.country
-                    rows.append((slot, "trending", "trending",
-                                 f"Trending in {country}" if country else "Trending now", 0.0))
-                else:
-                    rows.append((slot, "top_picks", "top_picks", "Top picks for you", 0.0))
-            pages.append(rows)
+        for reason in reason_list:
+            if reason.startswith("because_you_watched:"):
+                info = name_of(reason[20:])
+                meta.append((reason, "Because you watched "
+                             + (info.name if info is not None else reason[20:])))
+            else:
+                meta.append((reason, reason[6:]))
+        row_meta = np.where(row_reason >= 0, N_SLOTS + n_countries + row_reason,
+                            np.where(row_slot == SLOT_TRENDING,
+                                     N_SLOTS + np.asarray(user_country)[row_user], row_slot))
+        affinity = np.zeros(len(row_user))
+        special = np.flatnonzero(row_reason >= 0)
+        if len(special):
+            uids = [request[0] for request in requests]
+            affinity[special] = [
+                self._row_affinity(reason_list[r], uids[u], histories[uids[u]])
+                for u, r in zip(row_user[special].tolist(), row_reason[special].tolist(),
+                                strict=True)]
         # Row order: one posterior sample and one sort for every user ("fixed": as built).
-        learned = [i for i, request in enumerate(requests) if request[4] != "fixed"]
-        orders = models.rows.order_many(
-            [[(r[1], r[4]) for r in pages[i]] for i in learned],
-            np.stack([row_contexts[i] for i in learned]) if learned else np.zeros((0, 1)),
-            [requests[i][4] != "greedy" for i in learned])
-        for i, order in zip(learned, orders, strict=True):
-            rows = pages[i]
-            pages[i] = [rows[k] for k in order]
+        shown = np.arange(len(row_user))
+        learned_user = np.fromiter((request[4] != "fixed" for request in requests),
+                                   dtype=bool, count=n_users)
+        rows_of_user = np.bincount(row_user, minlength=n_users)
+        learned_rows = np.flatnonzero(learned_user[row_user])
+        if len(learned_rows):
+            type_slot = models.rows.type_slots(SLOT_TYPES)
+            learned = np.flatnonzero(learned_user)
+            ranked = models.rows.order_flat(
+                type_slot[row_slot[learned_rows]], affinity[learned_rows],
+                rows_of_user[learned], np.stack([row_contexts[u] for u in learned.tolist()]),
+                [requests[u][4] != "greedy" for u in learned.tolist()])
+            shown[learned_rows] = learned_rows[ranked]
+
         # Artwork: one artwork per (user, title) of the batch, all chosen in one call; per
         # user, the ranked list's titles, then the rows' (in ASSIGN_ORDER), each once.
         pair_user = np.concatenate((rec_user, users[by_user]))
@@ -723,8 +736,7 @@ class ProductLayer:
         artwork_lists = [info.artwork_ids if info is not None else () for info in infos]
         picks = models.artwork.choose_pairs(
             [request[0] for request in requests], artwork_lists, pair_user[chosen_pairs],
-            pair_code[chosen_pairs], self._art_contexts(
-                list(zip([r[0] for r in requests], devices, strict=True)), histories))
+            pair_code[chosen_pairs], self._page_contexts(requests, devices, histories))
         # The pick of every entry (ranked list, then rows) by way of its unique pair.
         unique_pick = np.empty(len(first), dtype=np.int64)
         unique_pick[first_order] = picks
@@ -745,25 +757,76 @@ class ProductLayer:
                        "artwork_id": table[k // (width + 1), k % (width + 1)]}
                       for k in item_keys.tolist()]
         items = [item_dicts[i] for i in item_of.reshape(-1).tolist()]
-        row_start = np.concatenate(([0], np.cumsum(row_size.reshape(-1)))).tolist()
+        # Every row, in the order shown: its items are a slice of ``items``.
+        ends = np.cumsum(row_size[row_user, row_slot])
+        starts = ends - row_size[row_user, row_slot]
+        messages: list[list[dict[str, Any]]] = [[] for _ in range(n_users)]
+        for k, u, slot, m in zip(shown.tolist(), row_user[shown].tolist(),
+                                 row_slot[shown].tolist(), row_meta[shown].tolist(),
+                                 strict=True):
+            row_items = items[starts[k]:ends[k]]
+            if slot == SLOT_CONTINUE:
+                progress = progresses[u]
+                row_items = [{"title_id": item["title_id"],
+                              "resume_s": round(progress[item["title_id"]][0], 1),
+                              "artwork_id": item["artwork_id"]} for item in row_items]
+            row_id, row_title = meta[m]
+            messages[u].append({"id": row_id, "title": row_title, "items": row_items})
         r0 = 0
-        for u, ((uid, *_rest), rows, progress) in enumerate(zip(requests, pages, progresses,
-                                                               strict=True)):
+        search_added = batch.search_added
+        for u, request in enumerate(requests):
+            uid = request[0]
             n = rec_counts[u]
-            artwork_of = dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n], strict=True))
+            batch.pages[uid] = (messages[u], dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n],
+                                                      strict=True)), search_added.get(uid, ()))
             r0 += n
-            message = []
-            for slot, _, row_id, row_title, _ in rows:
-                a, b = row_start[u * N_SLOTS + slot], row_start[u * N_SLOTS + slot + 1]
-                if slot == SLOT_CONTINUE:
-                    row_items = [{"title_id": item["title_id"],
-                                  "resume_s": round(progress[item["title_id"]][0], 1),
-                                  "artwork_id": item["artwork_id"]} for item in items[a:b]]
-                else:
-                    row_items = items[a:b]
-                message.append({"id": row_id, "title": row_title, "items": row_items})
-            batch.pages[uid] = (message, artwork_of, batch.search_added.get(uid, ()))
         batch.seconds += time.perf_counter() - started
+
+    def _page_contexts(self, requests: Sequence[tuple[str, Any, Any, Any, str]],
+                       devices: Sequence[str | None],
+                       histories: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
+        """The artwork bandit's contexts of the users of ``requests`` (one matrix): the
+        weighted sum of their recent titles' rows of a per-title table (the titles'
+        hashed genres and cast, ``ArtworkBandit.token_vectors``), their device; what
+        :meth:`_art_contexts` builds from each user's summed tokens (up to rounding)."""
+        art = self.models.artwork
+        if self._vectors.shape[1] != art.n_context or len(self._vector_rows) >= VECTORS_CAP:
+            self._clear_title_vectors()
+            self._vectors = np.zeros((16, art.n_context))
+        names: list[str] = []
+        weights: list[float] = []
+        counts: list[int] = []
+        for request in requests:
+            recent = histories[request[0]][:AFFINITY_HISTORY]
+            if recent:
+                titles_u, weights_u = zip(*recent, strict=True)
+                names += titles_u
+                weights += weights_u
+            counts.append(len(recent))
+        index = self._vector_rows
+        rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64, count=len(names))
+        if not rows.all():  # titles not in the table yet (row 0: unknown titles, zeros)
+            info_of = self.titles.by_id.get
+            new = [t for t in dict.fromkeys(names[i] for i in np.flatnonzero(rows == 0).tolist())
+                   if t not in index and info_of(t) is not None]
+            if new:
+                held = len(index) + 1
+                self._vectors = grow(self._vectors, held + len(new))
+                self._vectors[held:held + len(new)] = art.token_vectors(
+                    [info_of(t).tokens for t in new])
+                index.update(zip(new, range(held, held + len(new)), strict=True))
+                rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64,
+                                   count=len(names))
+        sums = np.zeros((len(requests), art.n_context))
+        nonempty = np.flatnonzero(counts)
+        if len(nonempty):
+            weighted = self._vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
+            starts = (np.cumsum(counts) - counts)[nonempty]
+            sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
+        return art.contexts_from_sums(sums, devices)
+
+    def _clear_title_vectors(self, *_: Any) -> None:
+        self._vector_rows.clear()
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
                  recs: Sequence[Any], event: dict[str, Any], row_policy: str = "learned"

@@ -258,6 +258,8 @@ SLOT_NEW = SLOT_GENRE + MAX_GENRE_ROWS
 SLOT_TRENDING = SLOT_NEW + 1
 SLOT_TOP = SLOT_TRENDING + 1
 N_SLOTS = SLOT_TOP + 1
+SLOT_TYPES = ("continue_watching", *["because_you_watched"] * MAX_BECAUSE_ROWS,
+              *["genre"] * MAX_GENRE_ROWS, "new_releases", "trending", "top_picks")
 
 
 def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups: np.ndarray,
