@@ -9,7 +9,8 @@ events path calls it at three points (all in ``streams.batch`` and
   cache-hint forecaster; matches searches; notes series watchers;
 * :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.decorate` for every
   user ranked: searches become weak positives in the profile, then the message gets
-  its ``rows`` and every item its ``artwork_id``;
+  its ``rows`` and every item its ``artwork_id`` (pages built for the whole batch
+  beforehand by :meth:`ProductLayer.prepare_pages`, with ``streams.pages``);
 * :meth:`ProductLayer.flush` once per batch, before offsets are committed: one
   Lua call to Redis (series audiences, search demand, and the plays per country of
   each hour of event time that has ended)
@@ -28,7 +29,6 @@ import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -37,31 +37,29 @@ import redis
 import redis.asyncio
 
 from models.artwork import ArtworkBandit
-from models.base import UserProfile, grow
+from models.base import UserProfile
 from models.homepage import ROW_PRIORS, CountryTrending, ResumeModel, RowBandit
 from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
 from streamrec.settings import Settings
 from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
-from streams.rows import (
-    AFFINITY_HISTORY,
-    MAX_BECAUSE_ROWS,
-    MAX_GENRE_ROWS,
-    N_SLOTS,
-    PLAYBACK_TYPES,
-    SLOT_BECAUSE,
-    SLOT_CONTINUE,
-    SLOT_GENRE,
-    SLOT_NEW,
-    SLOT_TOP,
-    SLOT_TRENDING,
-    SLOT_TYPES,
-    affinity_tokens,
-    fill_slots,
-    row_type,
-    update_in_progress,
+from streams.pages import (
+    HISTORY_USED,
+    ContextTable,
+    assemble_pages,
+    choose_artwork,
+    describe_rows,
+    encode_titles,
+    fill_rows,
+    gather,
+    order_rows,
+    page_contexts,
+    row_affinity,
+    trending_titles,
+    user_tokens,
 )
+from streams.rows import PLAYBACK_TYPES, row_type, update_in_progress
 from streams.search import SearchIndex, normalise
 from streams.state import StoredProfile
 from streams.titles import TitleIndex
@@ -80,14 +78,6 @@ DEMAND_CAP = 1000
 PLAYS_TTL_S = 49 * 3600
 # Insight keys' marker for "all countries".
 ALL = "*"
-# Most titles in the artwork context table (_page_contexts; n_context floats each, 256 B
-# by default): cleared and rebuilt beyond it, so a huge catalogue costs at most ~5 MB.
-VECTORS_CAP = 20_000
-# Titles asked of the trending models per row (more than a row shows: some are filtered).
-TRENDING_FETCH = 20
-# Recent titles a user's artwork context and row affinities look at (what the state
-# script returns of a profile, streams.state.PROFILE_HISTORY).
-HISTORY_USED = 50
 # How often the catalogue copy in Redis is checked for titles another worker's catalogue
 # partitions brought (faust splits the catalog topic between workers), seconds.
 CATALOG_REFRESH_S = 30.0
@@ -135,19 +125,6 @@ for key, _ in pairs(keys) do redis.call('ZREMRANGEBYRANK', key, 0, -(demand_cap 
 if ARGV[6] ~= '' then redis.call('ZADD', ARGV[5], 'GT', ARGV[6], 'ts') end
 return 0
 """
-
-
-def _rec_pairs(recs: Sequence[Any]) -> list[tuple[str, str]]:
-    """``(title_id, reason)`` of a ranked list: the batched ranking's ``(title_id, score,
-    reason)`` tuples, message items (dicts), or ``Recommendation`` objects."""
-    if not recs:
-        return []
-    first = recs[0]
-    if isinstance(first, tuple):
-        return [(t, r) for t, _, r in recs]
-    if isinstance(first, dict):
-        return [(item["title_id"], item["reason"]) for item in recs]
-    return [(r.title_id, r.reason) for r in recs]
 
 
 def insight_key(app_id: str, kind: str, *parts: str) -> str:
@@ -216,11 +193,10 @@ class ProductLayer:
         self.titles = TitleIndex(capacity=settings.model_capacity)
         self.search = SearchIndex(self.titles)
         self.titles.on_remove.append(self._forget_title)
-        # Artwork context rows of catalogue titles (_page_contexts), built on first use;
-        # row 0 is for titles not in the catalogue. Any catalogue change clears them.
-        self._vector_rows: dict[str, int] = {}
-        self._vectors = np.zeros((16, 0))
-        self.titles.on_add.append(self._clear_title_vectors)
+        # Artwork context rows of catalogue titles (streams.pages.page_contexts), built on
+        # first use; any catalogue change clears them.
+        self._contexts = ContextTable()
+        self.titles.on_add.append(self._contexts.clear)
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
@@ -295,7 +271,7 @@ class ProductLayer:
         self.titles.remove(title_id)
 
     def _forget_title(self, info: Any) -> None:
-        self._clear_title_vectors()
+        self._contexts.clear()
         self.models.trending.forget(info.title_id)
         for artwork in info.artwork_ids:
             self.models.artwork.forget_artwork(artwork)
@@ -312,12 +288,6 @@ class ProductLayer:
         return outcome
 
     # -- the events path: learning ---------------------------------------------------------------
-    def _tokens(self, uid: str, profile: UserProfile) -> dict[str, float]:
-        tokens = self._batch.tokens.get(uid)
-        if tokens is None:
-            tokens = self._batch.tokens[uid] = affinity_tokens(profile.history, self.titles)
-        return tokens
-
     def _progress(self, uid: str, stored: StoredProfile) -> dict[str, tuple[float, float, float]]:
         progress = self._batch.progress.get(uid)
         if progress is None:
@@ -412,44 +382,21 @@ class ProductLayer:
             batch.art_clicked = []
         if batch.row_types:
             history = batch.history
-            affinity = [self._row_affinity(row, uid, history[uid])
+            affinity = [row_affinity(row, uid, history[uid], self.titles, batch)
                         for row, uid in zip(batch.row_ids, batch.row_users, strict=True)]
             models.rows.learn_many(batch.row_types, np.stack(batch.row_contexts),
                                    batch.row_clicked, affinity)
             batch.row_types, batch.row_ids, batch.row_users = [], [], []
             batch.row_contexts, batch.row_clicked = [], []
 
-    def _tokens(self, uid: str, history: Sequence[tuple[str, float]]) -> dict[str, float]:
-        tokens = self._batch.tokens.get(uid)
-        if tokens is None:
-            tokens = self._batch.tokens[uid] = affinity_tokens(history, self.titles)
-        return tokens
-
     def _art_contexts(self, pairs: Sequence[tuple[str, str | None]],
                       histories: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
         """The artwork bandit's contexts of (user, device) pairs, one matrix. A user's
         history: as at their first display event of the batch, else ``histories``."""
-        seen = self._batch.history
-        tokens = [self._tokens(uid, seen[uid] if uid in seen else histories.get(uid, ()))
-                  for uid, _ in pairs]
+        seen, cache, titles = self._batch.history, self._batch.tokens, self.titles
+        tokens = [user_tokens(uid, seen[uid] if uid in seen else histories.get(uid, ()),
+                              titles, cache) for uid, _ in pairs]
         return self.models.artwork.contexts([device for _, device in pairs], tokens)
-
-    def _row_affinity(self, row_id: str, uid: str,
-                      history: Sequence[tuple[str, float]]) -> float:
-        kind, _, arg = row_id.partition(":")
-        if kind == "genre" and arg:
-            tokens = self._tokens(uid, history)
-            total = self._batch.genre_total.get(uid)
-            if total is None:
-                total = self._batch.genre_total[uid] = sum(
-                    w for k, w in tokens.items() if k.startswith("g:") and w > 0)
-            return max(0.0, tokens.get("g:" + arg.lower(), 0.0)) / total if total else 0.0
-        if kind == "because_you_watched" and arg:
-            weights = self._batch.history_weight.get(uid)
-            if weights is None:
-                weights = self._batch.history_weight[uid] = dict(history[:HISTORY_USED])
-            return max(0.0, min(weights.get(arg, 0.0), 3.0)) / 3.0
-        return 0.0
 
     def _learn_resume(self, title: str, progress: dict[str, tuple[float, float, float]],
                       ts: float) -> None:
@@ -489,14 +436,8 @@ class ProductLayer:
             self._batch.search_added[profile.user_id] = set(added)
 
     def _trending(self, country: str | None, ts: float) -> list[str]:
-        key = country or ""
-        cached = self._batch.trending.get(key)
-        if cached is None:
-            cached = self.models.trending.top(country, TRENDING_FETCH, ts) if country else []
-            if not cached and self.global_trending is not None:
-                cached = [t for t, _ in self.global_trending(TRENDING_FETCH, ts)]
-            self._batch.trending[key] = cached
-        return cached
+        return trending_titles(country, ts, self._batch.trending, self.models.trending,
+                               self.global_trending)
 
     def prepare_pages(self, requests: Sequence[tuple[str, StoredProfile, Sequence[Any],
                                                    dict[str, Any], str]]) -> None:
@@ -505,328 +446,30 @@ class ProductLayer:
         tuples or objects with ``title_id`` and ``reason``). :meth:`decorate` then hands
         each message its page.
 
-        What is the same for everyone is computed once per batch (trending per country,
-        new releases, row contexts per (device, hour, ...)). Every title of the batch gets
-        an integer code; every user's candidate rows become flat arrays and are filled
-        for all users at once, row slot by row slot (``streams.rows.fill_slots``, the
-        same choice as ``row_titles`` makes for one user); the rows are ordered for all
-        users with one posterior sample, and every (user, title) pair's artwork comes out
-        of one matrix product (``ArtworkBandit.choose_pairs``)."""
+        The work is ``streams.pages``' (flat arrays for the whole batch: rows filled slot
+        by slot, ordered with one posterior sample, artwork from one matrix product);
+        this method hands it the models, the catalogue and the batch's caches (trending
+        per country, new releases, affinities, what the batch's events changed)."""
         started = time.perf_counter()
         if self._batch.art_ids or self._batch.row_types:
             self._learn_displays()
         settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
         if batch.newest is None:
             batch.newest = titles.newest(settings.row_items + 5)
-        newest = batch.newest
-        series_of = titles.series.get
-        seen_history = batch.history
-        n_users = len(requests)
-        histories: dict[str, Sequence[tuple[str, float]]] = {}
-        rec_titles: list[str] = []
-        rec_reasons: list[str] = []
-        rec_counts: list[int] = []
-        resume_titles: list[str] = []
-        resume_counts: list[int] = []
-        progresses: list[Mapping[str, tuple[float, float, float]]] = []
-        countries: dict[str | None, int] = {}
-        trend_lists: list[list[str]] = []
-        user_country: list[int] = []
-        row_contexts: list[Any] = []
-        devices: list[str | None] = []
-        # (user, title) of new releases and trending titles the user completed.
-        excluded: list[tuple[int, str]] = []
-        for u, (uid, stored, recs, event, _) in enumerate(requests):
-            profile = stored.profile
-            ts = event["ts"]
-            histories[uid] = (seen_history[uid] if uid in seen_history
-                              else profile.history[:HISTORY_USED])
-            if recs and isinstance(recs[0], tuple):
-                names, _, reasons = zip(*recs, strict=True)
-            else:
-                pairs = _rec_pairs(recs)
-                names = tuple(t for t, _ in pairs)
-                reasons = tuple(r for _, r in pairs)
-            searched = batch.search_added.get(uid)
-            if searched:
-                reasons = tuple("search" if r.startswith("because_you_watched:")
-                                and r[20:] in searched else r for r in reasons)
-            rec_titles += names
-            rec_reasons += reasons
-            rec_counts.append(len(names))
-            completed = profile.completed
-            if not isinstance(completed, (set, frozenset)):
-                completed = set(completed)
-            progress = batch.progress.get(uid, stored.in_progress)
-            progresses.append(progress)
-            if progress:
-                episodes = [t for t in progress if series_of(t) is not None]
-                resume = [t for t in models.resume.rank(progress, ts, episodes)
-                          if t not in completed]
-                resume_titles += resume
-                resume_counts.append(len(resume))
-            else:
-                resume_counts.append(0)
-            country = profile.country
-            where = countries.get(country)
-            if where is None:
-                where = countries[country] = len(trend_lists)
-                trend_lists.append(self._trending(country, ts))
-            user_country.append(where)
-            if completed:
-                for title in completed.intersection(newest):
-                    excluded.append((u, title))
-                for title in completed.intersection(trend_lists[where]):
-                    excluded.append((u, title))
-            row_contexts.append(models.rows.context(
-                profile.device, int(ts // 3600) % 24, stored.events_applied, bool(progress)))
-            devices.append(profile.device)
-
-        # Every title of the batch gets a code; what rows and artwork need of it, once.
-        code = {t: i for i, t in enumerate(dict.fromkeys(
-            [*rec_titles, *resume_titles, *newest, *(t for ts_ in trend_lists for t in ts_)]))}
-        n_titles = len(code)
-        batch_titles = list(code)
-        infos = list(map(titles.by_id.get, batch_titles))
-        series_code: dict[str, int] = {}
-        group_of = np.fromiter(
-            (series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
-             else -1 for t in batch_titles), dtype=np.int64, count=n_titles)
-        episode = group_of >= 0
-        group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
-        n_groups = len(series_code) + n_titles
-
-        def codes(names: Sequence[str]) -> np.ndarray:
-            return np.fromiter(map(code.__getitem__, names), dtype=np.int64, count=len(names))
-
-        # Candidates, slot after slot (each slot's in user order, each list in its order).
-        rec_code = codes(rec_titles)
-        rec_user = np.repeat(np.arange(n_users), rec_counts)
-        reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
-        reason_list = list(reason_code)
-        reason_kind = np.fromiter(
-            (1 if r.startswith("because_you_watched:") and len(r) > 20
-             else 2 if r.startswith("genre:") and len(r) > 6 else 0 for r in reason_list),
-            dtype=np.int64, count=len(reason_list))
-        rec_reason = np.fromiter(map(reason_code.__getitem__, rec_reasons), dtype=np.int64,
-                                 count=len(rec_reasons))
-        rec_kind = reason_kind[rec_reason]
-        # A user's first MAX_BECAUSE_ROWS sources and MAX_GENRE_ROWS genres, in rank order,
-        # get a row each: the slot of each such (user, reason).
-        slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
-        row_slots: list[np.ndarray] = []
-        row_entries: list[np.ndarray] = []
-        for kind, base, cap in ((1, SLOT_BECAUSE, MAX_BECAUSE_ROWS),
-                                (2, SLOT_GENRE, MAX_GENRE_ROWS)):
-            at = np.flatnonzero(rec_kind == kind)
-            if not len(at):
-                continue
-            _, first, inverse = np.unique(rec_user[at] * len(reason_list) + rec_reason[at],
-                                          return_index=True, return_inverse=True)
-            order = np.argsort(first)
-            who = rec_user[at][first[order]]
-            rank = np.empty(len(first), dtype=np.int64)
-            rank[order] = np.arange(len(first)) - np.searchsorted(who, who)
-            keep = rank[inverse.reshape(-1)] < cap
-            slot = base + rank[inverse.reshape(-1)]
-            row_slots.append(slot[keep])
-            row_entries.append(at[keep])
-            kept = rank < cap
-            slot_reason[rec_user[at][first][kept], base + rank[kept]] = (
-                rec_reason[at][first][kept])
-        if row_slots:
-            slot_arr = np.concatenate(row_slots)
-            entry_arr = np.concatenate(row_entries)
-            by_slot = np.lexsort((entry_arr, slot_arr))
-            mid_slots, mid_entries = slot_arr[by_slot], entry_arr[by_slot]
-        else:
-            mid_slots = mid_entries = np.zeros(0, dtype=np.int64)
-        resume_code = codes(resume_titles)
-        resume_user = np.repeat(np.arange(n_users), resume_counts)
-        newest_code = codes(newest)
-        new_user = np.repeat(np.arange(n_users), len(newest))
-        new_code = np.tile(newest_code, n_users)
-        trend_len = [len(t) for t in trend_lists]
-        trend_flat = codes([t for ts_ in trend_lists for t in ts_])
-        trend_start = np.cumsum(trend_len) - trend_len
-        per_user_len = np.asarray(trend_len, dtype=np.int64)[user_country]
-        trend_user = np.repeat(np.arange(n_users), per_user_len)
-        trend_code = trend_flat[np.repeat(trend_start[user_country], per_user_len)
-                                + np.arange(int(per_user_len.sum()))
-                                - np.repeat(np.cumsum(per_user_len) - per_user_len,
-                                            per_user_len)]
-        if excluded:
-            dropped = np.zeros(n_users * n_titles, dtype=bool)
-            dropped[[u * n_titles + code[t] for u, t in excluded]] = True
-            keep_new = ~dropped[new_user * n_titles + new_code]
-            new_user, new_code = new_user[keep_new], new_code[keep_new]
-            keep_trend = ~dropped[trend_user * n_titles + trend_code]
-            trend_user, trend_code = trend_user[keep_trend], trend_code[keep_trend]
-        parts = (
-            (SLOT_CONTINUE, resume_user, resume_code),
-            (mid_slots, rec_user[mid_entries], rec_code[mid_entries]),
-            (SLOT_NEW, new_user, new_code),
-            (SLOT_TRENDING, trend_user, trend_code),
-            (SLOT_TOP, rec_user, rec_code),
-        )
-        slots = np.concatenate([np.broadcast_to(s, len(w)) for s, w, _ in parts])
-        users = np.concatenate([w for _, w, _ in parts])
-        cands = np.concatenate([c for _, _, c in parts])
-        groups = np.where(slots == SLOT_CONTINUE, len(series_code) + cands, group_of[cands])
-        picked = np.flatnonzero(fill_slots(slots, users, cands, groups, n_titles, n_groups,
-                                           settings.row_items, settings.row_duplicates))
-        # The picks of each (user, slot), in their lists' order.
-        by_user = picked[np.argsort(users[picked] * N_SLOTS + slots[picked], kind="stable")]
-        row_key = users[by_user] * N_SLOTS + slots[by_user]
-        row_size = np.bincount(row_key, minlength=n_users * N_SLOTS).reshape(n_users, N_SLOTS)
-
-        # The rows users get (user after user, in ASSIGN_ORDER): a row's id and title
-        # (the same for every row of a slot, country or reason), its affinity.
-        row_user, row_slot = np.nonzero(row_size)
-        row_reason = slot_reason[row_user, row_slot]
-        n_countries = len(trend_lists)
-        meta: list[tuple[str, str]] = [
-            ("continue_watching", "Continue watching"), *[("", "")] * (SLOT_NEW - 1),
-            ("new_releases", "New releases"), ("", ""), ("top_picks", "Top picks for you")]
-        meta += [("trending", f"Trending in {country}" if country else "Trending now")
-                 for country in countries]
-        name_of = titles.by_id.get
-        for reason in reason_list:
-            if reason.startswith("because_you_watched:"):
-                info = name_of(reason[20:])
-                meta.append((reason, "Because you watched "
-                             + (info.name if info is not None else reason[20:])))
-            else:
-                meta.append((reason, reason[6:]))
-        row_meta = np.where(row_reason >= 0, N_SLOTS + n_countries + row_reason,
-                            np.where(row_slot == SLOT_TRENDING,
-                                     N_SLOTS + np.asarray(user_country)[row_user], row_slot))
-        affinity = np.zeros(len(row_user))
-        special = np.flatnonzero(row_reason >= 0)
-        if len(special):
-            uids = [request[0] for request in requests]
-            affinity[special] = [
-                self._row_affinity(reason_list[r], uids[u], histories[uids[u]])
-                for u, r in zip(row_user[special].tolist(), row_reason[special].tolist(),
-                                strict=True)]
-        # Row order: one posterior sample and one sort for every user ("fixed": as built).
-        shown = np.arange(len(row_user))
-        learned_user = np.fromiter((request[4] != "fixed" for request in requests),
-                                   dtype=bool, count=n_users)
-        rows_of_user = np.bincount(row_user, minlength=n_users)
-        learned_rows = np.flatnonzero(learned_user[row_user])
-        if len(learned_rows):
-            type_slot = models.rows.type_slots(SLOT_TYPES)
-            learned = np.flatnonzero(learned_user)
-            ranked = models.rows.order_flat(
-                type_slot[row_slot[learned_rows]], affinity[learned_rows],
-                rows_of_user[learned], np.stack([row_contexts[u] for u in learned.tolist()]),
-                [requests[u][4] != "greedy" for u in learned.tolist()])
-            shown[learned_rows] = learned_rows[ranked]
-
-        # Artwork: one artwork per (user, title) of the batch, all chosen in one call; per
-        # user, the ranked list's titles, then the rows' (in ASSIGN_ORDER), each once.
-        pair_user = np.concatenate((rec_user, users[by_user]))
-        pair_code = np.concatenate((rec_code, cands[by_user]))
-        in_order = np.argsort(pair_user, kind="stable")
-        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
-                                      return_index=True, return_inverse=True)
-        first_order = np.argsort(first)
-        chosen_pairs = in_order[first[first_order]]
-        artwork_lists = [info.artwork_ids if info is not None else () for info in infos]
-        picks = models.artwork.choose_pairs(
-            [request[0] for request in requests], artwork_lists, pair_user[chosen_pairs],
-            pair_code[chosen_pairs], self._page_contexts(requests, devices, histories))
-        # The pick of every entry (ranked list, then rows) by way of its unique pair.
-        unique_pick = np.empty(len(first), dtype=np.int64)
-        unique_pick[first_order] = picks
-        entry_pick = np.empty(len(pair_user), dtype=np.int64)
-        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
-        # (title, position) -> artwork id; the extra last column (None) is "no artwork".
-        width = max(map(len, artwork_lists), default=0)
-        table = np.full((n_titles, width + 1), None, dtype=object)
-        table[np.arange(width + 1) < np.array([len(a) for a in artwork_lists])[:, None]] = [
-            a for arts in artwork_lists for a in arts]
-        n_recs = len(rec_code)
-        rec_art = table[rec_code, entry_pick[:n_recs]].tolist()
-        # Items: one dict per (title, artwork) shown, shared by the pages of the batch
-        # (read-only: orjson writes them); continue watching's carry the user's resume_s.
-        item_key = cands[by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
-        item_keys, item_of = np.unique(item_key, return_inverse=True)
-        item_dicts = [{"title_id": batch_titles[k // (width + 1)],
-                       "artwork_id": table[k // (width + 1), k % (width + 1)]}
-                      for k in item_keys.tolist()]
-        items = [item_dicts[i] for i in item_of.reshape(-1).tolist()]
-        # Every row, in the order shown: its items are a slice of ``items``.
-        ends = np.cumsum(row_size[row_user, row_slot])
-        starts = ends - row_size[row_user, row_slot]
-        messages: list[list[dict[str, Any]]] = [[] for _ in range(n_users)]
-        for k, u, slot, m in zip(shown.tolist(), row_user[shown].tolist(),
-                                 row_slot[shown].tolist(), row_meta[shown].tolist(),
-                                 strict=True):
-            row_items = items[starts[k]:ends[k]]
-            if slot == SLOT_CONTINUE:
-                progress = progresses[u]
-                row_items = [{"title_id": item["title_id"],
-                              "resume_s": round(progress[item["title_id"]][0], 1),
-                              "artwork_id": item["artwork_id"]} for item in row_items]
-            row_id, row_title = meta[m]
-            messages[u].append({"id": row_id, "title": row_title, "items": row_items})
-        r0 = 0
-        search_added = batch.search_added
-        for u, request in enumerate(requests):
-            uid = request[0]
-            n = rec_counts[u]
-            batch.pages[uid] = (messages[u], dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n],
-                                                      strict=True)), search_added.get(uid, ()))
-            r0 += n
+        gathered = gather(requests, newest=batch.newest, resume=models.resume, rows=models.rows,
+                          titles=titles, trending=self._trending, progress=batch.progress,
+                          searched=batch.search_added, seen_history=batch.history)
+        codes = encode_titles(gathered, titles)
+        filled = fill_rows(gathered, codes, settings.row_items, settings.row_duplicates)
+        rows = describe_rows(gathered, filled, titles, batch)
+        shown = order_rows(rows, models.rows, [request[4] for request in requests],
+                           gathered.row_contexts)
+        contexts = page_contexts(self._contexts, models.artwork, titles, gathered.uids,
+                                 gathered.devices, gathered.histories)
+        art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts)
+        batch.pages.update(assemble_pages(gathered, codes, filled, rows, shown, art,
+                                          batch.search_added))
         batch.seconds += time.perf_counter() - started
-
-    def _page_contexts(self, requests: Sequence[tuple[str, Any, Any, Any, str]],
-                       devices: Sequence[str | None],
-                       histories: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
-        """The artwork bandit's contexts of the users of ``requests`` (one matrix): the
-        weighted sum of their recent titles' rows of a per-title table (the titles'
-        hashed genres and cast, ``ArtworkBandit.token_vectors``), their device; what
-        :meth:`_art_contexts` builds from each user's summed tokens (up to rounding)."""
-        art = self.models.artwork
-        if self._vectors.shape[1] != art.n_context or len(self._vector_rows) >= VECTORS_CAP:
-            self._clear_title_vectors()
-            self._vectors = np.zeros((16, art.n_context))
-        names: list[str] = []
-        weights: list[float] = []
-        counts: list[int] = []
-        for request in requests:
-            recent = histories[request[0]][:AFFINITY_HISTORY]
-            if recent:
-                titles_u, weights_u = zip(*recent, strict=True)
-                names += titles_u
-                weights += weights_u
-            counts.append(len(recent))
-        index = self._vector_rows
-        rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64, count=len(names))
-        if not rows.all():  # titles not in the table yet (row 0: unknown titles, zeros)
-            info_of = self.titles.by_id.get
-            new = [t for t in dict.fromkeys(names[i] for i in np.flatnonzero(rows == 0).tolist())
-                   if t not in index and info_of(t) is not None]
-            if new:
-                held = len(index) + 1
-                self._vectors = grow(self._vectors, held + len(new))
-                self._vectors[held:held + len(new)] = art.token_vectors(
-                    [info_of(t).tokens for t in new])
-                index.update(zip(new, range(held, held + len(new)), strict=True))
-                rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64,
-                                   count=len(names))
-        sums = np.zeros((len(requests), art.n_context))
-        nonempty = np.flatnonzero(counts)
-        if len(nonempty):
-            weighted = self._vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
-            starts = (np.cumsum(counts) - counts)[nonempty]
-            sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
-        return art.contexts_from_sums(sums, devices)
-
-    def _clear_title_vectors(self, *_: Any) -> None:
-        self._vector_rows.clear()
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
                  recs: Sequence[Any], event: dict[str, Any], row_policy: str = "learned"

@@ -257,16 +257,18 @@ def test_page_contexts_from_the_title_table_are_the_token_contexts():
     # learning path from each user's summed tokens: the same vectors, up to rounding.
     import numpy as np
 
+    from streams.pages import page_contexts
+
     _, product = setup()
     titles = [t["title_id"] for t in catalogue()] + ["not-in-catalogue"]
     histories = {f"c{i}": [(titles[(3 * i + k) % len(titles)], 0.5 + k % 3 - (k == 4))
                            for k in range(i % 25)] for i in range(30)}
-    requests = [(uid, None, None, None, "learned") for uid in histories]
     devices = [["tv", None, "mobile"][i % 3] for i in range(30)]
     for _ in range(2):  # the second time from the table built by the first
-        fast = product._page_contexts(requests, devices, histories)
+        fast = page_contexts(product._contexts, product.models.artwork, product.titles,
+                             list(histories), devices, histories)
         product._batch.tokens.clear()
         slow = product._art_contexts(list(zip(histories, devices, strict=True)), histories)
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
     product.remove_title("t3")  # a catalogue change empties the table
-    assert not product._vector_rows
+    assert not product._contexts.rows
