@@ -38,6 +38,7 @@ import orjson
 from streamrec.bench_procs import Worker, proc_cpu_s, proc_rss_mb, running_workers
 from streamrec.bench_report import (
     STAGES,
+    MemoryResult,
     PhaseResult,
     Sample,
     assemble_report,
@@ -69,6 +70,11 @@ DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
 SETTLE_TIMEOUT_S = 90.0
 # After the paced producer stops, how long to wait for the last lists, seconds.
 DRAIN_TIMEOUT_S = 30.0
+# The memory run: passes of new users after the warm-up, and how long the worker idles
+# before its RSS is read (lists left unsaved are written after 50 ms idle).
+MEMORY_WARM_PASSES = 2
+MEMORY_PASSES = 2
+MEMORY_SETTLE_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="events for the per-record run (default 30,000; it is slow)")
     parser.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
                         help="length of the paced latency run, seconds (default 10)")
+    parser.add_argument("--memory-events", type=int, default=60_000, metavar="N",
+                        help="events per pass of the memory run (RSS per active user: "
+                             f"{MEMORY_WARM_PASSES + MEMORY_PASSES} passes of the same events, "
+                             "each with new users, the first "
+                             f"{MEMORY_WARM_PASSES} the warm-up; default 60,000, capped at "
+                             "--events; 0 = skip)")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     parser.add_argument("--report", default=None, metavar="PATH",
                         help="write the JSON report to PATH and a PNG chart beside it")
@@ -96,6 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace, partitions: int) -> None:
     if args.events < 1000:
         raise ConfigError("--events must be at least 1000 (e.g. --events 300000)")
+    if args.memory_events < 0:
+        raise ConfigError("--memory-events must be 0 (skip) or a positive whole number")
     for name in ("users", "titles", "per_record_events"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number")
@@ -132,6 +146,21 @@ class Dataset:
                 counts[i] = len(seen)
             self._users_seen = counts
         return self._users_seen
+
+
+def renamed(data: Dataset, k: int, n: int) -> Dataset:
+    """The first ``n`` events of ``data`` as pass ``k`` of the memory run: users and event
+    ids suffixed ``~m{k}`` (new users, not duplicates) and times moved on by ``k`` spans,
+    so event time keeps going forward; pass 0 is the events as they are."""
+    events = data.events[:n]
+    if k == 0:
+        return Dataset(titles=data.titles, events=events, values=data.values[:n],
+                       keys=data.keys[:n])
+    shift = k * (events[-1]["ts"] - events[0]["ts"] + 1.0)
+    moved = [{**e, "user_id": f"{e['user_id']}~m{k}", "event_id": f"{e['event_id']}~m{k}",
+              "ts": e["ts"] + shift} for e in events]
+    return Dataset(titles=data.titles, events=moved, values=[orjson.dumps(e) for e in moved],
+                   keys=[e["user_id"].encode() for e in moved])
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:
@@ -173,17 +202,20 @@ class Bench:
             [t for t in required_topics(settings) if t not in settings.topics.all()], 1)
         return settings
 
-    def preload(self, settings: Settings, n: int) -> None:
-        """Write the first ``n`` records to the phase's events topic; fail if the embedded
-        broker dropped any (it keeps ~5 MiB per partition)."""
+    def preload(self, settings: Settings, n: int, data: Dataset | None = None,
+                held_before: int = 0) -> None:
+        """Write the first ``n`` records (of ``data``, default the bench's) to the phase's
+        events topic, which already holds ``held_before``; fail if the embedded broker
+        dropped any (it keeps ~5 MiB per partition)."""
         from confluent_kafka import Consumer, TopicPartition
 
         from streamrec.kafka import consumer_config, make_producer
 
+        data = data if data is not None else self.data
         topic = settings.topics.events
         # Long lingers make large, well-compressed batches: more fits in the retention.
         producer = make_producer(settings, **{"linger.ms": 100, "batch.size": 1_000_000})
-        for value, key in zip(self.data.values[:n], self.data.keys[:n], strict=True):
+        for value, key in zip(data.values[:n], data.keys[:n], strict=True):
             while True:
                 try:
                     producer.produce(topic, value, key)
@@ -205,8 +237,8 @@ class Bench:
                 held += high
         finally:
             probe.close()
-        if held != n:
-            raise StreamrecError(f"{topic} holds {held} records, expected {n}")
+        if held != held_before + n:
+            raise StreamrecError(f"{topic} holds {held} records, expected {held_before + n}")
 
     def ceiling(self, settings: Settings, n: int) -> float:
         """Records/s of a bare confluent-kafka consumer over the pre-loaded records."""
@@ -321,6 +353,40 @@ class Bench:
             )
             extra = then(workers, settings, result) if then is not None else None
         return result, extra
+
+    def memory_phase(self, n: int) -> MemoryResult:
+        """Worker RSS per active user, with what is not per user held constant.
+
+        One batched worker handles the first ``n`` records, then the same records again
+        with every user renamed (and event ids and times moved on), pass after pass, so
+        each pass is the same titles, queries and batch shapes with only new users. The
+        first :data:`MEMORY_WARM_PASSES` passes are the warm-up: the models'
+        catalogue-bounded tables fill and the allocator grows to its working size (in
+        one pass it has not: RSS still grew ~3 KB per user in the second pass with the
+        artwork bandit's user table capped, i.e. with nothing per user to hold). RSS is
+        read with the worker idle after each pass; its growth over the last
+        :data:`MEMORY_PASSES` passes is what users cost.
+        """
+        settings = self.phase_settings("memory")
+        passes = [renamed(self.data, k, n) for k in range(MEMORY_WARM_PASSES + MEMORY_PASSES)]
+        self.fresh_state(settings)
+        print(f"  memory: 1 batched worker on {n:,} events, then {len(passes) - 1} x the same "
+              "events with new users", file=sys.stderr, flush=True)
+        rss: list[float] = []
+        with running_workers(self.worker_env(settings, "batched"), 1, self.logs,
+                             "memory") as (worker,):
+            for k, data in enumerate(passes):
+                self.preload(settings, n, data, held_before=k * n)
+                deadline = time.monotonic() + max(120.0, n / MIN_RATE)
+                while worker.handled(worker.metrics()) < (k + 1) * n:
+                    if time.monotonic() > deadline or worker.process.poll() is not None:
+                        raise StreamrecError(f"the memory run's worker stopped handling "
+                                             f"events; see the logs in {self.logs}")
+                    time.sleep(SAMPLE_INTERVAL_S)
+                time.sleep(MEMORY_SETTLE_S)  # the last lists saved, the worker idle
+                rss.append(proc_rss_mb(worker.pid))
+        return MemoryResult(events_per_pass=n, users=[p.users(n) for p in passes],
+                            rss_mb=rss, warm_passes=MEMORY_WARM_PASSES)
 
     def wait_until_settled(self, workers: Sequence[Worker], settings: Settings) -> None:
         """Until every worker owns events partitions and together they own all of them
@@ -524,12 +590,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 then=measure_latency if args.mode == "per-record" else None)
             phases.append(result)
             latency = extra or latency
+        memory = None
+        if args.mode in ("batched", "both") and args.memory_events:
+            memory = bench.memory_phase(min(n, args.memory_events))
     primary = phases[-1] if args.mode == "per-record" else [
         p for p in phases if p.pipeline == "batched"][-1]
     others = [p for p in phases if p is not primary]
     series = latency.pop("latency_series", {})
     report = assemble_report(ceiling, primary, latency.pop("latency_ms"),
-                             latency.pop("paced_rate"), others, extra=latency)
+                             latency.pop("paced_rate"), others, extra=latency,
+                             memory=memory)
     print(format_table(report))
     if args.report:
         Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

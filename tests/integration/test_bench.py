@@ -25,7 +25,7 @@ def test_a_tiny_bench_reports_every_figure(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "streamrec.cli", "bench", "--events", "3000", "--users", "300",
          "--titles", "200", "--workers", "2", "--per-record-events", "600",
-         "--latency-seconds", "2", "--report", str(report_path)],
+         "--latency-seconds", "2", "--memory-events", "1500", "--report", str(report_path)],
         capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -48,6 +48,12 @@ def test_a_tiny_bench_reports_every_figure(tmp_path):
     assert set(phases) == {"batched-1", "batched-2", "per-record-1"}
     assert phases["per-record-1"]["events"] == 600
     assert 0 < report["active_users"] <= 300 and report["redis_bytes_per_user"] > 0
+    # The memory run: the same events pass after pass, every pass with new users only.
+    memory = report["rss_memory_run"]
+    assert memory["events_per_pass"] == 1500 and len(memory["users_per_pass"]) == 4
+    assert len(set(memory["users_per_pass"])) == 1 and memory["users_per_pass"][0] > 0
+    assert isinstance(report["rss_bytes_per_active_user"], (int, float))
+    assert "rss_bytes_per_new_user_raw" in report and report["rss_method"]
 
     # The table on stdout, and the chart beside the report.
     assert "ceiling: bare confluent-kafka consume" in done.stdout

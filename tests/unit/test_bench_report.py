@@ -7,8 +7,10 @@ import math
 import orjson
 import pytest
 
+from streamrec.bench import Dataset, renamed
 from streamrec.bench_report import (
     REPORT_KEYS,
+    MemoryResult,
     PhaseResult,
     Sample,
     assemble_report,
@@ -93,6 +95,47 @@ def test_metrics_text_is_parsed_and_summed_by_label():
 def test_rss_per_user_is_the_slope_after_warm_up():
     assert rss_per_new_user([100.0, 150.0, 151.0], [0, 1000, 2024], 1) == 1024.0
     assert math.isnan(rss_per_new_user([100.0, 101.0], [1000, 1050], 0))
+
+
+def test_rss_per_active_user_comes_from_the_memory_run_not_the_raw_slope():
+    # Two warm-up passes (the second still growing), then two passes of new users.
+    memory = MemoryResult(events_per_pass=60_000, users=[5_000] * 4,
+                          rss_mb=[200.0, 215.0, 217.0, 219.5], warm_passes=2)
+    assert memory.bytes_per_user() == pytest.approx(4.5 * 1024 * 1024 / 10_000)
+    assert memory.bytes_per_user_by_pass() == pytest.approx(
+        [15.0 * 1024 * 1024 / 5_000, 2.0 * 1024 * 1024 / 5_000, 2.5 * 1024 * 1024 / 5_000])
+    assert math.isnan(MemoryResult(100, [50, 50], [1.0, 2.0]).bytes_per_user())
+    primary = phase("batched", 1, 30_000.0)  # its raw slope: 250 B per new user
+    report = assemble_report(900_000.0, primary, {"p50": 4.0, "p95": 9.0, "p99": 15.0},
+                             15_000.0, memory=memory)
+    assert report["rss_bytes_per_active_user"] == pytest.approx(471.9, abs=0.1)
+    assert report["rss_bytes_per_new_user_raw"] == 250.0
+    assert report["rss_memory_run"]["users_per_pass"] == [5_000] * 4
+    assert "renamed" in report["rss_method"]
+    orjson.dumps(report)
+    table = format_table(report)
+    assert "472 B more per active user (10,000 new users after a 10,000-user warm-up" in table
+    # Without a memory run the figure is absent, not the raw slope under its name.
+    bare = assemble_report(900_000.0, primary, {"p50": 4.0, "p95": 9.0, "p99": 15.0},
+                           15_000.0)
+    assert bare["rss_bytes_per_active_user"] is None
+    assert "not measured" in format_table(bare)
+
+
+def test_memory_passes_are_the_same_events_with_new_users():
+    events = [{"event_id": f"e{i}", "user_id": f"u{i % 3}", "type": "play", "ts": 100.0 + i}
+              for i in range(6)]
+    data = Dataset(titles=[], events=events, values=[orjson.dumps(e) for e in events],
+                   keys=[e["user_id"].encode() for e in events])
+    warm, second = renamed(data, 0, 6), renamed(data, 1, 6)
+    assert warm.events == events and warm.users(6) == 3
+    assert second.users(6) == 3
+    assert not {e["user_id"] for e in second.events} & {e["user_id"] for e in events}
+    assert not {e["event_id"] for e in second.events} & {e["event_id"] for e in events}
+    assert min(e["ts"] for e in second.events) > max(e["ts"] for e in events)
+    assert [orjson.loads(v)["user_id"] for v in second.values] == [
+        k.decode() for k in second.keys]
+    assert [e["type"] for e in second.events] == [e["type"] for e in events]
 
 
 def test_report_has_every_contract_key_and_the_comparison():
