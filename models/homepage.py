@@ -12,6 +12,7 @@ River style: hyperparameters in the constructor, learned state private, no I/O.
 from __future__ import annotations
 
 import copy
+import heapq
 import inspect
 import math
 import zlib
@@ -335,8 +336,28 @@ class CountryTrending(_Params):
         self.half_life_s = half_life_s
         self.titles_per_country = titles_per_country
         self.max_countries = max_countries
-        # country -> {title: [score, ts]}; dict order = least recently active first.
-        self._scores: dict[str, dict[str, list[float]]] = {}
+        # country -> {title: [rank key, score, ts, title]}; dict order = least recently
+        # active first. The rank key is log2(score) + ts / half_life: a title's decayed
+        # score at any later time t is 2 ** (key - t / half_life), so the order by key is
+        # the order by decayed score at every t after the entry's last play, and `top`
+        # sorts stored floats instead of computing a power per title.
+        self._scores: dict[str, dict[str, list[Any]]] = {}
+        # country -> latest play time in its table (when a query is at or after it, the
+        # stored keys' order is exact).
+        self._latest: dict[str, float] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before the rank key held [score, ts] per title.
+        self.__dict__.update(state)
+        if "_latest" not in state:
+            self._latest = {}
+            for country, table in self._scores.items():
+                for title, entry in table.items():
+                    table[title] = self._entry(entry[0], entry[1], title)
+                self._latest[country] = max((e[2] for e in table.values()), default=0.0)
+
+    def _entry(self, score: float, ts: float, title: str) -> list[Any]:
+        return [math.log2(score) + ts / self.half_life_s, score, ts, title]
 
     def learn_one(self, country: str, title: str, y: float, ts: float) -> None:
         if y <= 0:
@@ -345,36 +366,58 @@ class CountryTrending(_Params):
         if table is None:
             table = {}
             if len(self._scores) >= self.max_countries:
-                del self._scores[next(iter(self._scores))]
+                dropped = next(iter(self._scores))
+                del self._scores[dropped]
+                self._latest.pop(dropped, None)
         self._scores[country] = table  # most recently active last
+        self._latest[country] = max(ts, self._latest.get(country, ts))
         entry = table.get(title)
         if entry is None:
-            table[title] = [y, ts]
+            table[title] = self._entry(y, ts, title)
             if len(table) > self.titles_per_country * 1.25:
                 self._prune(table, ts)
         else:
-            entry[0] = entry[0] * 2.0 ** (-max(0.0, ts - entry[1]) / self.half_life_s) + y
-            entry[1] = max(ts, entry[1])
+            last = max(ts, entry[2])
+            score = entry[1] * 2.0 ** (-max(0.0, ts - entry[2]) / self.half_life_s) + y
+            table[title] = self._entry(score, last, title)
 
-    def _prune(self, table: dict[str, list[float]], ts: float) -> None:
-        ranked = sorted(table.items(), key=lambda kv: -self._decayed(kv[1], ts))
-        for title, _ in ranked[self.titles_per_country:]:
-            del table[title]
+    def _prune(self, table: dict[str, list[Any]], ts: float) -> None:
+        for entry in self._ranked(table, ts)[self.titles_per_country:]:
+            del table[entry[3]]
 
-    def _decayed(self, entry: list[float], ts: float) -> float:
-        return entry[0] * 2.0 ** (-max(0.0, ts - entry[1]) / self.half_life_s)
+    def _ranked(self, table: dict[str, list[Any]], ts: float) -> list[list[Any]]:
+        """Entries by decayed score at ``ts``, strongest first (plays after ``ts`` count
+        undecayed)."""
+        ranked = sorted(table.values(), reverse=True)
+        future = [e for e in ranked if e[2] > ts]
+        if not future:
+            return ranked
+        # Rare (a query older than some plays): exact keys, as the decayed score says.
+        scale = 1.0 / self.half_life_s
+        return sorted(ranked, key=lambda e: -(e[0] - max(e[2], ts) * scale))
 
     def top(self, country: str, n: int, ts: float) -> list[str]:
         """The ``n`` most trending titles in ``country`` at event time ``ts``."""
         table = self._scores.get(country)
-        if not table:
+        if not table or n <= 0:
             return []
-        # score * 2**((t - ts) / half_life), ranked in log space: no per-title power.
+        if ts >= self._latest.get(country, ts):
+            return [entry[3] for entry in heapq.nlargest(n, table.values())]
+        # Some plays are later than ts (a user's last event can be older than others' in
+        # the same batch): they count undecayed, i.e. below their stored key. Walk the
+        # stored order until no later entry can beat the n-th best exact score so far.
         scale = 1.0 / self.half_life_s
-        log2 = math.log2
-        ranked = sorted(table.items(),
-                        key=lambda kv: -(log2(kv[1][0]) + min(0.0, kv[1][1] - ts) * scale))
-        return [title for title, _ in ranked[:n]]
+        now = ts * scale
+        best: list[tuple[float, int, str]] = []
+        for i, (key, _, last, title) in enumerate(sorted(table.values(), reverse=True)):
+            if len(best) >= n and best[0][0] >= key - now:
+                break
+            item = (key - max(last * scale, now), -i, title)
+            if len(best) < n:
+                heapq.heappush(best, item)
+            else:
+                heapq.heappushpop(best, item)
+        return [title for _, _, title in sorted(best, reverse=True)]
 
     def forget(self, title: str) -> None:
         for table in self._scores.values():

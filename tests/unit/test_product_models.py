@@ -138,6 +138,31 @@ def test_country_trending_is_per_country_and_bounded():
     assert model.top("SE", 1, ts=0.0) == [] and model.size()["countries"] == 2
 
 
+def test_country_trending_ranks_by_decayed_score_at_the_query_time():
+    # A steady title against a burst that fades (half-life 1 h): the burst leads right
+    # after it, the steady one leads three hours later; a query older than some plays
+    # counts those plays undecayed (at 5 h: steady 1.97, burst 1.5).
+    model = CountryTrending(half_life_s=3600)
+    for hour in range(6):
+        model.learn_one("SE", "steady", 1.0, ts=hour * 3600.0)
+    model.learn_one("SE", "burst", 6.0, ts=3 * 3600.0)
+    assert model.top("SE", 2, ts=3 * 3600.0) == ["burst", "steady"]
+    assert model.top("SE", 2, ts=8 * 3600.0) == ["steady", "burst"]
+    model.learn_one("SE", "late", 10.0, ts=10 * 3600.0)
+    assert model.top("SE", 3, ts=5 * 3600.0) == ["late", "steady", "burst"]
+
+
+def test_country_trending_loads_checkpoints_of_the_earlier_layout():
+    model = CountryTrending(half_life_s=3600)
+    state = {**model.__dict__, "_scores": {"SE": {"a": [1.0, 0.0], "b": [1.0, 3600.0]}}}
+    del state["_latest"]
+    restored = CountryTrending.__new__(CountryTrending)
+    restored.__setstate__(state)
+    assert restored.top("SE", 5, ts=3600.0) == ["b", "a"]
+    restored.learn_one("SE", "a", 3.0, ts=7200.0)
+    assert restored.top("SE", 1, ts=7200.0) == ["a"]
+
+
 def _titles() -> TitleIndex:
     index = TitleIndex()
     index.add({"title_id": "s1e1", "name": "Harbor S1E1", "kind": "episode",
