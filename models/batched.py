@@ -145,6 +145,9 @@ ONE_AT_A_TIME_EVENTS = 3
 # Up to this many users a batch is diversified one user at a time in Python (~20 us each);
 # above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
 SMALL_BATCH_USERS = 32
+# Up to this many users the lists are put together one user at a time (~25 us each); above
+# it, for all users at once in numpy (a fixed ~0.15 ms, then ~3 us per user).
+ASSEMBLE_EACH_USERS = 8
 History = Sequence[tuple[str, float]]
 # Decimal places of the scores in recommendation messages.
 SCORE_DECIMALS = 6
@@ -152,6 +155,12 @@ SCORE_DECIMALS = 6
 Ranked = list[tuple[str, float, str]]
 # Per model, its genres as arrays (see _GenreTable), rebuilt when the catalogue changes.
 _GENRE_CACHE: weakref.WeakKeyDictionary[Hybrid, _GenreTable] = weakref.WeakKeyDictionary()
+# The reason shown for a pick by the component contributing most to it (content and
+# co-occurrence ones are refined per title in _RankBatch._reasons).
+_REASON_BY_COMPONENT = np.array([REASON_OF.get(c, "similar_users") for c in COMPONENTS],
+                                dtype=object)
+_CONTENT = COMPONENTS.index("content")
+_COOCCURRENCE = COMPONENTS.index("cooccurrence")
 
 
 def _selector(cols: np.ndarray) -> np.ndarray | slice:
@@ -282,11 +291,15 @@ class _RankBatch:
         position = np.full(items.rows, -1, dtype=np.int64)
         position[cols] = np.arange(n_cols)
         self.candidate = candidate = np.ones((n_users, n_cols), dtype=bool)
-        done = [(u, row) for u, p in enumerate(profiles) for row in
-                (index.get(t) for t in p.completed) if row is not None]
-        if done:
-            done_u, done_rows = zip(*done, strict=True)
-            candidate[np.array(done_u), position[np.array(done_rows)]] = False
+        # One flat pass over every completed title (a Python loop per user costs more).
+        per_user = np.fromiter((len(p.completed) for p in profiles), dtype=np.int64,
+                               count=n_users)
+        get = index.get
+        done_rows = np.fromiter((get(t, -1) for p in profiles for t in p.completed),
+                                dtype=np.int64, count=int(per_user.sum()))
+        done_users = np.repeat(np.arange(n_users), per_user)
+        known = done_rows >= 0
+        candidate[done_users[known], position[done_rows[known]]] = False
         self.n_candidates = candidate.sum(axis=1)
         self.sel = sel = _selector(cols)
         self.ranking: Ranking = model.rank_matrix(hist, cols, candidate, times)
@@ -295,7 +308,7 @@ class _RankBatch:
         self.which = np.arange(n_users) % self.posterior.sets
 
     def lists(self, n: int) -> list[Ranked]:
-        model, cols, candidate = self.model, self.cols, self.candidate
+        model, candidate = self.model, self.candidate
         n_users, n_cols = candidate.shape
         depth = min(3 * n, n_cols)
         ranked = np.where(candidate, self.scores, -np.inf)
@@ -307,7 +320,8 @@ class _RankBatch:
             part, np.argsort(-np.take_along_axis(ranked, part, axis=1), axis=1, kind="stable"),
             axis=1)
         lengths = np.minimum(self.n_candidates, depth)
-        picks = self._diversify(order, lengths, n)
+        table = _genre_table(model)
+        picks = self._diversify(order, lengths, n, table)
         n_picked = (picks >= 0).sum(axis=1)
         n_explore = model.explore_slots(n, self.hist.positive_count())
         width = max(int(n_explore.max(initial=0)), 1)
@@ -322,32 +336,75 @@ class _RankBatch:
             drawn = self.posterior.explore(pool, self.which[explore_users], width)
             wanted = np.arange(width)[None, :] < n_explore[explore_users][:, None]
             explored[explore_users] = np.where(wanted, drawn, -1)
-        reasons = self._reasons(picks)
-        ids = np.array(model._items.ids, dtype=object)
-        titles = ids[cols[np.maximum(picks, 0)]].tolist()
-        pick_scores = np.round(np.take_along_axis(self.scores, np.maximum(picks, 0), axis=1),
-                               SCORE_DECIMALS).tolist()
-        picked_counts = n_picked.tolist()
-        explored_cols = explored.tolist()
+        reasons = self._reasons(picks, table)
+        return self._assemble(picks, n_picked, explored, reasons, n)
+
+    def _assemble(self, picks: np.ndarray, n_picked: np.ndarray, explored: np.ndarray,
+                  reasons: np.ndarray, n: int) -> list[Ranked]:
+        """The lists: each user's picks with its exploration slots spread through them as
+        :func:`_insert_explored` does, laid out for all users at once (a Python loop per
+        user and list entry costs more than the ranking itself at ~300 users)."""
+        n_users, width = explored.shape
+        if n_users <= ASSEMBLE_EACH_USERS:
+            return self._assemble_each(picks, n_picked, explored, reasons, n)
+        # Explored titles fill each row from the left (-1 after them).
+        n_explored = (explored >= 0).sum(axis=1)
+        keep = np.where(n_picked >= n_explored, n_picked - n_explored, 0)
+        step = np.maximum(1, keep // (n_explored + 1))
+        k = np.arange(width)[None, :]
+        slot_at = np.minimum(keep[:, None] + k, (k + 1) * step[:, None] + k)
+        slot_at = np.where((k < n_explored[:, None]) & (slot_at < n), slot_at, n)
+        is_slot = np.zeros((n_users, n + 1), dtype=np.int64)
+        np.put_along_axis(is_slot, slot_at, 1, axis=1)
+        is_slot = is_slot[:, :n]
+        before = np.cumsum(is_slot, axis=1) - is_slot    # exploration slots before each entry
+        # Each entry's column in [picks | explored]: picks in order, slots where they fall.
+        source = np.where(is_slot > 0, n + before, np.arange(n)[None, :] - before)
+        length = np.minimum(keep + n_explored, n)
+        listed = np.arange(n)[None, :] < length[:, None]
+        source = np.where(listed, source, 0)
+        at = np.take_along_axis(np.concatenate([picks, explored], axis=1), source, axis=1)[listed]
+        users = np.nonzero(listed)[0]
+        ids = np.array(self.model._items.ids, dtype=object)
+        titles = ids[self.cols[at]].tolist()
+        scores = self.scores[users, at]
+        rounded = np.round(scores, SCORE_DECIMALS).tolist()
+        explore = np.nonzero(is_slot[listed])[0]
+        # Exploration scores rounded as the one-at-a-time path does (Python's round, which
+        # can differ from np.round in the last place).
+        for i, value in zip(explore.tolist(), scores[explore].tolist(), strict=True):
+            rounded[i] = round(value, SCORE_DECIMALS)
+        reason = np.concatenate([reasons, np.full((n_users, width), "explore", dtype=object)],
+                                axis=1)
+        words = np.take_along_axis(reason, source, axis=1)[listed].tolist()
+        entries = list(zip(titles, rounded, words, strict=True))
+        ends = np.cumsum(length).tolist()
+        return [entries[end - m:end] for end, m in zip(ends, length.tolist(), strict=True)]
+
+    def _assemble_each(self, picks: np.ndarray, n_picked: np.ndarray, explored: np.ndarray,
+                       reasons: np.ndarray, n: int) -> list[Ranked]:
+        """:meth:`_assemble` one user at a time (fewer numpy calls for a handful)."""
+        ids, cols, scores = self.model._items.ids, self.cols, self.scores
         out: list[Ranked] = []
-        for u in range(n_users):
-            m = picked_counts[u]
-            entries = list(zip(titles[u][:m], pick_scores[u][:m], reasons[u][:m], strict=True))
-            extra = [(ids[cols[i]], round(float(self.scores[u, i]), SCORE_DECIMALS), "explore")
-                     for i in explored_cols[u] if i >= 0]
-            if extra:
-                entries = _insert_explored(entries, extra)
-            out.append(entries[:n])
+        for u, (row, m, words, extra) in enumerate(zip(
+                picks.tolist(), n_picked.tolist(), reasons.tolist(), explored.tolist(),
+                strict=True)):
+            rounded = np.round(scores[u, row[:m]], SCORE_DECIMALS).tolist()
+            entries = [(ids[cols[i]], s, w) for i, s, w in zip(row[:m], rounded, words[:m],
+                                                                strict=True)]
+            slots = [(ids[cols[i]], round(float(scores[u, i]), SCORE_DECIMALS), "explore")
+                     for i in extra if i >= 0]
+            out.append((_insert_explored(entries, slots) if slots else entries)[:n])
         return out
 
-    def _diversify(self, order: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+    def _diversify(self, order: np.ndarray, lengths: np.ndarray, n: int, table: _GenreTable
+                   ) -> np.ndarray:
         """:meth:`Hybrid._diversify` for every user: (users, n) positions, -1 padded.
 
         A list changes only when some genre would pass ``max_per_genre`` among its first
         10 titles; the others are their first ``n`` ranked titles as they are.
         """
         model = self.model
-        table = _genre_table(model)
         caps = _genre_caps(self.hist, table.matrix, model.max_per_genre)  # (users, genres)
         genre_matrix = table.matrix[self.sel]
         onehot = genre_matrix[order[:, :10]].astype(np.int16)     # (users, 10, genres)
@@ -372,14 +429,11 @@ class _RankBatch:
                                           lengths[slow])
         return picks
 
-    def _reasons(self, picks: np.ndarray) -> list[list[str]]:
-        """The word shown with each listed title (as :meth:`Hybrid._reason`)."""
-        model, cols, ranking = self.model, self.cols, self.ranking
-        co = model.cooccurrence
-        ids = model._items.ids
+    def _reasons(self, picks: np.ndarray, table: _GenreTable) -> np.ndarray:
+        """The word shown with each pick (as :meth:`Hybrid._reason`): (users, n) strings."""
+        cols, ranking = self.cols, self.ranking
         safe = np.maximum(picks, 0)
-        n_users = len(picks)
-        users = np.arange(n_users)[:, None]
+        users = np.arange(len(picks))[:, None]
         # Each pick's slot in its user's pool (-1: outside it, no contribution).
         slot_of = np.full(self.scores.shape, -1, dtype=np.int32)
         np.put_along_axis(slot_of, ranking.pool,
@@ -387,38 +441,46 @@ class _RankBatch:
         slot = slot_of[users, safe]
         contrib = np.where(slot >= 0, ranking.contributions[:, users, np.maximum(slot, 0)], 0.0)
         best = contrib.argmax(axis=0)                                   # (users, n)
-        by_component = np.array([REASON_OF.get(c, "similar_users") for c in COMPONENTS],
-                                dtype=object)
-        out = by_component[best]
-        content = best == COMPONENTS.index("content")
+        out = _REASON_BY_COMPONENT[best]
+        content = best == _CONTENT
         if content.any():
-            out[content] = _genre_table(model).label[cols[safe[content]]]
-        # Co-occurrence: the user's vote (history title) contributing most to the pick.
-        cu, cj = np.nonzero(best == COMPONENTS.index("cooccurrence"))
+            out[content] = table.label[cols[safe[content]]]
+        cu, cj = np.nonzero(best == _COOCCURRENCE)
         if len(cu):
-            q_idx, h, weight = co._votes(self.hist)
-            sizes = np.bincount(q_idx, minlength=n_users)
-            width = max(int(sizes.max(initial=0)), 1)
-            filled = np.arange(width)[None, :] < sizes[:, None]
-            src = np.full((n_users, width), -1, dtype=np.int64)
-            vote = np.zeros((n_users, width))
-            src[filled], vote[filled] = h, weight
-            src, vote = src[cu], vote[cu]                      # (picks, width)
-            safe_src = np.maximum(src, 0)
-            target = cols[picks[cu, cj]]
-            link = np.where(co._nbr[safe_src] == target[:, None, None], co._w[safe_src],
-                            0.0).sum(axis=2) * vote
-            link[src < 0] = 0.0
-            j = link.argmax(axis=1)
-            strength = link[np.arange(len(cu)), j]
-            source = np.where(strength > 0.0, src[np.arange(len(cu)), j], -1)
-            sources, inverse = np.unique(source, return_inverse=True)
-            labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
-                               for r in sources.tolist()], dtype=object)
-            out[cu, cj] = labels[inverse]
+            out[cu, cj] = self._because(cu, cols[picks[cu, cj]])
         # Nothing personal stood out: a popular pick.
         out[np.take_along_axis(contrib, best[None], axis=0)[0] <= 0] = REASON_OF["popularity"]
-        return out.tolist()
+        return out
+
+    def _because(self, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Co-occurrence reasons: per pick (its user, its item-table row), the user's vote
+        (history title) contributing most to it, as :meth:`CoOccurrence.explain` finds it.
+
+        Only each pick's own user's votes are compared with the vote's neighbours (not a
+        batch-wide padded width of votes): that comparison is the cost here."""
+        co, ids = self.model.cooccurrence, self.model._items.ids
+        q_idx, h, weight = co._votes(self.hist)             # grouped by user, in order
+        if len(h) == 0:
+            return np.full(len(users), "similar_users", dtype=object)
+        sizes = np.bincount(q_idx, minlength=len(self.hist.rows))
+        first = np.concatenate([[0], np.cumsum(sizes)])
+        counts = sizes[users]
+        # Every (pick, vote of its user) pair: the pick, the vote's index in q_idx and its
+        # place among the user's votes.
+        pick = np.repeat(np.arange(len(users)), counts)
+        place = np.arange(len(pick)) - np.repeat(np.cumsum(counts) - counts, counts)
+        vote = first[users[pick]] + place
+        src = h[vote]
+        link = np.zeros((len(users), max(int(counts.max(initial=0)), 1)))
+        link[pick, place] = np.where(co._nbr[src] == targets[pick][:, None], co._w[src],
+                                     0.0).sum(axis=1) * weight[vote]
+        j = link.argmax(axis=1)
+        strongest = link[np.arange(len(users)), j]
+        source = np.where(strongest > 0.0, h[np.minimum(first[users] + j, len(h) - 1)], -1)
+        rows, inverse = np.unique(source, return_inverse=True)
+        labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
+                           for r in rows.tolist()], dtype=object)
+        return labels[inverse]
 
 
 def _genre_caps(hist: HistoryMatrix, genre_matrix: np.ndarray, max_per_genre: int
