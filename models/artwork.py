@@ -175,35 +175,14 @@ class ArtworkBandit:
         >>> x.shape, float(x[0])
         ((8,), 1.0)
         """
-        n = self.n_context - 1
-        buckets = self._buckets
-        if len(buckets) > 100_000:  # bounded: the token vocabulary is the catalogue's
-            buckets.clear()
-        index: list[int] = []
-        weights: list[float] = []
-        items = list((affinities or {}).items())
-        if device:
-            items.append(("d:" + device, 1.0))
-        for token, weight in items:
-            i = buckets.get(token)
-            if i is None:
-                i = buckets[token] = 1 + _bucket(token, n)
-            index.append(i)
-            weights.append(weight)
-        x = (np.bincount(index, weights=weights, minlength=self.n_context) if index
-             else np.zeros(self.n_context))
-        norm = math.sqrt(float(x[1:] @ x[1:]))
-        if norm > 0:
-            x[1:] /= norm
-        x[0] = 1.0
-        return x
+        return self.contexts([device], [affinities or {}])[0]
 
     def contexts(self, devices: Sequence[str | None],
                  affinities: Sequence[Mapping[str, float]]) -> np.ndarray:
         """:meth:`context` for many users at once: one row per (device, affinities)."""
         n_users = len(devices)
         buckets = self._buckets
-        if len(buckets) > 100_000:
+        if len(buckets) > 100_000:  # bounded: the token vocabulary is the catalogue's
             buckets.clear()
         n = self.n_context - 1
         users: list[int] = []
