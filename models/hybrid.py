@@ -108,6 +108,26 @@ def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
+def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(features, users, pool) ``raw`` standardised per feature and user over the ``valid``
+    (users, pool) titles. A value that is not finite (a diverged factor, say) counts as
+    that feature's mean, 0, and stays out of the mean and spread: one bad title must not
+    turn a user's whole pool into NaN.
+
+    Examples
+    --------
+    >>> standardise(np.array([[[1.0, 3.0, np.inf, 9.0]]]), np.array([[True, True, True, False]]))
+    array([[[-1.,  1.,  0.,  0.]]])
+    """
+    ok = valid & np.isfinite(raw)
+    count = np.maximum(ok.sum(axis=2, keepdims=True), 1)
+    safe = np.where(ok, raw, 0.0)
+    mean = safe.sum(axis=2, keepdims=True) / count
+    std = np.sqrt(np.where(ok, (safe - mean) ** 2, 0.0).sum(axis=2, keepdims=True) / count)
+    spread = ok & (std > 1e-12)
+    return np.where(spread, (safe - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
+
+
 class Hybrid(Recommender):
     """Two-stage blend of trending, co-occurrence, matrix factorisation, content and
     popularity, with weights learned online from what users go on to watch.
@@ -362,11 +382,7 @@ class Hybrid(Recommender):
             self.content.scores(self.content.user_vectors(hist), rows),
             np.take_along_axis(pop, pool, axis=1),
         ])
-        count = np.maximum(valid.sum(axis=1), 1)
-        mean = np.where(valid, raw, 0.0).sum(axis=2, keepdims=True) / count[:, None]
-        var = np.where(valid, (raw - mean) ** 2, 0.0).sum(axis=2, keepdims=True) / count[:, None]
-        std = np.sqrt(var)
-        z = np.where(std > 1e-12, (raw - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
+        z = standardise(raw, valid)
         weights = self.user_weights(hist.positive_count(), times)
         contributions = weights.T[:, :, None] * z
         scores = first - BELOW_POOL

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
 
-from models.base import UserProfile
+from models.base import RowProfile, UserProfile
 from models.batched import recommend_many
 from models.hybrid import COMPONENTS, MOST_OF_ONE_GENRE, Hybrid
 
@@ -85,3 +86,26 @@ def test_exploration_is_its_share_of_slots_on_average():
              for _ in range(400)]
     # 5% of 10 slots: one exploration slot in half of the lists.
     assert set(slots) == {0, 1} and 0.4 < np.mean(slots) < 0.6
+
+
+def test_a_title_with_a_diverged_feature_does_not_spoil_the_pool():
+    # One title's matrix-factorisation score overflowed (inf): the blend's scaling must
+    # neither warn (inf - inf in the pool's mean) nor drop the feature for the whole pool,
+    # nor teach the blend NaN weights. That title counts as the pool's mean for it.
+    model = drama_heavy_model()
+    row = model._items.index["d4"]
+    model.mf._b[row] = np.inf
+    profile = UserProfile("fan", history=[("d1", 2.0), ("d2", 2.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        recs = model.recommend(profile, n=10, ts=NOW)
+        batched = recommend_many(model, [profile], 10, [NOW])[0]
+        hist = RowProfile.build(model._items, profile).matrix()
+        ranking = model.rank_matrix(hist, model._items.known_rows(),
+                                    np.ones((1, len(model._items)), dtype=bool), np.array([NOW]))
+        model.learn_blend(np.array([row]), hist, np.array([NOW]))
+    mf = ranking.z[COMPONENTS.index("mf"), 0, ranking.valid[0]]
+    assert np.isfinite(mf).all() and mf.std() > 0.5
+    assert [r.title_id for r in batched] == [r.title_id for r in recs]
+    assert all(np.isfinite(r.score) for r in recs + batched)
+    assert np.isfinite(model._w).all()
