@@ -154,19 +154,22 @@ class CoOccurrence(Recommender):
                   * self._vote_decay[rank[q_idx, pos]] / (self._pop[h] + 1.0) ** self.beta)
         return q_idx, h, weight
 
-    def score_matrix(self, hist: HistoryMatrix) -> np.ndarray:
+    def score_matrix(self, hist: HistoryMatrix, cols: np.ndarray | None = None) -> np.ndarray:
         """(users, rows) scores of every item-table row for every user of ``hist`` (0 for
-        users with no positive history), one ``bincount``."""
+        users with no positive history), one ``bincount``; of rows ``cols`` only if given
+        (the normalisation is then done for those alone)."""
         n_rows = self._items.rows
         n_users = len(hist.rows)
         q_idx, h, weight = self._votes(hist)
         if len(q_idx) == 0:
-            return np.zeros((n_users, n_rows))
+            return np.zeros((n_users, n_rows if cols is None else len(cols)))
         nbr = self._nbr[h]
         valid = nbr >= 0
         totals = np.bincount((q_idx[:, None] * n_rows + nbr)[valid],
                              weights=(self._w[h] * weight[:, None])[valid],
                              minlength=n_users * n_rows).reshape(n_users, n_rows)
+        if cols is not None:
+            return totals[:, cols] / ((self._pop[cols] + 1.0) ** self.alpha)[None, :]
         return totals / ((self._pop[:n_rows] + 1.0) ** self.alpha)[None, :]
 
     def explain(self, row: int, profile: RowProfile) -> int | None:

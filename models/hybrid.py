@@ -92,11 +92,19 @@ def context(positives: np.ndarray, times: np.ndarray) -> np.ndarray:
            [0.  , 0.  , 1.  , 0.  , 0.  , 0.  , 1.  ]])
     """
     positives = np.asarray(positives)
-    h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
-    at = np.linspace(0.0, 1.0, CONTEXT_KNOTS)
-    knots = np.maximum(0.0, 1.0 - np.abs(h[:, None] - at[None, :]) * (CONTEXT_KNOTS - 1))
-    part = (np.broadcast_to(times, positives.shape) // 3600 % 24 // (24 // DAYPARTS))
-    return np.hstack([knots, np.eye(DAYPARTS)[part.astype(np.int64)]])
+    h = np.log1p(np.minimum(positives, MAX_HISTORY)) / _LOG_HISTORY
+    out = np.empty((len(positives), CONTEXT_KNOTS + DAYPARTS))
+    out[:, :CONTEXT_KNOTS] = np.maximum(
+        0.0, 1.0 - np.abs(h[:, None] - _KNOTS[None, :]) * (CONTEXT_KNOTS - 1))
+    part = np.broadcast_to(times, positives.shape) // 3600 % 24 // (24 // DAYPARTS)
+    out[:, CONTEXT_KNOTS:] = _DAYPART_ONE_HOT[part.astype(np.int64)]
+    return out
+
+
+# context()'s constants, built once: it runs on every ranking and blend step.
+_LOG_HISTORY = np.log1p(MAX_HISTORY)
+_KNOTS = np.linspace(0.0, 1.0, CONTEXT_KNOTS)
+_DAYPART_ONE_HOT = np.eye(DAYPARTS)
 
 
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -341,7 +349,7 @@ class Hybrid(Recommender):
         candidate[q_idx[seen >= 0], seen[seen >= 0]] = False
         target = position[rows]
         ranking = self.rank_matrix(hist, cols, candidate, times)
-        positives = hist.positive_count()
+        contexts = context(hist.positive_count(), times)
         lr = self.blend_learning_rate
         for s in range(len(rows)):
             hit = np.nonzero((ranking.pool[s] == target[s]) & ranking.valid[s])[0]
@@ -349,7 +357,7 @@ class Hybrid(Recommender):
                 continue
             z = ranking.z[:, s, ranking.valid[s]]
             true = int(np.searchsorted(np.nonzero(ranking.valid[s])[0], hit[0]))
-            ctx = context(positives[s:s + 1], times[s:s + 1])[0]
+            ctx = contexts[s]
             logits = (self._w @ ctx) @ z
             p = np.exp(logits - logits.max())
             p /= p.sum()
@@ -363,7 +371,7 @@ class Hybrid(Recommender):
         """Score titles ``cols`` for every user of ``hist`` (``candidate`` (users, titles)
         marks what each may be shown; ``times`` their query times): the two stages."""
         n_users, n_cols = candidate.shape
-        co = self.cooccurrence.score_matrix(hist)[:, cols]
+        co = self.cooccurrence.score_matrix(hist, cols)
         pop = np.broadcast_to(self.cooccurrence.popularity(cols), (n_users, n_cols))
         first = min_max(co, candidate) + self.pool_popularity * min_max(pop, candidate)
         size = min(self.pool_size, n_cols)
