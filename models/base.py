@@ -14,6 +14,7 @@ import copy
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -230,10 +231,11 @@ class RowProfile:
             rows = np.zeros(0, dtype=np.int64)
             weights = np.zeros(0)
         else:
-            index = table.index
-            pairs = [(index.get(t, -1), w) for t, w in profile.history[:max_history]]
-            rows = np.fromiter((r for r, _ in pairs), dtype=np.int64, count=len(pairs))
-            weights = np.fromiter((w for _, w in pairs), dtype=np.float64, count=len(pairs))
+            # Built for every model on every event of an evaluation: C-level loops only.
+            titles, ws = zip(*profile.history[:max_history], strict=True)
+            rows = np.fromiter(map(table.index.get, titles, repeat(-1, len(titles))),
+                               dtype=np.int64, count=len(titles))
+            weights = np.array(ws, dtype=np.float64)
             known = rows >= 0
             rows, weights = rows[known], weights[known]
         completed = (table.rows_of(list(profile.completed)) if profile and profile.completed
