@@ -30,8 +30,8 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -45,6 +45,7 @@ from streams.experiment_store import LiveExperiments
 from streams.state import StateStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Backoff between retries while Redis is unreachable, seconds: start small so a blip
 # costs little, cap so a long outage is retried every few seconds.
@@ -174,6 +175,9 @@ class EventsPipeline:
         self._held: list[Any] = []
         # Why consumption is paused, if it is: streamrec_pipeline_up is 0 while either holds.
         self._redis_paused = False
+        # Redis writes currently failing and being retried (consumption is paused while
+        # any is).
+        self._failing_writes = 0
         self._broker_down = False
         self.recall: dict[str, float] = {}
         self.events_processed = 0
@@ -381,34 +385,11 @@ class EventsPipeline:
                                 lists: dict[str, bytes] | None = None
                                 ) -> tuple[list[bool], Any]:
         feedbacks = feedbacks_for_store(events)
-        delay = RETRY_INITIAL_S
-        paused = False
-        while True:
-            try:
-                result = await self.store.apply_batch(events, feedbacks, lists)
-            except StateStoreUnavailable as exc:
-                if not paused:
-                    logger.error("Redis unavailable, pausing consumption and retrying: %s", exc)
-                    self._pause(True)
-                    paused = True
-                await self._wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            if paused:
-                logger.warning("Redis is back; resuming consumption")
-                self._pause(False)
-            return result
+        return await self._until_written(
+            lambda: self.store.apply_batch(events, feedbacks, lists), "state write")
 
     async def _save_lists_with_retry(self, lists: dict[str, bytes]) -> None:
-        delay = RETRY_INITIAL_S
-        while True:
-            try:
-                await self.store.save_last_lists(lists)
-                return
-            except StateStoreUnavailable as exc:
-                logger.warning("could not store emitted lists, retrying: %s", exc)
-                await self._wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        await self._until_written(lambda: self.store.save_last_lists(lists), "emitted lists")
 
     async def _flush_product(self) -> None:
         """Produce the product layer's messages (cache hints) and write its aggregates."""
@@ -416,15 +397,40 @@ class EventsPipeline:
         topics = self.settings.topics
         for topic, key, value in self.product.take_messages():
             self.produce(getattr(topics, topic), [(key, value)])
+        await self._until_written(self.product.flush, "product aggregates")
+
+    async def _until_written(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run a Redis write, retrying through an outage with capped backoff.
+
+        While any write is failing, consumption is paused and ``streamrec_pipeline_up``
+        is 0, whichever write meets the outage first: the batch's state write, or the
+        emitted lists or product aggregates of the batch being completed (a worker that
+        keeps up completes a batch before it starts the next one's state write).
+        """
         delay = RETRY_INITIAL_S
-        while True:
-            try:
-                await self.product.flush()
-                return
-            except StateStoreUnavailable as exc:
-                logger.warning("could not write product aggregates, retrying: %s", exc)
-                await self._wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        failing = False
+        try:
+            while True:
+                try:
+                    result = await write()
+                except StateStoreUnavailable as exc:
+                    if not failing:
+                        failing = True
+                        self._failing_writes += 1
+                        logger.error("Redis unavailable (%s), pausing consumption and "
+                                     "retrying: %s", what, exc)
+                        if self._failing_writes == 1:
+                            self._pause(True)
+                    await self._wait(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                return result
+        finally:
+            if failing:
+                self._failing_writes -= 1
+                if self._failing_writes == 0:
+                    logger.warning("Redis is back; resuming consumption")
+                    self._pause(False)
 
     async def _wait(self, delay: float) -> None:
         """Sleep while keeping the consumer's group membership alive."""
@@ -439,7 +445,8 @@ class EventsPipeline:
             await asyncio.sleep(min(0.05, delay))
 
     def _pause(self, pause: bool) -> None:
-        assert self._consumer is not None
+        if self._consumer is None:  # closed: a retry cancelled at shutdown ends here
+            return
         self._redis_paused = pause
         metrics.PIPELINE_UP.set(0 if (pause or self._broker_down) else 1)
         assignment = self._consumer.assignment()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from streamrec import metrics
+from streamrec.exceptions import StateStoreUnavailable
 from streamrec.settings import Settings
 from streams.pipeline import EventsPipeline, _InFlight
 
@@ -85,3 +87,47 @@ def test_a_worker_with_records_queueing_overlaps_consecutive_batches():
     steps = run_scripted([["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"], [], []])
     assert steps == ["start a1,a2,a3,a4", "start b1,b2,b3,b4", "complete a1,a2,a3,a4",
                      "complete b1,b2,b3,b4"]
+
+
+class PausableConsumer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def assignment(self) -> list[str]:
+        return ["events[0]"]
+
+    def pause(self, partitions: list[str]) -> None:
+        self.calls.append("pause")
+
+    def resume(self, partitions: list[str]) -> None:
+        self.calls.append("resume")
+
+
+def test_any_redis_write_that_meets_an_outage_pauses_consumption_until_it_succeeds():
+    # The product aggregates of the batch being completed can be the first write to meet
+    # the outage (a worker that keeps up has no state write running meanwhile): it pauses
+    # consumption and reports the pipeline down, like a failing state write.
+    async def main() -> tuple[list[str], list[float]]:
+        pipeline = EventsPipeline(Settings(), model=None, store=None, model_version=lambda: "v")
+        consumer = pipeline._consumer = PausableConsumer()
+        seen_up: list[float] = []
+
+        async def no_wait(delay: float) -> None:
+            seen_up.append(metrics.PIPELINE_UP._value.get())
+
+        pipeline._wait = no_wait
+        attempts = iter([StateStoreUnavailable("down"), StateStoreUnavailable("down"), None])
+
+        async def flush() -> str:
+            failure = next(attempts)
+            if failure is not None:
+                raise failure
+            return "written"
+
+        assert await pipeline._until_written(flush, "product aggregates") == "written"
+        seen_up.append(metrics.PIPELINE_UP._value.get())
+        return consumer.calls, seen_up
+
+    calls, seen_up = asyncio.run(main())
+    assert calls == ["pause", "resume"]
+    assert seen_up == [0.0, 0.0, 1.0]
