@@ -127,6 +127,10 @@ def run(make_settings, start_worker, workers: int, sync_interval_s: float,
         client = redis.Redis.from_url(redis_server.url)
         model = pickle.loads(client.hget(model_key(settings.app_id), "blob"))  # noqa: S301
         model.exploration = 0.0  # no random slots: the same model always ranks the same
+        # No genre cap either: the comparison is of the models the runs leave (what sharing
+        # changes), not of the product's list rules, which follow the scores more or less
+        # closely depending on each user's genre mix.
+        model.max_per_genre = K
         recall, targets = offline_recall(model, client, wanted, events[-1]["ts"])
         client.close()
         return {"recall": recall, "targets": targets, "online": hits / tests,
