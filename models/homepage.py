@@ -183,36 +183,9 @@ class RowBandit(_Params):
         """Indices of ``rows`` (``(type, affinity)`` pairs), best first."""
         if not rows:
             return []
-        slots = np.fromiter((self._type(t) for t, _ in rows), dtype=np.int64, count=len(rows))
-        weights = self._mean[slots]
-        if explore and self.exploration > 0:
-            noise = self._rng.standard_normal(weights.shape)
-            weights = weights + self.exploration * noise / np.sqrt(self._precision[slots])
-        affinity = np.fromiter((a for _, a in rows), dtype=np.float64, count=len(rows))
-        scores = weights[:, :-1] @ context + weights[:, -1] * affinity
-        return [int(i) for i in np.argsort(-scores, kind="stable")]
-
-    def order_many(self, pages: Sequence[Sequence[tuple[str, float]]], contexts: np.ndarray,
-                   explore: Sequence[bool]) -> list[list[int]]:
-        """:meth:`order` for many users at once (``contexts`` has a row per user): one
-        posterior sample for all their rows, then one sort. Draws the same random
-        numbers, in the same order, as calling :meth:`order` user after user."""
-        counts = [len(rows) for rows in pages]
-        total = sum(counts)
-        if not total:
-            return [[] for _ in pages]
-        types, affinities = zip(*[row for rows in pages for row in rows], strict=True)
-        slots = np.fromiter(map(self._type, types), dtype=np.int64, count=total)
-        ranked = self.order_flat(slots, np.array(affinities, dtype=np.float64),
-                                 np.asarray(counts, dtype=np.int64), contexts, explore)
-        ranked = ranked - np.repeat(np.cumsum(counts) - counts, counts)
-        out: list[list[int]] = []
-        start = 0
-        ranked_list = ranked.tolist()
-        for n in counts:
-            out.append(ranked_list[start:start + n])
-            start += n
-        return out
+        types, affinity = zip(*rows, strict=True)
+        return self.order_flat(self.type_slots(types), np.array(affinity, dtype=np.float64),
+                               np.array([len(rows)]), context[None, :], [explore]).tolist()
 
     def type_slots(self, names: Sequence[str]) -> np.ndarray:
         """The slots of row types (what :meth:`order_flat` takes)."""
@@ -220,10 +193,11 @@ class RowBandit(_Params):
 
     def order_flat(self, slots: np.ndarray, affinity: np.ndarray, counts: np.ndarray,
                    contexts: np.ndarray, explore: Sequence[bool]) -> np.ndarray:
-        """:meth:`order_many` on flat arrays: every user's rows one after the other
-        (``counts[u]`` rows of type slot ``slots[i]`` (:meth:`type_slots`) for user
-        ``u``); returns the rows' indices, each user's best first (the same random
-        numbers as :meth:`order_many`)."""
+        """:meth:`order` for many users at once, on flat arrays: every user's rows one
+        after the other (``counts[u]`` rows of type slot ``slots[i]`` (:meth:`type_slots`)
+        for user ``u``, ``contexts`` a row per user); one posterior sample for all their
+        rows (the same random numbers, in the same order, as :meth:`order` user after
+        user), then one sort. Returns the rows' indices, each user's best first."""
         total = len(slots)
         if not total:
             return np.zeros(0, dtype=np.int64)
