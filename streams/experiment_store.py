@@ -46,9 +46,6 @@ from streams.experiments import ExperimentConfig, load
 
 logger = logging.getLogger(__name__)
 
-# Backoff between retries while Redis is unreachable, seconds (as streams.pipeline).
-RETRY_INITIAL_S = 0.1
-RETRY_MAX_S = 5.0
 # Products kept per arm: one per metric's (numerator, denominator) pair.
 PAIRS = tuple(dict.fromkeys(RATIOS.values()))
 _PAIR_INDEXES = [(MEASURES.index(a) + 1, MEASURES.index(b) + 1) for a, b in PAIRS]
@@ -207,18 +204,13 @@ class LiveExperiments:
         self.store = store
 
     async def record(self, tallies: ExperimentTallies,
-                     wait: Callable[[float], Awaitable[None]]) -> None:
-        """Write one batch's tallies (retrying through a Redis outage with ``wait``
-        between attempts), then move the Prometheus counters, once per batch."""
-        delay = RETRY_INITIAL_S
-        while True:
-            try:
-                new_users = await self.store.record(tallies)
-                break
-            except StateStoreUnavailable as exc:
-                logger.warning("could not store experiment tallies, retrying: %s", exc)
-                await wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                     until_written: Callable[[Callable[[], Awaitable[Any]], str],
+                                             Awaitable[Any]]) -> None:
+        """Write one batch's tallies (``until_written`` retries through a Redis outage:
+        the pipeline's, which pauses consumption meanwhile), then move the Prometheus
+        counters, once per batch."""
+        new_users = await until_written(lambda: self.store.record(tallies),
+                                        "experiment tallies")
         for (experiment, variant), count in new_users.items():
             metrics.EXPERIMENT_USERS.labels(experiment, variant).inc(count)
         for (experiment, variant), count in tallies.lists.items():

@@ -325,7 +325,7 @@ class EventsPipeline:
         self._emit(ranked, decoded.dead_letters)
         self._unsaved_lists.update(ranked.last_lists)
         if ranked.experiments and self.experiments is not None:
-            await self.experiments.record(ranked.experiments, self._wait)
+            await self.experiments.record(ranked.experiments, self._until_written)
         if self.product is not None:
             await self._flush_product()
         self._track_offsets(batch.records, outputs.offsets)
@@ -404,7 +404,8 @@ class EventsPipeline:
 
         While any write is failing, consumption is paused and ``streamrec_pipeline_up``
         is 0, whichever write meets the outage first: the batch's state write, or the
-        emitted lists or product aggregates of the batch being completed (a worker that
+        emitted lists, product aggregates or experiment tallies of the batch being
+        completed (a worker that
         keeps up completes a batch before it starts the next one's state write).
         """
         delay = RETRY_INITIAL_S
