@@ -100,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each with new users, the first "
                              f"{MEMORY_WARM_PASSES} the warm-up; default 60,000, capped at "
                              "--events; 0 = skip)")
+    parser.add_argument("--paced-rates", default=None, metavar="R1,R2,...",
+                        help="latency only: --workers workers handle the --events records "
+                             "(the warm-up), then one paced run per rate, events/s, of "
+                             "--latency-seconds each; no other phase (e.g. 600,2000,4000)")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     parser.add_argument("--report", default=None, metavar="PATH",
                         help="write the JSON report to PATH and a PNG chart beside it")
@@ -118,6 +122,20 @@ def _validate(args: argparse.Namespace, partitions: int) -> None:
                           "a worker without a partition has nothing to do)")
     if args.latency_seconds <= 0:
         raise ConfigError("--latency-seconds must be positive")
+    if args.paced_rates is not None:
+        paced_rates(args.paced_rates)
+
+
+def paced_rates(text: str) -> list[float]:
+    """``--paced-rates``: positive events/s, comma-separated."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        raise ConfigError("--paced-rates must be positive events/s, comma-separated "
+                          "(e.g. --paced-rates 600,2000,4000)")
+    return rates
 
 
 @dataclass
@@ -435,9 +453,15 @@ class Bench:
         from streamrec.kafka import consumer_config, make_producer
 
         total = max(1, int(rate * self.args.latency_seconds))
+        # (user, event_ts, made): made = the list's own ts, stamped when it was built.
         received: list[tuple[str, float, float]] = []
+        # (user, event_ts, time this consumer received it): adds produce, broker, fetch.
+        delivered: list[tuple[str, float, float]] = []
         stop = threading.Event()
-        consumer = Consumer(consumer_config(settings, f"bench-latency-{time.time_ns()}"))
+        # A short fetch wait: the embedded broker holds an empty fetch for all of it even
+        # when a list arrives (the default 500 ms would be measured as latency).
+        consumer = Consumer(consumer_config(settings, f"bench-latency-{time.time_ns()}",
+                                            **{"fetch.wait.max.ms": 2}))
         topic = settings.topics.recommendations
         partitions = []
         for p in range(settings.partitions):
@@ -447,11 +471,16 @@ class Bench:
 
         def collect() -> None:
             while not stop.is_set():
-                for record in consumer.consume(1000, 0.1):
+                # consume(n, timeout) waits for all n or the timeout: wait for one list
+                # only when none is buffered, so the receipt time is not held back.
+                batch = consumer.consume(1000, 0) or consumer.consume(1, 0.1)
+                now = time.time()
+                for record in batch:
                     if record.error() is None:
                         m = orjson.loads(record.value())
                         if m["event_id"].endswith("~paced"):
                             received.append((m["user_id"], m["event_ts"], m["ts"]))
+                            delivered.append((m["user_id"], m["event_ts"], now))
 
         thread = threading.Thread(target=collect, name="bench-latency", daemon=True)
         thread.start()
@@ -496,6 +525,7 @@ class Bench:
         consumer.close()
         after = [w.metrics() for w in workers]
         latencies, missing = per_event_latencies(sent, received)
+        latencies_delivered, _ = per_event_latencies(sent, delivered)
         buckets: dict[float, float] = {}
         for b, a in zip(before, after, strict=True):
             for labels, value in a.get("streamrec_event_to_recommendation_seconds_bucket", []):
@@ -508,6 +538,9 @@ class Bench:
                       for b, a in zip(before, after, strict=True))
         return {
             "latency_ms": latency_summary_ms(lat for _, lat in latencies),
+            # The same, to when the bench's consumer received the list (includes the
+            # worker's produce and linger, the broker and this consumer's fetch wait).
+            "latency_ms_delivered": latency_summary_ms(lat for _, lat in latencies_delivered),
             # Events per hot-path batch while paced (small when the workers keep up), and
             # the workers' CPU share: why latency is what it is.
             "paced_batch_events_mean": round(total / batches, 1) if batches else None,
@@ -518,6 +551,40 @@ class Bench:
             "paced_rate": achieved, "paced_events": total, "paced_events_unmatched": missing,
             "latency_series": _latency_series(latencies, started),
         }
+
+
+def run_paced(bench: Bench, args: argparse.Namespace, n: int) -> int:
+    """``--paced-rates``: warm up on the ``n`` records, then one paced run per rate."""
+    rates = paced_rates(args.paced_rates)
+
+    def paced(workers: list[Worker], settings: Settings, result: PhaseResult
+              ) -> list[dict[str, Any]]:
+        runs = []
+        for rate in rates:
+            print(f"  latency: paced at {rate:,.0f} events/s for {args.latency_seconds:.0f}s",
+                  file=sys.stderr, flush=True)
+            run = bench.paced_latency(workers, settings, rate)
+            run.pop("latency_series")
+            runs.append(run)
+        return runs
+
+    result, runs = bench.run_phase("paced", "batched", args.workers, n, then=paced)
+    print(f"warm-up: {result.events_per_s:,.0f} events/s, {result.cpu_us_per_event:.0f} us "
+          f"CPU/event ({args.workers} worker(s))")
+    print("rate events/s | made p50 p95 p99 ms | delivered p50 p95 p99 ms | "
+          "events/batch | worker CPU")
+    for run in runs:
+        made, got = run["latency_ms"], run["latency_ms_delivered"]
+        print(f"{run['paced_rate']:>13,.0f} | {made['p50']:6.1f} {made['p95']:6.1f} "
+              f"{made['p99']:6.1f} | {got['p50']:6.1f} {got['p95']:6.1f} {got['p99']:6.1f} | "
+              f"{run['paced_batch_events_mean'] or 0:12.1f} | "
+              f"{run['paced_worker_cpu_share']:.0%}")
+    if args.report:
+        report = {"warm_up": {"events": n, "events_per_s": result.events_per_s,
+                              "cpu_us_per_event": result.cpu_us_per_event},
+                  "workers": args.workers, "paced": runs}
+        Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return 0
 
 
 def _latency_series(latencies: list[tuple[float, float]], started: float
@@ -562,6 +629,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     n = len(data.events)
     with Services(settings) as services:
         bench = Bench(args, services.settings, services, data, logs)
+        if args.paced_rates is not None:
+            return run_paced(bench, args, n)
         ceiling_settings = bench.phase_settings("ceiling")
         bench.preload(ceiling_settings, n)
         ceiling = bench.ceiling(ceiling_settings, n)
