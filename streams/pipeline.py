@@ -43,6 +43,7 @@ from streamrec.settings import Settings
 from streams.batch import RankedBatch, decode_batch, feedbacks_for_store, learn_and_rank
 from streams.experiment_store import LiveExperiments
 from streams.state import StateStore
+from streams.tuning import freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -222,6 +223,9 @@ class EventsPipeline:
         lagging = max(1, int(batch_size * LAGGING_SHARE))
         pending: _InFlight | None = None
         idle_since: float | None = None
+        # Start-up is over: keep its objects out of every later full collection.
+        frozen = freeze_startup_heap()
+        logger.debug("%d start-up objects frozen out of garbage collection", frozen)
         try:
             while not self._stopping.is_set():
                 applied = await pending.applied() if pending is not None else None

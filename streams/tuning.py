@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import sys
@@ -60,3 +61,18 @@ def tune_process() -> dict[str, bool]:
         ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
         applied["malloc"] = ok
     return applied
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive now out of the cyclic garbage collector's sight.
+
+    Called once the worker has started (modules, faust, the catalogue and the restored
+    models are loaded): those objects live as long as the process, yet every full
+    (generation 2) collection walked them all again; measured in a paced worker, 4 such
+    collections in 30 s took 50-140 ms each, every one a stall the lists of that moment
+    waited for. Objects made later are still collected as before. Returns how many
+    objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
