@@ -65,6 +65,10 @@ LAGGING_SHARE = 0.5
 # broker answers on arrival). Short costs an idle consumer up to 500 empty fetches/s: an
 # idle worker measured 5% -> 8% of a core at 2 ms against 10, the embedded broker 1% -> 4%.
 FETCH_WAIT_MS = 2
+# How long the output producer waits to fill a request, ms. A batch produces all its
+# lists at once, so they fill requests without waiting; a linger only held every batch's
+# lists back for its whole length.
+OUTPUT_LINGER_MS = 0
 # Emitted lists are saved with the next batch's state write; on their own only after the
 # loop has been idle this long, seconds (a round trip per idle poll delayed the next
 # record; online recall only needs them by the user's next event, and the next batch's
@@ -199,7 +203,7 @@ class EventsPipeline:
         # Outputs are retried forever rather than dropped: an accepted record is never lost,
         # and offsets wait for their delivery.
         self._producer = make_producer(self.settings, **{"message.timeout.ms": 0,
-                                                         "linger.ms": 2,
+                                                         "linger.ms": OUTPUT_LINGER_MS,
                                                          "error_cb": self._on_client_error})
         metrics.PIPELINE_UP.set(1)
 
