@@ -12,7 +12,8 @@ phases). The same simulated records are pre-loaded into one topic per phase, the
 3. **latency**: the last batched workers then get events from a paced producer at half
    the measured maximum, stamped ``ts`` = wall clock; each event's latency is the emit
    time of the first recommendation that reflects it (see
-   :func:`~streamrec.bench_report.per_event_latencies`);
+   :func:`~streamrec.bench_report.per_event_latencies`): the list's own ``ts`` (stamped as
+   it is built) and, as ``latency_ms_delivered``, when the bench's consumer received it;
 4. **per-record**: one worker with ``STREAMREC_PIPELINE=per-record`` (a plain faust
    agent doing the same work one record at a time) on the first ``--per-record-events``.
 

@@ -373,6 +373,11 @@ def format_table(report: Mapping[str, Any]) -> str:
                  ", ".join(f"{k} {stages[k]:.1f}" for k in STAGES if k in stages)))
     rows.append((f"latency at {report['paced_rate']:,.0f} events/s (paced)",
                  f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"))
+    got = report.get("latency_ms_delivered")
+    if got is not None:
+        rows.append(("  the same, to receipt by a consumer",
+                     f"p50 {got['p50']:.1f} ms, p95 {got['p95']:.1f} ms, "
+                     f"p99 {got['p99']:.1f} ms"))
     if report.get("paced_batch_events_mean") is not None:
         rows.append(("while paced", f"{report['paced_batch_events_mean']:,.1f} events per "
                      f"batch, worker CPU {report['paced_worker_cpu_share']:.0%} of a core"))

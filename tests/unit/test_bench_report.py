@@ -144,7 +144,9 @@ def test_report_has_every_contract_key_and_the_comparison():
     report = assemble_report(900_000.0, batched_2, {"p50": 4.0, "p95": 9.0, "p99": 15.0},
                              25_000.0, [batched_1, per_record],
                              extra={"paced_events": 10, "paced_batch_events_mean": 3.5,
-                                    "paced_worker_cpu_share": 0.42})
+                                    "paced_worker_cpu_share": 0.42,
+                                    "latency_ms_delivered": {"p50": 6.0, "p95": 11.0,
+                                                             "p99": 18.5}})
     assert set(REPORT_KEYS) <= set(report)
     assert report["events_per_s"] == 50_000.0 and report["workers"] == 2
     assert report["events_per_s_by_workers"] == {"1": 30_000.0, "2": 50_000.0}
@@ -158,6 +160,8 @@ def test_report_has_every_contract_key_and_the_comparison():
     assert "10.0x" in table and "p99 15.0 ms" in table and "50,000 events/s" in table
     # Why latency is what it is: batch size and worker CPU while paced.
     assert "3.5 events per batch, worker CPU 42% of a core" in table
+    # Latency to when a consumer received the list, beside the list's own time.
+    assert "receipt by a consumer" in table and "p99 18.5 ms" in table
 
 
 def test_a_bad_pipeline_setting_is_one_clear_error():
