@@ -67,3 +67,35 @@ def test_bad_arguments_are_one_line_and_exit_2():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--workers must be within" in done.stderr
+
+
+def test_paced_rates_reports_latency_at_every_rate_asked_for(tmp_path):
+    report_path = tmp_path / "lat.json"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "bench", "--paced-rates", "100,300",
+         "--events", "2000", "--users", "200", "--titles", "100", "--workers", "1",
+         "--latency-seconds", "2", "--report", str(report_path)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["warm_up"]["events"] == 2000 and report["workers"] == 1
+    runs = report["paced"]
+    assert [round(r["paced_rate"], -2) for r in runs] == [100, 300]
+    for run in runs:
+        for key in ("latency_ms", "latency_ms_delivered"):
+            lat = run[key]
+            assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"], key
+        # Receipt comes after the list is made.
+        assert run["latency_ms_delivered"]["p50"] >= run["latency_ms"]["p50"]
+        assert run["paced_events_unmatched"] <= 0.01 * run["paced_events"]
+    assert "delivered p50 p95 p99 ms" in done.stdout
+
+
+def test_bad_paced_rates_are_one_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "bench", "--paced-rates", "fast"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--paced-rates must be positive events/s" in done.stderr
