@@ -95,7 +95,7 @@ MIRRORED = {
         "models.explore:ThompsonExplorer._learn_row",
     ),
 }
-FINGERPRINTS = {"rank": "1ab7eb2a710ab27d", "learn": "12ddff5e6cd008e7"}
+FINGERPRINTS = {"rank": "bf333ddb4f0befbe", "learn": "12ddff5e6cd008e7"}
 
 
 def fingerprint(kind: str) -> str | None:

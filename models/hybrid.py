@@ -111,9 +111,54 @@ def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
     low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
     high = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
+    return _scaled(raw, low, high)
+
+
+def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`min_max` of one row of ``values`` (titles) shared by every user of ``mask``
+    (users, titles), without a (users, titles) pass per extreme: a user's lowest
+    candidate is usually among the few lowest titles overall (``mask`` only drops the
+    titles a user completed), so those are looked at first.
+
+    Examples
+    --------
+    >>> mask = np.array([[True, True, True], [False, True, False]])
+    >>> min_max_row(np.array([1.0, 3.0, 2.0]), mask)
+    array([[0. , 1. , 0.5],
+           [0. , 0. , 0. ]])
+    """
+    n_users, n_cols = mask.shape
+    if n_users <= _EXTREMES_LOOKED_AT or not np.isfinite(values).all():
+        return min_max(np.broadcast_to(values, mask.shape), mask)
+    ascending = np.argsort(values, kind="stable")
+    width = min(n_cols, _EXTREMES_LOOKED_AT)
+    low = np.empty((n_users, 1))
+    high = np.empty((n_users, 1))
+    for extreme, order in ((low, ascending), (high, ascending[::-1])):
+        head = mask[:, order[:width]]
+        first = head.argmax(axis=1)
+        extreme[:, 0] = values[order[first]]
+        missed = np.nonzero(~head[np.arange(n_users), first])[0]
+        if len(missed):  # every one of those titles excluded: look at all of them
+            rest = np.where(mask[missed], values, np.inf if extreme is low else -np.inf)
+            extreme[missed, 0] = rest.min(axis=1) if extreme is low else rest.max(axis=1)
+    return _scaled(np.broadcast_to(values, mask.shape), low, high)
+
+
+# Titles min_max_row looks at first for each user's lowest and highest candidate.
+_EXTREMES_LOOKED_AT = 16
+
+
+def _scaled(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``(raw - low) / (high - low)`` per user, 0 for users with no spread (in place on
+    one new array: this runs over every (user, title) of a batch)."""
     span = high - low
     ok = span > 1e-12
-    return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
+    out = np.subtract(raw, np.where(ok, low, 0.0))
+    out /= np.where(ok, span, 1.0)
+    if not ok.all():
+        out[~ok[:, 0]] = 0.0
+    return out
 
 
 def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -128,6 +173,13 @@ def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
     array([[[-1.,  1.,  0.,  0.]]])
     """
     ok = valid & np.isfinite(raw)
+    if ok.all():  # the usual case: the same arithmetic without the masking passes
+        count = raw.shape[2]
+        centred = raw - raw.sum(axis=2, keepdims=True) / count
+        std = np.sqrt((centred * centred).sum(axis=2, keepdims=True) / count)
+        spread = std > 1e-12
+        centred /= np.where(spread, std, 1.0)
+        return np.where(spread, centred, 0.0)
     count = np.maximum(ok.sum(axis=2, keepdims=True), 1)
     safe = np.where(ok, raw, 0.0)
     mean = safe.sum(axis=2, keepdims=True) / count
@@ -372,13 +424,19 @@ class Hybrid(Recommender):
         marks what each may be shown; ``times`` their query times): the two stages."""
         n_users, n_cols = candidate.shape
         co = self.cooccurrence.score_matrix(hist, cols)
-        pop = np.broadcast_to(self.cooccurrence.popularity(cols), (n_users, n_cols))
-        first = min_max(co, candidate) + self.pool_popularity * min_max(pop, candidate)
+        popularity = self.cooccurrence.popularity(cols)
+        pop = np.broadcast_to(popularity, (n_users, n_cols))
+        popular = min_max_row(popularity, candidate)
+        popular *= self.pool_popularity
+        first = min_max(co, candidate)
+        first += popular
         size = min(self.pool_size, n_cols)
         # Ties (titles nobody engaged with) are broken by row, so a user's pool does not
         # depend on which other titles were scored alongside (one user or a batch).
-        ranked = np.where(candidate, first - 1e-12 * cols, -np.inf)
-        pool = (np.argpartition(-ranked, size - 1, axis=1)[:, :size] if size < n_cols
+        # Negated for argpartition (which puts the smallest first): non-candidates last.
+        unranked = np.subtract(1e-12 * cols, first)
+        np.copyto(unranked, np.inf, where=~candidate)
+        pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
                 else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
         valid = np.take_along_axis(candidate, pool, axis=1)
         rows = cols[pool]
