@@ -400,20 +400,27 @@ class Hybrid(Recommender):
         seen = position[hist.rows[q_idx, slot]]
         candidate[q_idx[seen >= 0], seen[seen >= 0]] = False
         target = position[rows]
-        ranking = self.rank_matrix(hist, cols, candidate, times)
-        contexts = context(hist.positive_count(), times)
+        first, pool, valid, pool_co = self.first_stage(hist, cols, candidate)
+        hit = (pool == target[:, None]) & valid
+        steps = np.nonzero(hit.any(axis=1))[0]
+        if len(steps) == 0:
+            return
+        # The second stage for the events whose title made the pool only (the others
+        # teach nothing): about half the work of ranking them all.
+        z = self.pool_features(hist.take(steps), cols[pool[steps]], valid[steps],
+                               pool_co[steps], times[steps])
+        contexts = context(hist.positive_count()[steps], times[steps])
+        slots = hit[steps].argmax(axis=1)
         lr = self.blend_learning_rate
-        for s in range(len(rows)):
-            hit = np.nonzero((ranking.pool[s] == target[s]) & ranking.valid[s])[0]
-            if len(hit) == 0:
-                continue
-            z = ranking.z[:, s, ranking.valid[s]]
-            true = int(np.searchsorted(np.nonzero(ranking.valid[s])[0], hit[0]))
-            ctx = contexts[s]
-            logits = (self._w @ ctx) @ z
+        for i, (s, slot) in enumerate(zip(steps.tolist(), slots.tolist(), strict=True)):
+            ok = valid[s]
+            zs = z[:, i] if ok.all() else z[:, i, ok]
+            true = int(ok[:slot].sum())  # the title's place among the pool's candidates
+            ctx = contexts[i]
+            logits = (self._w @ ctx) @ zs
             p = np.exp(logits - logits.max())
             p /= p.sum()
-            grad = np.outer(z[:, true] - z @ p, ctx)
+            grad = np.outer(zs[:, true] - zs @ p, ctx)
             self._g2 += grad * grad
             self._w = np.maximum(self._w + lr * grad / np.sqrt(self._g2), 0.0)
 
@@ -422,11 +429,24 @@ class Hybrid(Recommender):
                     times: np.ndarray) -> Ranking:
         """Score titles ``cols`` for every user of ``hist`` (``candidate`` (users, titles)
         marks what each may be shown; ``times`` their query times): the two stages."""
+        first, pool, valid, pool_co = self.first_stage(hist, cols, candidate)
+        z = self.pool_features(hist, cols[pool], valid, pool_co, times)
+        weights = self.user_weights(hist.positive_count(), times)
+        contributions = weights.T[:, :, None] * z
+        scores = first - BELOW_POOL
+        np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
+                                                 np.take_along_axis(scores, pool, axis=1)),
+                          axis=1)
+        return Ranking(scores, pool, valid, z, contributions)
+
+    def first_stage(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Stage one of :meth:`rank_matrix`: the first-stage scores (users, titles), each
+        user's pool (positions among ``cols``), which pool titles are candidates, and
+        their co-occurrence scores."""
         n_users, n_cols = candidate.shape
         co = self.cooccurrence.score_matrix(hist, cols)
-        popularity = self.cooccurrence.popularity(cols)
-        pop = np.broadcast_to(popularity, (n_users, n_cols))
-        popular = min_max_row(popularity, candidate)
+        popular = min_max_row(self.cooccurrence.popularity(cols), candidate)
         popular *= self.pool_popularity
         first = min_max(co, candidate)
         first += popular
@@ -439,23 +459,22 @@ class Hybrid(Recommender):
         pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
                 else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
         valid = np.take_along_axis(candidate, pool, axis=1)
-        rows = cols[pool]
+        return first, pool, valid, np.take_along_axis(co, pool, axis=1)
+
+    def pool_features(self, hist: HistoryMatrix, rows: np.ndarray, valid: np.ndarray,
+                      co: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Stage two's features (features, users, pool) of the pool titles ``rows``
+        (users, pool; ``valid`` the candidates, ``co`` their co-occurrence scores),
+        standardised per user."""
         mf_users, _ = self.mf.user_vectors(hist)
         raw = np.stack([
             self.trending.decayed(rows, times),
-            np.take_along_axis(co, pool, axis=1),
+            co,
             self.mf.scores(mf_users, rows),
             self.content.scores(self.content.user_vectors(hist), rows),
-            np.take_along_axis(pop, pool, axis=1),
+            self.cooccurrence.popularity(rows),
         ])
-        z = standardise(raw, valid)
-        weights = self.user_weights(hist.positive_count(), times)
-        contributions = weights.T[:, :, None] * z
-        scores = first - BELOW_POOL
-        np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
-                                                 np.take_along_axis(scores, pool, axis=1)),
-                          axis=1)
-        return Ranking(scores, pool, valid, z, contributions)
+        return standardise(raw, valid)
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
         now = np.array([self.trending._now if ts is None else ts])
