@@ -343,12 +343,16 @@ class _RankBatch:
         pool = ranking.pool
         # (For a handful of users the full rows cost less than the extra calls.)
         if depth < pool.shape[1] and depth < n_cols and n_users > ASSEMBLE_EACH_USERS:
-            in_pool = np.where(ranking.valid, np.take_along_axis(scores, pool, axis=1), -np.inf)
+            pooled = np.take_along_axis(scores, pool, axis=1)
+            in_pool = np.where(ranking.valid, pooled, -np.inf)
             part = np.argpartition(-in_pool, depth - 1, axis=1)[:, :depth]
             top = np.take_along_axis(in_pool, part, axis=1)
-            outside = scores.copy()
-            np.put_along_axis(outside, pool, -np.inf, axis=1)
-            if bool((top.min(axis=1) > outside.max(axis=1)).all()):
+            # The best score outside the pools: masked in place and restored (a copy of
+            # the whole matrix costs more).
+            np.put_along_axis(scores, pool, -np.inf, axis=1)
+            outside = scores.max(axis=1)
+            np.put_along_axis(scores, pool, pooled, axis=1)
+            if bool((top.min(axis=1) > outside).all()):
                 by_score = np.argsort(-top, axis=1, kind="stable")
                 return np.take_along_axis(np.take_along_axis(pool, part, axis=1), by_score,
                                           axis=1)

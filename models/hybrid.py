@@ -109,9 +109,13 @@ _DAYPART_ONE_HOT = np.eye(DAYPARTS)
 
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
-    low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
-    high = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
-    return _scaled(raw, low, high)
+    # One (users, titles) buffer for both extremes and the result: fresh large arrays
+    # cost page faults on every batch.
+    buffer = np.where(mask, raw, np.inf)
+    low = buffer.min(axis=1, keepdims=True)
+    np.copyto(buffer, -np.inf, where=~mask)
+    high = buffer.max(axis=1, keepdims=True)
+    return _scaled(raw, low, high, out=buffer)
 
 
 def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -149,12 +153,13 @@ def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 _EXTREMES_LOOKED_AT = 16
 
 
-def _scaled(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """``(raw - low) / (high - low)`` per user, 0 for users with no spread (in place on
-    one new array: this runs over every (user, title) of a batch)."""
+def _scaled(raw: np.ndarray, low: np.ndarray, high: np.ndarray,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """``(raw - low) / (high - low)`` per user, 0 for users with no spread, into ``out``
+    (a new array if None) in place: this runs over every (user, title) of a batch."""
     span = high - low
     ok = span > 1e-12
-    out = np.subtract(raw, np.where(ok, low, 0.0))
+    out = np.subtract(raw, np.where(ok, low, 0.0), out=out)
     out /= np.where(ok, span, 1.0)
     if not ok.all():
         out[~ok[:, 0]] = 0.0
@@ -179,7 +184,8 @@ def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         std = np.sqrt((centred * centred).sum(axis=2, keepdims=True) / count)
         spread = std > 1e-12
         centred /= np.where(spread, std, 1.0)
-        return np.where(spread, centred, 0.0)
+        np.copyto(centred, 0.0, where=~spread)
+        return centred
     count = np.maximum(ok.sum(axis=2, keepdims=True), 1)
     safe = np.where(ok, raw, 0.0)
     mean = safe.sum(axis=2, keepdims=True) / count
@@ -433,7 +439,8 @@ class Hybrid(Recommender):
         z = self.pool_features(hist, cols[pool], valid, pool_co, times)
         weights = self.user_weights(hist.positive_count(), times)
         contributions = weights.T[:, :, None] * z
-        scores = first - BELOW_POOL
+        scores = first  # (stage one's scores are not needed past this)
+        scores -= BELOW_POOL
         np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
                                                  np.take_along_axis(scores, pool, axis=1)),
                           axis=1)
@@ -454,7 +461,7 @@ class Hybrid(Recommender):
         # Ties (titles nobody engaged with) are broken by row, so a user's pool does not
         # depend on which other titles were scored alongside (one user or a batch).
         # Negated for argpartition (which puts the smallest first): non-candidates last.
-        unranked = np.subtract(1e-12 * cols, first)
+        unranked = np.subtract(1e-12 * cols, first, out=popular)  # popular is spent
         np.copyto(unranked, np.inf, where=~candidate)
         pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
                 else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
