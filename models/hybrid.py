@@ -417,16 +417,16 @@ class Hybrid(Recommender):
                                pool_co[steps], times[steps])
         contexts = context(hist.positive_count()[steps], times[steps])
         slots = hit[steps].argmax(axis=1)
+        # Per step, its pool's candidates' features and the watched title's (gathered for
+        # every step at once; only W changes from one step to the next).
+        truths = z[:, np.arange(len(steps)), slots].T                  # (steps, features)
+        pools = [z[:, i] if ok.all() else z[:, i, ok] for i, ok in enumerate(valid[steps])]
         lr = self.blend_learning_rate
-        for i, (s, slot) in enumerate(zip(steps.tolist(), slots.tolist(), strict=True)):
-            ok = valid[s]
-            zs = z[:, i] if ok.all() else z[:, i, ok]
-            true = int(ok[:slot].sum())  # the title's place among the pool's candidates
-            ctx = contexts[i]
+        for zs, truth, ctx in zip(pools, truths, contexts, strict=True):
             logits = (self._w @ ctx) @ zs
             p = np.exp(logits - logits.max())
             p /= p.sum()
-            grad = np.outer(zs[:, true] - zs @ p, ctx)
+            grad = np.outer(truth - zs @ p, ctx)
             self._g2 += grad * grad
             self._w = np.maximum(self._w + lr * grad / np.sqrt(self._g2), 0.0)
 
