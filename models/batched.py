@@ -503,8 +503,7 @@ class _RankBatch:
         vote = first[users[pick]] + place
         src = h[vote]
         link = np.zeros((len(users), max(int(counts.max(initial=0)), 1)))
-        link[pick, place] = np.where(co._nbr[src] == targets[pick][:, None], co._w[src],
-                                     0.0).sum(axis=1) * weight[vote]
+        link[pick, place] = _link_weights(co._nbr, co._w, src, targets[pick]) * weight[vote]
         j = link.argmax(axis=1)
         strongest = link[np.arange(len(users)), j]
         source = np.where(strongest > 0.0, h[np.minimum(first[users] + j, len(h) - 1)], -1)
@@ -512,6 +511,36 @@ class _RankBatch:
         labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
                            for r in rows.tolist()], dtype=object)
         return labels[inverse]
+
+
+def _link_weights(nbr: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarray
+                  ) -> np.ndarray:
+    """The weight of each link ``src[i] -> dst[i]`` in the neighbour table ``nbr``/``w``
+    (0 where there is none), looked up among the few links of the rows involved instead
+    of comparing every pair with a whole row of ``max_neighbours`` slots.
+
+    Examples
+    --------
+    >>> nbr = np.array([[1, 2, -1], [0, -1, -1], [-1, -1, -1]])
+    >>> w = np.array([[0.5, 0.25, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> _link_weights(nbr, w, np.array([0, 0, 1, 2, 1]), np.array([2, 1, 0, 0, 2]))
+    array([0.25, 0.5 , 2.  , 0.  , 0.  ])
+    """
+    rows = np.unique(src)
+    r, slot = np.nonzero(nbr[rows] >= 0)
+    base = len(nbr)
+    keys = rows[r] * base + nbr[rows[r], slot]
+    order = np.argsort(keys, kind="stable")
+    keys, weights = keys[order], w[rows[r], slot][order]
+    if len(keys) == 0:
+        return np.zeros(len(src))
+    # A row lists a title once; were it listed twice, its weights would add up as a sum
+    # over the row does.
+    unique, start = np.unique(keys, return_index=True)
+    sums = np.add.reduceat(weights, start)
+    wanted = src * base + dst
+    at = np.minimum(np.searchsorted(unique, wanted), len(unique) - 1)
+    return np.where(unique[at] == wanted, sums[at], 0.0)
 
 
 def _genre_caps(hist: HistoryMatrix, genre_matrix: np.ndarray, max_per_genre: int
