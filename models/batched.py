@@ -526,7 +526,7 @@ def _link_weights(nbr: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarr
     >>> _link_weights(nbr, w, np.array([0, 0, 1, 2, 1]), np.array([2, 1, 0, 0, 2]))
     array([0.25, 0.5 , 2.  , 0.  , 0.  ])
     """
-    rows = np.unique(src)
+    rows = np.flatnonzero(np.bincount(src, minlength=len(nbr)))  # np.unique without a sort
     r, slot = np.nonzero(nbr[rows] >= 0)
     base = len(nbr)
     keys = rows[r] * base + nbr[rows[r], slot]
