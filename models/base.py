@@ -14,7 +14,7 @@ import copy
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -179,20 +179,20 @@ class HistoryMatrix:
     @classmethod
     def from_histories(cls, index: dict[str, int], histories: Sequence[Sequence[tuple[str, float]]],
                        max_history: int = MAX_HISTORY) -> HistoryMatrix:
-        lengths = np.fromiter((min(len(h), max_history) for h in histories), dtype=np.int64,
-                              count=len(histories))
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+        np.minimum(lengths, max_history, out=lengths)
         width = max(int(lengths.max(initial=0)), 1)
-        get = index.get
-        titles = [t for h in histories for t, _ in h[:max_history]]
-        flat_rows = np.fromiter((get(t, -1) for t in titles), dtype=np.int64,
-                                count=len(titles))
-        flat_w = np.fromiter((w for h in histories for _, w in h[:max_history]),
-                             dtype=np.float64, count=len(titles))
         rows = np.full((len(histories), width), -1, dtype=np.int64)
         weights = np.zeros((len(histories), width))
-        filled = np.arange(width)[None, :] < lengths[:, None]
-        rows[filled] = flat_rows
-        weights[filled] = flat_w
+        # Built twice per batch (learning, ranking): one flat list, then C-level loops.
+        entries = list(chain.from_iterable(
+            h[:max_history] if len(h) > max_history else h for h in histories))
+        if entries:
+            titles, ws = zip(*entries, strict=True)
+            filled = np.arange(width)[None, :] < lengths[:, None]
+            rows[filled] = np.fromiter(map(index.get, titles, repeat(-1)), dtype=np.int64,
+                                       count=len(titles))
+            weights[filled] = ws
         return cls(rows, weights)
 
     def take(self, queries: np.ndarray) -> HistoryMatrix:

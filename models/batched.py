@@ -95,7 +95,7 @@ MIRRORED = {
         "models.explore:ThompsonExplorer._learn_row",
     ),
 }
-FINGERPRINTS = {"rank": "1ab7eb2a710ab27d", "learn": "12ddff5e6cd008e7"}
+FINGERPRINTS = {"rank": "bf333ddb4f0befbe", "learn": "12ddff5e6cd008e7"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -195,12 +195,17 @@ class _LazyPosterior:
         self.realised = np.zeros(self.sets, dtype=np.int64)
 
     def _realise(self, sets: np.ndarray, upto: int) -> None:
-        for s in np.unique(sets).tolist():
-            start = int(self.realised[s])
-            if start < upto:
-                idx = self.order[start:upto]
-                self.draws[s, idx] = self.rng.beta(self.a[idx], self.b[idx])
-                self.realised[s] = upto
+        behind = np.unique(sets)
+        behind = behind[self.realised[behind] < upto]
+        if len(behind) == 0:
+            return
+        # One Beta call for every set's missing draws, laid out in the order one call per
+        # set would draw them: the generator gives the same numbers, for less overhead.
+        idx = [self.order[start:upto] for start in self.realised[behind].tolist()]
+        lengths = [len(i) for i in idx]
+        flat = np.concatenate(idx)
+        self.draws[np.repeat(behind, lengths), flat] = self.rng.beta(self.a[flat], self.b[flat])
+        self.realised[behind] = upto
 
     def full(self, which: np.ndarray) -> np.ndarray:
         """Whole draws (len(which), cols), for the sets in ``which``."""
@@ -343,12 +348,16 @@ class _RankBatch:
         pool = ranking.pool
         # (For a handful of users the full rows cost less than the extra calls.)
         if depth < pool.shape[1] and depth < n_cols and n_users > ASSEMBLE_EACH_USERS:
-            in_pool = np.where(ranking.valid, np.take_along_axis(scores, pool, axis=1), -np.inf)
+            pooled = np.take_along_axis(scores, pool, axis=1)
+            in_pool = np.where(ranking.valid, pooled, -np.inf)
             part = np.argpartition(-in_pool, depth - 1, axis=1)[:, :depth]
             top = np.take_along_axis(in_pool, part, axis=1)
-            outside = scores.copy()
-            np.put_along_axis(outside, pool, -np.inf, axis=1)
-            if bool((top.min(axis=1) > outside.max(axis=1)).all()):
+            # The best score outside the pools: masked in place and restored (a copy of
+            # the whole matrix costs more).
+            np.put_along_axis(scores, pool, -np.inf, axis=1)
+            outside = scores.max(axis=1)
+            np.put_along_axis(scores, pool, pooled, axis=1)
+            if bool((top.min(axis=1) > outside).all()):
                 by_score = np.argsort(-top, axis=1, kind="stable")
                 return np.take_along_axis(np.take_along_axis(pool, part, axis=1), by_score,
                                           axis=1)
@@ -494,8 +503,7 @@ class _RankBatch:
         vote = first[users[pick]] + place
         src = h[vote]
         link = np.zeros((len(users), max(int(counts.max(initial=0)), 1)))
-        link[pick, place] = np.where(co._nbr[src] == targets[pick][:, None], co._w[src],
-                                     0.0).sum(axis=1) * weight[vote]
+        link[pick, place] = _link_weights(co._nbr, co._w, src, targets[pick]) * weight[vote]
         j = link.argmax(axis=1)
         strongest = link[np.arange(len(users)), j]
         source = np.where(strongest > 0.0, h[np.minimum(first[users] + j, len(h) - 1)], -1)
@@ -503,6 +511,36 @@ class _RankBatch:
         labels = np.array([f"because_you_watched:{ids[r]}" if r >= 0 else "similar_users"
                            for r in rows.tolist()], dtype=object)
         return labels[inverse]
+
+
+def _link_weights(nbr: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarray
+                  ) -> np.ndarray:
+    """The weight of each link ``src[i] -> dst[i]`` in the neighbour table ``nbr``/``w``
+    (0 where there is none), looked up among the few links of the rows involved instead
+    of comparing every pair with a whole row of ``max_neighbours`` slots.
+
+    Examples
+    --------
+    >>> nbr = np.array([[1, 2, -1], [0, -1, -1], [-1, -1, -1]])
+    >>> w = np.array([[0.5, 0.25, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> _link_weights(nbr, w, np.array([0, 0, 1, 2, 1]), np.array([2, 1, 0, 0, 2]))
+    array([0.25, 0.5 , 2.  , 0.  , 0.  ])
+    """
+    rows = np.flatnonzero(np.bincount(src, minlength=len(nbr)))  # np.unique without a sort
+    r, slot = np.nonzero(nbr[rows] >= 0)
+    base = len(nbr)
+    keys = rows[r] * base + nbr[rows[r], slot]
+    order = np.argsort(keys, kind="stable")
+    keys, weights = keys[order], w[rows[r], slot][order]
+    if len(keys) == 0:
+        return np.zeros(len(src))
+    # A row lists a title once; were it listed twice, its weights would add up as a sum
+    # over the row does.
+    unique, start = np.unique(keys, return_index=True)
+    sums = np.add.reduceat(weights, start)
+    wanted = src * base + dst
+    at = np.minimum(np.searchsorted(unique, wanted), len(unique) - 1)
+    return np.where(unique[at] == wanted, sums[at], 0.0)
 
 
 def _genre_caps(hist: HistoryMatrix, genre_matrix: np.ndarray, max_per_genre: int

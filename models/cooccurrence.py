@@ -168,9 +168,16 @@ class CoOccurrence(Recommender):
         totals = np.bincount((q_idx[:, None] * n_rows + nbr)[valid],
                              weights=(self._w[h] * weight[:, None])[valid],
                              minlength=n_users * n_rows).reshape(n_users, n_rows)
-        if cols is not None:
-            return totals[:, cols] / ((self._pop[cols] + 1.0) ** self.alpha)[None, :]
-        return totals / ((self._pop[:n_rows] + 1.0) ** self.alpha)[None, :]
+        totals = totals.astype(np.float64, copy=False)  # (int64 when no link is valid)
+        if cols is None:
+            cols = np.arange(n_rows)
+        # Normalised in place, on a view when cols are all the rows in order (usually):
+        # no second and third (users, rows) array.
+        everything = (len(cols) == n_rows and n_rows > 0 and cols[0] == 0
+                      and bool((np.diff(cols) == 1).all()))
+        out = totals if everything else totals[:, cols]
+        out /= ((self._pop[cols] + 1.0) ** self.alpha)[None, :]
+        return out
 
     def explain(self, row: int, profile: RowProfile) -> int | None:
         """The history row contributing most to ``row``'s score (for the reason string)."""

@@ -109,11 +109,61 @@ _DAYPART_ONE_HOT = np.eye(DAYPARTS)
 
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
-    low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
-    high = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
+    # One (users, titles) buffer for both extremes and the result: fresh large arrays
+    # cost page faults on every batch.
+    buffer = np.where(mask, raw, np.inf)
+    low = buffer.min(axis=1, keepdims=True)
+    np.copyto(buffer, -np.inf, where=~mask)
+    high = buffer.max(axis=1, keepdims=True)
+    return _scaled(raw, low, high, out=buffer)
+
+
+def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`min_max` of one row of ``values`` (titles) shared by every user of ``mask``
+    (users, titles), without a (users, titles) pass per extreme: a user's lowest
+    candidate is usually among the few lowest titles overall (``mask`` only drops the
+    titles a user completed), so those are looked at first.
+
+    Examples
+    --------
+    >>> mask = np.array([[True, True, True], [False, True, False]])
+    >>> min_max_row(np.array([1.0, 3.0, 2.0]), mask)
+    array([[0. , 1. , 0.5],
+           [0. , 0. , 0. ]])
+    """
+    n_users, n_cols = mask.shape
+    if n_users <= _EXTREMES_LOOKED_AT or not np.isfinite(values).all():
+        return min_max(np.broadcast_to(values, mask.shape), mask)
+    ascending = np.argsort(values, kind="stable")
+    width = min(n_cols, _EXTREMES_LOOKED_AT)
+    low = np.empty((n_users, 1))
+    high = np.empty((n_users, 1))
+    for extreme, order in ((low, ascending), (high, ascending[::-1])):
+        head = mask[:, order[:width]]
+        first = head.argmax(axis=1)
+        extreme[:, 0] = values[order[first]]
+        missed = np.nonzero(~head[np.arange(n_users), first])[0]
+        if len(missed):  # every one of those titles excluded: look at all of them
+            rest = np.where(mask[missed], values, np.inf if extreme is low else -np.inf)
+            extreme[missed, 0] = rest.min(axis=1) if extreme is low else rest.max(axis=1)
+    return _scaled(np.broadcast_to(values, mask.shape), low, high)
+
+
+# Titles min_max_row looks at first for each user's lowest and highest candidate.
+_EXTREMES_LOOKED_AT = 16
+
+
+def _scaled(raw: np.ndarray, low: np.ndarray, high: np.ndarray,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """``(raw - low) / (high - low)`` per user, 0 for users with no spread, into ``out``
+    (a new array if None) in place: this runs over every (user, title) of a batch."""
     span = high - low
     ok = span > 1e-12
-    return np.where(ok, (raw - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
+    out = np.subtract(raw, np.where(ok, low, 0.0), out=out)
+    out /= np.where(ok, span, 1.0)
+    if not ok.all():
+        out[~ok[:, 0]] = 0.0
+    return out
 
 
 def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -128,6 +178,14 @@ def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
     array([[[-1.,  1.,  0.,  0.]]])
     """
     ok = valid & np.isfinite(raw)
+    if ok.all():  # the usual case: the same arithmetic without the masking passes
+        count = raw.shape[2]
+        centred = raw - raw.sum(axis=2, keepdims=True) / count
+        std = np.sqrt((centred * centred).sum(axis=2, keepdims=True) / count)
+        spread = std > 1e-12
+        centred /= np.where(spread, std, 1.0)
+        np.copyto(centred, 0.0, where=~spread)
+        return centred
     count = np.maximum(ok.sum(axis=2, keepdims=True), 1)
     safe = np.where(ok, raw, 0.0)
     mean = safe.sum(axis=2, keepdims=True) / count
@@ -348,20 +406,27 @@ class Hybrid(Recommender):
         seen = position[hist.rows[q_idx, slot]]
         candidate[q_idx[seen >= 0], seen[seen >= 0]] = False
         target = position[rows]
-        ranking = self.rank_matrix(hist, cols, candidate, times)
-        contexts = context(hist.positive_count(), times)
+        first, pool, valid, pool_co = self.first_stage(hist, cols, candidate)
+        hit = (pool == target[:, None]) & valid
+        steps = np.nonzero(hit.any(axis=1))[0]
+        if len(steps) == 0:
+            return
+        # The second stage for the events whose title made the pool only (the others
+        # teach nothing): about half the work of ranking them all.
+        z = self.pool_features(hist.take(steps), cols[pool[steps]], valid[steps],
+                               pool_co[steps], times[steps])
+        contexts = context(hist.positive_count()[steps], times[steps])
+        slots = hit[steps].argmax(axis=1)
+        # Per step, its pool's candidates' features and the watched title's (gathered for
+        # every step at once; only W changes from one step to the next).
+        truths = z[:, np.arange(len(steps)), slots].T                  # (steps, features)
+        pools = [z[:, i] if ok.all() else z[:, i, ok] for i, ok in enumerate(valid[steps])]
         lr = self.blend_learning_rate
-        for s in range(len(rows)):
-            hit = np.nonzero((ranking.pool[s] == target[s]) & ranking.valid[s])[0]
-            if len(hit) == 0:
-                continue
-            z = ranking.z[:, s, ranking.valid[s]]
-            true = int(np.searchsorted(np.nonzero(ranking.valid[s])[0], hit[0]))
-            ctx = contexts[s]
-            logits = (self._w @ ctx) @ z
+        for zs, truth, ctx in zip(pools, truths, contexts, strict=True):
+            logits = (self._w @ ctx) @ zs
             p = np.exp(logits - logits.max())
             p /= p.sum()
-            grad = np.outer(z[:, true] - z @ p, ctx)
+            grad = np.outer(truth - zs @ p, ctx)
             self._g2 += grad * grad
             self._w = np.maximum(self._w + lr * grad / np.sqrt(self._g2), 0.0)
 
@@ -370,34 +435,53 @@ class Hybrid(Recommender):
                     times: np.ndarray) -> Ranking:
         """Score titles ``cols`` for every user of ``hist`` (``candidate`` (users, titles)
         marks what each may be shown; ``times`` their query times): the two stages."""
-        n_users, n_cols = candidate.shape
-        co = self.cooccurrence.score_matrix(hist, cols)
-        pop = np.broadcast_to(self.cooccurrence.popularity(cols), (n_users, n_cols))
-        first = min_max(co, candidate) + self.pool_popularity * min_max(pop, candidate)
-        size = min(self.pool_size, n_cols)
-        # Ties (titles nobody engaged with) are broken by row, so a user's pool does not
-        # depend on which other titles were scored alongside (one user or a batch).
-        ranked = np.where(candidate, first - 1e-12 * cols, -np.inf)
-        pool = (np.argpartition(-ranked, size - 1, axis=1)[:, :size] if size < n_cols
-                else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
-        valid = np.take_along_axis(candidate, pool, axis=1)
-        rows = cols[pool]
-        mf_users, _ = self.mf.user_vectors(hist)
-        raw = np.stack([
-            self.trending.decayed(rows, times),
-            np.take_along_axis(co, pool, axis=1),
-            self.mf.scores(mf_users, rows),
-            self.content.scores(self.content.user_vectors(hist), rows),
-            np.take_along_axis(pop, pool, axis=1),
-        ])
-        z = standardise(raw, valid)
+        first, pool, valid, pool_co = self.first_stage(hist, cols, candidate)
+        z = self.pool_features(hist, cols[pool], valid, pool_co, times)
         weights = self.user_weights(hist.positive_count(), times)
         contributions = weights.T[:, :, None] * z
-        scores = first - BELOW_POOL
+        scores = first  # (stage one's scores are not needed past this)
+        scores -= BELOW_POOL
         np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
                                                  np.take_along_axis(scores, pool, axis=1)),
                           axis=1)
         return Ranking(scores, pool, valid, z, contributions)
+
+    def first_stage(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Stage one of :meth:`rank_matrix`: the first-stage scores (users, titles), each
+        user's pool (positions among ``cols``), which pool titles are candidates, and
+        their co-occurrence scores."""
+        n_users, n_cols = candidate.shape
+        co = self.cooccurrence.score_matrix(hist, cols)
+        popular = min_max_row(self.cooccurrence.popularity(cols), candidate)
+        popular *= self.pool_popularity
+        first = min_max(co, candidate)
+        first += popular
+        size = min(self.pool_size, n_cols)
+        # Ties (titles nobody engaged with) are broken by row, so a user's pool does not
+        # depend on which other titles were scored alongside (one user or a batch).
+        # Negated for argpartition (which puts the smallest first): non-candidates last.
+        unranked = np.subtract(1e-12 * cols, first, out=popular)  # popular is spent
+        np.copyto(unranked, np.inf, where=~candidate)
+        pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
+                else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
+        valid = np.take_along_axis(candidate, pool, axis=1)
+        return first, pool, valid, np.take_along_axis(co, pool, axis=1)
+
+    def pool_features(self, hist: HistoryMatrix, rows: np.ndarray, valid: np.ndarray,
+                      co: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Stage two's features (features, users, pool) of the pool titles ``rows``
+        (users, pool; ``valid`` the candidates, ``co`` their co-occurrence scores),
+        standardised per user."""
+        mf_users, _ = self.mf.user_vectors(hist)
+        raw = np.stack([
+            self.trending.decayed(rows, times),
+            co,
+            self.mf.scores(mf_users, rows),
+            self.content.scores(self.content.user_vectors(hist), rows),
+            self.cooccurrence.popularity(rows),
+        ])
+        return standardise(raw, valid)
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
         now = np.array([self.trending._now if ts is None else ts])
