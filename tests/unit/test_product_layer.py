@@ -244,7 +244,7 @@ def test_batch_rows_are_the_per_user_reference_rows(duplicates):
             country=stored.profile.country)
         expected = [(row.id, row.title, members) for row, members in row_titles(
             candidate_rows(inputs, titles), titles, settings.row_items, duplicates)]
-        rows, _, _ = product._batch.pages.pop(uid)
+        rows = orjson.loads(product._batch.pages.pop(uid)[0])
         assert [(r["id"], r["title"], [i["title_id"] for i in r["items"]])
                 for r in rows] == expected
         for row in rows:
