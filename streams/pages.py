@@ -534,12 +534,78 @@ class ArtworkPicks:
     width: int  # columns of table less one
 
 
+class ArtworkTable:
+    """Every title's artwork ids and their rows in the artwork bandit, one row per title,
+    kept between batches (building them was most of a small batch's artwork choice).
+    Row 0: no artwork (titles not in the catalogue). Per process: whoever holds it clears
+    it on any catalogue change; the bandit rows of a title are refreshed when the
+    bandit's :attr:`~models.artwork.ArtworkBandit.rows_version` has moved on."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.ids = np.full((1, 1), None, dtype=object)  # last column always None
+        self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
+        self.stamp = np.zeros(1, dtype=np.int64)  # rows_version of each bandit_rows row
+        self.bandit: Any = None
+
+    def clear(self, *_: Any) -> None:
+        self.rows.clear()
+        self.ids = np.full((1, 1), None, dtype=object)
+        self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
+        self.stamp = np.zeros(1, dtype=np.int64)
+
+    def lookup(self, artwork: ArtworkBandit, codes: TitleCodes) -> np.ndarray:
+        """The table rows of the batch's titles, new ones added, stale bandit rows
+        refreshed."""
+        if artwork is not self.bandit or len(self.rows) >= VECTORS_CAP:
+            self.clear()
+            self.bandit = artwork
+        index = self.rows
+        at = np.fromiter(map(index.get, codes.titles, repeat(-1)), dtype=np.int64,
+                         count=len(codes.titles))
+        if (at < 0).any():
+            new = []
+            for title, info, row in zip(codes.titles, codes.infos, at.tolist(), strict=True):
+                if row < 0:
+                    if info is not None and info.artwork_ids:
+                        new.append((title, info.artwork_ids))
+                    else:  # none: row 0 (the table is cleared when the catalogue changes)
+                        index[title] = 0
+            if new:
+                held = len(self.ids)
+                width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
+                ids = np.full((held + len(new), width + 1), None, dtype=object)
+                ids[:held, :self.ids.shape[1] - 1] = self.ids[:, :-1]
+                for i, (title, arts) in enumerate(new, held):
+                    ids[i, :len(arts)] = arts
+                    index[title] = i
+                self.ids = ids
+                self.bandit_rows = np.concatenate((
+                    np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
+                           constant_values=-2),
+                    np.full((len(new), width), -2, dtype=np.int64)))
+                self.stamp = np.concatenate((self.stamp, np.full(len(new), -1)))
+            at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
+                             count=len(codes.titles))
+        version = artwork.rows_version
+        stale = np.unique(at[self.stamp[at] != version])
+        stale = stale[stale > 0]
+        if len(stale):
+            width = self.bandit_rows.shape[1]
+            lists = [[a for a in self.ids[i, :width] if a is not None] for i in stale.tolist()]
+            self.bandit_rows[stale] = artwork.artwork_rows(lists, width)
+            self.stamp[stale] = version
+        return at
+
+
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
-                   filled: FilledRows, contexts: np.ndarray) -> ArtworkPicks:
+                   filled: FilledRows, contexts: np.ndarray,
+                   table: ArtworkTable | None = None) -> ArtworkPicks:
     """One artwork per (user, title) of the batch, all chosen in one call
-    (``ArtworkBandit.choose_pairs``): a title in a user's ranked list and in one of their
+    (``ArtworkBandit.choose_table``): a title in a user's ranked list and in one of their
     rows shows the same image. Pairs are asked per user, the ranked list's titles then
-    the rows' (in ``ASSIGN_ORDER``), each once: the order of the one-user calls."""
+    the rows' (in ``ASSIGN_ORDER``), each once: the order of the one-user calls.
+    ``table``: the titles' artwork, kept between batches (else built for this one)."""
     n_titles = len(codes.titles)
     pair_user = np.concatenate((filled.rec_user, filled.users[filled.by_user]))
     pair_code = np.concatenate((filled.rec_code, filled.cands[filled.by_user]))
@@ -548,8 +614,10 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
                                   return_index=True, return_inverse=True)
     first_order = np.argsort(first)
     chosen_pairs = in_order[first[first_order]]
-    artwork_lists = [info.artwork_ids if info is not None else () for info in codes.infos]
-    picks = artwork.choose_pairs(uids, artwork_lists, pair_user[chosen_pairs],
+    if table is None:
+        table = ArtworkTable()
+    at = table.lookup(artwork, codes)
+    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
                                  pair_code[chosen_pairs], contexts)
     # The pick of every entry (ranked list, then rows) by way of its unique pair.
     unique_pick = np.empty(len(first), dtype=np.int64)
@@ -557,11 +625,7 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     entry_pick = np.empty(len(pair_user), dtype=np.int64)
     entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
-    width = max(map(len, artwork_lists), default=0)
-    table = np.full((n_titles, width + 1), None, dtype=object)
-    table[np.arange(width + 1) < np.array([len(a) for a in artwork_lists])[:, None]] = [
-        a for arts in artwork_lists for a in arts]
-    return ArtworkPicks(entry_pick, table, width)
+    return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
 
 # -- 6. assemble ----------------------------------------------------------------------------

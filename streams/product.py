@@ -46,6 +46,7 @@ from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.pages import (
     HISTORY_USED,
+    ArtworkTable,
     ContextTable,
     assemble_pages,
     choose_artwork,
@@ -196,6 +197,10 @@ class ProductLayer:
         # first use; any catalogue change clears them.
         self._contexts = ContextTable()
         self.titles.on_add.append(self._contexts.clear)
+        # Every catalogue title's artwork and its rows in the bandit (streams.pages.
+        # choose_artwork), likewise.
+        self._artwork_table = ArtworkTable()
+        self.titles.on_add.append(self._artwork_table.clear)
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
@@ -271,6 +276,7 @@ class ProductLayer:
 
     def _forget_title(self, info: Any) -> None:
         self._contexts.clear()
+        self._artwork_table.clear()
         self.models.trending.forget(info.title_id)
         for artwork in info.artwork_ids:
             self.models.artwork.forget_artwork(artwork)
@@ -465,7 +471,8 @@ class ProductLayer:
                            gathered.row_contexts)
         contexts = page_contexts(self._contexts, models.artwork, titles, gathered.uids,
                                  gathered.devices, gathered.histories)
-        art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts)
+        art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts,
+                             self._artwork_table)
         batch.pages.update(assemble_pages(gathered, codes, filled, rows, shown, art,
                                           batch.search_added))
         batch.seconds += time.perf_counter() - started

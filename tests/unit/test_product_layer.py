@@ -272,3 +272,47 @@ def test_page_contexts_from_the_title_table_are_the_token_contexts():
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
     product.remove_title("t3")  # a catalogue change empties the table
     assert not product._contexts.rows
+
+
+def test_artwork_kept_between_batches_is_what_a_fresh_table_gives():
+    # Pages keep every title's artwork and its bandit rows between batches
+    # (streams.pages.ArtworkTable); they must pick exactly what building them anew for
+    # each batch picks, also after the bandit learns artworks it had never seen and
+    # after the catalogue changes.
+    from streams.pages import ArtworkTable
+
+    def batches():
+        yield [event(1, "a1", "play", title_id="t1"), event(2, "a2", "play", title_id="t3")]
+        # t39, the newest title, is on every page; its artwork c becomes the one to show.
+        yield [event(3 + k, f"c{k}", "click", title_id="t39", row="new_releases",
+                     artwork_id="t39-c") for k in range(20)]
+        yield "add"
+        yield [event(5, "a1", "play", title_id="new"),
+               event(6, "a3", "impression", title_id="new", row="new_releases",
+                     artwork_id="new-x")]
+        yield [event(7, "a2", "complete", title_id="t3", position_s=1.0, duration_s=1.0)]
+
+    kept_model, kept = setup()
+    fresh_model, fresh = setup()
+    for model, product in ((kept_model, kept), (fresh_model, fresh)):
+        warm_up(model, product)
+    kept_profiles, fresh_profiles = {}, {}
+    shown = []
+    for step in batches():
+        if step == "add":
+            title = {"title_id": "new", "name": "New", "type": "title_added", "ts": T0 + 500,
+                     "genres": ["Drama"], "artwork_ids": ["new-x", "new-y"]}
+            for model, product in ((kept_model, kept), (fresh_model, fresh)):
+                model.add_title(title)
+                product.add_title(title)
+            continue
+        fresh._artwork_table = ArtworkTable()
+        expected = run(fresh_model, fresh, step, fresh_profiles)
+        got = run(kept_model, kept, step, kept_profiles)
+        for messages in (expected, got):
+            for message in messages.values():
+                del message["ts"]  # when it was made
+        assert got == expected
+        shown += [i["artwork_id"] for m in expected.values() for r in m["rows"]
+                  for i in r["items"] if i["title_id"] == "t39"]
+    assert len(shown) > 20 and shown.count("t39-c") > len(shown) / 2
