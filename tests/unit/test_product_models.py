@@ -326,3 +326,35 @@ def test_search_cache_does_not_shorten_a_longer_answer():
     assert len(index.match("night train", 1)) == 1  # cached now
     assert len(index.match("night train", 25)) == 25
     assert index.match("night train", 3) == index.match("night train", 25)[:3]
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_fill_slots_picks_the_same_one_by_one_as_in_array_passes(duplicates, monkeypatch):
+    # fill_slots walks small inputs (a few users' pages) one candidate at a time and
+    # larger ones in array passes per slot: both must pick the same titles.
+    import random
+
+    import numpy as np
+
+    rng = random.Random(3)
+    for _ in range(300):
+        n_titles, n_series = rng.randint(1, 30), rng.randint(1, 4)
+        group_of = [rng.randrange(n_series) if rng.random() < 0.3 else n_series + t
+                    for t in range(n_titles)]
+        slots, users, titles = [], [], []
+        for slot in range(streams.rows.N_SLOTS):
+            for user in range(rng.randint(1, 5)):
+                for title in rng.sample(range(n_titles), rng.randint(0, n_titles)):
+                    slots.append(slot)
+                    users.append(user)
+                    titles.append(title)
+        slots, users, titles = (np.array(a, dtype=np.int64) for a in (slots, users, titles))
+        groups = np.where(slots == streams.rows.SLOT_CONTINUE, n_series + titles,
+                          np.array(group_of)[titles])
+        max_items = rng.choice([1, 3, 10])
+        args = (slots, users, titles, groups, n_titles, n_series + n_titles, max_items,
+                duplicates)
+        monkeypatch.setattr(streams.rows, "SMALL_FILL", 10**9)
+        one_by_one = streams.rows.fill_slots(*args)
+        monkeypatch.setattr(streams.rows, "SMALL_FILL", -1)
+        assert one_by_one.tolist() == streams.rows.fill_slots(*args).tolist()
