@@ -129,8 +129,10 @@ class ArtworkBandit:
         self._tick = 0
         self._w = np.zeros((n_factors, n_context))
         self._buckets: dict[str, int] = {}
-        # Bumped whenever an artwork id gets or loses a row of _q: callers that keep
-        # artwork rows between calls (artwork_rows, choose_table) know when to refresh.
+        # Bumped whenever an artwork id loses its row of _q (forgotten, or evicted and
+        # the row given to another): callers that keep rows from artwork_rows between
+        # calls know when they are wrong. (Artwork not learned yet, -1, may get a row at
+        # any time.)
         self._rows_version = 0
 
     # -- the river-style contract ----------------------------------------------------------------
@@ -376,15 +378,16 @@ class ArtworkBandit:
 
     @property
     def rows_version(self) -> int:
-        """Changes whenever an artwork id gets or loses its learned row: rows from
-        :meth:`artwork_rows` stay valid until then."""
+        """Changes whenever an artwork loses its learned row: rows from
+        :meth:`artwork_rows` stay valid until then, except that artwork not learned yet
+        (-1) may have been learned since."""
         return self._rows_version
 
     def artwork_rows(self, artwork_lists: Sequence[Sequence[str]], width: int = 0
                      ) -> np.ndarray:
         """``(list, position) -> `` the artwork's learned row (-1: never seen, -2: past
         the end of the list), at least ``width`` columns: what :meth:`choose_table`
-        takes, valid while :attr:`rows_version` is unchanged."""
+        takes (see :attr:`rows_version` for how long it stays right)."""
         counts = np.fromiter(map(len, artwork_lists), dtype=np.int64,
                              count=len(artwork_lists))
         width = max(width, int(counts.max(initial=0)))
@@ -439,10 +442,10 @@ class ArtworkBandit:
             self._b = grow(self._b, row + 1)
         else:
             _, row = self._rows.popitem(last=False)
+            self._rows_version += 1
         self._q[row] = self._rng.normal(0.0, self.init_scale, self.n_factors)
         self._b[row] = 0.0
         self._rows[artwork_id] = row
-        self._rows_version += 1
         return row
 
     def learn_one(self, user_id: str, artwork_id: str, clicked: bool | float,

@@ -538,28 +538,36 @@ class ArtworkTable:
     """Every title's artwork ids and their rows in the artwork bandit, one row per title,
     kept between batches (building them was most of a small batch's artwork choice).
     Row 0: no artwork (titles not in the catalogue). Per process: whoever holds it clears
-    it on any catalogue change; the bandit rows of a title are refreshed when the
-    bandit's :attr:`~models.artwork.ArtworkBandit.rows_version` has moved on."""
+    it on any catalogue change; it clears itself when the bandit has taken an artwork's
+    row away (:attr:`~models.artwork.ArtworkBandit.rows_version`), and looks again at
+    titles with artwork the bandit had not learned yet (it may have since)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.ids = np.full((1, 1), None, dtype=object)  # last column always None
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
-        self.stamp = np.zeros(1, dtype=np.int64)  # rows_version of each bandit_rows row
+        self.unseen = np.zeros(1, dtype=bool)  # some artwork of the title not learned yet
         self.bandit: Any = None
+        self.version = -1
 
     def clear(self, *_: Any) -> None:
         self.rows.clear()
         self.ids = np.full((1, 1), None, dtype=object)
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
-        self.stamp = np.zeros(1, dtype=np.int64)
+        self.unseen = np.zeros(1, dtype=bool)
+
+    def _bandit_rows(self, artwork: ArtworkBandit, at: np.ndarray) -> np.ndarray:
+        width = self.bandit_rows.shape[1]
+        lists = [[a for a in self.ids[i, :width] if a is not None] for i in at.tolist()]
+        return artwork.artwork_rows(lists, width)
 
     def lookup(self, artwork: ArtworkBandit, codes: TitleCodes) -> np.ndarray:
-        """The table rows of the batch's titles, new ones added, stale bandit rows
-        refreshed."""
-        if artwork is not self.bandit or len(self.rows) >= VECTORS_CAP:
+        """The table rows of the batch's titles (new titles added, bandit rows of
+        not yet learned artwork looked up again)."""
+        if (artwork is not self.bandit or artwork.rows_version != self.version
+                or len(self.rows) >= VECTORS_CAP):
             self.clear()
-            self.bandit = artwork
+            self.bandit, self.version = artwork, artwork.rows_version
         index = self.rows
         at = np.fromiter(map(index.get, codes.titles, repeat(-1)), dtype=np.int64,
                          count=len(codes.titles))
@@ -584,17 +592,13 @@ class ArtworkTable:
                     np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
                            constant_values=-2),
                     np.full((len(new), width), -2, dtype=np.int64)))
-                self.stamp = np.concatenate((self.stamp, np.full(len(new), -1)))
+                self.unseen = np.concatenate((self.unseen, np.ones(len(new), dtype=bool)))
             at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
                              count=len(codes.titles))
-        version = artwork.rows_version
-        stale = np.unique(at[self.stamp[at] != version])
-        stale = stale[stale > 0]
-        if len(stale):
-            width = self.bandit_rows.shape[1]
-            lists = [[a for a in self.ids[i, :width] if a is not None] for i in stale.tolist()]
-            self.bandit_rows[stale] = artwork.artwork_rows(lists, width)
-            self.stamp[stale] = version
+        check = np.unique(at[self.unseen[at]])
+        if len(check):
+            self.bandit_rows[check] = self._bandit_rows(artwork, check)
+            self.unseen[check] = (self.bandit_rows[check] == -1).any(axis=1)
         return at
 
 
