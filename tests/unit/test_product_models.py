@@ -358,3 +358,34 @@ def test_fill_slots_picks_the_same_one_by_one_as_in_array_passes(duplicates, mon
         one_by_one = streams.rows.fill_slots(*args)
         monkeypatch.setattr(streams.rows, "SMALL_FILL", -1)
         assert one_by_one.tolist() == streams.rows.fill_slots(*args).tolist()
+
+
+def test_country_trending_top_kept_in_order_is_the_full_sort():
+    # top() answers from each country's strongest entries, kept in order as plays come
+    # in, rather than sorting the table each time: the same titles in the same order.
+    import heapq
+    import pickle
+    import random
+
+    rng = random.Random(0)
+    for _ in range(60):
+        model = CountryTrending(half_life_s=rng.choice([60.0, 3600.0]),
+                                titles_per_country=rng.choice([3, 10, 60]),
+                                max_countries=rng.choice([1, 2, 5]))
+        ts = 0.0
+        for _ in range(400):
+            ts += rng.random() * 100
+            country, r = rng.choice("ABCDE"), rng.random()
+            if r < 0.8:
+                late = rng.random() * 50 if rng.random() < 0.1 else 0.0
+                model.learn_one(country, f"t{rng.randrange(80)}", rng.random() * 2, ts - late)
+            elif r < 0.82:
+                model.forget(f"t{rng.randrange(80)}")
+            elif r < 0.83:
+                model = pickle.loads(pickle.dumps(model))
+            else:
+                n = rng.choice([1, 5, 20, 50, 70])
+                table = model._scores.get(country)
+                if table and ts >= model._latest[country]:
+                    assert model.top(country, n, ts) == [
+                        e[3] for e in heapq.nlargest(n, table.values())]
