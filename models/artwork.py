@@ -130,10 +130,11 @@ class ArtworkBandit:
         self._w = np.zeros((n_factors, n_context))
         self._buckets: dict[str, int] = {}
         # Bumped whenever an artwork id loses its row of _q (forgotten, or evicted and
-        # the row given to another): callers that keep rows from artwork_rows between
-        # calls know when they are wrong. (Artwork not learned yet, -1, may get a row at
-        # any time.)
+        # the row given to another), and whenever one gets a row: callers that keep
+        # rows from artwork_rows between calls know when they are wrong, and when
+        # artwork they saw unlearned (-1) may have been learned since.
         self._rows_version = 0
+        self._rows_added = 0
 
     # -- the river-style contract ----------------------------------------------------------------
     def _get_params(self) -> dict[str, Any]:
@@ -156,6 +157,7 @@ class ArtworkBandit:
         users = state.pop("_users", None)
         self.__dict__.update(state)
         self.__dict__.setdefault("_rows_version", 0)
+        self.__dict__.setdefault("_rows_added", 0)
         if users is not None:
             ids = list(users)
             self._user_rows = {u: i for i, u in enumerate(ids)}
@@ -383,6 +385,16 @@ class ArtworkBandit:
         (-1) may have been learned since."""
         return self._rows_version
 
+    @property
+    def rows_added(self) -> int:
+        """Changes whenever an artwork gets a learned row."""
+        return self._rows_added
+
+    def rows_of(self, artwork_ids: Sequence[str]) -> np.ndarray:
+        """Each artwork's learned row (-1: never seen), as :meth:`artwork_rows` has it."""
+        return np.fromiter(map(self._rows.get, artwork_ids, repeat(-1)), dtype=np.int64,
+                           count=len(artwork_ids))
+
     def artwork_rows(self, artwork_lists: Sequence[Sequence[str]], width: int = 0
                      ) -> np.ndarray:
         """``(list, position) -> `` the artwork's learned row (-1: never seen, -2: past
@@ -446,6 +458,7 @@ class ArtworkBandit:
         self._q[row] = self._rng.normal(0.0, self.init_scale, self.n_factors)
         self._b[row] = 0.0
         self._rows[artwork_id] = row
+        self._rows_added += 1
         return row
 
     def learn_one(self, user_id: str, artwork_id: str, clicked: bool | float,

@@ -540,13 +540,15 @@ class ArtworkTable:
     Row 0: no artwork (titles not in the catalogue). Per process: whoever holds it clears
     it on any catalogue change; it clears itself when the bandit has taken an artwork's
     row away (:attr:`~models.artwork.ArtworkBandit.rows_version`), and looks again at
-    titles with artwork the bandit had not learned yet (it may have since)."""
+    the artwork the bandit had not learned when it has learned new artwork since
+    (:attr:`~models.artwork.ArtworkBandit.rows_added`)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.ids = np.full((1, 1), None, dtype=object)  # last column always None
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
         self.unseen = np.zeros(1, dtype=bool)  # some artwork of the title not learned yet
+        self.stamp = np.zeros(1, dtype=np.int64)  # rows_added when last looked up
         self.bandit: Any = None
         self.version = -1
 
@@ -555,15 +557,11 @@ class ArtworkTable:
         self.ids = np.full((1, 1), None, dtype=object)
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
         self.unseen = np.zeros(1, dtype=bool)
-
-    def _bandit_rows(self, artwork: ArtworkBandit, at: np.ndarray) -> np.ndarray:
-        width = self.bandit_rows.shape[1]
-        lists = [[a for a in self.ids[i, :width] if a is not None] for i in at.tolist()]
-        return artwork.artwork_rows(lists, width)
+        self.stamp = np.zeros(1, dtype=np.int64)
 
     def lookup(self, artwork: ArtworkBandit, codes: TitleCodes) -> np.ndarray:
-        """The table rows of the batch's titles (new titles added, bandit rows of
-        not yet learned artwork looked up again)."""
+        """The table rows of the batch's titles (new titles added, not yet learned
+        artwork looked up again if the bandit has learned any since)."""
         if (artwork is not self.bandit or artwork.rows_version != self.version
                 or len(self.rows) >= VECTORS_CAP):
             self.clear()
@@ -580,26 +578,38 @@ class ArtworkTable:
                     else:  # none: row 0 (the table is cleared when the catalogue changes)
                         index[title] = 0
             if new:
-                held = len(self.ids)
-                width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
-                ids = np.full((held + len(new), width + 1), None, dtype=object)
-                ids[:held, :self.ids.shape[1] - 1] = self.ids[:, :-1]
-                for i, (title, arts) in enumerate(new, held):
-                    ids[i, :len(arts)] = arts
-                    index[title] = i
-                self.ids = ids
-                self.bandit_rows = np.concatenate((
-                    np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
-                           constant_values=-2),
-                    np.full((len(new), width), -2, dtype=np.int64)))
-                self.unseen = np.concatenate((self.unseen, np.ones(len(new), dtype=bool)))
+                self._add(new)
             at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
                              count=len(codes.titles))
-        check = np.unique(at[self.unseen[at]])
+        added = artwork.rows_added
+        check = at[self.unseen[at] & (self.stamp[at] != added)]
         if len(check):
-            self.bandit_rows[check] = self._bandit_rows(artwork, check)
-            self.unseen[check] = (self.bandit_rows[check] == -1).any(axis=1)
+            check = np.unique(check)
+            width = self.bandit_rows.shape[1]
+            rows = self.bandit_rows[check]
+            where = np.nonzero(rows == -1)
+            rows[where] = artwork.rows_of(self.ids[check, :width][where].tolist())
+            self.bandit_rows[check] = rows
+            self.unseen[check] = (rows == -1).any(axis=1)
+            self.stamp[check] = added
         return at
+
+    def _add(self, new: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Rows for titles and their artwork (not looked up in the bandit yet: -1)."""
+        held = len(self.ids)
+        width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
+        ids = np.full((held + len(new), width + 1), None, dtype=object)
+        ids[:held, :self.ids.shape[1] - 1] = self.ids[:, :-1]
+        for i, (title, arts) in enumerate(new, held):
+            ids[i, :len(arts)] = arts
+            self.rows[title] = i
+        self.ids = ids
+        self.bandit_rows = np.concatenate((
+            np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
+                   constant_values=-2),
+            np.where(ids[held:, :width] == None, -2, -1)))  # noqa: E711 - elementwise
+        self.unseen = np.concatenate((self.unseen, np.ones(len(new), dtype=bool)))
+        self.stamp = np.concatenate((self.stamp, np.full(len(new), -1)))
 
 
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
