@@ -582,9 +582,9 @@ class ArtworkTable:
             at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
                              count=len(codes.titles))
         added = artwork.rows_added
+        # (Each title once: at has no repeats but row 0, which is never unseen.)
         check = at[self.unseen[at] & (self.stamp[at] != added)]
         if len(check):
-            check = np.unique(check)
             width = self.bandit_rows.shape[1]
             rows = self.bandit_rows[check]
             where = np.nonzero(rows == -1)
