@@ -59,6 +59,9 @@ from streams.titles import TitleIndex
 # Most titles in the artwork context table (page_contexts; n_context floats each, 256 B
 # by default): cleared and rebuilt beyond it, so a huge catalogue costs at most ~5 MB.
 VECTORS_CAP = 20_000
+# Most row items and row heads whose JSON is kept (JsonPieces; ~100 B each): a few
+# artworks per catalogue title, a few rows per title or genre.
+JSON_PIECES_CAP = 50_000
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
 TRENDING_FETCH = 20
 # Recent titles a user's artwork context and row affinities look at (what the state
@@ -643,18 +646,52 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
 
 
 # -- 6. assemble ----------------------------------------------------------------------------
+class JsonPieces:
+    """The JSON of row items and row heads, kept between batches (the same titles,
+    artworks and rows come back batch after batch); cleared past ``JSON_PIECES_CAP``.
+    A function of the strings alone, so never stale."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str | None], bytes] = {}
+        self.heads: dict[tuple[str, str], bytes] = {}
+
+    def item(self, title: str, artwork: str | None) -> bytes:
+        key = (title, artwork)
+        encoded = self.items.get(key)
+        if encoded is None:
+            if len(self.items) >= JSON_PIECES_CAP:
+                self.items.clear()
+            encoded = self.items[key] = dumps({"title_id": title, "artwork_id": artwork})
+        return encoded
+
+    def head(self, row_id: str, row_title: str) -> bytes:
+        """A row's JSON up to its items: ``{"id":...,"title":...,"items":[``."""
+        key = (row_id, row_title)
+        encoded = self.heads.get(key)
+        if encoded is None:
+            if len(self.heads) >= JSON_PIECES_CAP:
+                self.heads.clear()
+            encoded = self.heads[key] = (dumps({"id": row_id, "title": row_title})[:-1]
+                                         + b',"items":[')
+        return encoded
+
+
 def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
                    rows: PageRows, shown: np.ndarray, art: ArtworkPicks,
-                   searched: Mapping[str, set[str]]) -> dict[str, Page]:
+                   searched: Mapping[str, set[str]], pieces: JsonPieces | None = None
+                   ) -> dict[str, Page]:
     """Each user's page: their rows message (rows in ``shown`` order) as JSON, their
     ranked titles' artwork, and the titles their searches added (``decorate`` renames
     those reasons).
 
     The rows message is built as bytes, what ``orjson.dumps`` makes of the list of row
     dicts: each distinct item (title, artwork) and each row's id and title are encoded
-    once per batch and joined per user. Bytes are not tracked by the garbage collector;
-    the tens of thousands of small dicts and lists a batch's pages used to be were a
-    good part of the product stage's time (collections triggered by them)."""
+    once (``pieces``, kept between batches) and joined per user. Bytes are not tracked by
+    the garbage collector; the tens of thousands of small dicts and lists a batch's pages
+    used to be were a good part of the product stage's time (collections triggered by
+    them)."""
+    if pieces is None:
+        pieces = JsonPieces()
     width, table, entry_pick = art.width, art.table, art.pick
     n_recs = len(filled.rec_code)
     rec_art = table[filled.rec_code, entry_pick[:n_recs]].tolist()
@@ -665,13 +702,10 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     batch_titles = codes.titles
     item_pairs = [(batch_titles[k // (width + 1)], table[k // (width + 1), k % (width + 1)])
                   for k in item_keys.tolist()]
-    item_json = [dumps({"title_id": title, "artwork_id": artwork})
-                 for title, artwork in item_pairs]
+    item_json = [pieces.item(title, artwork) for title, artwork in item_pairs]
     item_of = item_of.reshape(-1).tolist()
     items = list(map(item_json.__getitem__, item_of))
-    # A row's JSON up to its items: {"id":...,"title":...,"items":[
-    heads = [dumps({"id": row_id, "title": row_title})[:-1] + b',"items":['
-             for row_id, row_title in rows.names]
+    heads = [pieces.head(row_id, row_title) for row_id, row_title in rows.names]
     # Every row, in the order shown: its items are a slice of ``items``.
     sizes = filled.row_size[rows.user, rows.slot]
     ends = np.cumsum(sizes).tolist()

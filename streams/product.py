@@ -48,6 +48,7 @@ from streams.pages import (
     HISTORY_USED,
     ArtworkTable,
     ContextTable,
+    JsonPieces,
     assemble_pages,
     choose_artwork,
     describe_rows,
@@ -201,6 +202,8 @@ class ProductLayer:
         # choose_artwork), likewise.
         self._artwork_table = ArtworkTable()
         self.titles.on_add.append(self._artwork_table.clear)
+        # The JSON of row items and heads (of their strings alone: never stale).
+        self._json_pieces = JsonPieces()
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
@@ -474,7 +477,7 @@ class ProductLayer:
         art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts,
                              self._artwork_table)
         batch.pages.update(assemble_pages(gathered, codes, filled, rows, shown, art,
-                                          batch.search_added))
+                                          batch.search_added, self._json_pieces))
         batch.seconds += time.perf_counter() - started
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
