@@ -23,7 +23,11 @@ of pages equals each user's page built alone), and the random draws are those of
 one-user calls, in the same order.
 
 Everything here is a function of its arguments; the per-batch caches (trending lists,
-affinity tokens) and the per-process artwork context table are passed in.
+affinity tokens) and the per-process tables kept between batches (artwork contexts,
+titles' artwork and bandit rows, the JSON of row items and heads) are passed in. Small
+batches (a paced worker's handful of events) are dominated by the fixed cost of each
+array operation, hence those tables: what does not change between batches is not
+rebuilt for every batch.
 """
 
 from __future__ import annotations

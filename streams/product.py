@@ -7,10 +7,11 @@ events path calls it at three points (all in ``streams.batch`` and
 * :meth:`ProductLayer.observe` for every applied event: teaches the artwork and row
   bandits (impressions and clicks), the resume model, per-country trending and the
   cache-hint forecaster; matches searches; notes series watchers;
-* :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.decorate` for every
+* :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.encode` for every
   user ranked: searches become weak positives in the profile, then the message gets
-  its ``rows`` and every item its ``artwork_id`` (pages built for the whole batch
-  beforehand by :meth:`ProductLayer.prepare_pages`, with ``streams.pages``);
+  its ``rows`` and every item its ``artwork_id`` and is encoded (pages built for the
+  whole batch beforehand by :meth:`ProductLayer.prepare_pages`, with ``streams.pages``,
+  their rows already JSON; :meth:`ProductLayer.decorate` gives the same as dicts);
 * :meth:`ProductLayer.flush` once per batch, before offsets are committed: one
   Lua call to Redis (series audiences, search demand, and the plays per country of
   each hour of event time that has ended)
