@@ -20,6 +20,10 @@ import numpy as np
 
 from models.base import grow
 
+# Artwork ids newly given a learned row that are remembered (ArtworkBandit.learned_since):
+# callers catch up every batch, a few dozen ids at most.
+ADDED_LOG = 4096
+
 
 def _bucket(token: str, n_features: int) -> int:
     # crc32, not hash(): the feature space must be the same in every process.
@@ -130,11 +134,13 @@ class ArtworkBandit:
         self._w = np.zeros((n_factors, n_context))
         self._buckets: dict[str, int] = {}
         # Bumped whenever an artwork id loses its row of _q (forgotten, or evicted and
-        # the row given to another), and whenever one gets a row: callers that keep
-        # rows from artwork_rows between calls know when they are wrong, and when
-        # artwork they saw unlearned (-1) may have been learned since.
+        # the row given to another): callers that keep rows from artwork_rows between
+        # calls know when they are wrong. The artwork ids given a row, in order (the
+        # latest ADDED_LOG to 2 x ADDED_LOG of them; not pickled): they catch up with
+        # what was learned since (learned_since).
         self._rows_version = 0
-        self._rows_added = 0
+        self._added: list[str] = []
+        self._added_before = 0  # ids dropped from the front of _added
 
     # -- the river-style contract ----------------------------------------------------------------
     def _get_params(self) -> dict[str, Any]:
@@ -152,12 +158,15 @@ class ArtworkBandit:
     def size(self) -> dict[str, int]:
         return {"artworks": len(self._rows), "users": len(self._user_rows)}
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_added"}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints written before the user table was a matrix held one vector per user.
         users = state.pop("_users", None)
         self.__dict__.update(state)
         self.__dict__.setdefault("_rows_version", 0)
-        self.__dict__.setdefault("_rows_added", 0)
+        self._added, self._added_before = [], 0
         if users is not None:
             ids = list(users)
             self._user_rows = {u: i for i, u in enumerate(ids)}
@@ -387,8 +396,16 @@ class ArtworkBandit:
 
     @property
     def rows_added(self) -> int:
-        """Changes whenever an artwork gets a learned row."""
-        return self._rows_added
+        """How many artworks have been given a learned row: a mark for
+        :meth:`learned_since`."""
+        return self._added_before + len(self._added)
+
+    def learned_since(self, mark: int) -> list[str] | None:
+        """The artwork ids given a learned row since :attr:`rows_added` was ``mark``
+        (None: too long ago, no longer remembered)."""
+        if mark < self._added_before:
+            return None
+        return self._added[mark - self._added_before:]
 
     def rows_of(self, artwork_ids: Sequence[str]) -> np.ndarray:
         """Each artwork's learned row (-1: never seen), as :meth:`artwork_rows` has it."""
@@ -458,7 +475,10 @@ class ArtworkBandit:
         self._q[row] = self._rng.normal(0.0, self.init_scale, self.n_factors)
         self._b[row] = 0.0
         self._rows[artwork_id] = row
-        self._rows_added += 1
+        self._added.append(artwork_id)
+        if len(self._added) >= 2 * ADDED_LOG:
+            del self._added[:ADDED_LOG]
+            self._added_before += ADDED_LOG
         return row
 
     def learn_one(self, user_id: str, artwork_id: str, clicked: bool | float,

@@ -546,33 +546,38 @@ class ArtworkTable:
     kept between batches (building them was most of a small batch's artwork choice).
     Row 0: no artwork (titles not in the catalogue). Per process: whoever holds it clears
     it on any catalogue change; it clears itself when the bandit has taken an artwork's
-    row away (:attr:`~models.artwork.ArtworkBandit.rows_version`), and looks again at
-    the artwork the bandit had not learned when it has learned new artwork since
-    (:attr:`~models.artwork.ArtworkBandit.rows_added`)."""
+    row away (:attr:`~models.artwork.ArtworkBandit.rows_version`), and catches up with
+    the artwork the bandit has learned since (``learned_since``)."""
 
     def __init__(self) -> None:
+        self.bandit: Any = None
+        self.version = -1
+        self.clear()
+
+    def clear(self, *_: Any) -> None:
         self.rows: dict[str, int] = {}
         self.ids = np.full((1, 1), None, dtype=object)  # last column always None
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
-        self.unseen = np.zeros(1, dtype=bool)  # some artwork of the title not learned yet
-        self.stamp = np.zeros(1, dtype=np.int64)  # rows_added when last looked up
-        self.bandit: Any = None
-        self.version = -1
-
-    def clear(self, *_: Any) -> None:
-        self.rows.clear()
-        self.ids = np.full((1, 1), None, dtype=object)
-        self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
-        self.unseen = np.zeros(1, dtype=bool)
-        self.stamp = np.zeros(1, dtype=np.int64)
+        # Artwork not learned yet -> where it is in bandit_rows (row, column).
+        self.unlearned: dict[str, list[tuple[int, int]]] = {}
+        self.mark = self.bandit.rows_added if self.bandit is not None else 0
 
     def lookup(self, artwork: ArtworkBandit, codes: TitleCodes) -> np.ndarray:
-        """The table rows of the batch's titles (new titles added, not yet learned
-        artwork looked up again if the bandit has learned any since)."""
+        """The table rows of the batch's titles (new titles added)."""
         if (artwork is not self.bandit or artwork.rows_version != self.version
                 or len(self.rows) >= VECTORS_CAP):
-            self.clear()
             self.bandit, self.version = artwork, artwork.rows_version
+            self.clear()
+        learned = artwork.learned_since(self.mark)
+        if learned is None:
+            self.clear()
+        elif learned and self.unlearned:
+            where = [cell for a in learned for cell in self.unlearned.pop(a, ())]
+            if where:
+                rows, columns = zip(*where, strict=True)
+                self.bandit_rows[rows, columns] = artwork.rows_of(
+                    self.ids[rows, columns].tolist())
+        self.mark = artwork.rows_added
         index = self.rows
         at = np.fromiter(map(index.get, codes.titles, repeat(-1)), dtype=np.int64,
                          count=len(codes.titles))
@@ -585,24 +590,13 @@ class ArtworkTable:
                     else:  # none: row 0 (the table is cleared when the catalogue changes)
                         index[title] = 0
             if new:
-                self._add(new)
+                self._add(artwork, new)
             at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
                              count=len(codes.titles))
-        added = artwork.rows_added
-        # (Each title once: at has no repeats but row 0, which is never unseen.)
-        check = at[self.unseen[at] & (self.stamp[at] != added)]
-        if len(check):
-            width = self.bandit_rows.shape[1]
-            rows = self.bandit_rows[check]
-            where = np.nonzero(rows == -1)
-            rows[where] = artwork.rows_of(self.ids[check, :width][where].tolist())
-            self.bandit_rows[check] = rows
-            self.unseen[check] = (rows == -1).any(axis=1)
-            self.stamp[check] = added
         return at
 
-    def _add(self, new: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Rows for titles and their artwork (not looked up in the bandit yet: -1)."""
+    def _add(self, artwork: ArtworkBandit, new: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Rows for titles, their artwork and its rows in the bandit."""
         held = len(self.ids)
         width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
         ids = np.full((held + len(new), width + 1), None, dtype=object)
@@ -611,12 +605,13 @@ class ArtworkTable:
             ids[i, :len(arts)] = arts
             self.rows[title] = i
         self.ids = ids
+        added = artwork.artwork_rows([arts for _, arts in new], width)
         self.bandit_rows = np.concatenate((
             np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
-                   constant_values=-2),
-            np.where(ids[held:, :width] == None, -2, -1)))  # noqa: E711 - elementwise
-        self.unseen = np.concatenate((self.unseen, np.ones(len(new), dtype=bool)))
-        self.stamp = np.concatenate((self.stamp, np.full(len(new), -1)))
+                   constant_values=-2), added))
+        rows, columns = np.nonzero(added == -1)
+        for row, column in zip((rows + held).tolist(), columns.tolist(), strict=True):
+            self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,

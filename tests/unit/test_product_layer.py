@@ -333,15 +333,22 @@ def test_artwork_kept_between_batches_is_what_a_fresh_table_gives(capacity):
         assert shown.count("t39-c") > len(shown) / 2
 
 
-def test_artwork_table_follows_the_bandit_as_it_learns_and_evicts():
+@pytest.mark.parametrize("log", [4096, 1])
+def test_artwork_table_follows_the_bandit_as_it_learns_and_evicts(log, monkeypatch):
+    # log 1: the bandit remembers too few newly learned artworks for the table to catch
+    # up with; it must start again.
     from types import SimpleNamespace
+
+    import models.artwork
+
+    monkeypatch.setattr(models.artwork, "ADDED_LOG", log)
 
     import numpy as np
 
     from streams.pages import ArtworkTable
     from streams.titles import TitleIndex
 
-    bandit = ArtworkBandit(artwork_capacity=2)
+    bandit = ArtworkBandit(artwork_capacity=2 if log > 1 else 100)
     titles = TitleIndex()
     titles.add({"title_id": "a", "artwork_ids": ["a1", "a2"]})
     titles.add({"title_id": "b", "artwork_ids": ["b1"]})
