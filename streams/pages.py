@@ -556,6 +556,8 @@ class ArtworkTable:
 
     def clear(self, *_: Any) -> None:
         self.rows: dict[str, int] = {}
+        # Rows in use (row 0 is "no artwork"); the arrays have room for more.
+        self.used = 1
         self.ids = np.full((1, 1), None, dtype=object)  # last column always None
         self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
         # Artwork not learned yet -> where it is in bandit_rows (row, column).
@@ -596,20 +598,26 @@ class ArtworkTable:
         return at
 
     def _add(self, artwork: ArtworkBandit, new: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Rows for titles, their artwork and its rows in the bandit."""
-        held = len(self.ids)
+        """Rows for titles, their artwork and its rows in the bandit. The arrays grow by
+        doubling: titles trickle in a few per batch until the catalogue is covered."""
+        held = self.used
         width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
-        ids = np.full((held + len(new), width + 1), None, dtype=object)
-        ids[:held, :self.ids.shape[1] - 1] = self.ids[:, :-1]
+        need = held + len(new)
+        if need > len(self.ids) or width > self.ids.shape[1] - 1:
+            size = max(need, 2 * len(self.ids)) if need > len(self.ids) else len(self.ids)
+            ids = np.full((size, width + 1), None, dtype=object)
+            ids[:held, :self.ids.shape[1] - 1] = self.ids[:held, :-1]
+            bandit_rows = np.full((size, width), -2, dtype=np.int64)
+            bandit_rows[:held, :self.bandit_rows.shape[1]] = self.bandit_rows[:held]
+            self.ids, self.bandit_rows = ids, bandit_rows
         for i, (title, arts) in enumerate(new, held):
-            ids[i, :len(arts)] = arts
+            self.ids[i, :len(arts)] = arts
             self.rows[title] = i
-        self.ids = ids
         added = artwork.artwork_rows([arts for _, arts in new], width)
-        self.bandit_rows = np.concatenate((
-            np.pad(self.bandit_rows, ((0, 0), (0, width - self.bandit_rows.shape[1])),
-                   constant_values=-2), added))
+        self.bandit_rows[held:need] = added
+        self.used = need
         rows, columns = np.nonzero(added == -1)
+        ids = self.ids
         for row, column in zip((rows + held).tolist(), columns.tolist(), strict=True):
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
