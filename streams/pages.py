@@ -707,9 +707,11 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
     item_keys, item_of = np.unique(item_key, return_inverse=True)
     batch_titles = codes.titles
-    item_pairs = [(batch_titles[k // (width + 1)], table[k // (width + 1), k % (width + 1)])
-                  for k in item_keys.tolist()]
-    item_json = [pieces.item(title, artwork) for title, artwork in item_pairs]
+    item_code, item_pick = np.divmod(item_keys, width + 1)
+    item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
+                          table[item_code, item_pick].tolist(), strict=True))
+    known = pieces.items.get
+    item_json = [known(pair) or pieces.item(*pair) for pair in item_pairs]
     item_of = item_of.reshape(-1).tolist()
     items = list(map(item_json.__getitem__, item_of))
     heads = [pieces.head(row_id, row_title) for row_id, row_title in rows.names]
