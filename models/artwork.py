@@ -20,6 +20,10 @@ import numpy as np
 
 from models.base import grow
 
+# Artwork ids newly given a learned row that are remembered (ArtworkBandit.learned_since):
+# callers catch up every batch, a few dozen ids at most.
+ADDED_LOG = 4096
+
 
 def _bucket(token: str, n_features: int) -> int:
     # crc32, not hash(): the feature space must be the same in every process.
@@ -129,6 +133,14 @@ class ArtworkBandit:
         self._tick = 0
         self._w = np.zeros((n_factors, n_context))
         self._buckets: dict[str, int] = {}
+        # Bumped whenever an artwork id loses its row of _q (forgotten, or evicted and
+        # the row given to another): callers that keep rows from artwork_rows between
+        # calls know when they are wrong. The artwork ids given a row, in order (the
+        # latest ADDED_LOG to 2 x ADDED_LOG of them; not pickled): they catch up with
+        # what was learned since (learned_since).
+        self._rows_version = 0
+        self._added: list[str] = []
+        self._added_before = 0  # ids dropped from the front of _added
 
     # -- the river-style contract ----------------------------------------------------------------
     def _get_params(self) -> dict[str, Any]:
@@ -146,10 +158,15 @@ class ArtworkBandit:
     def size(self) -> dict[str, int]:
         return {"artworks": len(self._rows), "users": len(self._user_rows)}
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_added"}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints written before the user table was a matrix held one vector per user.
         users = state.pop("_users", None)
         self.__dict__.update(state)
+        self.__dict__.setdefault("_rows_version", 0)
+        self._added, self._added_before = [], 0
         if users is not None:
             ids = list(users)
             self._user_rows = {u: i for i, u in enumerate(ids)}
@@ -363,17 +380,60 @@ class ArtworkBandit:
         chosen artwork in its list (-1 for a title without artwork): the arg-max of
         the predicted logits, or with probability ``exploration`` a uniform pick.
         Every pair's scores come out of one matrix product."""
-        n_pairs = len(pair_lists)
         counts = np.fromiter(map(len, artwork_lists), dtype=np.int64,
                              count=len(artwork_lists))
-        if n_pairs == 0 or not counts.any():
-            return np.full(n_pairs, -1, dtype=np.int64)
-        width = int(counts.max())
-        # (title, position) -> row of _q (-1: artwork never seen, -2: padding).
+        if len(pair_lists) == 0 or not counts.any():
+            return np.full(len(pair_lists), -1, dtype=np.int64)
+        return self.choose_table(user_ids, self.artwork_rows(artwork_lists), pair_users,
+                                 pair_lists, contexts, explore)
+
+    @property
+    def rows_version(self) -> int:
+        """Changes whenever an artwork loses its learned row: rows from
+        :meth:`artwork_rows` stay valid until then, except that artwork not learned yet
+        (-1) may have been learned since."""
+        return self._rows_version
+
+    @property
+    def rows_added(self) -> int:
+        """How many artworks have been given a learned row: a mark for
+        :meth:`learned_since`."""
+        return self._added_before + len(self._added)
+
+    def learned_since(self, mark: int) -> list[str] | None:
+        """The artwork ids given a learned row since :attr:`rows_added` was ``mark``
+        (None: too long ago, no longer remembered)."""
+        if mark < self._added_before:
+            return None
+        return self._added[mark - self._added_before:]
+
+    def rows_of(self, artwork_ids: Sequence[str]) -> np.ndarray:
+        """Each artwork's learned row (-1: never seen), as :meth:`artwork_rows` has it."""
+        return np.fromiter(map(self._rows.get, artwork_ids, repeat(-1)), dtype=np.int64,
+                           count=len(artwork_ids))
+
+    def artwork_rows(self, artwork_lists: Sequence[Sequence[str]], width: int = 0
+                     ) -> np.ndarray:
+        """``(list, position) -> `` the artwork's learned row (-1: never seen, -2: past
+        the end of the list), at least ``width`` columns: what :meth:`choose_table`
+        takes (see :attr:`rows_version` for how long it stays right)."""
+        counts = np.fromiter(map(len, artwork_lists), dtype=np.int64,
+                             count=len(artwork_lists))
+        width = max(width, int(counts.max(initial=0)))
         flat = [a for arts in artwork_lists for a in arts]
         table = np.full((len(artwork_lists), width), -2, dtype=np.int64)
         table[np.arange(width) < counts[:, None]] = np.fromiter(
             map(self._rows.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+        return table
+
+    def choose_table(self, user_ids: Sequence[str], table: np.ndarray, pair_users: np.ndarray,
+                     pair_lists: np.ndarray, contexts: np.ndarray | None = None,
+                     explore: bool = True) -> np.ndarray:
+        """:meth:`choose_pairs` on the lists' :meth:`artwork_rows` (``table``), which a
+        caller may keep between calls: the same picks, the same random draws."""
+        n_pairs = len(pair_lists)
+        if n_pairs == 0 or not (table > -2).any():
+            return np.full(n_pairs, -1, dtype=np.int64)
         rows = table[pair_lists]
         real = rows > -2
         known = rows >= 0
@@ -388,7 +448,7 @@ class ArtworkBandit:
         # A little noise breaks ties between unseen artworks without favouring the first.
         scores[real] += rng.uniform(0.0, 1e-6, int(real.sum()))
         picks = np.argmax(scores, axis=1)
-        pair_counts = counts[pair_lists]
+        pair_counts = real.sum(axis=1)
         eps = self.exploration if explore else 0.0
         if eps > 0:
             draws = rng.random(n_pairs)
@@ -411,9 +471,14 @@ class ArtworkBandit:
             self._b = grow(self._b, row + 1)
         else:
             _, row = self._rows.popitem(last=False)
+            self._rows_version += 1
         self._q[row] = self._rng.normal(0.0, self.init_scale, self.n_factors)
         self._b[row] = 0.0
         self._rows[artwork_id] = row
+        self._added.append(artwork_id)
+        if len(self._added) >= 2 * ADDED_LOG:
+            del self._added[:ADDED_LOG]
+            self._added_before += ADDED_LOG
         return row
 
     def learn_one(self, user_id: str, artwork_id: str, clicked: bool | float,
@@ -468,3 +533,4 @@ class ArtworkBandit:
         row = self._rows.pop(artwork_id, None)
         if row is not None:
             self._free.append(row)
+            self._rows_version += 1

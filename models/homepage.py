@@ -11,6 +11,7 @@ River style: hyperparameters in the constructor, learned state private, no I/O.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import inspect
@@ -319,10 +320,21 @@ class CountryTrending(_Params):
         # country -> latest play time in its table (when a query is at or after it, the
         # stored keys' order is exact).
         self._latest: dict[str, float] = {}
+        # country -> its TOP_KEPT strongest entries by stored key, weakest first, kept up
+        # to date by learn_one (a key only ever grows), so top() does not sort the whole
+        # table for every batch; rebuilt on first use after a prune or forget.
+        self._best: dict[str, list[list[Any]]] = {}
+
+    # Entries kept in order per country for top(); larger queries sort the table.
+    TOP_KEPT = 50
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_best"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints written before the rank key held [score, ts] per title.
         self.__dict__.update(state)
+        self._best = {}
         if "_latest" not in state:
             self._latest = {}
             for country, table in self._scores.items():
@@ -343,17 +355,34 @@ class CountryTrending(_Params):
                 dropped = next(iter(self._scores))
                 del self._scores[dropped]
                 self._latest.pop(dropped, None)
+                self._best.pop(dropped, None)
         self._scores[country] = table  # most recently active last
         self._latest[country] = max(ts, self._latest.get(country, ts))
         entry = table.get(title)
         if entry is None:
-            table[title] = self._entry(y, ts, title)
+            new = table[title] = self._entry(y, ts, title)
             if len(table) > self.titles_per_country * 1.25:
                 self._prune(table, ts)
+                self._best.pop(country, None)
+                return
         else:
             last = max(ts, entry[2])
             score = entry[1] * 2.0 ** (-max(0.0, ts - entry[2]) / self.half_life_s) + y
-            table[title] = self._entry(score, last, title)
+            new = table[title] = self._entry(score, last, title)
+        best = self._best.get(country)
+        if best is not None:
+            # The new entry is stronger than the one it replaces: if that was among the
+            # best, this one is too; otherwise it joins if it beats the weakest kept.
+            if entry is not None:
+                at = bisect.bisect_left(best, entry)
+                if at < len(best) and best[at] is entry:
+                    del best[at]
+                    bisect.insort(best, new)
+                    return
+            if len(best) < self.TOP_KEPT or new > best[0]:
+                bisect.insort(best, new)
+                if len(best) > self.TOP_KEPT:
+                    del best[0]
 
     def _prune(self, table: dict[str, list[Any]], ts: float) -> None:
         for entry in self._ranked(table, ts)[self.titles_per_country:]:
@@ -376,7 +405,13 @@ class CountryTrending(_Params):
         if not table or n <= 0:
             return []
         if ts >= self._latest.get(country, ts):
-            return [entry[3] for entry in heapq.nlargest(n, table.values())]
+            if n > self.TOP_KEPT:
+                return [entry[3] for entry in heapq.nlargest(n, table.values())]
+            best = self._best.get(country)
+            if best is None:
+                best = self._best[country] = heapq.nlargest(self.TOP_KEPT, table.values())
+                best.reverse()
+            return [entry[3] for entry in best[:-n - 1:-1]]
         # Some plays are later than ts (a user's last event can be older than others' in
         # the same batch): they count undecayed, i.e. below their stored key. Walk the
         # stored order until no later entry can beat the n-th best exact score so far.
@@ -396,6 +431,7 @@ class CountryTrending(_Params):
     def forget(self, title: str) -> None:
         for table in self._scores.values():
             table.pop(title, None)
+        self._best.clear()
 
     def size(self) -> dict[str, int]:
         return {"countries": len(self._scores),

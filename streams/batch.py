@@ -196,12 +196,14 @@ def learn_and_rank(
         }
         if xb is not None:
             xb.annotate(uid, recs, message, lists)
-        if product is not None:
+        if product is not None:  # rows and artwork added, and the message encoded
             decorating = time.perf_counter()
-            product.decorate(message, stored, recs, event,
-                             row_policy=xb.row_policy(uid) if xb is not None else "learned")
+            value = product.encode(message, stored, recs, event,
+                                   row_policy=xb.row_policy(uid) if xb is not None else "learned")
             out.product_seconds += time.perf_counter() - decorating
-        out.recommendations.append((uid.encode(), orjson.dumps(message)))
+        else:
+            value = orjson.dumps(message)
+        out.recommendations.append((uid.encode(), value))
         out.last_lists[uid] = orjson.dumps(lists)
     if xb is not None:
         out.experiments = xb.tallies

@@ -23,7 +23,11 @@ of pages equals each user's page built alone), and the random draws are those of
 one-user calls, in the same order.
 
 Everything here is a function of its arguments; the per-batch caches (trending lists,
-affinity tokens) and the per-process artwork context table are passed in.
+affinity tokens) and the per-process tables kept between batches (artwork contexts,
+titles' artwork and bandit rows, the JSON of row items and heads) are passed in. Small
+batches (a paced worker's handful of events) are dominated by the fixed cost of each
+array operation, hence those tables: what does not change between batches is not
+rebuilt for every batch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
+from orjson import dumps
 
 from models.artwork import ArtworkBandit
 from models.base import grow
@@ -58,6 +63,9 @@ from streams.titles import TitleIndex
 # Most titles in the artwork context table (page_contexts; n_context floats each, 256 B
 # by default): cleared and rebuilt beyond it, so a huge catalogue costs at most ~5 MB.
 VECTORS_CAP = 20_000
+# Most row items and row heads whose JSON is kept (JsonPieces; ~100 B each): a few
+# artworks per catalogue title, a few rows per title or genre.
+JSON_PIECES_CAP = 50_000
 # Titles asked of the trending models per row (more than a row shows: some are filtered).
 TRENDING_FETCH = 20
 # Recent titles a user's artwork context and row affinities look at (what the state
@@ -71,8 +79,9 @@ History = Sequence[tuple[str, float]]
 Progress = Mapping[str, tuple[float, float, float]]
 # (user_id, stored profile, ranked list, event, row policy): one user's page request.
 Request = tuple[str, Any, Sequence[Any], Mapping[str, Any], str]
-# (rows message, title -> artwork, titles their searches added): what decorate hands out.
-Page = tuple[list[dict[str, Any]], dict[str, str | None], Any]
+# (rows message as JSON, title -> artwork, titles their searches added): what decorate
+# hands out.
+Page = tuple[bytes, dict[str, str | None], Any]
 
 
 class AffinityCaches(Protocol):
@@ -532,12 +541,95 @@ class ArtworkPicks:
     width: int  # columns of table less one
 
 
+class ArtworkTable:
+    """Every title's artwork ids and their rows in the artwork bandit, one row per title,
+    kept between batches (building them was most of a small batch's artwork choice).
+    Row 0: no artwork (titles not in the catalogue). Per process: whoever holds it clears
+    it on any catalogue change; it clears itself when the bandit has taken an artwork's
+    row away (:attr:`~models.artwork.ArtworkBandit.rows_version`), and catches up with
+    the artwork the bandit has learned since (``learned_since``)."""
+
+    def __init__(self) -> None:
+        self.bandit: Any = None
+        self.version = -1
+        self.clear()
+
+    def clear(self, *_: Any) -> None:
+        self.rows: dict[str, int] = {}
+        # Rows in use (row 0 is "no artwork"); the arrays have room for more.
+        self.used = 1
+        self.ids = np.full((1, 1), None, dtype=object)  # last column always None
+        self.bandit_rows = np.full((1, 0), -2, dtype=np.int64)
+        # Artwork not learned yet -> where it is in bandit_rows (row, column).
+        self.unlearned: dict[str, list[tuple[int, int]]] = {}
+        self.mark = self.bandit.rows_added if self.bandit is not None else 0
+
+    def lookup(self, artwork: ArtworkBandit, codes: TitleCodes) -> np.ndarray:
+        """The table rows of the batch's titles (new titles added)."""
+        if (artwork is not self.bandit or artwork.rows_version != self.version
+                or len(self.rows) >= VECTORS_CAP):
+            self.bandit, self.version = artwork, artwork.rows_version
+            self.clear()
+        learned = artwork.learned_since(self.mark)
+        if learned is None:
+            self.clear()
+        elif learned and self.unlearned:
+            where = [cell for a in learned for cell in self.unlearned.pop(a, ())]
+            if where:
+                rows, columns = zip(*where, strict=True)
+                self.bandit_rows[rows, columns] = artwork.rows_of(
+                    self.ids[rows, columns].tolist())
+        self.mark = artwork.rows_added
+        index = self.rows
+        at = np.fromiter(map(index.get, codes.titles, repeat(-1)), dtype=np.int64,
+                         count=len(codes.titles))
+        if (at < 0).any():
+            new = []
+            for title, info, row in zip(codes.titles, codes.infos, at.tolist(), strict=True):
+                if row < 0:
+                    if info is not None and info.artwork_ids:
+                        new.append((title, info.artwork_ids))
+                    else:  # none: row 0 (the table is cleared when the catalogue changes)
+                        index[title] = 0
+            if new:
+                self._add(artwork, new)
+            at = np.fromiter(map(index.get, codes.titles, repeat(0)), dtype=np.int64,
+                             count=len(codes.titles))
+        return at
+
+    def _add(self, artwork: ArtworkBandit, new: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Rows for titles, their artwork and its rows in the bandit. The arrays grow by
+        doubling: titles trickle in a few per batch until the catalogue is covered."""
+        held = self.used
+        width = max(self.ids.shape[1] - 1, *(len(arts) for _, arts in new))
+        need = held + len(new)
+        if need > len(self.ids) or width > self.ids.shape[1] - 1:
+            size = max(need, 2 * len(self.ids)) if need > len(self.ids) else len(self.ids)
+            ids = np.full((size, width + 1), None, dtype=object)
+            ids[:held, :self.ids.shape[1] - 1] = self.ids[:held, :-1]
+            bandit_rows = np.full((size, width), -2, dtype=np.int64)
+            bandit_rows[:held, :self.bandit_rows.shape[1]] = self.bandit_rows[:held]
+            self.ids, self.bandit_rows = ids, bandit_rows
+        for i, (title, arts) in enumerate(new, held):
+            self.ids[i, :len(arts)] = arts
+            self.rows[title] = i
+        added = artwork.artwork_rows([arts for _, arts in new], width)
+        self.bandit_rows[held:need] = added
+        self.used = need
+        rows, columns = np.nonzero(added == -1)
+        ids = self.ids
+        for row, column in zip((rows + held).tolist(), columns.tolist(), strict=True):
+            self.unlearned.setdefault(ids[row, column], []).append((row, column))
+
+
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
-                   filled: FilledRows, contexts: np.ndarray) -> ArtworkPicks:
+                   filled: FilledRows, contexts: np.ndarray,
+                   table: ArtworkTable | None = None) -> ArtworkPicks:
     """One artwork per (user, title) of the batch, all chosen in one call
-    (``ArtworkBandit.choose_pairs``): a title in a user's ranked list and in one of their
+    (``ArtworkBandit.choose_table``): a title in a user's ranked list and in one of their
     rows shows the same image. Pairs are asked per user, the ranked list's titles then
-    the rows' (in ``ASSIGN_ORDER``), each once: the order of the one-user calls."""
+    the rows' (in ``ASSIGN_ORDER``), each once: the order of the one-user calls.
+    ``table``: the titles' artwork, kept between batches (else built for this one)."""
     n_titles = len(codes.titles)
     pair_user = np.concatenate((filled.rec_user, filled.users[filled.by_user]))
     pair_code = np.concatenate((filled.rec_code, filled.cands[filled.by_user]))
@@ -546,8 +638,10 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
                                   return_index=True, return_inverse=True)
     first_order = np.argsort(first)
     chosen_pairs = in_order[first[first_order]]
-    artwork_lists = [info.artwork_ids if info is not None else () for info in codes.infos]
-    picks = artwork.choose_pairs(uids, artwork_lists, pair_user[chosen_pairs],
+    if table is None:
+        table = ArtworkTable()
+    at = table.lookup(artwork, codes)
+    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
                                  pair_code[chosen_pairs], contexts)
     # The pick of every entry (ranked list, then rows) by way of its unique pair.
     unique_pick = np.empty(len(first), dtype=np.int64)
@@ -555,56 +649,98 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     entry_pick = np.empty(len(pair_user), dtype=np.int64)
     entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
-    width = max(map(len, artwork_lists), default=0)
-    table = np.full((n_titles, width + 1), None, dtype=object)
-    table[np.arange(width + 1) < np.array([len(a) for a in artwork_lists])[:, None]] = [
-        a for arts in artwork_lists for a in arts]
-    return ArtworkPicks(entry_pick, table, width)
+    return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
 
 # -- 6. assemble ----------------------------------------------------------------------------
+class JsonPieces:
+    """The JSON of row items and row heads, kept between batches (the same titles,
+    artworks and rows come back batch after batch); cleared past ``JSON_PIECES_CAP``.
+    A function of the strings alone, so never stale."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str | None], bytes] = {}
+        self.heads: dict[tuple[str, str], bytes] = {}
+
+    def item(self, title: str, artwork: str | None) -> bytes:
+        key = (title, artwork)
+        encoded = self.items.get(key)
+        if encoded is None:
+            if len(self.items) >= JSON_PIECES_CAP:
+                self.items.clear()
+            encoded = self.items[key] = dumps({"title_id": title, "artwork_id": artwork})
+        return encoded
+
+    def head(self, row_id: str, row_title: str) -> bytes:
+        """A row's JSON up to its items: ``{"id":...,"title":...,"items":[``."""
+        key = (row_id, row_title)
+        encoded = self.heads.get(key)
+        if encoded is None:
+            if len(self.heads) >= JSON_PIECES_CAP:
+                self.heads.clear()
+            encoded = self.heads[key] = (dumps({"id": row_id, "title": row_title})[:-1]
+                                         + b',"items":[')
+        return encoded
+
+
 def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
                    rows: PageRows, shown: np.ndarray, art: ArtworkPicks,
-                   searched: Mapping[str, set[str]]) -> dict[str, Page]:
-    """Each user's page: their rows message (rows in ``shown`` order), their ranked
-    titles' artwork, and the titles their searches added (``decorate`` renames those
-    reasons)."""
-    n_users = len(gathered.uids)
+                   searched: Mapping[str, set[str]], pieces: JsonPieces | None = None
+                   ) -> dict[str, Page]:
+    """Each user's page: their rows message (rows in ``shown`` order) as JSON, their
+    ranked titles' artwork, and the titles their searches added (``decorate`` renames
+    those reasons).
+
+    The rows message is built as bytes, what ``orjson.dumps`` makes of the list of row
+    dicts: each distinct item (title, artwork) and each row's id and title are encoded
+    once (``pieces``, kept between batches) and joined per user. Bytes are not tracked by
+    the garbage collector; the tens of thousands of small dicts and lists a batch's pages
+    used to be were a good part of the product stage's time (collections triggered by
+    them)."""
+    if pieces is None:
+        pieces = JsonPieces()
     width, table, entry_pick = art.width, art.table, art.pick
     n_recs = len(filled.rec_code)
     rec_art = table[filled.rec_code, entry_pick[:n_recs]].tolist()
-    # Items: one dict per (title, artwork) shown, shared by the pages of the batch
-    # (read-only: orjson writes them); continue watching's carry the user's resume_s.
+    # Items: each (title, artwork) shown in the batch encoded once; continue watching's
+    # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
     item_keys, item_of = np.unique(item_key, return_inverse=True)
     batch_titles = codes.titles
-    item_dicts = [{"title_id": batch_titles[k // (width + 1)],
-                   "artwork_id": table[k // (width + 1), k % (width + 1)]}
-                  for k in item_keys.tolist()]
-    items = [item_dicts[i] for i in item_of.reshape(-1).tolist()]
+    item_code, item_pick = np.divmod(item_keys, width + 1)
+    item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
+                          table[item_code, item_pick].tolist(), strict=True))
+    known = pieces.items.get
+    item_json = [known(pair) or pieces.item(*pair) for pair in item_pairs]
+    item_of = item_of.reshape(-1).tolist()
+    items = list(map(item_json.__getitem__, item_of))
+    heads = [pieces.head(row_id, row_title) for row_id, row_title in rows.names]
     # Every row, in the order shown: its items are a slice of ``items``.
     sizes = filled.row_size[rows.user, rows.slot]
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    names, progresses = rows.names, gathered.progresses
-    messages: list[list[dict[str, Any]]] = [[] for _ in range(n_users)]
+    ends = np.cumsum(sizes).tolist()
+    starts = [end - size for end, size in zip(ends, sizes.tolist(), strict=True)]
+    progresses = gathered.progresses
+    messages: list[list[bytes]] = [[] for _ in gathered.uids]
+    join = b",".join
     for k, u, slot, m in zip(shown.tolist(), rows.user[shown].tolist(),
                              rows.slot[shown].tolist(), rows.meta[shown].tolist(),
                              strict=True):
-        row_items = items[starts[k]:ends[k]]
         if slot == SLOT_CONTINUE:
             progress = progresses[u]
-            row_items = [{"title_id": item["title_id"],
-                          "resume_s": round(progress[item["title_id"]][0], 1),
-                          "artwork_id": item["artwork_id"]} for item in row_items]
-        row_id, row_title = names[m]
-        messages[u].append({"id": row_id, "title": row_title, "items": row_items})
+            row_items = join([dumps({"title_id": title, "resume_s": round(progress[title][0], 1),
+                                     "artwork_id": artwork})
+                              for title, artwork in map(item_pairs.__getitem__,
+                                                        item_of[starts[k]:ends[k]])])
+        else:
+            row_items = join(items[starts[k]:ends[k]])
+        messages[u].append(heads[m] + row_items + b"]}")
     pages: dict[str, Page] = {}
     r0 = 0
     rec_titles, rec_counts = gathered.rec_titles, gathered.rec_counts
     for u, uid in enumerate(gathered.uids):
         n = rec_counts[u]
-        pages[uid] = (messages[u], dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n],
-                                            strict=True)), searched.get(uid, ()))
+        pages[uid] = (b"[" + join(messages[u]) + b"]",
+                      dict(zip(rec_titles[r0:r0 + n], rec_art[r0:r0 + n], strict=True)),
+                      searched.get(uid, ()))
         r0 += n
     return pages

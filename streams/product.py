@@ -7,10 +7,11 @@ events path calls it at three points (all in ``streams.batch`` and
 * :meth:`ProductLayer.observe` for every applied event: teaches the artwork and row
   bandits (impressions and clicks), the resume model, per-country trending and the
   cache-hint forecaster; matches searches; notes series watchers;
-* :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.decorate` for every
+* :meth:`ProductLayer.adjust_profile` and :meth:`ProductLayer.encode` for every
   user ranked: searches become weak positives in the profile, then the message gets
-  its ``rows`` and every item its ``artwork_id`` (pages built for the whole batch
-  beforehand by :meth:`ProductLayer.prepare_pages`, with ``streams.pages``);
+  its ``rows`` and every item its ``artwork_id`` and is encoded (pages built for the
+  whole batch beforehand by :meth:`ProductLayer.prepare_pages`, with ``streams.pages``,
+  their rows already JSON; :meth:`ProductLayer.decorate` gives the same as dicts);
 * :meth:`ProductLayer.flush` once per batch, before offsets are committed: one
   Lua call to Redis (series audiences, search demand, and the plays per country of
   each hour of event time that has ended)
@@ -46,7 +47,9 @@ from streams.cache_hints import UNKNOWN_COUNTRY, CacheHints, hour_start
 from streams.notifications import AUDIENCE_CAP, Notifier, NotifyOutcome, audience_key
 from streams.pages import (
     HISTORY_USED,
+    ArtworkTable,
     ContextTable,
+    JsonPieces,
     assemble_pages,
     choose_artwork,
     describe_rows,
@@ -172,10 +175,9 @@ class _BatchState:
     row_clicked: list[bool] = field(default_factory=list)
     trending: dict[str, list[str]] = field(default_factory=dict)
     newest: list[str] | None = None
-    # Pages built by prepare_pages, handed out by decorate: user -> (rows message,
-    # title -> artwork, titles their searches added).
-    pages: dict[str, tuple[list[dict[str, Any]], dict[str, str | None], Any]] = field(
-        default_factory=dict)
+    # Pages built by prepare_pages, handed out by decorate: user -> (rows message as
+    # JSON, title -> artwork, titles their searches added).
+    pages: dict[str, tuple[bytes, dict[str, str | None], Any]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -197,6 +199,12 @@ class ProductLayer:
         # first use; any catalogue change clears them.
         self._contexts = ContextTable()
         self.titles.on_add.append(self._contexts.clear)
+        # Every catalogue title's artwork and its rows in the bandit (streams.pages.
+        # choose_artwork), likewise.
+        self._artwork_table = ArtworkTable()
+        self.titles.on_add.append(self._artwork_table.clear)
+        # The JSON of row items and heads (of their strings alone: never stale).
+        self._json_pieces = JsonPieces()
         self._batch = _BatchState()
         self._messages: list[tuple[str, bytes, bytes]] = []
         self._client: Any = None
@@ -272,6 +280,7 @@ class ProductLayer:
 
     def _forget_title(self, info: Any) -> None:
         self._contexts.clear()
+        self._artwork_table.clear()
         self.models.trending.forget(info.title_id)
         for artwork in info.artwork_ids:
             self.models.artwork.forget_artwork(artwork)
@@ -466,9 +475,10 @@ class ProductLayer:
                            gathered.row_contexts)
         contexts = page_contexts(self._contexts, models.artwork, titles, gathered.uids,
                                  gathered.devices, gathered.histories)
-        art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts)
+        art = choose_artwork(models.artwork, gathered.uids, codes, filled, contexts,
+                             self._artwork_table)
         batch.pages.update(assemble_pages(gathered, codes, filled, rows, shown, art,
-                                          batch.search_added))
+                                          batch.search_added, self._json_pieces))
         batch.seconds += time.perf_counter() - started
 
     def decorate(self, message: dict[str, Any], stored: StoredProfile,
@@ -481,6 +491,23 @@ class ProductLayer:
         ``row_policy`` (an A/B variant's, ``streams.experiments``) orders the rows:
         ``learned`` by the row bandit, ``greedy`` by the bandit without exploration,
         ``fixed`` in the rows' specificity order."""
+        rows = self._decorate_items(message, stored, recs, event, row_policy)
+        message["rows"] = orjson.loads(rows)
+
+    def encode(self, message: dict[str, Any], stored: StoredProfile, recs: Sequence[Any],
+               event: dict[str, Any], row_policy: str = "learned") -> bytes:
+        """:meth:`decorate`, then ``orjson.dumps(message)``: the same bytes, with the rows
+        (already JSON) spliced in rather than decoded and encoded again (the events
+        path's way; ``message`` is left with its items decorated, without ``rows``)."""
+        rows = self._decorate_items(message, stored, recs, event, row_policy)
+        started = time.perf_counter()
+        encoded = orjson.dumps({**message, "rows": orjson.Fragment(rows)})
+        self._batch.seconds += time.perf_counter() - started
+        return encoded
+
+    def _decorate_items(self, message: dict[str, Any], stored: StoredProfile,
+                        recs: Sequence[Any], event: dict[str, Any], row_policy: str) -> bytes:
+        """Every item's artwork (and a searched-for source's reason); the rows' JSON."""
         uid = message["user_id"]
         page = self._batch.pages.pop(uid, None)
         if page is None:
@@ -494,8 +521,8 @@ class ProductLayer:
                 if reason.startswith("because_you_watched:") and reason[20:] in searched:
                     item["reason"] = "search"
             item["artwork_id"] = artwork_of.get(item["title_id"])
-        message["rows"] = rows
         self._batch.seconds += time.perf_counter() - started
+        return rows
 
     # -- once per batch --------------------------------------------------------------------------
     def take_messages(self) -> list[tuple[str, bytes, bytes]]:

@@ -244,7 +244,7 @@ def test_batch_rows_are_the_per_user_reference_rows(duplicates):
             country=stored.profile.country)
         expected = [(row.id, row.title, members) for row, members in row_titles(
             candidate_rows(inputs, titles), titles, settings.row_items, duplicates)]
-        rows, _, _ = product._batch.pages.pop(uid)
+        rows = orjson.loads(product._batch.pages.pop(uid)[0])
         assert [(r["id"], r["title"], [i["title_id"] for i in r["items"]])
                 for r in rows] == expected
         for row in rows:
@@ -272,3 +272,97 @@ def test_page_contexts_from_the_title_table_are_the_token_contexts():
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
     product.remove_title("t3")  # a catalogue change empties the table
     assert not product._contexts.rows
+
+
+@pytest.mark.parametrize("capacity", [400_000, 3])
+def test_artwork_kept_between_batches_is_what_a_fresh_table_gives(capacity):
+    # Pages keep every title's artwork and its bandit rows between batches
+    # (streams.pages.ArtworkTable); they must pick exactly what building them anew for
+    # each batch picks, also after the bandit learns artworks it had never seen, evicts
+    # some (a small capacity) and after the catalogue changes.
+    from streams.pages import ArtworkTable
+    from streams.product import ProductModels
+
+    def setup_with_capacity():
+        model = Hybrid(seed=1, exploration=0.0)
+        product = ProductLayer(Settings(), lambda n, ts: model.trending.top(n, ts),
+                               ProductModels(artwork=ArtworkBandit(artwork_capacity=capacity)))
+        for title in catalogue():
+            model.add_title(title)
+            product.add_title(title)
+        return model, product
+
+    def batches():
+        yield [event(1, "a1", "play", title_id="t1"), event(2, "a2", "play", title_id="t3")]
+        # t39, the newest title, is on every page; its artwork c becomes the one to show.
+        yield [event(3 + k, f"c{k}", "click", title_id="t39", row="new_releases",
+                     artwork_id="t39-c") for k in range(20)]
+        yield "add"
+        yield [event(5, "a1", "play", title_id="new"),
+               event(6, "a3", "impression", title_id="new", row="new_releases",
+                     artwork_id="new-x")]
+        yield [event(30 + k, "a3", "impression", title_id=f"t{k}", row="trending",
+                     artwork_id=f"t{k}-a") for k in range(30, 36)]
+        yield [event(7, "a2", "complete", title_id="t3", position_s=1.0, duration_s=1.0)]
+
+    kept_model, kept = setup_with_capacity()
+    fresh_model, fresh = setup_with_capacity()
+    for model, product in ((kept_model, kept), (fresh_model, fresh)):
+        warm_up(model, product)
+    kept_profiles, fresh_profiles = {}, {}
+    shown = []
+    for step in batches():
+        if step == "add":
+            title = {"title_id": "new", "name": "New", "type": "title_added", "ts": T0 + 500,
+                     "genres": ["Drama"], "artwork_ids": ["new-x", "new-y"]}
+            for model, product in ((kept_model, kept), (fresh_model, fresh)):
+                model.add_title(title)
+                product.add_title(title)
+            continue
+        fresh._artwork_table = ArtworkTable()
+        expected = run(fresh_model, fresh, step, fresh_profiles)
+        got = run(kept_model, kept, step, kept_profiles)
+        for messages in (expected, got):
+            for message in messages.values():
+                del message["ts"]  # when it was made
+        assert got == expected
+        shown += [i["artwork_id"] for m in expected.values() for r in m["rows"]
+                  for i in r["items"] if i["title_id"] == "t39"]
+    assert len(shown) > 20
+    if capacity > 3:
+        assert shown.count("t39-c") > len(shown) / 2
+
+
+@pytest.mark.parametrize("log", [4096, 1])
+def test_artwork_table_follows_the_bandit_as_it_learns_and_evicts(log, monkeypatch):
+    # log 1: the bandit remembers too few newly learned artworks for the table to catch
+    # up with; it must start again.
+    from types import SimpleNamespace
+
+    import models.artwork
+
+    monkeypatch.setattr(models.artwork, "ADDED_LOG", log)
+
+    import numpy as np
+
+    from streams.pages import ArtworkTable
+    from streams.titles import TitleIndex
+
+    bandit = ArtworkBandit(artwork_capacity=2 if log > 1 else 100)
+    titles = TitleIndex()
+    titles.add({"title_id": "a", "artwork_ids": ["a1", "a2"]})
+    titles.add({"title_id": "b", "artwork_ids": ["b1"]})
+    codes = SimpleNamespace(titles=["a", "b", "zz"],
+                            infos=[titles.get("a"), titles.get("b"), None])
+    table = ArtworkTable()
+
+    def assert_current():
+        at = table.lookup(bandit, codes)
+        kept = table.bandit_rows[at]
+        fresh = bandit.artwork_rows([["a1", "a2"], ["b1"], []], kept.shape[1])
+        assert np.array_equal(kept, fresh)
+
+    assert_current()
+    for learned in (["a1", "a2"], ["b1"], ["a1"], ["a2", "b1"]):  # from the 2nd: evictions
+        bandit.learn_many(["u"] * len(learned), learned, [True] * len(learned))
+        assert_current()

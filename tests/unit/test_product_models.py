@@ -326,3 +326,66 @@ def test_search_cache_does_not_shorten_a_longer_answer():
     assert len(index.match("night train", 1)) == 1  # cached now
     assert len(index.match("night train", 25)) == 25
     assert index.match("night train", 3) == index.match("night train", 25)[:3]
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_fill_slots_picks_the_same_one_by_one_as_in_array_passes(duplicates, monkeypatch):
+    # fill_slots walks small inputs (a few users' pages) one candidate at a time and
+    # larger ones in array passes per slot: both must pick the same titles.
+    import random
+
+    import numpy as np
+
+    rng = random.Random(3)
+    for _ in range(300):
+        n_titles, n_series = rng.randint(1, 30), rng.randint(1, 4)
+        group_of = [rng.randrange(n_series) if rng.random() < 0.3 else n_series + t
+                    for t in range(n_titles)]
+        slots, users, titles = [], [], []
+        for slot in range(streams.rows.N_SLOTS):
+            for user in range(rng.randint(1, 5)):
+                for title in rng.sample(range(n_titles), rng.randint(0, n_titles)):
+                    slots.append(slot)
+                    users.append(user)
+                    titles.append(title)
+        slots, users, titles = (np.array(a, dtype=np.int64) for a in (slots, users, titles))
+        groups = np.where(slots == streams.rows.SLOT_CONTINUE, n_series + titles,
+                          np.array(group_of)[titles])
+        max_items = rng.choice([1, 3, 10])
+        args = (slots, users, titles, groups, n_titles, n_series + n_titles, max_items,
+                duplicates)
+        monkeypatch.setattr(streams.rows, "SMALL_FILL", 10**9)
+        one_by_one = streams.rows.fill_slots(*args)
+        monkeypatch.setattr(streams.rows, "SMALL_FILL", -1)
+        assert one_by_one.tolist() == streams.rows.fill_slots(*args).tolist()
+
+
+def test_country_trending_top_kept_in_order_is_the_full_sort():
+    # top() answers from each country's strongest entries, kept in order as plays come
+    # in, rather than sorting the table each time: the same titles in the same order.
+    import heapq
+    import pickle
+    import random
+
+    rng = random.Random(0)
+    for _ in range(60):
+        model = CountryTrending(half_life_s=rng.choice([60.0, 3600.0]),
+                                titles_per_country=rng.choice([3, 10, 60]),
+                                max_countries=rng.choice([1, 2, 5]))
+        ts = 0.0
+        for _ in range(400):
+            ts += rng.random() * 100
+            country, r = rng.choice("ABCDE"), rng.random()
+            if r < 0.8:
+                late = rng.random() * 50 if rng.random() < 0.1 else 0.0
+                model.learn_one(country, f"t{rng.randrange(80)}", rng.random() * 2, ts - late)
+            elif r < 0.82:
+                model.forget(f"t{rng.randrange(80)}")
+            elif r < 0.83:
+                model = pickle.loads(pickle.dumps(model))
+            else:
+                n = rng.choice([1, 5, 20, 50, 70])
+                table = model._scores.get(country)
+                if table and ts >= model._latest[country]:
+                    assert model.top(country, n, ts) == [
+                        e[3] for e in heapq.nlargest(n, table.values())]
