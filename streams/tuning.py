@@ -63,8 +63,18 @@ def tune_process() -> dict[str, bool]:
     return applied
 
 
+# The young generation's collection threshold (net new container objects: dicts, lists,
+# tuples). CPython's default, 700, ran a collection every few hundred events' worth of the
+# batch's dicts and lists, nearly all of them freed by reference counting anyway: in-process,
+# 10,000 simulated events in 1,000-event batches (learn_and_rank with the product layer,
+# start-up heap frozen) spent 3.5 us/event in 170 collections; at 20,000, none. Cyclic
+# garbage still gets collected, just after more allocations.
+GC_YOUNG_THRESHOLD = 20_000
+
+
 def freeze_startup_heap() -> int:
-    """Move every object alive now out of the cyclic garbage collector's sight.
+    """Move every object alive now out of the cyclic garbage collector's sight, and
+    collect the young generation less often (``GC_YOUNG_THRESHOLD``).
 
     Called once the worker has started (modules, faust, the catalogue and the restored
     models are loaded): those objects live as long as the process, yet every full
@@ -75,4 +85,6 @@ def freeze_startup_heap() -> int:
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
     return gc.get_freeze_count()
