@@ -56,6 +56,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.base import MAX_HISTORY, HistoryMatrix, UserProfile  # noqa: F401 - MAX_HISTORY re-exported
+from models.cooccurrence import CoOccurrence
 from models.hybrid import (
     COMPONENTS,
     MOST_OF_ONE_GENRE,
@@ -93,9 +94,11 @@ MIRRORED = {
         "models.mf:ImplicitMF._learn_row", "models.mf:ImplicitMF.sample_negatives",
         "models.mf:ImplicitMF.mark_engaged",
         "models.explore:ThompsonExplorer._learn_row",
+        "models.recent:RecentCoOccurrence._learn_row", "models.recent:RecentCoOccurrence.growth",
+        "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "bf333ddb4f0befbe", "learn": "12ddff5e6cd008e7"}
+FINGERPRINTS = {"rank": "f9c09fe14d169fe8", "learn": "9a2eafbc7f757fd4"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -697,6 +700,7 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     users, wn = model.mf.user_vectors(hist)
     _learn_mf(model, rows, y, hist, users, wn)
     _learn_cooccurrence(model, rows, y, hist)
+    _learn_recent(model, rows, y, times, hist)
     _learn_trending(model, rows, y, times)
     _learn_explorer(model, rows, y)
 
@@ -793,8 +797,8 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
 
 
 def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
-                        hist: HistoryMatrix) -> None:
-    co = model.cooccurrence
+                        hist: HistoryMatrix, co: CoOccurrence | None = None) -> None:
+    co = model.cooccurrence if co is None else co
     pos = np.nonzero(y > 0)[0]
     if len(pos) == 0:
         return
@@ -813,14 +817,29 @@ def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
     j = rows[pos][e]
     amount = y[pos][e] * co._decay[order[e, slot]]
     merge_links(model, np.concatenate([h, j]), np.concatenate([j, h]),
-                np.concatenate([amount, amount]))
+                np.concatenate([amount, amount]), co)
 
 
-def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray) -> None:
+def _learn_recent(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarray,
+                  hist: HistoryMatrix) -> None:
+    """Recent co-occurrence: the clock moved to the batch's last event, then the same
+    links, each increment grown to the anchor's units (``RecentCoOccurrence._learn_row``)."""
+    recent = model.recent
+    pos = y > 0
+    if not pos.any():
+        return
+    recent.advance(float(times[pos].max()))
+    grown = np.where(pos, y * recent.growth(np.where(pos, times, times[pos].min())), y)
+    _learn_cooccurrence(model, rows, grown, hist, recent)
+
+
+def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray,
+                co: CoOccurrence | None = None) -> None:
     """Add ``amt`` to the co-occurrence links ``src -> dst`` (repeats summed) and keep each
     source's ``max_neighbours`` strongest, in one pass; used by batched learning and by
-    the model sync between workers (``streams.model_sync``)."""
-    co = model.cooccurrence
+    the model sync between workers (``streams.model_sync``). ``co``: the link table
+    (the hybrid's co-occurrence by default)."""
+    co = model.cooccurrence if co is None else co
     n_rows = model._items.rows
     sources = np.unique(src)
     width = co.max_neighbours

@@ -135,9 +135,13 @@ class CoOccurrence(Recommender):
         self._bump(hist, np.full(len(hist), row, dtype=np.int64), amounts)
         self._merge(row, hist, amounts)
 
+    def counts(self, rows: np.ndarray | slice) -> np.ndarray:
+        """Each title's summed positive feedback (all time), what links are normalised by."""
+        return self._pop[rows]
+
     def popularity(self, rows: np.ndarray) -> np.ndarray:
         """``log1p`` of each title's summed positive feedback (all time)."""
-        return np.log1p(self._pop[rows])
+        return np.log1p(self.counts(rows))
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
         if not (profile.weights > 0).any():
@@ -151,7 +155,7 @@ class CoOccurrence(Recommender):
         q_idx, pos = np.nonzero(hist.positive & (rank < self.history))
         h = hist.rows[q_idx, pos]
         weight = (np.minimum(hist.weights[q_idx, pos], WEIGHT_CLIP)
-                  * self._vote_decay[rank[q_idx, pos]] / (self._pop[h] + 1.0) ** self.beta)
+                  * self._vote_decay[rank[q_idx, pos]] / (self.counts(h) + 1.0) ** self.beta)
         return q_idx, h, weight
 
     def score_matrix(self, hist: HistoryMatrix, cols: np.ndarray | None = None) -> np.ndarray:
@@ -176,7 +180,7 @@ class CoOccurrence(Recommender):
         everything = (len(cols) == n_rows and n_rows > 0 and cols[0] == 0
                       and bool((np.diff(cols) == 1).all()))
         out = totals if everything else totals[:, cols]
-        out /= ((self._pop[cols] + 1.0) ** self.alpha)[None, :]
+        out /= ((self.counts(cols) + 1.0) ** self.alpha)[None, :]
         return out
 
     def explain(self, row: int, profile: RowProfile) -> int | None:

@@ -21,23 +21,26 @@ from models.content import ContentModel
 from models.cooccurrence import CoOccurrence
 from models.explore import ThompsonExplorer
 from models.mf import ImplicitMF
+from models.recent import RecentCoOccurrence
 from models.trending import Trending
 
 # The blended features, in order: one per component, plus the titles' all-time popularity
-# (kept by the co-occurrence model).
-COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity")
+# (kept by the co-occurrence model) and recent co-occurrence (models.recent).
+COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity", "recent")
 REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular"}
 # Titles outside a user's pool are ranked after every pool title, in first-stage order:
 # pool scores are sums of a few standardised features, far smaller than this.
 BELOW_POOL = 1e3
+# Recent co-occurrence starts at 0: the blend learns what it is worth next to the
+# all-time links it mostly agrees with.
 DEFAULT_WEIGHTS = {"trending": 0.1, "cooccurrence": 1.0, "mf": 0.3, "content": 0.3,
-                   "popularity": 0.3}
+                   "popularity": 0.3, "recent": 0.0}
 # A blend step ranks every title anybody has engaged with; past this many (about 0.5 ms
 # of work per step) only those that can make a pool: the users' co-occurrence neighbours
 # and the most popular titles.
 LEARN_MAX_TITLES = 4096
 # Layout of the learned state; a checkpoint of another layout is not loaded.
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 # The blend's context (see Hybrid): anchors on h (a new user, some history, a long one),
 # and the part of the day (UTC hours 0-5, 6-11, 12-17, 18-23).
 CONTEXT_KNOTS = 3
@@ -195,13 +198,14 @@ def standardise(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 class Hybrid(Recommender):
-    """Two-stage blend of trending, co-occurrence, matrix factorisation, content and
-    popularity, with weights learned online from what users go on to watch.
+    """Two-stage blend of trending, co-occurrence, matrix factorisation, content,
+    popularity and recent co-occurrence, with weights learned online from what users go on
+    to watch.
 
     Stage one picks each user's pool: the ``pool_size`` candidates with the best
     co-occurrence score (min-max scaled) plus ``pool_popularity`` times their popularity
     (likewise scaled), so short histories still get a full pool. Stage two ranks the pool
-    by a weighted sum of the five features, each standardised over the pool. The weights
+    by a weighted sum of the six features, each standardised over the pool. The weights
     depend on the context: the length of the user's positive history ``h`` (0 for a new
     user, 1 at ``MAX_HISTORY`` titles, on a log scale), interpolated linearly between
     ``CONTEXT_KNOTS`` columns of ``W`` (h = 0, 0.5, 1), plus a column per part of the
@@ -230,7 +234,7 @@ class Hybrid(Recommender):
 
     Parameters
     ----------
-    trending, cooccurrence, mf, content, explorer
+    trending, cooccurrence, mf, content, explorer, recent
         The component models (defaults are created when ``None``).
     weights
         Initial blend weights by feature name (both contexts); see ``DEFAULT_WEIGHTS``.
@@ -274,6 +278,7 @@ class Hybrid(Recommender):
         mf: ImplicitMF | None = None,
         content: ContentModel | None = None,
         explorer: ThompsonExplorer | None = None,
+        recent: RecentCoOccurrence | None = None,
         weights: dict[str, float] | None = None,
         blend_learning_rate: float = 0.05,
         blend_every: int = 1,
@@ -299,6 +304,7 @@ class Hybrid(Recommender):
         self.content = content if content is not None else ContentModel(capacity=capacity)
         self.explorer = (explorer if explorer is not None
                          else ThompsonExplorer(seed=seed, capacity=capacity))
+        self.recent = recent if recent is not None else RecentCoOccurrence(capacity=capacity)
         self.weights = weights
         self.blend_learning_rate = blend_learning_rate
         self.blend_every = blend_every
@@ -327,7 +333,7 @@ class Hybrid(Recommender):
 
     def clone(self) -> Hybrid:
         params = self._get_params()
-        for name in ("trending", "cooccurrence", "mf", "content", "explorer"):
+        for name in ("trending", "cooccurrence", "mf", "content", "explorer", "recent"):
             params[name] = params[name].clone()
         return type(self)(**params)
 
@@ -339,7 +345,8 @@ class Hybrid(Recommender):
         self.__dict__.update(state)
 
     def _components_and_explorer(self) -> list[Recommender]:
-        return [self.trending, self.cooccurrence, self.mf, self.content, self.explorer]
+        return [self.trending, self.cooccurrence, self.mf, self.content, self.explorer,
+                self.recent]
 
     @property
     def blend_weights(self) -> dict[str, float]:
@@ -480,6 +487,7 @@ class Hybrid(Recommender):
             self.mf.scores(mf_users, rows),
             self.content.scores(self.content.user_vectors(hist), rows),
             self.cooccurrence.popularity(rows),
+            np.take_along_axis(self.recent.score_matrix(hist), rows, axis=1),
         ])
         return standardise(raw, valid)
 
@@ -626,7 +634,7 @@ class Hybrid(Recommender):
         if component == "content":
             genres = self.content.genres_of_row(row)
             return f"genre:{genres[0]}" if genres else "similar_users"
-        return REASON_OF[component]
+        return REASON_OF.get(component, "similar_users")
 
     def size(self) -> dict[str, int]:
         return {"titles": len(self._items),

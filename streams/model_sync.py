@@ -23,7 +23,11 @@ failures, co-occurrence link weights and popularity (added, then each title keep
 strongest ``max_neighbours``, as learning does), factorisation vectors and biases
 (summed SGD steps: local SGD with periodic averaging of updates, the classic
 parameter-server scheme), the blend weights (summed steps, kept >= 0), and catalogue
-entries (added or removed). New titles start from a deterministic vector derived from
+entries (added or removed). One exception, kept per worker on purpose: the recent
+co-occurrence (``models.recent``), whose fading links each worker learns from its own
+users only (a user's events stay on one worker, so every pair is still a real one; the
+counts are that worker's share of the audience, and the blend standardises the feature
+per user, so its scale does not matter). New titles start from a deterministic vector derived from
 the title id (:func:`seed_rows`), so two workers meeting a title at the same time start
 it identically and the summed steps keep them identical. What differs between workers
 at any moment is only the last interval's learning, not yet exchanged.

@@ -150,6 +150,9 @@ def test_trending_and_bandit_learn_exactly_what_learn_one_learns():
                        sequential.trending.score_rows(rows, None, now))
     assert np.allclose(batched.explorer.exposure(rows), sequential.explorer.exposure(rows))
     assert batched._positives_seen == sequential._positives_seen
+    # Recent co-occurrence: the same faded counts at the same clock.
+    assert batched.recent._clock == sequential.recent._clock
+    assert np.allclose(batched.recent.counts(rows), sequential.recent.counts(rows))
 
 
 @needs_mirror

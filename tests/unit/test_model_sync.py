@@ -179,13 +179,17 @@ def test_a_corrupt_delta_raises_a_value_error(raw):
 
 # State a worker keeps to itself: random generators, counters that pace its own learning,
 # and caches derived from shared state (mf._engaged_rows follows mf._engaged).
+# Recent co-occurrence (models.recent) is learned by each worker from its own partition's
+# users: every pair of a user is still seen (a user's events stay on one worker), only the
+# counts are a share of the whole audience's.
 LOCAL_STATE = {"_rng", "_positives_seen", "mf._rng", "explorer._rng", "mf._engaged_rows",
-               "mf._n_engaged"}
+               "mf._n_engaged", "recent._pop", "recent._nbr", "recent._w", "recent._anchor",
+               "recent._clock"}
 
 
 def learned_state(model: Hybrid) -> dict[str, object]:
     out: dict[str, object] = {}
-    for owner_name in ("", "trending", "cooccurrence", "mf", "content", "explorer"):
+    for owner_name in ("", "trending", "cooccurrence", "mf", "content", "explorer", "recent"):
         owner = getattr(model, owner_name) if owner_name else model
         for name, value in vars(owner).items():
             if not name.startswith("_") or name == "_items":
