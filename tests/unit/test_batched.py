@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
 import pytest
 
-from models.base import UserProfile
+from models.base import HistoryMatrix, UserProfile
 from models.batched import MIRRORED, fingerprint, learn_many, mirrors, rank_many, recommend_many
 from models.cooccurrence import CoOccurrence
 from models.hybrid import Hybrid
@@ -186,6 +187,31 @@ def test_co_occurrence_links_both_ways_with_recency_decay():
     # c's positive history is b then a (x was disliked): weights 2.0 and 2.0 * 0.8.
     assert links == {("a", "b"): 1.0, ("b", "a"): 1.0, ("b", "c"): 2.0, ("c", "b"): 2.0,
                      ("a", "c"): pytest.approx(1.6), ("c", "a"): pytest.approx(1.6)}
+
+
+@needs_mirror
+def test_blend_learns_a_batch_from_the_models_as_they_were_before_it():
+    # Each blend step asks which title of the user's pool they went on to watch, so the
+    # pool must be scored as it was before the event. Were the batch's co-occurrence links
+    # learned first, every watched title would co-occur with its own watcher's history:
+    # the blend would learn to trust co-occurrence ever more, filling lists with what
+    # users are already watching at the expense of titles new to them (README,
+    # "Learning before ranking").
+    model, profiles = trained(batched=True)
+    batch = []
+    for user, title, y, ts in stream(60, 120, 200, seed=21):
+        batch.append((title, y, ts + 10_000.0, list(profiles[user].history[:50])))
+        profiles[user].history.insert(0, (title, y))
+    titles, ys, ts, histories = zip(*batch, strict=True)
+    expected = pickle.loads(pickle.dumps(model))
+    positive = np.array([y > 0 for y in ys])
+    expected.learn_blend(expected._items.rows_of(titles)[positive],
+                         HistoryMatrix.from_histories(expected._items.index, histories
+                                                      ).take(np.nonzero(positive)[0]),
+                         np.array(ts)[positive])
+    assert not np.allclose(expected._w, model._w)  # the batch does teach the blend
+    learn_many(model, titles, ys, ts, histories)
+    assert np.allclose(model._w, expected._w)
 
 
 def test_argument_lengths_must_match():
