@@ -852,10 +852,18 @@ def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray
     keys, inverse = np.unique(all_src * n_rows + all_dst, return_inverse=True)
     weights = np.bincount(inverse, weights=all_w, minlength=len(keys))
     k_src, k_dst = keys // n_rows, keys % n_rows
-    order_k = np.lexsort((-weights, k_src))
-    k_src, k_dst, weights = k_src[order_k], k_dst[order_k], weights[order_k]
-    starts = np.searchsorted(k_src, k_src, side="left")
-    rank_k = np.arange(len(k_src)) - starts
+    # Keys are sorted by source, then destination: a source's links are one run, and its
+    # slot is the link's place in the run. Only sources with more links than slots need
+    # theirs ordered by weight (strongest first; ties: lower destination first); sorting
+    # every link by weight (a lexsort of them all) was two thirds of a merge's time.
+    firsts = np.flatnonzero(np.r_[True, k_src[1:] != k_src[:-1]])
+    sizes = np.diff(np.r_[firsts, len(keys)])
+    place = np.arange(len(keys)) - np.repeat(firsts, sizes)
+    rank_k = place
+    full = np.flatnonzero(np.repeat(sizes > width, sizes))
+    if len(full):
+        rank_k = place.copy()
+        rank_k[full[np.lexsort((-weights[full], k_src[full]))]] = place[full]
     keep = rank_k < width
     co._nbr[sources] = -1
     co._w[sources] = 0.0
