@@ -20,17 +20,15 @@ Every piece of item-side state is a sum of per-event contributions, so adding de
 commutes and every worker converges to the model one worker would learn from all
 events: trending (decayed sums, added at their event time), bandit successes and
 failures, co-occurrence link weights and popularity (added, then each title keeps its
-strongest ``max_neighbours``, as learning does), factorisation vectors and biases
-(summed SGD steps: local SGD with periodic averaging of updates, the classic
-parameter-server scheme), the blend weights (summed steps, kept >= 0), and catalogue
-entries (added or removed). One exception, kept per worker on purpose: the recent
-co-occurrence (``models.recent``), whose fading links each worker learns from its own
-users only (a user's events stay on one worker, so every pair is still a real one; the
-counts are that worker's share of the audience, and the blend standardises the feature
-per user, so its scale does not matter). New titles start from a deterministic vector derived from
-the title id (:func:`seed_rows`), so two workers meeting a title at the same time start
-it identically and the summed steps keep them identical. What differs between workers
-at any moment is only the last interval's learning, not yet exchanged.
+strongest ``max_neighbours``, as learning does), recent co-occurrence (``models.recent``:
+the same, in the units of the sender's anchor time, rescaled to the receiver's),
+factorisation vectors and biases (summed SGD steps: local SGD with periodic averaging of
+updates, the classic parameter-server scheme), the blend weights (summed steps, kept
+>= 0), and catalogue entries (added or removed). New titles start from a deterministic
+vector derived from the title id (:func:`seed_rows`), so two workers meeting a title at
+the same time start it identically and the summed steps keep them identical. What
+differs between workers at any moment is only the last interval's learning, not yet
+exchanged.
 
 Checkpoints are taken right after a sync, when the model equals "everything in the log
 up to entry L": the checkpoint stores L (and the global version, and the event offsets
@@ -132,6 +130,8 @@ class Snapshot:
     arrays: dict[str, np.ndarray]
     blend: np.ndarray
     g2: np.ndarray
+    # Recent co-occurrence's anchor: the units of its stored counts (None: none yet).
+    anchor: float | None = None
 
 
 # (model attribute path, snapshot name): every array indexed by item-table row.
@@ -141,11 +141,16 @@ _ROW_ARRAYS = (
     ("trending._score", "tr_s"), ("trending._t", "tr_t"),
     ("cooccurrence._pop", "co_pop"), ("cooccurrence._nbr", "co_nbr"),
     ("cooccurrence._w", "co_w"), ("mf._engaged", "mf_eng"),
+    ("recent._pop", "rc_pop"), ("recent._nbr", "rc_nbr"), ("recent._w", "rc_w"),
 )
+# (snapshot name of the neighbours, of the weights, delta prefix) of each link table.
+_LINK_TABLES = (("co_nbr", "co_w", "link"), ("rc_nbr", "rc_w", "recent"))
 # Everything else the models learn: the blend's weights and their Adagrad accumulators
-# (Hybrid._w, Hybrid._g2) and trending's clock. tests/unit/test_model_sync.py fails when
-# learning changes an array that neither this list nor _ROW_ARRAYS names.
-SHARED_STATE = tuple(path for path, _ in _ROW_ARRAYS) + ("_w", "_g2", "trending._now")
+# (Hybrid._w, Hybrid._g2), trending's clock and recent co-occurrence's clock and anchor.
+# tests/unit/test_model_sync.py fails when learning changes an array that neither this
+# list nor _ROW_ARRAYS names.
+SHARED_STATE = tuple(path for path, _ in _ROW_ARRAYS) + (
+    "_w", "_g2", "trending._now", "recent._clock", "recent._anchor")
 
 
 def _get(model: Hybrid, path: str) -> np.ndarray:
@@ -160,6 +165,7 @@ def snapshot(model: Hybrid) -> Snapshot:
         arrays={name: _get(model, path)[:n].copy() for path, name in _ROW_ARRAYS},
         blend=model._w.copy(),
         g2=model._g2.copy(),
+        anchor=model.recent._anchor,
     )
 
 
@@ -176,6 +182,13 @@ class Delta:
     link_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     link_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     link_titles: list[str] = field(default_factory=list)
+    # The same for recent co-occurrence (destinations also index ``link_titles``), in
+    # the units of ``anchor`` (the sender's), with the sender's clock.
+    recent_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    recent_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    recent_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    anchor: float | None = None
+    clock: float = 0.0
     blend: np.ndarray = field(default_factory=lambda: np.zeros(0))
     g2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     now: float = 0.0
@@ -191,11 +204,12 @@ class Delta:
         header = orjson.dumps({
             "worker": self.worker, "titles": self.titles, "link_titles": self.link_titles,
             "now": self.now, "added": self.added, "removed": self.removed,
-            "offsets": self.offsets,
+            "offsets": self.offsets, "anchor": self.anchor, "clock": self.clock,
         })
         buffer = io.BytesIO()
         np.savez(buffer, link_src=self.link_src, link_dst=self.link_dst, link_w=self.link_w,
-                 blend=self.blend, g2=self.g2,
+                 recent_src=self.recent_src, recent_dst=self.recent_dst,
+                 recent_w=self.recent_w, blend=self.blend, g2=self.g2,
                  **self.arrays)
         return len(header).to_bytes(4, "big") + header + buffer.getvalue()
 
@@ -205,13 +219,21 @@ class Delta:
         header = orjson.loads(raw[4:4 + size])
         with np.load(io.BytesIO(raw[4 + size:]), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
+        if "rc_pop" not in arrays:
+            # Written before recent co-occurrence travelled (replayed after an upgrade):
+            # everything else in it still applies.
+            none = np.zeros(0, dtype=np.int32)
+            arrays.update(rc_pop=np.zeros(len(header["titles"])), recent_src=none,
+                          recent_dst=none, recent_w=none.astype(np.float32))
         return cls(
             worker=header["worker"], titles=header["titles"],
             link_titles=header["link_titles"], link_dst=arrays.pop("link_dst"),
             now=header["now"], added=header["added"], removed=header["removed"],
             offsets=header["offsets"], link_src=arrays.pop("link_src"),
             link_w=arrays.pop("link_w"), blend=arrays.pop("blend"), g2=arrays.pop("g2"),
-            arrays=arrays,
+            recent_src=arrays.pop("recent_src"), recent_dst=arrays.pop("recent_dst"),
+            recent_w=arrays.pop("recent_w"), anchor=header.get("anchor"),
+            clock=header.get("clock", 0.0), arrays=arrays,
         )
 
 
@@ -229,12 +251,19 @@ def _aligned_base(model: Hybrid, base: Snapshot | None) -> tuple[dict[str, np.nd
     for path, name in _ROW_ARRAYS:
         current = _get(model, path)
         start = np.zeros((n, *current.shape[1:]), dtype=current.dtype)
-        if name == "co_nbr":
+        if name.endswith("_nbr"):
             start[:] = -1
         if base is not None:
             m = min(n, len(base.ids))
             start[:m][stable[:m]] = base.arrays[name][:m][stable[:m]]
         out[name] = start
+    # Recent counts stored since the base in other units (the anchor moved: a rebase, or
+    # the first event): the base's counts in today's units.
+    recent = model.recent
+    if base is not None and base.anchor is not None and recent._anchor != base.anchor:
+        factor = float(np.exp2((base.anchor - recent._anchor) / recent.half_life_s))
+        out["rc_pop"] *= factor
+        out["rc_w"] *= factor
     for r in np.nonzero(~stable)[0]:
         title = ids[r]
         if title is not None:
@@ -257,59 +286,75 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
     d_a = cur["ex_a"] - old["ex_a"]
     d_eb = cur["ex_b"] - old["ex_b"]
     d_pop = cur["co_pop"] - old["co_pop"]
+    d_rpop = cur["rc_pop"] - old["rc_pop"]
     d_eng = cur["mf_eng"] & ~old["mf_eng"]  # engaged only ever becomes true
     # Trending: what was added, as a value at the row's current time.
     hl = model.trending.half_life_s
     tr_v = cur["tr_s"] - old["tr_s"] * np.exp2(-np.maximum(cur["tr_t"] - old["tr_t"], 0.0) / hl)
-    links_changed = ((cur["co_nbr"] != old["co_nbr"]) | (cur["co_w"] != old["co_w"])).any(axis=1)
+    links_changed = {nbr: ((cur[nbr] != old[nbr]) | (cur[w] != old[w])).any(axis=1)
+                     for nbr, w, _ in _LINK_TABLES}
     dirty = live & (
         d_x.any(axis=1) | d_y.any(axis=1) | (d_b != 0) | (d_a != 0) | (d_eb != 0)
-        | (d_pop != 0) | (tr_v != 0) | links_changed | d_eng
+        | (d_pop != 0) | (d_rpop != 0) | (tr_v != 0) | d_eng
+        | links_changed["co_nbr"] | links_changed["rc_nbr"]
     )
     rows = np.nonzero(dirty)[0]
     # Without a base (before the first sync) the blend has no known starting point.
     blend = model._w - base.blend if base is not None else np.zeros_like(model._w)
     g2 = model._g2 - base.g2 if base is not None else np.zeros_like(model._g2)
-    delta = Delta(worker=worker, now=float(model.trending._now), blend=blend, g2=g2)
+    delta = Delta(worker=worker, now=float(model.trending._now), blend=blend, g2=g2,
+                  anchor=model.recent._anchor, clock=float(model.recent._clock))
     if len(rows) == 0:
         return delta
     delta.titles = [ids[r] for r in rows]  # type: ignore[misc]
     delta.arrays = {
         "mf_x": d_x[rows], "mf_y": d_y[rows], "mf_b": d_b[rows], "ex_a": d_a[rows],
         "ex_b": d_eb[rows], "co_pop": d_pop[rows], "tr_v": tr_v[rows],
-        "tr_t": cur["tr_t"][rows], "mf_eng": d_eng[rows],
+        "tr_t": cur["tr_t"][rows], "mf_eng": d_eng[rows], "rc_pop": d_rpop[rows],
     }
-    # Co-occurrence: per changed source row, each current link minus its base weight
-    # (matched by destination row, for destinations that kept their title).
-    src_rows = rows[links_changed[rows]]
-    if len(src_rows):
-        nbr, w = cur["co_nbr"][src_rows], cur["co_w"][src_rows]
-        bnbr, bw = old["co_nbr"][src_rows], old["co_w"][src_rows]
-        bnbr_ok = (bnbr >= 0) & stable[np.maximum(bnbr, 0)]
-        # The base weight of the same (source, destination) link: keys looked up in the
-        # sorted base keys (memory O(links); comparing every slot with every slot cost
-        # rows x 64 x 64 floats, ~80 MB for 2,500 titles, at every sync).
-        span = n + 1
-        source = np.arange(len(src_rows))[:, None]
-        base_keys = (source * span + bnbr)[bnbr_ok]
-        order = np.argsort(base_keys, kind="stable")
-        base_keys, base_vals = base_keys[order], bw[bnbr_ok][order]
-        keys = source * span + np.maximum(nbr, 0)
-        base_w = np.zeros_like(w)
-        if len(base_keys):
-            at = np.minimum(np.searchsorted(base_keys, keys), len(base_keys) - 1)
-            found = base_keys[at] == keys
-            base_w[found] = base_vals[at[found]]
-        dw = np.where(nbr >= 0, w - base_w, 0.0)
-        keep = (nbr >= 0) & (dw > 0)
-        s_idx, slot = np.nonzero(keep)
+    # Links of both tables; their destinations share one list of titles.
+    gains = {prefix: _link_gains(cur[nbr], cur[w], old[nbr], old[w],
+                                 rows[links_changed[nbr][rows]], stable, n)
+             for nbr, w, prefix in _LINK_TABLES}
+    dst_rows, dst_idx = np.unique(np.concatenate([g[1] for g in gains.values()]),
+                                  return_inverse=True)
+    delta.link_titles = [ids[int(r)] for r in dst_rows]  # type: ignore[misc]
+    at = 0
+    for prefix, (src, _, gained) in gains.items():
         # rows is sorted (np.nonzero), so a source row's index in it is a binary search.
-        delta.link_src = np.searchsorted(rows, src_rows[s_idx]).astype(np.int32)
-        dst_rows, dst_idx = np.unique(nbr[s_idx, slot], return_inverse=True)
-        delta.link_dst = dst_idx.astype(np.int32)
-        delta.link_titles = [ids[int(r)] for r in dst_rows]  # type: ignore[misc]
-        delta.link_w = dw[s_idx, slot].astype(np.float32)
+        setattr(delta, f"{prefix}_src", np.searchsorted(rows, src).astype(np.int32))
+        setattr(delta, f"{prefix}_dst", dst_idx[at:at + len(src)].astype(np.int32))
+        setattr(delta, f"{prefix}_w", gained.astype(np.float32))
+        at += len(src)
     return delta
+
+
+def _link_gains(nbr_all: np.ndarray, w_all: np.ndarray, base_nbr: np.ndarray,
+                base_w_all: np.ndarray, src_rows: np.ndarray, stable: np.ndarray, n: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source row, destination row, weight gained) of every link of ``src_rows`` that
+    gained weight since the base: each current link minus its base weight (matched by
+    destination row, for destinations that kept their title)."""
+    nbr, w = nbr_all[src_rows], w_all[src_rows]
+    bnbr, bw = base_nbr[src_rows], base_w_all[src_rows]
+    bnbr_ok = (bnbr >= 0) & stable[np.maximum(bnbr, 0)]
+    # The base weight of the same (source, destination) link: keys looked up in the
+    # sorted base keys (memory O(links); comparing every slot with every slot cost
+    # rows x 64 x 64 floats, ~80 MB for 2,500 titles, at every sync).
+    span = n + 1
+    source = np.arange(len(src_rows))[:, None]
+    base_keys = (source * span + bnbr)[bnbr_ok]
+    order = np.argsort(base_keys, kind="stable")
+    base_keys, base_vals = base_keys[order], bw[bnbr_ok][order]
+    keys = source * span + np.maximum(nbr, 0)
+    base_w = np.zeros_like(w)
+    if len(base_keys):
+        at = np.minimum(np.searchsorted(base_keys, keys), len(base_keys) - 1)
+        found = base_keys[at] == keys
+        base_w[found] = base_vals[at[found]]
+    dw = np.where(nbr >= 0, w - base_w, 0.0)
+    s_idx, slot = np.nonzero((nbr >= 0) & (dw > 0))
+    return src_rows[s_idx], nbr[s_idx, slot], dw[s_idx, slot]
 
 
 def apply(model: Hybrid, delta: Delta) -> None:
@@ -327,8 +372,15 @@ def apply(model: Hybrid, delta: Delta) -> None:
         model._g2 = model._g2 + delta.g2
     tr = model.trending
     tr._now = max(tr._now, delta.now)
+    recent = model.recent
+    recent.advance(delta.clock)  # first: it may rebase (move the anchor)
+    if recent._anchor is None:
+        recent._anchor = delta.anchor
     if not delta.titles:
         return
+    # The sender's recent counts in this model's units.
+    to_ours = (1.0 if delta.anchor is None or recent._anchor is None
+               else float(np.exp2((delta.anchor - recent._anchor) / recent.half_life_s)))
     add_titles(model, list(delta.titles) + list(delta.link_titles))
     index = model._items.index
     rows = np.fromiter((index.get(t, -1) for t in delta.titles), dtype=np.int64,
@@ -343,6 +395,7 @@ def apply(model: Hybrid, delta: Delta) -> None:
     np.add.at(ex._a, r, a["ex_a"])
     np.add.at(ex._b, r, a["ex_b"])
     np.add.at(model.cooccurrence._pop, r, a["co_pop"])
+    np.add.at(recent._pop, r, a["rc_pop"] * to_ours)
     if a["mf_eng"].any():
         mf.mark_engaged(r[a["mf_eng"]])
     hl = tr.half_life_s
@@ -352,15 +405,15 @@ def apply(model: Hybrid, delta: Delta) -> None:
     tr._score[r] = np.where(later, tr._score[r] * np.exp2(-np.maximum(tv - t, 0.0) / hl) + v,
                             tr._score[r] + v * np.exp2(-np.maximum(t - tv, 0.0) / hl))
     tr._t[r] = np.maximum(t, tv)
-    if len(delta.link_w):
-        src = rows[delta.link_src]
-        link_rows = np.fromiter((index.get(t, -1) for t in delta.link_titles), dtype=np.int64,
-                                count=len(delta.link_titles))
-        dst = link_rows[delta.link_dst]
+    link_rows = np.fromiter((index.get(t, -1) for t in delta.link_titles), dtype=np.int64,
+                            count=len(delta.link_titles))
+    for table, src_idx, dst_idx, w in (
+            (model.cooccurrence, delta.link_src, delta.link_dst, delta.link_w),
+            (recent, delta.recent_src, delta.recent_dst, delta.recent_w * to_ours)):
+        src, dst = rows[src_idx], link_rows[dst_idx]
         good = (src >= 0) & (dst >= 0) & (src != dst)
         if good.any():
-            merge_links(model, src[good], dst[good],
-                         delta.link_w[good].astype(np.float64))
+            merge_links(model, src[good], dst[good], w[good].astype(np.float64), table)
 
 
 # -- the worker side ------------------------------------------------------------------------------

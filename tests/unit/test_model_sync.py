@@ -6,13 +6,16 @@ hold the same item model, close to the one a single worker learns from everythin
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
+import orjson
 import pytest
 
 from models.batched import learn_many
 from models.hybrid import Hybrid
+from models.recent import YEAR_S, RecentCoOccurrence
 from streams.model_sync import Delta, add_titles, apply, diff, initial_vectors, snapshot
 
 GENRES = ["Drama", "Comedy", "Action", "Horror"]
@@ -48,8 +51,9 @@ def learn(model: Hybrid, events: list[tuple]) -> None:
                    [e[3] for e in chunk], [e[4] for e in chunk])
 
 
-def new_worker(titles: list[dict]) -> Hybrid:
-    model = Hybrid(seed=3, exploration=0.0)
+def new_worker(titles: list[dict], recent_half_life_s: float = YEAR_S) -> Hybrid:
+    model = Hybrid(seed=3, exploration=0.0,
+                   recent=RecentCoOccurrence(half_life_s=recent_half_life_s))
     for title in titles:
         model.add_title(title)
     add_titles(model, [])  # nothing new
@@ -76,11 +80,13 @@ def _empty(model: Hybrid):
     return RowProfile.build(model._items, None)
 
 
-def links(model: Hybrid, title: str) -> dict[str, float]:
+def links(model: Hybrid, title: str, table: str = "cooccurrence") -> dict[str, float]:
+    """``title``'s links (recent ones as counts at the model's clock)."""
     row = model._items.index[title]
-    co = model.cooccurrence
-    return {model._items.ids[n]: w for n, w in zip(co._nbr[row], co._w[row], strict=True)
-            if n >= 0}
+    co = getattr(model, table)
+    scale = co._scale() if table == "recent" else 1.0
+    return {model._items.ids[n]: w / scale
+            for n, w in zip(co._nbr[row], co._w[row], strict=True) if n >= 0}
 
 
 def exchange(a: Hybrid, base_a, b: Hybrid, base_b) -> None:
@@ -127,21 +133,37 @@ def test_two_workers_converge_to_the_same_item_model():
     np.testing.assert_allclose(a._w, b._w)
 
 
-def test_shared_counts_equal_one_worker_learning_everything():
+# A 40 s half-life: the 3,000 s stream is 75 half-lives, so recent co-occurrence rebases
+# its stored counts (moves its anchor) between syncs, at different times in each worker.
+@pytest.mark.parametrize("recent_half_life_s", [YEAR_S, 40.0])
+def test_shared_counts_equal_one_worker_learning_everything(recent_half_life_s):
     titles = catalogue(40)
     events = stream(3000, n_users=60, n_titles=40, seed=9)
-    single = new_worker(titles)
+    single = new_worker(titles, recent_half_life_s)
     learn(single, events)
-    a, b = new_worker(titles), new_worker(titles)
+    a, b = new_worker(titles, recent_half_life_s), new_worker(titles, recent_half_life_s)
     base_a, base_b = snapshot(a), snapshot(b)
-    learn(a, [e for e in events if e[0] % 2 == 0])
-    learn(b, [e for e in events if e[0] % 2 == 1])
-    exchange(a, base_a, b, base_b)
+    for step in range(0, len(events), 1000):
+        chunk = events[step:step + 1000]
+        learn(a, [e for e in chunk if e[0] % 2 == 0])
+        learn(b, [e for e in chunk if e[0] % 2 == 1])
+        exchange(a, base_a, b, base_b)
+        base_a, base_b = snapshot(a), snapshot(b)
     ids = [t["title_id"] for t in titles]
     s1, sa = item_state(single, ids), item_state(a, ids)
     # Counts are sums of per-event increments: exactly what one worker learns.
     for name in ("ex_a", "ex_b", "pop", "trend"):
         np.testing.assert_allclose(sa[name], s1[name], rtol=1e-9, err_msg=name)
+    # Recent co-occurrence too, at the same clock (links travel as float32).
+    assert a.recent._clock == b.recent._clock == single.recent._clock
+    for model in (a, b):
+        rows = model._items.rows_of(ids)
+        np.testing.assert_allclose(model.recent.counts(rows),
+                                   single.recent.counts(single._items.rows_of(ids)), rtol=1e-9)
+        for title in ids:
+            mine, one = links(model, title, "recent"), links(single, title, "recent")
+            assert mine.keys() == one.keys()
+            np.testing.assert_allclose([mine[k] for k in one], list(one.values()), rtol=1e-5)
     # Factorisation: summed minibatch steps, not the same steps; the same scale though.
     norm1 = np.linalg.norm(s1["mf_x"] - item_state(new_worker(titles), ids)["mf_x"])
     norma = np.linalg.norm(sa["mf_x"] - item_state(new_worker(titles), ids)["mf_x"])
@@ -179,12 +201,8 @@ def test_a_corrupt_delta_raises_a_value_error(raw):
 
 # State a worker keeps to itself: random generators, counters that pace its own learning,
 # and caches derived from shared state (mf._engaged_rows follows mf._engaged).
-# Recent co-occurrence (models.recent) is learned by each worker from its own partition's
-# users: every pair of a user is still seen (a user's events stay on one worker), only the
-# counts are a share of the whole audience's.
 LOCAL_STATE = {"_rng", "_positives_seen", "mf._rng", "explorer._rng", "mf._engaged_rows",
-               "mf._n_engaged", "recent._pop", "recent._nbr", "recent._w", "recent._anchor",
-               "recent._clock"}
+               "mf._n_engaged"}
 
 
 def learned_state(model: Hybrid) -> dict[str, object]:
@@ -223,3 +241,23 @@ def test_everything_learning_changes_is_shared_or_deliberately_local():
     assert not unshared, (f"learning changes {sorted(unshared)}, which streams/model_sync.py "
                           "does not share between workers: add it there (or to LOCAL_STATE "
                           "here if each worker should keep its own)")
+
+
+def test_an_entry_from_before_recent_co_occurrence_travelled_still_applies():
+    titles = catalogue(10)
+    a, b = new_worker(titles), new_worker(titles)
+    base = snapshot(a)
+    learn(a, stream(200, n_users=5, n_titles=10, seed=1))
+    delta = diff(a, base, "a")
+    # The previous wire format: no recent arrays, anchor or clock.
+    del delta.arrays["rc_pop"]
+    header = {"worker": "a", "titles": delta.titles, "link_titles": delta.link_titles,
+              "now": delta.now, "added": [], "removed": [], "offsets": {}}
+    buffer = io.BytesIO()
+    np.savez(buffer, link_src=delta.link_src, link_dst=delta.link_dst, link_w=delta.link_w,
+             blend=delta.blend, g2=delta.g2, **delta.arrays)
+    raw = orjson.dumps(header)
+    apply(b, Delta.decode(len(raw).to_bytes(4, "big") + raw + buffer.getvalue()))
+    ids = [t["title_id"] for t in titles]
+    np.testing.assert_allclose(item_state(b, ids)["pop"], item_state(a, ids)["pop"])
+    assert not b.recent._pop.any()
