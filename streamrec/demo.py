@@ -262,6 +262,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     latency_seen)
             worker_metrics = scrape(metrics_port)
             recall = scrape_labelled(metrics_port, "streamrec_online_recall_at_k")
+            recall_new = scrape_labelled(metrics_port, "streamrec_online_recall_new_titles_at_k")
             stop_tail.set()
             tail.join(timeout=10)
             worker.send_signal(signal.SIGTERM)
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             sink.send_signal(signal.SIGTERM)
             sink.wait(timeout=30)
         summary = _summary(args, produced, invalid, active_users, tail_state, worker_metrics,
-                           recall, settings, worker_exit)
+                           recall, recall_new, settings, worker_exit)
         _print_summary(summary, tail_state)
         if args.report:
             with open(args.report, "wb") as handle:
@@ -320,7 +321,7 @@ def _wait_for_worker(worker: subprocess.Popen[bytes], port: int, log_path: str) 
 
 def _summary(args: argparse.Namespace, produced: int, invalid: int, active_users: set[str],
              tail: TailState, worker: dict[str, float], recall: dict[str, float],
-             settings: Settings, worker_exit: int) -> dict[str, Any]:
+             recall_new: dict[str, float], settings: Settings, worker_exit: int) -> dict[str, Any]:
     from streamrec.redis_conn import redacted
 
     latencies = np.asarray(tail.latencies_s) * 1000.0
@@ -342,6 +343,7 @@ def _summary(args: argparse.Namespace, produced: int, invalid: int, active_users
                        "p95": round(float(percentiles[1]), 2),
                        "p99": round(float(percentiles[2]), 2)},
         "online_recall_at_10": {k: round(v, 4) for k, v in recall.items()},
+        "online_recall_new_titles_at_10": {k: round(v, 4) for k, v in recall_new.items()},
         "worker_exit_code": worker_exit,
         "broker": settings.kafka_bootstrap_servers,
         "redis": redacted(settings.redis_url),
@@ -365,8 +367,11 @@ def _print_summary(summary: dict[str, Any], tail: TailState) -> None:
     print(f"  event-to-recommendation latency ms: p50 {lat['p50']}  p95 {lat['p95']}  "
           f"p99 {lat['p99']}")
     recall = summary["online_recall_at_10"]
+    recall_new = summary["online_recall_new_titles_at_10"]
     if recall:
-        print("  online recall@10: " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+        print("  online recall@10: " + ", ".join(
+            f"{k} {v:.3f}" + (f" (new titles {recall_new[k]:.3f})" if k in recall_new else "")
+            for k, v in recall.items()))
     balanced = (summary["events_processed"] + summary["events_dead_lettered"]
                 == summary["events_produced"])
     print(f"  processed + dead-lettered == produced: {'yes' if balanced else 'NO'}")

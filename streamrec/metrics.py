@@ -69,6 +69,24 @@ ONLINE_RECALL_HITS = Counter(
     "streamrec_online_recall_hits",
     "Engagements whose title was in the list last emitted to the user", ["model"],
 )
+# The same measurement on engagements with titles new to the user (not in their history
+# or completed titles before the event): most tests are a user resuming or finishing what
+# they watch, which rewards lists that repeat it; this is the figure to judge changes by.
+ONLINE_RECALL_NEW_TITLES = Gauge(
+    "streamrec_online_recall_new_titles_at_k",
+    "Rolling share of users' next engaged title, when new to them, that was in the list "
+    "last emitted to them", ["model"],
+)
+ONLINE_RECALL_NEW_TITLES_TESTS = Counter(
+    "streamrec_online_recall_new_titles_tests",
+    "Online recall tests whose title was not in the user's history or completed titles",
+    ["model"],
+)
+ONLINE_RECALL_NEW_TITLES_HITS = Counter(
+    "streamrec_online_recall_new_titles_hits",
+    "Online recall tests on titles new to the user that were in the list last emitted",
+    ["model"],
+)
 MODEL_SYNCS = Counter(
     "streamrec_model_syncs",
     "Item-model exchanges with the other workers through the Redis log (streams.model_sync)",
@@ -191,6 +209,9 @@ EXPORTED = {
     "streamrec_online_recall_at_k": "gauge",
     "streamrec_online_recall_tests_total": "counter",
     "streamrec_online_recall_hits_total": "counter",
+    "streamrec_online_recall_new_titles_at_k": "gauge",
+    "streamrec_online_recall_new_titles_tests_total": "counter",
+    "streamrec_online_recall_new_titles_hits_total": "counter",
     "streamrec_model_syncs_total": "counter",
     "streamrec_model_sync_bytes_total": "counter",
     "streamrec_model_size": "gauge",

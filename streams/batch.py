@@ -87,6 +87,9 @@ class RankedBatch:
     duplicates: int = 0
     # model -> (hits, tests) of online recall@k in this batch.
     recall: dict[str, list[int]] = field(default_factory=dict)
+    # The same, counting only tests whose title was new to the user (not in their history
+    # or completed titles just before the event): re-engagements reward repeating lists.
+    recall_new_titles: dict[str, list[int]] = field(default_factory=dict)
     learn_seconds: float = 0.0
     rank_seconds: float = 0.0
     # Seconds in the product layer's decoration (rows, artwork), not counted in rank_seconds.
@@ -114,7 +117,8 @@ def learn_and_rank(
     previous run may have crashed after writing state but before emitting. ``product``
     (``streams.product``) learns from the applied events too and adds rows and artwork.
     """
-    out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS})
+    out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS},
+                      recall_new_titles={m: [0, 0] for m in RECALLED_MODELS})
     xb = ExperimentBatch(experiments, model, RECALL_K, ENGAGEMENT_TYPES) if experiments else None
     started = time.perf_counter()
     last_event: dict[str, dict[str, Any]] = {}
@@ -136,10 +140,16 @@ def learn_and_rank(
         title = event.get("title_id")
         if title is not None and kind in ENGAGEMENT_TYPES and uid not in recall_checked:
             recall_checked.add(uid)
+            new_title = title not in profile.completed and all(
+                t != title for t, _ in profile.history)
             for name, titles in stored.last_lists.items():
                 if name in out.recall:
+                    hit = title in titles
                     out.recall[name][1] += 1
-                    out.recall[name][0] += title in titles
+                    out.recall[name][0] += hit
+                    if new_title:
+                        out.recall_new_titles[name][1] += 1
+                        out.recall_new_titles[name][0] += hit
         y = event_feedback(profile, event)
         if y != 0.0:
             # The history as it is just before this event; learned as one minibatch.

@@ -80,6 +80,21 @@ RECALL_WINDOW = 2000
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
 
+def _roll_recall(batch: dict[str, list[int]], rolling: dict[str, float], gauge: Any,
+                 tests_total: Any, hits_total: Any) -> None:
+    """Fold one batch's ``model -> (hits, tests)`` into ``rolling`` (exponential smoothing
+    over about ``RECALL_WINDOW`` tests) and the model's gauge and counters."""
+    for name, (hits, tests) in batch.items():
+        if not tests:
+            continue
+        alpha = min(1.0, tests / RECALL_WINDOW)
+        previous = rolling.get(name, hits / tests)
+        rolling[name] = (1 - alpha) * previous + alpha * hits / tests
+        gauge.labels(model=name).set(rolling[name])
+        tests_total.labels(model=name).inc(tests)
+        hits_total.labels(model=name).inc(hits)
+
+
 class _Outputs:
     """What one batch produced: outputs the broker has not acknowledged yet, and the
     offsets the batch may commit once they (and every older batch's) are acknowledged."""
@@ -185,6 +200,7 @@ class EventsPipeline:
         self._failing_writes = 0
         self._broker_down = False
         self.recall: dict[str, float] = {}
+        self.recall_new_titles: dict[str, float] = {}
         self.events_processed = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -580,15 +596,11 @@ class EventsPipeline:
         if ranked.recommendations:
             metrics.RECOMMENDATIONS_EMITTED.inc(len(ranked.recommendations))
         self.events_processed += n_records
-        for name, (hits, tests) in ranked.recall.items():
-            if not tests:
-                continue
-            alpha = min(1.0, tests / RECALL_WINDOW)
-            previous = self.recall.get(name, hits / tests)
-            self.recall[name] = (1 - alpha) * previous + alpha * hits / tests
-            metrics.ONLINE_RECALL.labels(model=name).set(self.recall[name])
-            metrics.ONLINE_RECALL_TESTS.labels(model=name).inc(tests)
-            metrics.ONLINE_RECALL_HITS.labels(model=name).inc(hits)
+        _roll_recall(ranked.recall, self.recall, metrics.ONLINE_RECALL,
+                     metrics.ONLINE_RECALL_TESTS, metrics.ONLINE_RECALL_HITS)
+        _roll_recall(ranked.recall_new_titles, self.recall_new_titles,
+                     metrics.ONLINE_RECALL_NEW_TITLES, metrics.ONLINE_RECALL_NEW_TITLES_TESTS,
+                     metrics.ONLINE_RECALL_NEW_TITLES_HITS)
 
     def update_lag(self) -> None:
         """Consumer lag per partition (called from a timer, not per batch)."""

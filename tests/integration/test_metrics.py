@@ -261,6 +261,16 @@ def test_gauges_lag_recall_model_sizes_checkpoint(run: ObservedRun) -> None:
     recall = values(m, "streamrec_online_recall_at_k", "model")
     assert set(recall) == {"streamrec", "popularity"}
     assert all(0.0 <= v <= 1.0 for v in recall.values())
+    recall_new = values(m, "streamrec_online_recall_new_titles_at_k", "model")
+    assert set(recall_new) == {"streamrec", "popularity"}
+    assert all(0.0 <= v <= 1.0 for v in recall_new.values())
+    tests = values(m, "streamrec_online_recall_tests_total", "model")
+    new_tests = values(m, "streamrec_online_recall_new_titles_tests_total", "model")
+    new_hits = values(m, "streamrec_online_recall_new_titles_hits_total", "model")
+    for model in ("streamrec", "popularity"):
+        # Simulated viewers both come back to titles and start new ones: a strict subset.
+        assert 0 < new_tests[model] < tests[model], model
+        assert 0 <= new_hits[model] <= new_tests[model], model
     sizes = values(m, "streamrec_model_size", "kind")
     assert sizes["titles"] == run.titles
     assert all(v > 0 for v in sizes.values())

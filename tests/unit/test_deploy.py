@@ -505,7 +505,8 @@ def test_dashboard_panels_cover_what_operators_need() -> None:
     for needed in (
         "sum by (type) (rate(streamrec_events_consumed_total",
         "streamrec_events_dead_lettered_total", "streamrec_consumer_lag",
-        "streamrec_online_recall_at_k", "streamrec_redis_seconds_bucket",
+        "streamrec_online_recall_at_k", "streamrec_online_recall_new_titles_at_k",
+        "streamrec_redis_seconds_bucket",
         "streamrec_redis_errors_total", "streamrec_model_size", "streamrec_stage_seconds",
         "streamrec_pipeline_up", "streamrec_records_lost_total",
     ):

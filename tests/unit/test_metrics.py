@@ -24,8 +24,9 @@ from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
 from streamrec.schema import DEAD_LETTER_REASONS, EVENT_TYPES
 from streamrec.settings import Settings
+from streams.batch import RankedBatch
 from streams.checkpoint import Checkpointer, model_key
-from streams.pipeline import EventsPipeline
+from streams.pipeline import RECALL_WINDOW, EventsPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("streamrec", "streams", "consumers", "producers", "models")
@@ -111,6 +112,27 @@ def test_failed_deliveries_are_counted_per_topic() -> None:
     pipeline._on_delivery(mock.Mock(), message)
     pipeline._on_delivery(None, message)  # delivered: not a failure
     assert sum(series("streamrec_delivery_failures_total", topic="deliver-t")) == before + 1
+
+
+def test_new_title_recall_is_smoothed_and_counted_like_online_recall() -> None:
+    pipeline = _pipeline()
+    model = "rolling-m"
+    # (hits, tests): the first batch sets each gauge, the next moves it by tests / window
+    pipeline._update_metrics(RankedBatch(recall={model: [6, 10]},
+                                         recall_new_titles={model: [1, 4]}), {}, 10)
+    assert series("streamrec_online_recall_at_k", model=model) == [0.6]
+    assert series("streamrec_online_recall_new_titles_at_k", model=model) == [0.25]
+    pipeline._update_metrics(RankedBatch(recall={model: [0, 500]},
+                                         recall_new_titles={model: [500, 500]}), {}, 500)
+    alpha = 500 / RECALL_WINDOW
+    assert series("streamrec_online_recall_at_k", model=model) == [
+        pytest.approx((1 - alpha) * 0.6)]
+    assert series("streamrec_online_recall_new_titles_at_k", model=model) == [
+        pytest.approx((1 - alpha) * 0.25 + alpha)]
+    assert series("streamrec_online_recall_tests_total", model=model) == [510.0]
+    assert series("streamrec_online_recall_hits_total", model=model) == [6.0]
+    assert series("streamrec_online_recall_new_titles_tests_total", model=model) == [504.0]
+    assert series("streamrec_online_recall_new_titles_hits_total", model=model) == [501.0]
 
 
 # ------------------------------------------------------------------- the checkpoint gauge
