@@ -109,18 +109,23 @@ def test_new_titles_start_the_same_in_every_worker():
     assert np.array_equal(x0, a.mf._x[a._items.index["x"]])
 
 
-def test_two_workers_converge_to_the_same_item_model():
-    titles = catalogue(40)
-    events = stream(4000, n_users=60, n_titles=40, seed=5)
-    a, b = new_worker(titles), new_worker(titles)
+def learn_apart(a, b, events, sync_every: int) -> None:
+    """Two workers learn a stream split by user (as partitions split it: each sees its
+    own users' events only), exchanging deltas every ``sync_every`` events."""
     base_a, base_b = snapshot(a), snapshot(b)
-    # Partitions by user: each worker sees its own users' events only.
-    for step in range(0, len(events), 500):
-        chunk = events[step:step + 500]
+    for step in range(0, len(events), sync_every):
+        chunk = events[step:step + sync_every]
         learn(a, [e for e in chunk if e[0] % 2 == 0])
         learn(b, [e for e in chunk if e[0] % 2 == 1])
         exchange(a, base_a, b, base_b)
         base_a, base_b = snapshot(a), snapshot(b)
+
+
+def test_two_workers_converge_to_the_same_item_model():
+    titles = catalogue(40)
+    events = stream(4000, n_users=60, n_titles=40, seed=5)
+    a, b = new_worker(titles), new_worker(titles)
+    learn_apart(a, b, events, sync_every=500)
 
     ids = [t["title_id"] for t in titles]
     sa, sb = item_state(a, ids), item_state(b, ids)
@@ -142,13 +147,7 @@ def test_shared_counts_equal_one_worker_learning_everything(recent_half_life_s):
     single = new_worker(titles, recent_half_life_s)
     learn(single, events)
     a, b = new_worker(titles, recent_half_life_s), new_worker(titles, recent_half_life_s)
-    base_a, base_b = snapshot(a), snapshot(b)
-    for step in range(0, len(events), 1000):
-        chunk = events[step:step + 1000]
-        learn(a, [e for e in chunk if e[0] % 2 == 0])
-        learn(b, [e for e in chunk if e[0] % 2 == 1])
-        exchange(a, base_a, b, base_b)
-        base_a, base_b = snapshot(a), snapshot(b)
+    learn_apart(a, b, events, sync_every=1000)
     ids = [t["title_id"] for t in titles]
     s1, sa = item_state(single, ids), item_state(a, ids)
     # Counts are sums of per-event increments: exactly what one worker learns.
