@@ -27,7 +27,10 @@ from models.trending import Trending
 # The blended features, in order: one per component, plus the titles' all-time popularity
 # (kept by the co-occurrence model) and recent co-occurrence (models.recent).
 COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity", "recent")
-REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular"}
+# The reason shown for a pick by the component contributing most (co-occurrence's and
+# content's are refined per title in _reason).
+REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular",
+             "recent": "similar_users"}
 # Titles outside a user's pool are ranked after every pool title, in first-stage order:
 # pool scores are sums of a few standardised features, far smaller than this.
 BELOW_POOL = 1e3
@@ -634,7 +637,7 @@ class Hybrid(Recommender):
         if component == "content":
             genres = self.content.genres_of_row(row)
             return f"genre:{genres[0]}" if genres else "similar_users"
-        return REASON_OF.get(component, "similar_users")
+        return REASON_OF[component]
 
     def size(self) -> dict[str, int]:
         return {"titles": len(self._items),
