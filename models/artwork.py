@@ -380,10 +380,6 @@ class ArtworkBandit:
         chosen artwork in its list (-1 for a title without artwork): the arg-max of
         the predicted logits, or with probability ``exploration`` a uniform pick.
         Every pair's scores come out of one matrix product."""
-        counts = np.fromiter(map(len, artwork_lists), dtype=np.int64,
-                             count=len(artwork_lists))
-        if len(pair_lists) == 0 or not counts.any():
-            return np.full(len(pair_lists), -1, dtype=np.int64)
         return self.choose_table(user_ids, self.artwork_rows(artwork_lists), pair_users,
                                  pair_lists, contexts, explore)
 
