@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.base import Recommender
-from models.baselines import Popularity, RandomRanker
+from models.baselines import Popularity, RandomRanker, RiverMF
 from models.content import ContentModel
 from models.cooccurrence import CoOccurrence
 from models.explore import ThompsonExplorer
@@ -26,6 +26,10 @@ MODELS: dict[str, ModelFactory] = {
     # Baselines.
     "popularity": lambda seed: Popularity(),
     "random": lambda seed: RandomRanker(seed=seed),
+    # river's incremental matrix factorisation, the literature's streaming MF (not in the
+    # defaults: one predict_one call per candidate, ~1 minute each on MovieLens).
+    "river-funkmf": lambda seed: RiverMF("funk", seed=seed),
+    "river-biasedmf": lambda seed: RiverMF("biased", seed=seed),
     # The hybrid's components on their own, with the hybrid's defaults.
     "trending": lambda seed: Trending(),
     "cooccurrence": lambda seed: CoOccurrence(),
