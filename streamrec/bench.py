@@ -89,8 +89,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes in one consumer group; with N > 1 a 1-worker "
                              "run is measured first for comparison (default: one per core, "
                              f"at most 2; here {DEFAULT_WORKERS})")
-    parser.add_argument("--mode", choices=("batched", "per-record", "both"), default="both",
-                        help="which events path to measure (default both)")
+    parser.add_argument("--mode", choices=("batched", "per-record", "both", "core"),
+                        default="both",
+                        help="which events path to measure (default both); core: the "
+                             "worker's pure core in this process, by stage (no broker)")
+    parser.add_argument("--core-batch", type=int, default=1000, metavar="N",
+                        help="--mode core: records per batch (default 1,000, as "
+                             "STREAMREC_BATCH_SIZE)")
+    parser.add_argument("--core-order", choices=("partition", "time"), default="partition",
+                        help="--mode core: batches from one partition at a time (a worker "
+                             "with a backlog; default) or in event time across partitions "
+                             "(a paced worker that keeps up)")
     parser.add_argument("--per-record-events", type=int, default=30_000, metavar="N",
                         help="events for the per-record run (default 30,000; it is slow)")
     parser.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
@@ -123,6 +132,8 @@ def _validate(args: argparse.Namespace, partitions: int) -> None:
                           "a worker without a partition has nothing to do)")
     if args.latency_seconds <= 0:
         raise ConfigError("--latency-seconds must be positive")
+    if args.core_batch <= 0:
+        raise ConfigError("--core-batch must be a positive whole number (e.g. --core-batch 5)")
     if args.paced_rates is not None:
         paced_rates(args.paced_rates)
 
@@ -624,6 +635,18 @@ def _write_png(report_path: str, phases: Sequence[PhaseResult],
                        xlabel="seconds since the run started")
 
 
+def run_core_mode(args: argparse.Namespace, settings: Settings, data: Dataset) -> int:
+    """``--mode core``: streamrec.bench_core, then its table (and JSON with --report)."""
+    from streamrec.bench_core import format_core, run_core
+
+    report = run_core(args, settings, data.values, data.keys, data.titles)
+    print(format_core(report))
+    if args.report:
+        Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        print(f"report: {args.report}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # Private services: the bench flushes Redis between runs, never a configured one.
     settings = settings.replace(kafka_bootstrap_servers=None, redis_url=None)
@@ -633,6 +656,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"streamrec bench: simulating {args.events:,} events for {args.users:,} users and "
           f"{args.titles:,} titles", file=sys.stderr, flush=True)
     data = _dataset(args)
+    if args.mode == "core":
+        return run_core_mode(args, settings, data)
     logs = tempfile.mkdtemp(prefix="streamrec-bench-")
     n = len(data.events)
     with Services(settings) as services:

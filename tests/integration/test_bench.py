@@ -99,3 +99,32 @@ def test_bad_paced_rates_are_one_clear_error():
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--paced-rates must be positive events/s" in done.stderr
+
+
+def test_core_mode_measures_every_stage_of_the_last_quarter(tmp_path):
+    report_path = tmp_path / "core.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "bench", "--mode", "core", "--events", "4000",
+         "--users", "300", "--titles", "200", "--core-batch", "100",
+         "--report", str(report_path)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    # The first three quarters warm up (to a batch's end), the rest is measured, in batches
+    # of at most 100 records.
+    assert report["events_warm_up"] + report["events"] == 4000
+    assert 900 <= report["events"] <= 1000 and report["batches"] >= 9
+    assert 0 < report["users_per_batch"] <= 100
+    assert set(report["stage_us_per_event"]) == {"decode", "state", "learn", "rank",
+                                                 "product", "flush"}
+    assert all(v > 0 for v in report["stage_us_per_event"].values())
+    assert report["cpu_us_per_event"] > 0 and report["redis_cpu_us_per_event"] >= 0
+    assert "CPU per event" in done.stdout and "rank" in done.stdout
+
+
+def test_bad_core_batch_is_one_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "bench", "--mode", "core", "--core-batch", "0"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--core-batch must be" in done.stderr

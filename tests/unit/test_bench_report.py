@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import orjson
 import pytest
@@ -168,3 +169,22 @@ def test_a_bad_pipeline_setting_is_one_clear_error():
     with pytest.raises(ConfigError, match="STREAMREC_PIPELINE must be one of batched"):
         Settings.from_env({"STREAMREC_PIPELINE": "fast"})
     assert Settings.from_env({"STREAMREC_PIPELINE": "per-record"}).pipeline == "per-record"
+
+
+def test_core_batches_by_partition_keep_each_users_records_in_order():
+    from streamrec.bench_core import core_batches
+
+    keys = [f"u{i % 7}".encode() for i in range(60)]
+    values = [str(i).encode() for i in range(60)]
+    batches = core_batches(values, keys, 4, "partition", 3)
+    assert sum(len(b) for b in batches) == 60 and max(len(b) for b in batches) == 4
+    # A batch comes from one partition, so a user's records never straddle partitions,
+    # and each user's records arrive in the order they were written.
+    seen: dict[bytes, list[int]] = {}
+    for batch in batches:
+        assert len({zlib.crc32(r.key()) % 3 for r in batch}) == 1
+        for record in batch:
+            seen.setdefault(record.key(), []).append(int(record.value()))
+    assert all(v == sorted(v) for v in seen.values()) and len(seen) == 7
+    assert [r.value() for r in core_batches(values, keys, 4, "time", 3)[1]] == [
+        b"4", b"5", b"6", b"7"]
