@@ -213,16 +213,20 @@ class HistoryMatrix:
 class RowProfile:
     """A :class:`UserProfile` translated to item-table rows, computed once per request."""
 
-    __slots__ = ("rows", "weights", "completed_rows")
+    __slots__ = ("rows", "weights", "completed_rows", "_matrix")
 
     def __init__(self, rows: np.ndarray, weights: np.ndarray, completed_rows: np.ndarray) -> None:
         self.rows = rows
         self.weights = weights
         self.completed_rows = completed_rows
+        self._matrix: HistoryMatrix | None = None
 
     def matrix(self) -> HistoryMatrix:
-        """This history as a :class:`HistoryMatrix` of one user."""
-        return HistoryMatrix(self.rows[None, :], self.weights[None, :])
+        """This history as a :class:`HistoryMatrix` of one user (built once: a learned
+        event needs it for the blend and for matrix factorisation; callers only read it)."""
+        if self._matrix is None:
+            self._matrix = HistoryMatrix(self.rows[None, :], self.weights[None, :])
+        return self._matrix
 
     @classmethod
     def build(cls, table: ItemTable, profile: UserProfile | None,

@@ -98,7 +98,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "9a2eafbc7f757fd4"}
+FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "bbd4edc4dad6388e"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -148,6 +148,10 @@ ONE_AT_A_TIME_EVENTS = 3
 # Up to this many users a batch is diversified one user at a time in Python (~20 us each);
 # above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
 SMALL_BATCH_USERS = 32
+# A link merge sums weights in a dense (sources x titles) table of at most this many cells
+# (8 bytes each: 16 MiB; 2.4 MiB for a batch of 1,000 events on 1,000 titles); beyond it
+# the sources are merged in chunks.
+MERGE_CELLS = 1 << 21
 # Up to this many users the lists are put together one user at a time (~25 us each); above
 # it, for all users at once in numpy (a fixed ~0.15 ms, then ~3 us per user).
 ASSEMBLE_EACH_USERS = 8
@@ -718,7 +722,11 @@ def _learn_blend(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarr
 def _add_rows(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
     """``target[index[i]] += values[i]`` for every i, repeated indices summed; only the
     rows touched are read and written."""
-    rows, inverse = np.unique(index, return_inverse=True)
+    # The rows touched, ascending, and each value's place among them: a count per row of
+    # the table rather than a sort of the index.
+    touched = np.bincount(index, minlength=len(target)) > 0
+    rows = np.flatnonzero(touched)
+    inverse = (np.cumsum(touched) - 1)[index]
     if values.ndim == 1:
         target[rows] += np.bincount(inverse, weights=values,
                                     minlength=len(rows)).astype(target.dtype)
@@ -841,34 +849,55 @@ def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray
     (the hybrid's co-occurrence by default)."""
     co = model.cooccurrence if co is None else co
     n_rows = model._items.rows
-    sources = np.unique(src)
+    touched = np.bincount(src, minlength=n_rows) > 0
+    sources = np.flatnonzero(touched)
+    source_of = (np.cumsum(touched) - 1)[src]  # each new link's place among the sources
+    per_chunk = max(1, MERGE_CELLS // max(n_rows, 1))
+    if len(sources) <= per_chunk:
+        _merge_sources(co, n_rows, sources, source_of, dst, amt)
+        return
+    for start in range(0, len(sources), per_chunk):
+        mine = (source_of >= start) & (source_of < start + per_chunk)
+        _merge_sources(co, n_rows, sources[start:start + per_chunk], source_of[mine] - start,
+                       dst[mine], amt[mine])
+
+
+def _merge_sources(co: CoOccurrence, n_rows: int, sources: np.ndarray, source_of: np.ndarray,
+                   dst: np.ndarray, amt: np.ndarray) -> None:
+    """:func:`merge_links` for the distinct, ascending ``sources`` (``source_of``: each new
+    link's index among them)."""
     width = co.max_neighbours
-    cur_nbr = co._nbr[sources]
-    cur_w = co._w[sources]
-    have = cur_nbr >= 0
-    all_src = np.concatenate([np.repeat(sources, width)[have.ravel()], src])
-    all_dst = np.concatenate([cur_nbr[have], dst])
-    all_w = np.concatenate([cur_w[have], amt])
-    keys, inverse = np.unique(all_src * n_rows + all_dst, return_inverse=True)
-    weights = np.bincount(inverse, weights=all_w, minlength=len(keys))
-    k_src, k_dst = keys // n_rows, keys % n_rows
-    # Keys are sorted by source, then destination: a source's links are one run, and its
-    # slot is the link's place in the run. Only sources with more links than slots need
-    # theirs ordered by weight (strongest first; ties: lower destination first); sorting
-    # every link by weight (a lexsort of them all) was two thirds of a merge's time.
-    firsts = np.flatnonzero(np.r_[True, k_src[1:] != k_src[:-1]])
-    sizes = np.diff(np.r_[firsts, len(keys)])
-    place = np.arange(len(keys)) - np.repeat(firsts, sizes)
+    cur_nbr = co._nbr[sources].ravel()
+    held = np.flatnonzero(cur_nbr >= 0)
+    # Every link (the old ones first, then the new in order) as a cell of a dense (sources
+    # x titles) table: summing repeats is a bincount, and listing the links in (source,
+    # destination) order a scan of the table, not a sort of the links.
+    cells = np.concatenate([held // width * n_rows + cur_nbr[held], source_of * n_rows + dst])
+    n_cells = len(sources) * n_rows
+    totals = np.bincount(cells, weights=np.concatenate([co._w[sources].ravel()[held], amt]),
+                         minlength=n_cells)
+    linked = np.zeros(n_cells, dtype=bool)
+    linked[cells] = True
+    keys = np.flatnonzero(linked)
+    weights = totals[keys]
+    k_src, k_dst = np.divmod(keys, n_rows)
+    # A source's links are one run, in destination order, and its slot is the link's place
+    # in the run. Only sources with more links than slots need theirs ordered by weight
+    # (strongest first; ties: lower destination first).
+    sizes = np.bincount(k_src, minlength=len(sources))
+    place = np.arange(len(keys)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     rank_k = place
     full = np.flatnonzero(np.repeat(sizes > width, sizes))
     if len(full):
         rank_k = place.copy()
         rank_k[full[np.lexsort((-weights[full], k_src[full]))]] = place[full]
     keep = rank_k < width
-    co._nbr[sources] = -1
-    co._w[sources] = 0.0
-    co._nbr[k_src[keep], rank_k[keep]] = k_dst[keep]
-    co._w[k_src[keep], rank_k[keep]] = weights[keep]
+    nbr = np.full((len(sources), width), -1, dtype=co._nbr.dtype)
+    w = np.zeros((len(sources), width), dtype=co._w.dtype)
+    nbr[k_src[keep], rank_k[keep]] = k_dst[keep]
+    w[k_src[keep], rank_k[keep]] = weights[keep]
+    co._nbr[sources] = nbr
+    co._w[sources] = w
 
 
 def _learn_trending(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarray) -> None:

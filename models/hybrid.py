@@ -373,8 +373,14 @@ class Hybrid(Recommender):
 
     # -- learning ------------------------------------------------------------------------------
     def _ensure_rows(self) -> None:
+        # Runs on every learn_one; the components' arrays only grow when the shared item
+        # table has more rows than when they last grew.
+        rows = self._items.rows
+        if rows == self.__dict__.get("_rows_ensured"):
+            return
         for model in self._components_and_explorer():
             model._ensure_rows()
+        self._rows_ensured = rows
 
     def add_title(self, title: dict[str, Any]) -> None:
         self.content.add_title(title)  # adds the row to the shared table too

@@ -102,7 +102,10 @@ class ImplicitMF(Recommender):
 
     def mark_engaged(self, rows: np.ndarray) -> None:
         """Titles ``rows`` had a positive event: from now on they are sampled as negatives."""
-        new = np.unique(rows[~self._engaged[rows]])
+        fresh = rows[~self._engaged[rows]]
+        if len(fresh) == 0:  # usually: every title was engaged with before
+            return
+        new = np.unique(fresh)
         if len(new):
             self._engaged[new] = True
             self._engaged_rows = grow(self._engaged_rows, self._n_engaged + len(new))

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+import models.batched
 from models.base import HistoryMatrix, UserProfile
 from models.batched import MIRRORED, fingerprint, learn_many, mirrors, rank_many, recommend_many
 from models.cooccurrence import CoOccurrence
@@ -187,6 +188,19 @@ def test_co_occurrence_links_both_ways_with_recency_decay():
     # c's positive history is b then a (x was disliked): weights 2.0 and 2.0 * 0.8.
     assert links == {("a", "b"): 1.0, ("b", "a"): 1.0, ("b", "c"): 2.0, ("c", "b"): 2.0,
                      ("a", "c"): pytest.approx(1.6), ("c", "a"): pytest.approx(1.6)}
+
+
+@needs_mirror
+def test_link_merges_too_large_for_one_table_learn_the_same_links(monkeypatch):
+    # merge_links sums links in a dense (sources x titles) table of at most MERGE_CELLS
+    # cells; a batch touching more sources is merged in chunks of sources.
+    whole, _ = trained(batched=True)
+    monkeypatch.setattr(models.batched, "MERGE_CELLS", 50)  # one source per chunk
+    chunked, _ = trained(batched=True)
+    for table in ("cooccurrence", "recent"):
+        a, b = getattr(whole, table), getattr(chunked, table)
+        assert np.array_equal(a._nbr, b._nbr) and np.array_equal(a._w, b._w)
+    assert (whole.cooccurrence._nbr >= 0).sum() > 1000  # many links were merged
 
 
 @needs_mirror
