@@ -98,7 +98,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "bbd4edc4dad6388e"}
+FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "7691598ad4af1051"}
 
 
 def fingerprint(kind: str) -> str | None:
