@@ -128,6 +128,15 @@ class ItemTable:
         self._known = None
         return row
 
+    def add_known(self, items: Sequence[str]) -> np.ndarray:
+        """Rows of ``items``, every one already in the table, used in that order: what
+        :meth:`add` of each in turn does, in one pass (a batch learns hundreds)."""
+        rows = np.fromiter(map(self.index.__getitem__, items), dtype=np.int64, count=len(items))
+        clocks = np.arange(self._clock + 1, self._clock + len(items) + 1, dtype=np.int64)
+        np.maximum.at(self.last_used, rows, clocks)  # a repeated title keeps its last use
+        self._clock += len(items)
+        return rows
+
     def remove(self, item: str) -> int | None:
         row = self.index.pop(item, None)
         if row is not None:

@@ -687,14 +687,15 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     if not titles:
         return
     items = model._items
-    unknown = sum(1 for t in set(titles) if t not in items.index)
+    unknown = len(set(titles).difference(items.index))
     if (len(items) + unknown > items.capacity or len(items) > DENSE_MAX_TITLES
             or len(titles) <= ONE_AT_A_TIME_EVENTS or not mirrors("learn")):
         # Tiny batches, or evictions inside the batch (rows recycled mid-way): one at a time.
         for title, y, t, h in zip(titles, ys, ts, histories, strict=True):
             model.learn_one("", title, y, UserProfile("", history=list(h)), t)
         return
-    rows = np.fromiter((items.add(t) for t in titles), dtype=np.int64, count=len(titles))
+    rows = (items.add_known(titles) if unknown == 0 else
+            np.fromiter((items.add(t) for t in titles), dtype=np.int64, count=len(titles)))
     model._ensure_rows()
     y = np.asarray(ys, dtype=np.float64)
     times = np.asarray(ts, dtype=np.float64)
@@ -759,7 +760,8 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
         xj = x[j].astype(np.float64)
         xk = x[negs].astype(np.float64)                  # (P, K, F)
         up = u[pos]
-        diff = np.einsum("pf,pkf->pk", up, xj[:, None, :] - xk) + b[j][:, None] - b[negs]
+        apart = xj[:, None, :] - xk
+        diff = np.einsum("pf,pkf->pk", up, apart) + b[j][:, None] - b[negs]
         n_ok = ok.sum(axis=1).astype(np.float64)
         share = 1.0 / np.maximum(n_ok, 1.0)[:, None]  # steps averaged over the negatives
         g = np.where(ok & (diff < 30),
@@ -772,7 +774,7 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
                    (-g[:, :, None] * up[:, None, :] - lr * l2 * share[:, :, None] * xk)[ok]]
         db_idx += [j, negs[ok]]
         db_val += [gsum - lr * l2 * any_ok * b[j], (-g - lr * l2 * share * b[negs])[ok]]
-        grad_u[pos] = np.einsum("pk,pkf->pf", g, xj[:, None, :] - xk)
+        grad_u[pos] = np.einsum("pk,pkf->pf", g, apart)
 
     neg = np.nonzero(y < 0)[0]
     if len(neg):

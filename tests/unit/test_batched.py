@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import models.batched
-from models.base import HistoryMatrix, UserProfile
+from models.base import HistoryMatrix, ItemTable, UserProfile
 from models.batched import MIRRORED, fingerprint, learn_many, mirrors, rank_many, recommend_many
 from models.cooccurrence import CoOccurrence
 from models.hybrid import Hybrid
@@ -226,6 +226,22 @@ def test_blend_learns_a_batch_from_the_models_as_they_were_before_it():
     assert not np.allclose(expected._w, model._w)  # the batch does teach the blend
     learn_many(model, titles, ys, ts, histories)
     assert np.allclose(model._w, expected._w)
+
+
+def test_a_batch_of_known_titles_is_used_as_one_at_a_time():
+    # learn_many marks a batch's titles used in one pass (ItemTable.add_known); which title
+    # is evicted next (the least recently used) must not change.
+    one_at_a_time, at_once = ItemTable(4), ItemTable(4)
+    for table in (one_at_a_time, at_once):
+        for title in "abcd":
+            table.add(title)
+    batch = ["c", "a", "c", "b"]
+    assert [one_at_a_time.add(t) for t in batch] == at_once.add_known(batch).tolist()
+    one_at_a_time.add("e")
+    at_once.add("e")
+    assert "d" not in one_at_a_time and "d" not in at_once  # d was the least recent
+    assert one_at_a_time.index == at_once.index
+    assert np.array_equal(one_at_a_time.last_used, at_once.last_used)
 
 
 def test_argument_lengths_must_match():
