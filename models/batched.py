@@ -912,7 +912,7 @@ def _learn_trending(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.nd
     n_rows = model._items.rows
     latest = tr._t[:n_rows].copy()
     np.maximum.at(latest, r, t)
-    touched = np.unique(r)
+    touched = np.flatnonzero(np.bincount(r, minlength=n_rows))  # np.unique(r), no sort
     hl = tr.half_life_s
     old = tr._score[touched] * np.exp2(-np.maximum(latest[touched] - tr._t[touched], 0.0) / hl)
     added = np.bincount(r, weights=v * np.exp2(-np.maximum(latest[r] - t, 0.0) / hl),
