@@ -148,10 +148,12 @@ ONE_AT_A_TIME_EVENTS = 3
 # Up to this many users a batch is diversified one user at a time in Python (~20 us each);
 # above it, all users walk their ranked lists together in numpy (a fixed ~1 ms).
 SMALL_BATCH_USERS = 32
-# A link merge sums weights in a dense (sources x titles) table of at most this many cells
-# (8 bytes each: 16 MiB; 2.4 MiB for a batch of 1,000 events on 1,000 titles); beyond it
-# the sources are merged in chunks.
-MERGE_CELLS = 1 << 21
+# merge_links sums a batch's links in a dense (sources x titles) table when it has at most
+# this many cells (8 bytes each: 16 MiB; 2.4 MiB for a 1,000-event batch on 1,000 titles)
+# and at most this many per link (a cell costs ~1 ns, sorting a link ~45 ns, measured on
+# 17,000 links); otherwise it sorts the links.
+DENSE_MERGE_CELLS = 1 << 21
+DENSE_MERGE_CELLS_PER_LINK = 32
 # Up to this many users the lists are put together one user at a time (~25 us each); above
 # it, for all users at once in numpy (a fixed ~0.15 ms, then ~3 us per user).
 ASSEMBLE_EACH_USERS = 8
@@ -851,41 +853,35 @@ def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray
     (the hybrid's co-occurrence by default)."""
     co = model.cooccurrence if co is None else co
     n_rows = model._items.rows
+    width = co.max_neighbours
     touched = np.bincount(src, minlength=n_rows) > 0
     sources = np.flatnonzero(touched)
-    source_of = (np.cumsum(touched) - 1)[src]  # each new link's place among the sources
-    per_chunk = max(1, MERGE_CELLS // max(n_rows, 1))
-    if len(sources) <= per_chunk:
-        _merge_sources(co, n_rows, sources, source_of, dst, amt)
-        return
-    for start in range(0, len(sources), per_chunk):
-        mine = (source_of >= start) & (source_of < start + per_chunk)
-        _merge_sources(co, n_rows, sources[start:start + per_chunk], source_of[mine] - start,
-                       dst[mine], amt[mine])
-
-
-def _merge_sources(co: CoOccurrence, n_rows: int, sources: np.ndarray, source_of: np.ndarray,
-                   dst: np.ndarray, amt: np.ndarray) -> None:
-    """:func:`merge_links` for the distinct, ascending ``sources`` (``source_of``: each new
-    link's index among them)."""
-    width = co.max_neighbours
+    # Every link, the old ones first and then the new in order, as a cell of a (sources x
+    # titles) table: (index of its source) * n_rows + destination.
     cur_nbr = co._nbr[sources].ravel()
     held = np.flatnonzero(cur_nbr >= 0)
-    # Every link (the old ones first, then the new in order) as a cell of a dense (sources
-    # x titles) table: summing repeats is a bincount, and listing the links in (source,
-    # destination) order a scan of the table, not a sort of the links.
-    cells = np.concatenate([held // width * n_rows + cur_nbr[held], source_of * n_rows + dst])
+    cells = np.concatenate([held // width * n_rows + cur_nbr[held],
+                            (np.cumsum(touched) - 1)[src] * n_rows + dst])
+    amounts = np.concatenate([co._w[sources].ravel()[held], amt])
+    # The distinct links in (source, destination) order with their summed weights: with the
+    # table itself (a bincount and a scan) while it is small next to the links, as for a
+    # batch's (a sort of 17,000 links cost 2.3x the table of 312,000 cells); else by
+    # sorting the links (the model sync's merges on a large catalogue).
     n_cells = len(sources) * n_rows
-    totals = np.bincount(cells, weights=np.concatenate([co._w[sources].ravel()[held], amt]),
-                         minlength=n_cells)
-    linked = np.zeros(n_cells, dtype=bool)
-    linked[cells] = True
-    keys = np.flatnonzero(linked)
-    weights = totals[keys]
+    if n_cells <= min(DENSE_MERGE_CELLS, DENSE_MERGE_CELLS_PER_LINK * len(cells)):
+        totals = np.bincount(cells, weights=amounts, minlength=n_cells)
+        linked = np.zeros(n_cells, dtype=bool)
+        linked[cells] = True
+        keys = np.flatnonzero(linked)
+        weights = totals[keys]
+    else:
+        keys, inverse = np.unique(cells, return_inverse=True)
+        weights = np.bincount(inverse, weights=amounts, minlength=len(keys))
     k_src, k_dst = np.divmod(keys, n_rows)
     # A source's links are one run, in destination order, and its slot is the link's place
     # in the run. Only sources with more links than slots need theirs ordered by weight
-    # (strongest first; ties: lower destination first).
+    # (strongest first; ties: lower destination first); sorting every link by weight (a
+    # lexsort of them all) was two thirds of a merge's time.
     sizes = np.bincount(k_src, minlength=len(sources))
     place = np.arange(len(keys)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     rank_k = place

@@ -191,16 +191,16 @@ def test_co_occurrence_links_both_ways_with_recency_decay():
 
 
 @needs_mirror
-def test_link_merges_too_large_for_one_table_learn_the_same_links(monkeypatch):
-    # merge_links sums links in a dense (sources x titles) table of at most MERGE_CELLS
-    # cells; a batch touching more sources is merged in chunks of sources.
-    whole, _ = trained(batched=True)
-    monkeypatch.setattr(models.batched, "MERGE_CELLS", 50)  # one source per chunk
-    chunked, _ = trained(batched=True)
+def test_link_merges_by_table_and_by_sorting_learn_the_same_links(monkeypatch):
+    # merge_links sums a batch's links in a dense table when it is small enough, and
+    # sorts them otherwise (a large catalogue): the links learned must not depend on it.
+    by_table, _ = trained(batched=True)
+    monkeypatch.setattr(models.batched, "DENSE_MERGE_CELLS", 0)
+    by_sorting, _ = trained(batched=True)
     for table in ("cooccurrence", "recent"):
-        a, b = getattr(whole, table), getattr(chunked, table)
+        a, b = getattr(by_table, table), getattr(by_sorting, table)
         assert np.array_equal(a._nbr, b._nbr) and np.array_equal(a._w, b._w)
-    assert (whole.cooccurrence._nbr >= 0).sum() > 1000  # many links were merged
+    assert (by_table.cooccurrence._nbr >= 0).sum() > 1000  # many links were merged
 
 
 @needs_mirror
