@@ -373,8 +373,14 @@ class Hybrid(Recommender):
 
     # -- learning ------------------------------------------------------------------------------
     def _ensure_rows(self) -> None:
+        # Runs on every learn_one; the components' arrays only grow when the shared item
+        # table has more rows than when they last grew.
+        rows = self._items.rows
+        if rows == self.__dict__.get("_rows_ensured"):
+            return
         for model in self._components_and_explorer():
             model._ensure_rows()
+        self._rows_ensured = rows
 
     def add_title(self, title: dict[str, Any]) -> None:
         self.content.add_title(title)  # adds the row to the shared table too
@@ -401,7 +407,8 @@ class Hybrid(Recommender):
         fresh = (self.cooccurrence._pop[rows] > 0) & ~(hist.rows == rows[:, None]).any(axis=1)
         if not fresh.any():
             return
-        rows, hist, times = rows[fresh], hist.take(np.nonzero(fresh)[0]), times[fresh]
+        if not fresh.all():
+            rows, hist, times = rows[fresh], hist.take(np.nonzero(fresh)[0]), times[fresh]
         known = self._items.known_rows()
         cols = known[self.cooccurrence._pop[known] > 0]  # pools never hold unwatched titles
         if len(cols) > LEARN_MAX_TITLES:
@@ -423,22 +430,27 @@ class Hybrid(Recommender):
             return
         # The second stage for the events whose title made the pool only (the others
         # teach nothing): about half the work of ranking them all.
-        z = self.pool_features(hist.take(steps), cols[pool[steps]], valid[steps],
-                               pool_co[steps], times[steps])
-        contexts = context(hist.positive_count()[steps], times[steps])
-        slots = hit[steps].argmax(axis=1)
+        if len(steps) < len(rows):
+            hist, pool, valid, pool_co, times, hit = (
+                hist.take(steps), pool[steps], valid[steps], pool_co[steps], times[steps],
+                hit[steps])
+        z = self.pool_features(hist, cols[pool], valid, pool_co, times)
+        contexts = context(hist.positive_count(), times)
+        slots = hit.argmax(axis=1)
         # Per step, its pool's candidates' features and the watched title's (gathered for
         # every step at once; only W changes from one step to the next).
         truths = z[:, np.arange(len(steps)), slots].T                  # (steps, features)
-        pools = [z[:, i] if ok.all() else z[:, i, ok] for i, ok in enumerate(valid[steps])]
-        lr = self.blend_learning_rate
+        pools = [z[:, i] if ok.all() else z[:, i, ok] for i, ok in enumerate(valid)]
+        lr, w, g2 = self.blend_learning_rate, self._w, self._g2
         for zs, truth, ctx in zip(pools, truths, contexts, strict=True):
-            logits = (self._w @ ctx) @ zs
+            logits = (w @ ctx) @ zs
             p = np.exp(logits - logits.max())
             p /= p.sum()
-            grad = np.outer(truth - zs @ p, ctx)
-            self._g2 += grad * grad
-            self._w = np.maximum(self._w + lr * grad / np.sqrt(self._g2), 0.0)
+            grad = (truth - zs @ p)[:, None] * ctx  # the outer product
+            g2 += grad * grad
+            w = w + lr * grad / np.sqrt(g2)
+            np.maximum(w, 0.0, out=w)
+        self._w = w
 
     # -- scoring -------------------------------------------------------------------------------
     def rank_matrix(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray,

@@ -102,7 +102,10 @@ class ImplicitMF(Recommender):
 
     def mark_engaged(self, rows: np.ndarray) -> None:
         """Titles ``rows`` had a positive event: from now on they are sampled as negatives."""
-        new = np.unique(rows[~self._engaged[rows]])
+        fresh = rows[~self._engaged[rows]]
+        if len(fresh) == 0:  # usually: every title was engaged with before
+            return
+        new = np.unique(fresh)
         if len(new):
             self._engaged[new] = True
             self._engaged_rows = grow(self._engaged_rows, self._n_engaged + len(new))
@@ -136,27 +139,30 @@ class ImplicitMF(Recommender):
         if y > 0:
             negs, ok = self.sample_negatives((self.n_negatives,))
             negs = negs[ok & (negs != row)]
-            self.mark_engaged(np.array([row]))
+            if not self._engaged[row]:
+                self.mark_engaged(np.array([row]))
             if len(negs) == 0:
                 return
             xk = x[negs].astype(np.float64)
-            diff = (xj - xk) @ u + b[row] - b[negs]
+            apart = xj - xk
+            diff = apart @ u + b[row] - b[negs]
             # The BPR steps against every negative, from the same starting point and
             # averaged: one event moves the model by one step whatever n_negatives is (a
             # sum of eight undamped steps diverges on small catalogues).
             g = np.where(diff < 30, lr * min(y, WEIGHT_CLIP) / (1.0 + np.exp(np.minimum(diff, 30))),
                          0.0) / len(negs)
-            x[row] += g.sum() * u - lr * l2 * xj
-            b[row] += g.sum() - lr * l2 * b[row]
-            dx = -g[:, None] * u - lr * l2 * xk / len(negs)
-            db = -g - lr * l2 * b[negs] / len(negs)
+            g_sum, minus_g = g.sum(), -g
+            x[row] += g_sum * u - lr * l2 * xj
+            b[row] += g_sum - lr * l2 * b[row]
+            dx = minus_g[:, None] * u - lr * l2 * xk / len(negs)
+            db = minus_g - lr * l2 * b[negs] / len(negs)
             if len(set(negs.tolist())) == len(negs):  # usually: plain fancy indexing
                 x[negs] += dx
                 b[negs] += db
             else:
                 np.add.at(x, negs, dx)
                 np.add.at(b, negs, db)
-            grad_u = g @ (xj - xk)
+            grad_u = g @ apart
         else:
             score = float(u @ xj + b[row])
             g = lr * min(-y, WEIGHT_CLIP) / (1.0 + np.exp(-score)) if score > -30 else 0.0
@@ -167,7 +173,7 @@ class ImplicitMF(Recommender):
         liked = w > 0
         if liked.any():
             h = hist[liked]
-            self._y[h] += (np.outer(w[liked], grad_u) - lr * l2 * self._y[h]).astype(np.float32)
+            self._y[h] += (w[liked][:, None] * grad_u - lr * l2 * self._y[h]).astype(np.float32)
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
         users, _ = self.user_vectors(profile.matrix())

@@ -124,6 +124,9 @@ def learn_and_rank(
     last_event: dict[str, dict[str, Any]] = {}
     recall_checked: set[str] = set()
     learned_events: list[tuple[str, float, float, list[tuple[str, float]]]] = []
+    # Hot loop (every event of the batch): the outputs it fills, bound once.
+    by_type, event_times = out.applied_by_type, out.event_times
+    learned, recall, recall_new = learned_events.append, out.recall, out.recall_new_titles
     for event, is_new in zip(events, applied, strict=True):
         uid = event["user_id"]
         last_event[uid] = event
@@ -131,8 +134,9 @@ def learn_and_rank(
             out.duplicates += 1
             continue
         kind = event["type"]
-        out.applied_by_type[kind] = out.applied_by_type.get(kind, 0) + 1
-        out.event_times.append(event["ts"])
+        by_type[kind] = by_type.get(kind, 0) + 1
+        ts = event["ts"]
+        event_times.append(ts)
         stored = profiles[uid]
         if xb is not None:
             xb.observe(event, stored)
@@ -143,24 +147,24 @@ def learn_and_rank(
             new_title = title not in profile.completed and all(
                 t != title for t, _ in profile.history)
             for name, titles in stored.last_lists.items():
-                if name in out.recall:
+                if name in recall:
                     hit = title in titles
-                    out.recall[name][1] += 1
-                    out.recall[name][0] += hit
+                    recall[name][1] += 1
+                    recall[name][0] += hit
                     if new_title:
-                        out.recall_new_titles[name][1] += 1
-                        out.recall_new_titles[name][0] += hit
+                        recall_new[name][1] += 1
+                        recall_new[name][0] += hit
         y = event_feedback(profile, event)
         if y != 0.0:
             # The history as it is just before this event; learned as one minibatch.
-            learned_events.append((title, y, event["ts"], profile.history[:MAX_HISTORY]))
+            learned((title, y, ts, profile.history[:MAX_HISTORY]))
         if product is not None:
             product.observe(event, y, stored)
         apply_event(profile, event, y, history_cap)
     if learned_events:
         learn_many(model, *zip(*learned_events, strict=True))
-    learned = time.perf_counter()
-    out.learn_seconds = learned - started
+    learn_end = time.perf_counter()
+    out.learn_seconds = learn_end - started
 
     popular = [t for t, _ in model.trending.top(RECALL_K)]
     if product is not None:  # recent searches as weak positives, for this ranking only
@@ -217,5 +221,5 @@ def learn_and_rank(
         out.last_lists[uid] = orjson.dumps(lists)
     if xb is not None:
         out.experiments = xb.tallies
-    out.rank_seconds = time.perf_counter() - learned - out.product_seconds
+    out.rank_seconds = time.perf_counter() - learn_end - out.product_seconds
     return out

@@ -21,6 +21,10 @@ COMPLETED_CAP = 1000
 SEARCH_CAP = 20
 
 
+# The event types is_completion can be true of.
+_MAY_COMPLETE = frozenset({"complete", "stop", "pause", "seek"})
+
+
 def is_completion(event: dict[str, Any]) -> bool:
     if event["type"] == "complete":
         return True
@@ -67,29 +71,36 @@ def apply_event(
     >>> p.history, sorted(p.completed)
     ([('a', 2.3)], ['a'])
     """
+    get = event.get
     kind = event["type"]
     profile.hour = hour_of_day(event["ts"])
-    if event.get("device"):
-        profile.device = event["device"]
-    if event.get("country"):
-        profile.country = event["country"]
+    device = get("device")
+    if device:
+        profile.device = device
+    country = get("country")
+    if country:
+        profile.country = country
     if kind == "search":
         profile.search_terms.insert(0, event["query"])
         del profile.search_terms[SEARCH_CAP:]
         return profile
-    title = event.get("title_id")
+    title = get("title_id")
     if title is None or kind == "impression":
         return profile
     history = profile.history
-    weight = y
-    for i, (t, w) in enumerate(history):
-        if t == title:
-            weight += w
-            del history[i]
-            break
-    history.insert(0, (title, round(weight, 6)))
+    if history and history[0][0] == title:
+        # The usual case (play, pause, stop of one title): the latest title again.
+        history[0] = (title, round(y + history[0][1], 6))
+    else:
+        weight = y
+        for i, entry in enumerate(history):
+            if entry[0] == title:
+                weight += entry[1]
+                del history[i]
+                break
+        history.insert(0, (title, round(weight, 6)))
     del history[history_cap:]
-    if is_completion(event):
+    if kind in _MAY_COMPLETE and is_completion(event):
         profile.completed.add(title)
         if len(profile.completed) > COMPLETED_CAP:
             # Sets are unordered; drop an arbitrary old one rather than grow without bound.

@@ -64,6 +64,9 @@ def feedback(event: dict[str, Any], rewatch: bool = False) -> float:
     1.8
     """
     kind = event["type"]
+    y = _FIXED.get(kind)
+    if y is not None:  # most events (checked first: this runs for every event of a batch)
+        return y + REWATCH_BONUS if rewatch and kind == "play" else y
     if kind == "stop":
         ratio = watch_ratio(event)
         if ratio < ABANDON_RATIO:
@@ -73,10 +76,7 @@ def feedback(event: dict[str, Any], rewatch: bool = False) -> float:
         return round(2.0 * ratio - 0.2, 6)
     if kind == "rate":
         return float(event["rating"]) - 3.0
-    y = _FIXED.get(kind, 0.0)
-    if kind == "play" and rewatch:
-        y += REWATCH_BONUS
-    return y
+    return 0.0
 
 
 def hour_of_day(ts: float) -> int:

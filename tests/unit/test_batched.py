@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from models.base import HistoryMatrix, UserProfile
+import models.batched
+from models.base import HistoryMatrix, ItemTable, UserProfile
 from models.batched import MIRRORED, fingerprint, learn_many, mirrors, rank_many, recommend_many
 from models.cooccurrence import CoOccurrence
 from models.hybrid import Hybrid
@@ -190,6 +191,19 @@ def test_co_occurrence_links_both_ways_with_recency_decay():
 
 
 @needs_mirror
+def test_link_merges_by_table_and_by_sorting_learn_the_same_links(monkeypatch):
+    # merge_links sums a batch's links in a dense table when it is small enough, and
+    # sorts them otherwise (a large catalogue): the links learned must not depend on it.
+    by_table, _ = trained(batched=True)
+    monkeypatch.setattr(models.batched, "DENSE_MERGE_CELLS", 0)
+    by_sorting, _ = trained(batched=True)
+    for table in ("cooccurrence", "recent"):
+        a, b = getattr(by_table, table), getattr(by_sorting, table)
+        assert np.array_equal(a._nbr, b._nbr) and np.array_equal(a._w, b._w)
+    assert (by_table.cooccurrence._nbr >= 0).sum() > 1000  # many links were merged
+
+
+@needs_mirror
 def test_blend_learns_a_batch_from_the_models_as_they_were_before_it():
     # Each blend step asks which title of the user's pool they went on to watch, so the
     # pool must be scored as it was before the event. Were the batch's co-occurrence links
@@ -212,6 +226,22 @@ def test_blend_learns_a_batch_from_the_models_as_they_were_before_it():
     assert not np.allclose(expected._w, model._w)  # the batch does teach the blend
     learn_many(model, titles, ys, ts, histories)
     assert np.allclose(model._w, expected._w)
+
+
+def test_a_batch_of_known_titles_is_used_as_one_at_a_time():
+    # learn_many marks a batch's titles used in one pass (ItemTable.add_known); which title
+    # is evicted next (the least recently used) must not change.
+    one_at_a_time, at_once = ItemTable(4), ItemTable(4)
+    for table in (one_at_a_time, at_once):
+        for title in "abcd":
+            table.add(title)
+    batch = ["c", "a", "c", "b"]
+    assert [one_at_a_time.add(t) for t in batch] == at_once.add_known(batch).tolist()
+    one_at_a_time.add("e")
+    at_once.add("e")
+    assert "d" not in one_at_a_time and "d" not in at_once  # d was the least recent
+    assert one_at_a_time.index == at_once.index
+    assert np.array_equal(one_at_a_time.last_used, at_once.last_used)
 
 
 def test_argument_lengths_must_match():
