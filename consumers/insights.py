@@ -60,7 +60,7 @@ def rising_titles(current: dict[str, float], previous: dict[str, float], top: in
     [{'title_id': 'b', 'plays': 5, 'plays_before': 0, 'growth': 6.0}, \
 {'title_id': 'a', 'plays': 30, 'plays_before': 29, 'growth': 1.033}]
     """
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"title_id": t, "plays": int(n), "plays_before": int(previous.get(t, 0)),
          "growth": round((n + 1.0) / (previous.get(t, 0) + 1.0), 3)}
         for t, n in current.items() if n >= min_plays

@@ -147,17 +147,21 @@ def record(
                     continue
                 last_seen = time.monotonic()
                 for msg in batch:
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            sys.stderr.write(f"streamrec record: warning: {msg.error().str()}\n")
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            sys.stderr.write(f"streamrec record: warning: {error.str()}\n")
                         continue
                     partition, offset = msg.partition(), msg.offset()
+                    if partition is None or offset is None:
+                        continue  # only error events lack them, and those were skipped above
                     gap = offset - expected[partition]
                     if gap > 0:
                         lost_by_partition[partition] = lost_by_partition.get(partition, 0) + gap
                     expected[partition] = offset + 1
                     value, key = msg.value(), msg.key()
-                    if natural_key_line(value, key, key_field):
+                    # A tombstone (no value) is never a natural line: it is wrapped.
+                    if value is not None and natural_key_line(value, key, key_field):
                         write(value + b"\n")
                     else:
                         wrapped += 1

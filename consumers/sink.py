@@ -51,10 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "STREAMREC_METRICS_PORT")
 
 
-def latest_per_user(values: list[bytes]) -> dict[str, tuple[float, bytes]]:
-    """The newest message per user among ``values`` (a batch may hold several)."""
+def latest_per_user(values: list[bytes | None]) -> dict[str, tuple[float, bytes]]:
+    """The newest message per user among ``values`` (a batch may hold several); tombstones
+    (``None``) and invalid messages are skipped."""
     latest: dict[str, tuple[float, bytes]] = {}
     for value in values:
+        if value is None:
+            logger.warning("skipping a recommendation record without a value (tombstone)")
+            continue
         try:
             message: Any = orjson.loads(value)
             uid, ts = message["user_id"], float(message["ts"])

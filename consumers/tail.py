@@ -27,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_record(topic: str, key: bytes | None, value: bytes | None, now: float) -> str:
     """One readable line for a record of any streamrec topic."""
-    try:
-        obj: Any = orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return f"{topic} {key!r}: (not JSON) {value[:80]!r}"
+    obj: Any = None  # a tombstone (no value) prints as null
+    if value is not None:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return f"{topic} {key!r}: (not JSON) {value[:80]!r}"
     if isinstance(obj, dict) and "items" in obj and "user_id" in obj:
         lag_ms = (obj.get("ts", now) - obj.get("event_ts", now)) * 1000
         items = ", ".join(f"{i['title_id']} ({i['reason']})" for i in obj["items"][:5])
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             sys.stdout.write((record.value() or b"null").decode(errors="replace") + "\n")
         else:
-            sys.stdout.write(format_record(record.topic(), record.key(), record.value(),
+            sys.stdout.write(format_record(topic, record.key(), record.value(),
                                            time.time()) + "\n")
         sys.stdout.flush()
     return 0

@@ -143,6 +143,7 @@ class RiverMF(Recommender):
         self.capacity = capacity
         self._init_items(capacity)
         latents = optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed)
+        self._river: reco.FunkMF | reco.BiasedMF
         if kind == "funk":
             self._river = reco.FunkMF(n_factors=n_factors, optimizer=optim.SGD(learning_rate),
                                       l2=l2, initializer=latents, seed=seed)

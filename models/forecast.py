@@ -118,12 +118,12 @@ class SeasonalForecaster:
             entry[1 + part] *= keep
         if total > 0:
             for title, count in plays.items():
-                entry = shares.get(title)
-                if entry is None:
-                    entry = shares[title] = [0.0] * (1 + DAY_PARTS)
+                title_shares = shares.get(title)
+                if title_shares is None:
+                    title_shares = shares[title] = [0.0] * (1 + DAY_PARTS)
                 share = alpha * count / total
-                entry[0] += share
-                entry[1 + part] += share
+                title_shares[0] += share
+                title_shares[1 + part] += share
         if len(shares) > self.titles_per_country * 1.25:
             ranked = sorted(shares.items(), key=lambda kv: -(kv[1][0] + max(kv[1][1:])))
             for title, _ in ranked[self.titles_per_country:]:

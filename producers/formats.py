@@ -95,5 +95,5 @@ def _parse_or_error(line: str, layout: str, line_no: int) -> Rating | InvalidRec
     try:
         return parse_movielens_line(line, layout, line_no)
     except InvalidRecord as exc:
-        exc.line_no = line_no  # type: ignore[attr-defined]
+        exc.line_no = line_no
         return exc

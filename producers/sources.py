@@ -26,7 +26,7 @@ import io
 import os
 import zlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -47,6 +47,9 @@ RECORD_WRAPPER_PREFIX = b'{"__record__"'
 _READ_BUFFER = 1 << 20
 
 Record = tuple[int, Any, bytes, float, InvalidRecord | None]
+# What the readers read lines from: the file, or a gzip stream over it (GzipFile is not an
+# IO[bytes] to the type checker, though it reads the same).
+BinaryReader = BinaryIO | gzip.GzipFile
 
 # -- MovieLens mapping ---------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class Source:
         self.kind = kind
         self.max_bytes = max_bytes
         self.size = os.path.getsize(path)
-        self._raw: IO[bytes] | None = None
+        self._raw: BinaryIO | None = None
         self.line_no = 0
 
     def position(self) -> int:
@@ -183,7 +186,7 @@ class Source:
                     f"{self.path}: cannot read past line {self.line_no}: {exc}"
                 ) from None
 
-    def _jsonl(self, reader: IO[bytes]) -> Iterator[Record]:
+    def _jsonl(self, reader: BinaryReader) -> Iterator[Record]:
         validate = validate_catalog if self.kind == CATALOG else validate_event
         key_field = "title_id" if self.kind == CATALOG else "user_id"
         max_bytes = self.max_bytes
@@ -210,7 +213,7 @@ class Source:
             return line_no, None, line, 0.0, exc
         return line_no, key, value or b"", event["ts"], None
 
-    def _csv(self, reader: IO[bytes]) -> Iterator[Record]:
+    def _csv(self, reader: BinaryReader) -> Iterator[Record]:
         text = io.TextIOWrapper(reader, encoding="utf-8", errors="replace", newline="")
         rows = csv.reader(text)
         header = next(rows, None)
@@ -233,7 +236,7 @@ class Source:
                 continue
             yield line_no, event[key_field], value, event["ts"], None
 
-    def _movielens(self, reader: IO[bytes]) -> Iterator[Record]:
+    def _movielens(self, reader: BinaryReader) -> Iterator[Record]:
         layout = None
         for line_no, raw_line in enumerate(reader, 1):
             self.line_no = line_no
@@ -267,7 +270,7 @@ class _open:  # noqa: N801 - used like open()
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __enter__(self) -> tuple[IO[bytes], IO[bytes]]:
+    def __enter__(self) -> tuple[BinaryReader, BinaryIO]:
         try:
             self._raw = open(self.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115
         except FileNotFoundError:
@@ -277,7 +280,7 @@ class _open:  # noqa: N801 - used like open()
         except PermissionError:
             raise ConfigError(f"{self.path}: permission denied") from None
         if self.path.endswith(".gz"):
-            self._reader: IO[bytes] = gzip.GzipFile(fileobj=self._raw, mode="rb")
+            self._reader: BinaryReader = gzip.GzipFile(fileobj=self._raw, mode="rb")
         else:
             self._reader = self._raw
         return self._reader, self._raw
@@ -337,7 +340,7 @@ def _typed_row(header: list[str], row: list[str], kind: str) -> dict[str, Any]:
     return event
 
 
-def open_output(path: str) -> IO[bytes]:
+def open_output(path: str) -> io.BufferedIOBase:
     """A binary file to write JSONL to; ``.gz`` compresses. One-line error if it cannot."""
     try:
         if path.endswith(".gz"):

@@ -52,7 +52,7 @@ from streamrec.bench_report import (
     rate_series,
     rss_per_new_user,
 )
-from streamrec.exceptions import ConfigError, StreamrecError
+from streamrec.exceptions import ConfigError, StateStoreUnavailable, StreamrecError
 from streamrec.settings import Settings, Topics
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,9 @@ class Bench:
         self.broker = services.broker
         self.data = data
         self.logs = logs
-        self.redis = redis.Redis.from_url(settings.redis_url.reveal())  # type: ignore[union-attr]
+        if settings.redis_url is None:  # Services names the embedded Redis it started
+            raise StateStoreUnavailable("the bench has no Redis to measure")
+        self.redis = redis.Redis.from_url(settings.redis_url.reveal())
 
     def topics(self, name: str) -> Topics:
         return Topics(events=f"bench-events-{name}", catalog=f"bench-catalog-{name}",
@@ -488,8 +490,10 @@ class Bench:
                 batch = consumer.consume(1000, 0) or consumer.consume(1, 0.1)
                 now = time.time()
                 for record in batch:
-                    if record.error() is None:
-                        m = orjson.loads(record.value())
+                    value = record.value()
+                    # None only for a tombstone, which nothing sends to the bench's topic.
+                    if record.error() is None and value is not None:
+                        m = orjson.loads(value)
                         if m["event_id"].endswith("~paced"):
                             received.append((m["user_id"], m["event_ts"], m["ts"]))
                             delivered.append((m["user_id"], m["event_ts"], now))
@@ -533,7 +537,7 @@ class Bench:
         while time.monotonic() < deadline:
             covered = {u for u, _, _ in received}
             if len(covered) >= len({u for u, _ in sent}):
-                latest = {}
+                latest: dict[str, float] = {}
                 for user, event_ts, _ in received:
                     latest[user] = max(latest.get(user, 0.0), event_ts)
                 if all(latest.get(u, -1.0) >= ts for u, ts in sent):

@@ -28,6 +28,7 @@ import os
 import selectors
 import socket
 import threading
+from typing import cast
 
 from streamrec.exceptions import EmbeddedServiceError
 
@@ -214,7 +215,8 @@ class _Forwarder:
                 if key.data is None:
                     self._accept()
                 else:
-                    self._pump(key.fileobj, key.data)  # type: ignore[arg-type]
+                    # Only sockets are registered (above); typeshed's fileobj is any file.
+                    self._pump(cast(socket.socket, key.fileobj), key.data)
 
     def _accept(self) -> None:
         client, _ = self._listener.accept()

@@ -80,6 +80,21 @@ class TailState:
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def add(self, value: bytes | None, dead_letter: bool) -> None:
+        """Count one output record: a dead letter, or a recommendation list (a tombstone,
+        which a topic shared with a real cluster may hold, is no list and is not counted)."""
+        with self.lock:
+            if dead_letter:
+                self.dead_letters += 1
+                return
+            if value is None:
+                return
+            message = orjson.loads(value)
+            self.recommendations += 1
+            self.users.add(message["user_id"])
+            self.latencies_s.append(message["ts"] - message["event_ts"])
+            self.samples[message["user_id"]] = message
+
 
 def _tail(settings: Settings, state: TailState, stop: threading.Event) -> None:
     from confluent_kafka import Consumer
@@ -91,17 +106,8 @@ def _tail(settings: Settings, state: TailState, stop: threading.Event) -> None:
     try:
         while not stop.is_set():
             for record in consumer.consume(1000, 0.1):
-                if record.error() is not None:
-                    continue
-                with state.lock:
-                    if record.topic() == settings.topics.dlq:
-                        state.dead_letters += 1
-                        continue
-                    message = orjson.loads(record.value())
-                    state.recommendations += 1
-                    state.users.add(message["user_id"])
-                    state.latencies_s.append(message["ts"] - message["event_ts"])
-                    state.samples[message["user_id"]] = message
+                if record.error() is None:
+                    state.add(record.value(), record.topic() == settings.topics.dlq)
     finally:
         consumer.close()
 

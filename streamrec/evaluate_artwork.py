@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -101,7 +102,7 @@ class PolicyResult:
 
 
 # -- reading logs -------------------------------------------------------------------------------
-def _open(path: str) -> IO[bytes]:
+def _open(path: str) -> io.BufferedIOBase:
     try:
         return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
@@ -120,7 +121,8 @@ def _jsonl(path: str) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(obj, dict):
                 # A record file (``streamrec record``) wraps each value.
-                yield obj.get("value") if isinstance(obj.get("value"), dict) else obj
+                value = obj.get("value")
+                yield value if isinstance(value, dict) else obj
 
 
 def catalog_path_for(path: str) -> str:

@@ -34,7 +34,15 @@ class InvalidRecord(StreamrecError, ValueError):
         record), e.g. ``"invalid_json"`` or ``"missing_field"``.
     detail
         One human-readable line saying what was wrong.
+
+    Attributes
+    ----------
+    line_no
+        The record's line in the file it was read from, when a reader sets it (None
+        otherwise).
     """
+
+    line_no: int | None = None
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -201,7 +201,9 @@ def faust_broker_credentials(settings: Settings) -> Any:
 
 def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
     """The faust app for ``settings`` (Kafka and Redis addresses already resolved)."""
-    runtime = runtime if runtime is not None else WorkerRuntime(settings)
+    # A name of its own: a parameter narrowed from Optional stays Optional to mypy inside
+    # the EventsService class below.
+    worker = runtime if runtime is not None else WorkerRuntime(settings)
     patch_aiokafka()  # several workers on the embedded broker (see streams.faust_compat)
     app = faust.App(
         settings.app_id,
@@ -220,7 +222,6 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
         broker_heartbeat_interval=settings.session_timeout_s / 10,
         broker_rebalance_timeout=settings.session_timeout_s,
     )
-    app.runtime = runtime  # type: ignore[attr-defined]
     catalog_topic = app.topic(settings.topics.catalog, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
 
@@ -228,41 +229,41 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
     async def catalog(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
-            await runtime.handle_catalog(message.key, message.value, message.partition,
-                                         message.offset)
+            await worker.handle_catalog(message.key, message.value, message.partition,
+                                        message.offset)
 
     @app.timer(interval=GAUGE_INTERVAL_S)
     async def gauges() -> None:
-        runtime.update_gauges()
+        worker.update_gauges()
 
     @app.timer(interval=settings.checkpoint_interval_s)
     async def checkpoint() -> None:
-        await runtime.checkpoint()
+        await worker.checkpoint()
 
     class EventsService(mode.Service):
         """Runs the batched events pipeline for as long as the app runs."""
 
         async def on_start(self) -> None:
-            await runtime.start()
+            await worker.start()
 
         async def on_started(self) -> None:
-            assert runtime.pipeline is not None
+            assert worker.pipeline is not None
             if settings.pipeline == "batched":
-                self._task = asyncio.ensure_future(runtime.pipeline.run())
+                self._task = asyncio.ensure_future(worker.pipeline.run())
 
         async def on_stop(self) -> None:
-            if runtime.pipeline is not None:
-                runtime.pipeline.request_stop()
+            if worker.pipeline is not None:
+                worker.pipeline.request_stop()
                 try:
                     await asyncio.wait_for(self._task, SHUTDOWN_TIMEOUT_S)
                 except (TimeoutError, AttributeError):
                     logger.error("events pipeline did not stop within %ss", SHUTDOWN_TIMEOUT_S)
-            await runtime.checkpoint(final=True)
-            await runtime.stop()
+            await worker.checkpoint(final=True)
+            await worker.stop()
 
     if settings.pipeline == "per-record":
         from streams.per_record import add_events_agent
 
-        add_events_agent(app, runtime)
+        add_events_agent(app, worker)
     app.service(EventsService)
     return app

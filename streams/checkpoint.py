@@ -52,10 +52,11 @@ class Checkpointer:
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="checkpoint_load").inc()
             raise StateStoreUnavailable(f"could not read the model checkpoint: {exc}") from exc
-        if not stored or b"blob" not in stored:
+        blob = stored.get(b"blob")
+        if not isinstance(blob, bytes):  # none saved (replies are bytes: not decoded)
             return None
         try:
-            model = pickle.loads(stored[b"blob"])  # noqa: S301 - our own Redis, see module doc
+            model = pickle.loads(blob)  # noqa: S301 - our own Redis, see module doc
         except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not stop startup
             logger.error("model checkpoint unreadable (%s); starting from scratch", exc)
             return None
@@ -65,7 +66,8 @@ class Checkpointer:
             return None
         self.version = int(stored.get(b"version", b"0"))
         LAST_CHECKPOINT.set(float(stored.get(b"saved_at", b"0")))
-        self.log_id = stored[b"log_id"].decode() if stored.get(b"log_id") else None
+        log_id = stored.get(b"log_id")
+        self.log_id = log_id.decode() if isinstance(log_id, bytes) and log_id else None
         self.offsets = orjson.loads(stored.get(b"offsets") or b"{}")
         logger.info("restored model checkpoint version %d (%d titles; model log position "
                     "%s; events learned up to %s)", self.version,
@@ -116,4 +118,4 @@ class Checkpointer:
 def load_catalog_sync(client: redis.Redis, app_id: str) -> dict[str, dict[str, Any]]:
     """title_id -> catalogue entry, for commands outside the worker."""
     raw = client.hgetall(catalog_key(app_id))
-    return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    return {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v) for k, v in raw.items()}

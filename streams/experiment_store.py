@@ -177,7 +177,8 @@ def read_experiments(client: redis.Redis, app_id: str, names: Iterable[str] | No
     """Every stored experiment (or ``names``), each ``snapshot + {"arms": {variant:
     (ArmStats, lists)}}``, for the report (synchronous client)."""
     wanted = sorted(names) if names is not None else sorted(
-        m.decode() for m in client.smembers(f"{prefix(app_id)}index"))
+        m.decode() if isinstance(m, bytes) else m
+        for m in client.smembers(f"{prefix(app_id)}index"))
     out = []
     for name in wanted:
         raw = client.get(f"{prefix(app_id)}{name}:config")

@@ -51,7 +51,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -74,6 +74,11 @@ LOG_MAX_ENTRIES = 500
 LOG_MARGIN_MS = 30_000
 # Entries read per XRANGE call.
 READ_COUNT = 200
+
+# Log entries as XRANGE returns them to this client: (entry id, fields), all bytes (replies
+# are not decoded, and XRANGE has no nil entries). redis-py's annotation covers any client
+# and any stream command, hence the cast where they are read.
+LogEntries = list[tuple[bytes, dict[bytes, bytes]]]
 # Event types whose title the models learn (as streams.batch.learn_and_rank decides).
 _UNLEARNED_TYPES = frozenset({"search", "impression"})
 
@@ -207,10 +212,11 @@ class Delta:
             "offsets": self.offsets, "anchor": self.anchor, "clock": self.clock,
         })
         buffer = io.BytesIO()
+        # ignore: to mypy a **dict might name savez's allow_pickle flag; these are arrays.
         np.savez(buffer, link_src=self.link_src, link_dst=self.link_dst, link_w=self.link_w,
                  recent_src=self.recent_src, recent_dst=self.recent_dst,
                  recent_w=self.recent_w, blend=self.blend, g2=self.g2,
-                 **self.arrays)
+                 **self.arrays)  # type: ignore[arg-type]
         return len(header).to_bytes(4, "big") + header + buffer.getvalue()
 
     @classmethod
@@ -260,7 +266,8 @@ def _aligned_base(model: Hybrid, base: Snapshot | None) -> tuple[dict[str, np.nd
     # Recent counts stored since the base in other units (the anchor moved: a rebase, or
     # the first event): the base's counts in today's units.
     recent = model.recent
-    if base is not None and base.anchor is not None and recent._anchor != base.anchor:
+    if (base is not None and base.anchor is not None and recent._anchor is not None
+            and recent._anchor != base.anchor):
         factor = float(np.exp2((base.anchor - recent._anchor) / recent.half_life_s))
         out["rc_pop"] *= factor
         out["rc_w"] *= factor
@@ -306,7 +313,8 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
                   anchor=model.recent._anchor, clock=float(model.recent._clock))
     if len(rows) == 0:
         return delta
-    delta.titles = [ids[r] for r in rows]  # type: ignore[misc]
+    # Dirty rows are live rows: each holds a title.
+    delta.titles = cast(list[str], [ids[r] for r in rows])
     delta.arrays = {
         "mf_x": d_x[rows], "mf_y": d_y[rows], "mf_b": d_b[rows], "ex_a": d_a[rows],
         "ex_b": d_eb[rows], "co_pop": d_pop[rows], "tr_v": tr_v[rows],
@@ -318,7 +326,9 @@ def diff(model: Hybrid, base: Snapshot | None, worker: str) -> Delta:
              for nbr, w, prefix in _LINK_TABLES}
     dst_rows, dst_idx = np.unique(np.concatenate([g[1] for g in gains.values()]),
                                   return_inverse=True)
-    delta.link_titles = [ids[int(r)] for r in dst_rows]  # type: ignore[misc]
+    # Links to a title are cleared when it goes (CoOccurrence._reset_row): each
+    # destination holds a title.
+    delta.link_titles = cast(list[str], [ids[int(r)] for r in dst_rows])
     at = 0
     for prefix, (src, _, gained) in gains.items():
         # rows is sorted (np.nonzero), so a source row's index in it is a binary search.
@@ -501,7 +511,7 @@ class ModelSync:
         applied = 0
         if self.enabled:
             try:
-                first = await self._client.xrange(self.key, count=1)
+                first = await self._range("-", 1)
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.labels(op="model_sync").inc()
                 raise StateStoreUnavailable(f"could not read the model log: {exc}") from exc
@@ -567,10 +577,10 @@ class ModelSync:
     async def _read_and_apply(self, model: Hybrid, skip_own: bool) -> int:
         """Read every entry after ``last_id``, then apply them all at once (no await in
         between, so a failed read applies nothing and moves nothing)."""
-        entries: list[tuple[Any, dict[bytes, bytes]]] = []
+        entries: LogEntries = []
         position = self.last_id
         while True:
-            page = await self._client.xrange(self.key, min=f"({position}", count=READ_COUNT)
+            page = await self._range(f"({position}", READ_COUNT)
             entries += page
             if len(page) < READ_COUNT:
                 break
@@ -590,6 +600,10 @@ class ModelSync:
             applied += 1
         self.applied_entries += applied
         return applied
+
+    async def _range(self, start: str, count: int) -> LogEntries:
+        """Up to ``count`` log entries from ``start`` (an XRANGE id, ``(`` exclusive)."""
+        return cast(LogEntries, await self._client.xrange(self.key, min=start, count=count))
 
     async def _trim(self) -> None:
         ms = _id_tuple(self.last_id)[0] - LOG_MARGIN_MS

@@ -28,9 +28,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -150,8 +150,9 @@ class Notifier:
         outcome = NotifyOutcome()
         series, released = episode["series_id"], float(episode["ts"])
         try:
-            audience: Sequence[bytes] = await self._client.zrangebyscore(
-                audience_key(series), released - self.window_s, "+inf")
+            # Members only (no withscores); redis-py annotates every form of the reply.
+            audience = cast(list[bytes | str], await self._client.zrangebyscore(
+                audience_key(series), released - self.window_s, "+inf"))
             users = [u.decode() if isinstance(u, bytes) else u for u in audience]
             day = str(int(released // 86400))
             now = self._clock()

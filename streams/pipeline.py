@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -374,7 +374,7 @@ class EventsPipeline:
             metrics.observe_many(metrics.EVENT_TO_RECOMMENDATION,
                                  [emitted_at - ts for ts in ranked.event_times])
 
-    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    def produce(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Produce ``(key, value)`` messages, never dropping one; the batch being completed,
         if any, owns them (its offsets wait for their delivery)."""
         if not messages:
@@ -514,7 +514,9 @@ class EventsPipeline:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            # ignore: confluent-kafka's stubs overload commit() on a literal True or False
+            # only; a bool is what the library takes at run time.
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)  # type: ignore[call-overload]
             self._pending.clear()
         except Exception as exc:  # noqa: BLE001 - KafkaException; retried on the next batch
             logger.warning("offset commit failed, will retry: %s", exc)

@@ -388,9 +388,9 @@ def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float],
     return orjson.dumps(flat)
 
 
-def _field_args(user_fields: Mapping[str, Mapping[str, bytes]]) -> list[Any]:
+def _field_args(user_fields: Mapping[str, Mapping[str, bytes]]) -> list[str | bytes]:
     """(user, field, JSON) triples; field names are checked (they are spliced into JSON)."""
-    args: list[Any] = []
+    args: list[str | bytes] = []
     for uid, fields in user_fields.items():
         for name, value in fields.items():
             if name in OWN_FIELDS or not _FIELD_NAME.fullmatch(name):
@@ -443,7 +443,7 @@ class StateStore:
         users = list(dict.fromkeys(e["user_id"] for e in events))
         user_index = {uid: i for i, uid in enumerate(users, start=1)}
         digest = hashlib.blake2b
-        argv = [
+        argv: list[bytes | str | int | float] = [
             self.ttl_s, self.history_cap, self.dedup_window, COMPLETED_CAP, REWATCH_BONUS,
             COMPLETION_RATIO, SEARCH_CAP, orjson.dumps(users),
             _encode_events(events, feedbacks, user_index),
@@ -485,7 +485,7 @@ class StateStore:
         await self._client.aclose()
 
 
-def _load(raw: bytes | None) -> dict[str, Any]:
+def _load(raw: bytes | str | None) -> dict[str, Any]:
     data = orjson.loads(raw) if raw else {}
     return data if isinstance(data, dict) else {}
 

@@ -117,9 +117,9 @@ class VariantRanker:
     def recommend(self, variant: Variant | None, profile: UserProfile, n: int, ts: float,
                   event_id: str) -> list[Recommendation]:
         model = self.model
-        preset = "default" if variant is None else variant.preset
-        if preset == "default":
+        if variant is None or variant.preset == "default":
             return model.recommend(profile, n=n, ts=ts)
+        preset = variant.preset
         if preset == "popularity":
             if self._trending is None:
                 self._trending = model.trending.top(len(model._items), ts)
@@ -131,4 +131,4 @@ class VariantRanker:
                                           count=len(items))
             return random_list(self._known, model._items.ids, profile, n,
                                f"{profile.user_id}\x1f{event_id}")
-        return self._view(variant).recommend(profile, n=n, ts=ts)  # type: ignore[arg-type]
+        return self._view(variant).recommend(profile, n=n, ts=ts)

@@ -73,13 +73,13 @@ class Contender:
         self.model.remove_title(title_id)
         self._rows[index] = -1
 
-    def learn(self, index: int, step: Step, profile: UserProfile) -> None:
+    def learn(self, index: int, title_id: str, step: Step, profile: UserProfile) -> None:
         started = time.perf_counter()
-        self.model.learn_one(step.user_id, step.title_id, step.y, profile, step.ts)
+        self.model.learn_one(step.user_id, title_id, step.y, profile, step.ts)
         self.learn_seconds += time.perf_counter() - started
         self.learned += 1
         if self._rows[index] < 0:
-            self._rows[index] = self.model.item_rows([step.title_id])[0]
+            self._rows[index] = self.model.item_rows([title_id])[0]
 
     def scores(self, candidates: np.ndarray, profile: UserProfile, ts: float) -> np.ndarray:
         """Scores of ``candidates`` (title indices); the top k are the list the user sees."""
@@ -128,8 +128,8 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         product: ProfileAdjuster | None = None) -> Outcome:
     """Replay ``stream`` through ``models`` under the protocol; per-model scoreboards."""
     index: dict[str, int] = {}
-    for title in stream.titles:
-        index.setdefault(title["title_id"], len(index))
+    for described in stream.titles:
+        index.setdefault(described["title_id"], len(index))
     for step in stream.steps:
         tid = step.title["title_id"] if isinstance(step, TitleChange) else step.title_id
         if tid is not None:
@@ -140,11 +140,11 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         if n_titles > capacity:
             raise ValueError(f"model {name!r} holds {capacity} titles, the stream has {n_titles}")
     contenders = [Contender(name, model, k, n_titles) for name, model in models.items()]
-    for title in stream.titles:
+    for described in stream.titles:
         for c in contenders:
-            c.add_title(index[title["title_id"]], title)
+            c.add_title(index[described["title_id"]], described)
         if product is not None:
-            product.add_title(title)
+            product.add_title(described)
 
     first_tested = test_start(stream.positives)
     seen = np.zeros(n_titles, dtype=bool)
@@ -174,7 +174,8 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         profile = profiles.get(step.user_id)
         if profile is None:
             profile = profiles[step.user_id] = UserProfile(step.user_id)
-        title = index[step.title_id] if step.title_id is not None else -1
+        title_id = step.title_id
+        title = index[title_id] if title_id is not None else -1
         if step.positive:
             if positives >= first_tested:
                 shown = profile
@@ -189,9 +190,9 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
             positives += 1
             engaged_users[title] += 1
             users_engaged.add(step.user_id)
-        if step.y != 0.0 and title >= 0:
+        if step.y != 0.0 and title_id is not None:
             for c in contenders:
-                c.learn(title, step, profile)
+                c.learn(title, title_id, step, profile)
         apply_event(profile, step.event, step.y, history_cap)
         if title >= 0 and step.event["type"] not in ("search", "impression"):
             seen[title] = True

@@ -219,10 +219,10 @@ def _load_jsonl(path: str) -> LoadedStream:
         user, title = event["user_id"], event.get("title_id")
         profile = profiles.get(user) or profiles.setdefault(user, UserProfile(user))
         y = event_feedback(profile, event)
-        engages = title is not None and event["type"] not in ("impression", "search")
-        first = engages and y > 0 and (user, title) not in interacted
-        if engages:
-            interacted.add((user, title))  # type: ignore[arg-type]
+        first = False
+        if title is not None and event["type"] not in ("impression", "search"):
+            first = y > 0 and (user, title) not in interacted
+            interacted.add((user, title))
         positives += first
         steps.append(Step(user, title, y, event["ts"], event, first))
         apply_event(profile, event, y)

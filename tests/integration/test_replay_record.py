@@ -128,6 +128,27 @@ def test_foreign_keys_and_odd_values_survive_record_then_replay(make_settings, t
     assert by_key == {b"u1": values[0::2], b"session-7": values[1::2]}
 
 
+def test_record_keeps_a_tombstone_as_a_wrapper_line(make_settings, tmp_path, capsys,
+                                                    monkeypatch):
+    settings = make_settings()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    event = orjson.dumps({"event_id": "e1", "type": "click", "user_id": "u1",
+                          "ts": 1.7e9, "title_id": "t1"})
+    producer.produce(settings.topics.events, event, b"u1", partition=0)
+    producer.produce(settings.topics.events, None, b"u1", partition=0)  # a tombstone
+    producer.flush(10)
+
+    recording = tmp_path / "tombstone.jsonl"
+    code, out, _ = run_cli(["record", "--out", str(recording), "--from-beginning",
+                            "--until-idle", "1"], capsys, monkeypatch, settings)
+    assert code == 0 and "2 records" in out and "1 as wrapper lines" in out
+    bare, wrapper = recording.read_bytes().splitlines()
+    assert bare == event
+    assert orjson.loads(wrapper) | {"timestamp_ms": None} == {
+        "__record__": 1, "topic": settings.topics.events, "partition": 0, "offset": 1,
+        "timestamp_ms": None, "key": "u1", "value": None}
+
+
 def test_catalogue_replay_is_validated_and_keyed_by_title(make_settings, tmp_path, capsys,
                                                         monkeypatch):
     settings = make_settings()

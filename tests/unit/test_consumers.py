@@ -1,0 +1,25 @@
+"""The consumers' pure helpers on the records a topic can hold besides good messages:
+tombstones (a key with no value) and values that are not JSON."""
+
+from __future__ import annotations
+
+import orjson
+
+from consumers.sink import latest_per_user
+from consumers.tail import format_record
+
+
+def recommendation(user_id: str, ts: float) -> bytes:
+    return orjson.dumps({"user_id": user_id, "ts": ts, "items": []})
+
+
+def test_the_sink_keeps_the_newest_list_per_user_and_skips_tombstones_and_junk():
+    old, new, other = recommendation("u1", 10.0), recommendation("u1", 20.0), recommendation(
+        "u2", 5.0)
+    latest = latest_per_user([new, None, b"not json", old, other])
+    assert latest == {"u1": (20.0, new), "u2": (5.0, other)}
+
+
+def test_tail_prints_a_tombstone_as_null_and_junk_as_not_json():
+    assert format_record("recs", b"u1", None, 0.0) == f"{'u1':>10}: null"
+    assert format_record("recs", b"u1", b"\xffjunk", 0.0) == "recs b'u1': (not JSON) b'\\xffjunk'"
