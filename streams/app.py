@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # How often lag and model-size gauges are refreshed, seconds.
 GAUGE_INTERVAL_S = 5.0
+# How often the catalogue agent checks whether start() has set the runtime up, seconds.
+STARTUP_POLL_S = 0.05
 # Longest a graceful shutdown may take to finish the batch, flush and commit, seconds.
 SHUTDOWN_TIMEOUT_S = 30.0
 
@@ -144,7 +146,10 @@ class WorkerRuntime:
             logger.warning("catalog %s[%d]@%d dead-lettered: %s", self.settings.topics.catalog,
                            partition, offset, exc)
             return
-        assert self.checkpointer is not None and self.sync is not None
+        # faust may hand the agent a record before the EventsService has run start():
+        # wait for the checkpointer and the model sync rather than fail on None.
+        while self.checkpointer is None or self.sync is None:
+            await asyncio.sleep(STARTUP_POLL_S)
         if title["type"] == "title_removed":
             self.sync.remove_title(self.model, title["title_id"])
             await self._retry(lambda: self.checkpointer.remove_title(title["title_id"]))

@@ -1,0 +1,36 @@
+"""The catalogue agent's handler, without Kafka or Redis: what it does before start()."""
+
+from __future__ import annotations
+
+import asyncio
+from unittest import mock
+
+import orjson
+
+from streamrec.settings import Settings
+from streams.app import WorkerRuntime
+from streams.checkpoint import Checkpointer
+from streams.model_sync import ModelSync
+
+TITLE = {"event_id": "c1", "type": "title_added", "ts": 1.7e9, "title_id": "t1", "name": "One",
+         "genres": ["Drama"]}
+
+
+def test_a_title_that_arrives_before_start_waits_for_it_and_is_then_added():
+    runtime = WorkerRuntime(Settings(product_features=False))
+
+    async def scenario() -> tuple[bool, bool]:
+        handling = asyncio.ensure_future(
+            runtime.handle_catalog(b"t1", orjson.dumps(TITLE), 0, 0))
+        await asyncio.sleep(0.2)
+        waited = not handling.done()  # no checkpointer or sync yet: it waits, it does not fail
+        runtime.checkpointer = mock.create_autospec(Checkpointer, instance=True, spec_set=True)
+        runtime.sync = mock.create_autospec(ModelSync, instance=True, spec_set=True)
+        await asyncio.wait_for(handling, 5)
+        return waited, handling.exception() is None
+
+    waited, ok = asyncio.run(scenario())
+    assert waited and ok
+    (model, title), _ = runtime.sync.add_title.call_args
+    assert model is runtime.model and title["title_id"] == "t1" and title["name"] == "One"
+    runtime.checkpointer.save_title.assert_called_once_with(title)
