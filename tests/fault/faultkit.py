@@ -264,6 +264,16 @@ class TopicCollector(threading.Thread):
         with self._lock:
             return len(self.values[topic])
 
+    def keys_of(self, topic: str) -> set[bytes]:
+        """A copy of the keys read so far: the thread keeps adding while the test reads."""
+        with self._lock:
+            return set(self.keys[topic])
+
+    def values_of(self, topic: str) -> list[bytes]:
+        """A copy of the values read so far (see keys_of)."""
+        with self._lock:
+            return list(self.values[topic])
+
     def close(self) -> None:
         self._stopping.set()
         self.join(15)
@@ -317,8 +327,8 @@ def outcome(client: redis.Redis, stream: Stream, collector: TopicCollector,
         lost += max(0, want - got)
         twice += max(0, got - want)
         wrong += want != got
-    with_recs = {k.decode() for k in collector.keys[settings.topics.recommendations]}
-    dead = collector.values[settings.topics.dlq]
+    with_recs = {k.decode() for k in collector.keys_of(settings.topics.recommendations)}
+    dead = collector.values_of(settings.topics.dlq)
     # A dead letter may be re-sent after a crash; count each malformed record once.
     dead_offsets = {(d["partition"], d["offset"]) for d in map(orjson.loads, dead)}
     return Outcome(

@@ -73,7 +73,7 @@ def test_thousands_of_hostile_records_are_all_dead_lettered(fault_cluster, start
         assert worker.process.poll() is None, "the worker died"
         assert worker.stop() == 0
         result = outcome(client, stream, collector, settings_)
-        letters = [orjson.loads(v) for v in collector.values[settings_.topics.dlq]]
+        letters = [orjson.loads(v) for v in collector.values_of(settings_.topics.dlq)]
     finally:
         collector.close()
     reasons: dict[str, int] = {}
