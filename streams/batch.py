@@ -155,7 +155,9 @@ def learn_and_rank(
                         recall_new[name][1] += 1
                         recall_new[name][0] += hit
         y = event_feedback(profile, event)
-        if y != 0.0:
+        # event_feedback is 0 for an event without a title, so the title test changes
+        # nothing but tells the type checker the title is a str.
+        if y != 0.0 and title is not None:
             # The history as it is just before this event; learned as one minibatch.
             learned((title, y, ts, profile.history[:MAX_HISTORY]))
         if product is not None:

@@ -90,12 +90,19 @@ CATALOG_CHUNK = 1000
 CATALOG_FULL_EVERY = 10
 
 
+# The event-time clock in Redis (insights: the latest event and its hour) may lag the
+# batches' by up to this much, seconds of event time: a batch with nothing else to write
+# then skips its flush round trip (most one-event batches: ~0.6 ms of a 5 ms batch). It is
+# written at once when its hour changes, and with any other aggregate.
+CLOCK_STEP_S = 60.0
+
+
 # Everything a batch writes besides per-user state, in one call (one round trip):
 # ARGV = audience ttl, audience cap, plays ttl, demand cap, clock key, clock ts ("" for
-# none), then the counts of three kinds of (key, member, value) triples, then the triples:
-# series watchers (ZADD GT: a user's latest watch; each audience trimmed to the cap, its
-# TTL refreshed), plays of ended hours (ZINCRBY; TTL), unmatched queries (ZINCRBY; the
-# top ``demand cap`` kept).
+# none: see CLOCK_STEP_S), then the counts of three kinds of (key, member, value) triples,
+# then the triples: series watchers (ZADD GT: a user's latest watch; each audience trimmed
+# to the cap, its TTL refreshed), plays of ended hours (ZINCRBY; TTL), unmatched queries
+# (ZINCRBY; the top ``demand cap`` kept).
 FLUSH_LUA = """
 local aud_ttl, aud_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local plays_ttl, demand_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -532,9 +539,14 @@ class ProductLayer:
             metrics.CACHE_HINTS_PUBLISHED.inc(len(messages))
         return messages
 
+    # The latest clock written by flush (a class default until the first write).
+    _clock_written = 0.0
+
     def flush_args(self) -> tuple[list[tuple[str, int]], list[Any]]:
         """``FLUSH_LUA``'s ARGV for this batch, and the (country, hour) pairs of plays whose
-        hour is over (written now, then forgotten here)."""
+        hour is over (written now, then forgotten here). The clock is left out ("") when
+        it is all there would be to write and it is within ``CLOCK_STEP_S`` and the same
+        hour of the last one written."""
         batch, app = self._batch, self.settings.app_id
         audience: list[Any] = []
         for (series, user), ts in batch.watchers.items():
@@ -550,8 +562,13 @@ class ProductLayer:
         for (country, query), count in batch.unmatched.items():
             for scope in (country, ALL):
                 demand += (insight_key(app, "unmatched", scope), query, count)
+        clock, written = batch.clock, self._clock_written
+        if clock <= written or not (
+                audience or plays or demand or clock - written >= CLOCK_STEP_S
+                or hour_start(clock) != hour_start(written)):
+            clock = 0.0
         args = [self.settings.notify_window_s, AUDIENCE_CAP, PLAYS_TTL_S, DEMAND_CAP,
-                insight_key(app, "clock"), batch.clock or "",
+                insight_key(app, "clock"), clock or "",
                 len(audience) // 3, len(plays) // 3, len(demand) // 3,
                 *audience, *plays, *demand]
         return closed, args
@@ -569,6 +586,8 @@ class ProductLayer:
                     raise StateStoreUnavailable(f"Redis product flush failed: {exc}") from exc
                 metrics.REDIS_SECONDS.labels(op="product_flush").observe(
                     time.perf_counter() - started)
+                if args[5] != "":
+                    self._clock_written = args[5]
             for key in closed:
                 del self._open_plays[key]
         self.end_batch()

@@ -366,3 +366,40 @@ def test_artwork_table_follows_the_bandit_as_it_learns_and_evicts(log, monkeypat
     for learned in (["a1", "a2"], ["b1"], ["a1"], ["a2", "b1"]):  # from the 2nd: evictions
         bandit.learn_many(["u"] * len(learned), learned, [True] * len(learned))
         assert_current()
+
+
+def test_the_clock_alone_is_written_a_step_or_an_hour_apart(monkeypatch):
+    # A one-event batch with nothing but the event-time clock to write skips its round trip
+    # while the clock in Redis is less than CLOCK_STEP_S behind and in the same hour.
+    import asyncio
+
+    import streams.product
+
+    monkeypatch.setattr(streams.product, "CLOCK_STEP_S", 60.0)
+    model, product = setup()
+    calls: list[list] = []
+
+    async def record(keys, args):
+        calls.append(args)
+
+    product._client, product._flush = object(), record
+    product._next_refresh = float("inf")  # no catalogue refresh (no Redis here)
+    hour = T0 - T0 % 3600
+
+    def batch(ts: float, kind: str = "impression", **fields) -> object:
+        calls.clear()
+        e = {"event_id": f"e{ts}-{kind}", "type": kind, "user_id": "u1", "ts": ts,
+             "device": "tv", "country": "SE", "title_id": "t1", **fields}
+        learn_and_rank([e], [True], {"u1": StoredProfile(UserProfile("u1"), {}, 0, {})},
+                       model, top_n=5, history_cap=200, model_version="v", product=product)
+        product.take_messages()
+        asyncio.run(product.flush())
+        return calls[0][5] if calls else None  # the clock written, if a call was made
+
+    assert batch(hour + 10) == hour + 10  # the first one
+    assert batch(hour + 30) is None  # 20 s later: skipped
+    assert batch(hour + 20) is None  # older than the one written: skipped
+    assert batch(hour + 70) == hour + 70  # a step after the one written
+    assert batch(hour + 100, "search", query="no such film", title_id=None) == hour + 100
+    assert batch(hour + 3590) == hour + 3590
+    assert batch(hour + 3610) == hour + 3610  # 20 s later, but a new hour
