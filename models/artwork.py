@@ -432,19 +432,19 @@ class ArtworkBandit:
             return np.full(n_pairs, -1, dtype=np.int64)
         rows = table[pair_lists]
         real = rows > -2
-        known = rows >= 0
-        scores = np.full(rows.shape, -np.inf)
-        scores[real] = 0.0  # unseen artworks score as the average unseen image
-        if known.any():
+        # Unseen artworks score as the average unseen image (0), past the list's end -inf.
+        scores = np.where(real, 0.0, -np.inf)
+        pair, column = (rows >= 0).nonzero()  # known artworks, in row-major order
+        if len(pair):
             r = self._representations(user_ids, contexts)
-            who = np.broadcast_to(pair_users[:, None], rows.shape)[known]
-            art = rows[known]
-            scores[known] = self._b[art] + np.einsum("ij,ij->i", self._q[art], r[who])
+            art = rows[pair, column]
+            scores[pair, column] = self._b[art] + np.einsum("ij,ij->i", self._q[art],
+                                                             r[pair_users[pair]])
         rng = self._rng
+        pair_counts = np.count_nonzero(real, axis=1)
         # A little noise breaks ties between unseen artworks without favouring the first.
-        scores[real] += rng.uniform(0.0, 1e-6, int(real.sum()))
-        picks = np.argmax(scores, axis=1)
-        pair_counts = real.sum(axis=1)
+        scores[real] += rng.uniform(0.0, 1e-6, int(pair_counts.sum()))
+        picks = scores.argmax(axis=1)
         eps = self.exploration if explore else 0.0
         if eps > 0:
             draws = rng.random(n_pairs)

@@ -204,7 +204,10 @@ class RowBandit(_Params):
             return np.zeros(0, dtype=np.int64)
         user = np.repeat(np.arange(len(counts)), counts)
         weights = self._mean[slots]
-        if self.exploration > 0:
+        if self.exploration > 0 and all(explore):  # every row sampled: no mask
+            noise = self._rng.standard_normal(weights.shape)
+            weights += self.exploration * noise / np.sqrt(self._precision[slots])
+        elif self.exploration > 0:
             sampled = np.repeat(np.asarray(explore, dtype=bool), counts)
             if sampled.any():
                 noise = self._rng.standard_normal((int(sampled.sum()), weights.shape[1]))
@@ -417,16 +420,16 @@ class CountryTrending(_Params):
         # stored order until no later entry can beat the n-th best exact score so far.
         scale = 1.0 / self.half_life_s
         now = ts * scale
-        best: list[tuple[float, int, str]] = []
+        heap: list[tuple[float, int, str]] = []
         for i, (key, _, last, title) in enumerate(sorted(table.values(), reverse=True)):
-            if len(best) >= n and best[0][0] >= key - now:
+            if len(heap) >= n and heap[0][0] >= key - now:
                 break
             item = (key - max(last * scale, now), -i, title)
-            if len(best) < n:
-                heapq.heappush(best, item)
+            if len(heap) < n:
+                heapq.heappush(heap, item)
             else:
-                heapq.heappushpop(best, item)
-        return [title for _, _, title in sorted(best, reverse=True)]
+                heapq.heappushpop(heap, item)
+        return [title for _, _, title in sorted(heap, reverse=True)]
 
     def forget(self, title: str) -> None:
         for table in self._scores.values():

@@ -388,7 +388,9 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         (SLOT_TRENDING, trend_user, trend_code),
         (SLOT_TOP, rec_user, rec_code),
     )
-    slots = np.concatenate([np.broadcast_to(s, len(w)) for s, w, _ in parts])
+    # np.full, not np.broadcast_to: the latter's Python wrapper costs ~5 us a call.
+    slots = np.concatenate([s if isinstance(s, np.ndarray) else np.full(len(w), s)
+                            for s, w, _ in parts])
     users = np.concatenate([w for _, w, _ in parts])
     cands = np.concatenate([c for _, _, c in parts])
     # Continue watching may show several episodes of a series: each is its own group.
@@ -458,6 +460,13 @@ def order_rows(rows: PageRows, bandit: RowBandit, policies: Sequence[str],
     ``greedy``: the bandit's mean, ``learned``: a posterior sample), one sample and one
     sort for every user (``RowBandit.order_flat``, the draws of ``order`` per user)."""
     n_users = len(policies)
+    if len(rows.user) and all(policy != "fixed" for policy in policies):
+        # Every user's rows are ordered by the bandit (the usual case): no masks.
+        return bandit.order_flat(
+            bandit.type_slots(SLOT_TYPES)[rows.slot], rows.affinity,
+            np.bincount(rows.user, minlength=n_users),
+            row_contexts[0][None] if n_users == 1 else np.stack(row_contexts),
+            [policy != "greedy" for policy in policies])
     shown = np.arange(len(rows.user))
     learned_user = np.fromiter((policy != "fixed" for policy in policies), dtype=bool,
                                count=n_users)
@@ -622,6 +631,34 @@ class ArtworkTable:
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
+# (user, title) entries up to which choose_artwork finds the distinct pairs with a dict
+# in Python: a few users' pages (~100 entries a user) cost less that way than
+# np.unique's fixed cost; a backlog batch's hundred thousand entries, the other way.
+SMALL_PAIRS = 2000
+
+
+def _first_pairs_loop(pair_user: np.ndarray, pair_code: np.ndarray, n_titles: int,
+                      n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, title) pairs of the entries, user after user, each at its
+    first entry (``chosen``), and each entry's pair (``entry_pair``): what
+    :func:`choose_artwork` gets from np.unique for large batches."""
+    users = pair_user.tolist()
+    keys = (pair_user * n_titles + pair_code).tolist()
+    order = (range(len(users)) if n_users == 1
+             else sorted(range(len(users)), key=users.__getitem__))  # stable
+    index: dict[int, int] = {}
+    chosen: list[int] = []
+    entry_pair = [0] * len(users)
+    for e in order:
+        key = keys[e]
+        j = index.get(key)
+        if j is None:
+            j = index[key] = len(chosen)
+            chosen.append(e)
+        entry_pair[e] = j
+    return (np.array(chosen, dtype=np.int64), np.array(entry_pair, dtype=np.int64))
+
+
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
                    filled: FilledRows, contexts: np.ndarray,
                    table: ArtworkTable | None = None) -> ArtworkPicks:
@@ -633,21 +670,28 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     n_titles = len(codes.titles)
     pair_user = np.concatenate((filled.rec_user, filled.users[filled.by_user]))
     pair_code = np.concatenate((filled.rec_code, filled.cands[filled.by_user]))
-    in_order = np.argsort(pair_user, kind="stable")
-    _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
-                                  return_index=True, return_inverse=True)
-    first_order = np.argsort(first)
-    chosen_pairs = in_order[first[first_order]]
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
-    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                 pair_code[chosen_pairs], contexts)
-    # The pick of every entry (ranked list, then rows) by way of its unique pair.
-    unique_pick = np.empty(len(first), dtype=np.int64)
-    unique_pick[first_order] = picks
-    entry_pick = np.empty(len(pair_user), dtype=np.int64)
-    entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
+    if len(pair_user) <= SMALL_PAIRS:
+        chosen_pairs, entry_pair = _first_pairs_loop(pair_user, pair_code, n_titles,
+                                                     len(uids))
+        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                     pair_code[chosen_pairs], contexts)
+        entry_pick = picks[entry_pair]
+    else:
+        in_order = np.argsort(pair_user, kind="stable")
+        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
+                                      return_index=True, return_inverse=True)
+        first_order = np.argsort(first)
+        chosen_pairs = in_order[first[first_order]]
+        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                     pair_code[chosen_pairs], contexts)
+        # The pick of every entry (ranked list, then rows) by way of its unique pair.
+        unique_pick = np.empty(len(first), dtype=np.int64)
+        unique_pick[first_order] = picks
+        entry_pick = np.empty(len(pair_user), dtype=np.int64)
+        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
     return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
