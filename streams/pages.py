@@ -303,31 +303,25 @@ class FilledRows:
     row_size: np.ndarray  # (n_users, N_SLOTS) titles picked
 
 
-def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
-              row_duplicates: bool) -> FilledRows:
-    """Assign every candidate a row slot (``streams.rows.SLOT_*``) and fill the rows.
+# Users up to which fill_rows finds row slots and trending entries in plain Python: a
+# paced worker's few users cost less that way than a dozen array calls (~2 us each).
+SMALL_USERS = 8
 
-    A user's first ``MAX_BECAUSE_ROWS`` "because you watched" sources and first
-    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each; every ranked title is
-    also a top pick; continue watching, new releases (less what they completed) and
-    trending (likewise) have a slot of their own. :func:`streams.rows.fill_slots` then
-    fills all users' rows at once, slot after slot in ``ASSIGN_ORDER``."""
-    n_users = len(gathered.uids)
-    n_titles = len(codes.titles)
-    rec_code = codes.of(gathered.rec_titles)
-    rec_user = np.repeat(np.arange(n_users), gathered.rec_counts)
-    rec_reasons = gathered.rec_reasons
-    reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
-    reason_list = list(reason_code)
-    # 1: because you watched <title>, 2: genre <genre>, 0: no row of its own.
-    reason_kind = np.fromiter(
-        (1 if r.startswith("because_you_watched:") and len(r) > _BECAUSE
-         else 2 if r.startswith("genre:") and len(r) > _GENRE else 0 for r in reason_list),
-        dtype=np.int64, count=len(reason_list))
-    rec_reason = np.fromiter(map(reason_code.__getitem__, rec_reasons), dtype=np.int64,
-                             count=len(rec_reasons))
+
+def _user_of(counts: Sequence[int]) -> np.ndarray:
+    """``np.repeat(np.arange(len(counts)), counts)``, without repeat's cost for one user."""
+    if len(counts) == 1:
+        return np.zeros(counts[0], dtype=np.int64)
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.ndarray,
+                  n_reasons: int, slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The because/genre slot of every ranked entry that gets one, as ``(slots,
+    entries)`` sorted by slot then entry; ``slot_reason[user, slot]`` set to the slot's
+    reason. A user's first ``MAX_BECAUSE_ROWS`` sources and ``MAX_GENRE_ROWS`` genres
+    (by first appearance) get a slot each."""
     rec_kind = reason_kind[rec_reason]
-    slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
     row_slots: list[np.ndarray] = []
     row_entries: list[np.ndarray] = []
     for kind, base, cap in ((1, SLOT_BECAUSE, MAX_BECAUSE_ROWS),
@@ -336,7 +330,7 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         if not len(at):
             continue
         # Each distinct (user, reason), ranked within the user by first appearance.
-        _, first, inverse = np.unique(rec_user[at] * len(reason_list) + rec_reason[at],
+        _, first, inverse = np.unique(rec_user[at] * n_reasons + rec_reason[at],
                                       return_index=True, return_inverse=True)
         order = np.argsort(first)
         who = rec_user[at][first[order]]
@@ -349,20 +343,48 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         kept = rank < cap
         slot_reason[rec_user[at][first][kept], base + rank[kept]] = (
             rec_reason[at][first][kept])
-    if row_slots:
-        slot_arr = np.concatenate(row_slots)
-        entry_arr = np.concatenate(row_entries)
-        by_slot = np.lexsort((entry_arr, slot_arr))
-        mid_slots, mid_entries = slot_arr[by_slot], entry_arr[by_slot]
-    else:
-        mid_slots = mid_entries = np.zeros(0, dtype=np.int64)
-    resume_code = codes.of(gathered.resume_titles)
-    resume_user = np.repeat(np.arange(n_users), gathered.resume_counts)
-    newest_code = codes.of(gathered.newest)
-    new_user = np.repeat(np.arange(n_users), len(gathered.newest))
-    new_code = np.tile(newest_code, n_users)
-    # Each user's country's trending list, one after the other.
-    trend_lists, user_country = gathered.trend_lists, gathered.user_country
+    if not row_slots:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    slot_arr = np.concatenate(row_slots)
+    entry_arr = np.concatenate(row_entries)
+    by_slot = np.lexsort((entry_arr, slot_arr))
+    return slot_arr[by_slot], entry_arr[by_slot]
+
+
+def _reason_slots_loop(rec_user: list[int], rec_reason: list[int], reason_kind: list[int],
+                       slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_reason_slots` one entry at a time (the same result), for a few users."""
+    slot_of: dict[tuple[int, int], int] = {}
+    taken: dict[tuple[int, int], int] = {}  # (user, kind) -> slots given so far
+    picked: list[tuple[int, int]] = []
+    named: list[tuple[int, int, int]] = []
+    for entry, (user, reason) in enumerate(zip(rec_user, rec_reason, strict=True)):
+        kind = reason_kind[reason]
+        if not kind:
+            continue
+        slot = slot_of.get((user, reason))
+        if slot is None:
+            rank = taken.get((user, kind), 0)
+            taken[(user, kind)] = rank + 1
+            base, cap = ((SLOT_BECAUSE, MAX_BECAUSE_ROWS) if kind == 1
+                         else (SLOT_GENRE, MAX_GENRE_ROWS))
+            slot = slot_of[(user, reason)] = base + rank if rank < cap else -1
+            if slot >= 0:
+                named.append((user, slot, reason))
+        if slot >= 0:
+            picked.append((slot, entry))
+    if not picked:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    for user, slot, reason in named:
+        slot_reason[user, slot] = reason
+    picked.sort()
+    slots, entries = zip(*picked, strict=True)
+    return np.array(slots, dtype=np.int64), np.array(entries, dtype=np.int64)
+
+
+def _trend_entries(codes: TitleCodes, trend_lists: list[list[str]], user_country: list[int],
+                   n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's country's trending list, one after the other: (user, title code)."""
     trend_len = [len(t) for t in trend_lists]
     trend_flat = codes.of([t for ts_ in trend_lists for t in ts_])
     trend_start = np.cumsum(trend_len) - trend_len
@@ -372,6 +394,49 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
                             + np.arange(int(per_user_len.sum()))
                             - np.repeat(np.cumsum(per_user_len) - per_user_len,
                                         per_user_len)]
+    return trend_user, trend_code
+
+
+def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
+              row_duplicates: bool) -> FilledRows:
+    """Assign every candidate a row slot (``streams.rows.SLOT_*``) and fill the rows.
+
+    A user's first ``MAX_BECAUSE_ROWS`` "because you watched" sources and first
+    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each; every ranked title is
+    also a top pick; continue watching, new releases (less what they completed) and
+    trending (likewise) have a slot of their own. :func:`streams.rows.fill_slots` then
+    fills all users' rows at once, slot after slot in ``ASSIGN_ORDER``."""
+    n_users = len(gathered.uids)
+    n_titles = len(codes.titles)
+    rec_code = codes.of(gathered.rec_titles)
+    rec_user = _user_of(gathered.rec_counts)
+    rec_reasons = gathered.rec_reasons
+    reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
+    reason_list = list(reason_code)
+    # 1: because you watched <title>, 2: genre <genre>, 0: no row of its own.
+    kinds = [1 if r.startswith("because_you_watched:") and len(r) > _BECAUSE
+             else 2 if r.startswith("genre:") and len(r) > _GENRE else 0 for r in reason_list]
+    reason_of = list(map(reason_code.__getitem__, rec_reasons))
+    slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
+    if n_users <= SMALL_USERS:
+        mid_slots, mid_entries = _reason_slots_loop(rec_user.tolist(), reason_of, kinds,
+                                                    slot_reason)
+    else:
+        mid_slots, mid_entries = _reason_slots(
+            rec_user, np.asarray(reason_of, dtype=np.int64),
+            np.asarray(kinds, dtype=np.int64), len(reason_list), slot_reason)
+    resume_code = codes.of(gathered.resume_titles)
+    resume_user = _user_of(gathered.resume_counts)
+    newest_code = codes.of(gathered.newest)
+    new_user = _user_of([len(gathered.newest)] * n_users)
+    new_code = newest_code if n_users == 1 else np.tile(newest_code, n_users)
+    # Each user's country's trending list, one after the other.
+    trend_lists, user_country = gathered.trend_lists, gathered.user_country
+    if n_users <= SMALL_USERS:
+        trend_user = _user_of([len(trend_lists[c]) for c in user_country])
+        trend_code = codes.of([t for c in user_country for t in trend_lists[c]])
+    else:
+        trend_user, trend_code = _trend_entries(codes, trend_lists, user_country, n_users)
     if gathered.excluded:
         code = codes.code
         dropped = np.zeros(n_users * n_titles, dtype=bool)
