@@ -508,7 +508,8 @@ class ArtworkBandit:
         n = len(artwork_ids)
         if n == 0:
             return
-        rows = np.fromiter(map(self._artwork_row, artwork_ids), dtype=np.int64, count=n)
+        row_list = list(map(self._artwork_row, artwork_ids))
+        rows = np.array(row_list, dtype=np.int64)
         who = self._user_rows_of(user_ids, create=True)
         p = self._p[who]
         r = p if contexts is None else p + contexts @ self._w.T
@@ -517,9 +518,16 @@ class ArtworkBandit:
         y = np.asarray(clicked, dtype=np.float64)
         error = y - 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
         lr, l2 = self.learning_rate, self.l2
-        np.add.at(self._b, rows, lr * error)
-        np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
-        np.add.at(self._p, who, lr * (error[:, None] * q - l2 * p))
+        if len(set(row_list)) == n:  # no artwork twice: plain fancy updates, same sums
+            self._b[rows] += lr * error
+            self._q[rows] += lr * (error[:, None] * r - l2 * q)
+        else:
+            np.add.at(self._b, rows, lr * error)
+            np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
+        if n == 1 or len(set(user_ids)) == n:  # likewise for users
+            self._p[who] += lr * (error[:, None] * q - l2 * p)
+        else:
+            np.add.at(self._p, who, lr * (error[:, None] * q - l2 * p))
         if contexts is not None and self.context_learning_rate:
             grad = (error[:, None] * q).T @ contexts
             self._w += self.context_learning_rate * (grad - l2 * n * self._w)

@@ -168,10 +168,15 @@ class RowBandit(_Params):
             return
         x = np.column_stack((contexts, np.asarray(affinities, dtype=np.float64)))
         y = np.asarray(clicked, dtype=np.float64)
-        slots = np.fromiter(map(self._type, row_types), dtype=np.int64, count=len(row_types))
-        for slot in np.unique(slots).tolist():
-            pick = slots == slot
-            xs, ys = x[pick], y[pick]
+        slot_list = list(map(self._type, row_types))
+        distinct = sorted(set(slot_list))
+        slots = np.asarray(slot_list, dtype=np.int64) if len(distinct) > 1 else None
+        for slot in distinct:
+            if slots is None:  # one type (a small batch's usual case): every row
+                xs, ys = x, y
+            else:
+                pick = slots == slot
+                xs, ys = x[pick], y[pick]
             mean, precision = self._mean[slot], self._precision[slot]
             p = 1.0 / (1.0 + np.exp(-np.clip(xs @ mean, -30.0, 30.0)))
             precision += (p * (1.0 - p)) @ (xs * xs)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -586,22 +586,28 @@ def page_contexts(table: ContextTable, artwork: ArtworkBandit, titles: TitleInde
     rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64, count=len(names))
     if not rows.all():  # titles not in the table yet (row 0: unknown titles, zeros)
         info_of = titles.by_id.get
-        new = [t for t in dict.fromkeys(names[i] for i in np.flatnonzero(rows == 0).tolist())
-               if t not in index and info_of(t) is not None]
+        new = [(t, info) for t in dict.fromkeys(
+                   names[i] for i in np.flatnonzero(rows == 0).tolist())
+               if t not in index and (info := info_of(t)) is not None]
         if new:
             held = len(index) + 1
             table.vectors = grow(table.vectors, held + len(new))
             table.vectors[held:held + len(new)] = artwork.token_vectors(
-                [info_of(t).tokens for t in new])
-            index.update(zip(new, range(held, held + len(new)), strict=True))
+                [info.tokens for _, info in new])
+            index.update(zip((t for t, _ in new), range(held, held + len(new)), strict=True))
             rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64,
                                count=len(names))
-    sums = np.zeros((len(uids), artwork.n_context))
-    nonempty = np.flatnonzero(counts)
-    if len(nonempty):
-        weighted = table.vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
-        starts = (np.cumsum(counts) - counts)[nonempty]
-        sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
+    weighted = table.vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
+    ends = list(accumulate(counts))
+    if counts and all(counts):  # every user has a history (the usual case): no scatter
+        sums = np.add.reduceat(weighted, np.asarray([0, *ends[:-1]], dtype=np.int64),
+                               axis=0)
+    else:
+        sums = np.zeros((len(uids), artwork.n_context))
+        nonempty = [u for u, n in enumerate(counts) if n]
+        if nonempty:
+            starts = np.asarray([ends[u] - counts[u] for u in nonempty], dtype=np.int64)
+            sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
     return artwork.contexts_from_sums(sums, devices)
 
 
@@ -814,14 +820,20 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     # Items: each (title, artwork) shown in the batch encoded once; continue watching's
     # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
-    item_keys, item_of = np.unique(item_key, return_inverse=True)
+    item_of: list[int]
+    if len(item_key) <= SMALL_PAIRS:  # a dict beats np.unique's fixed cost
+        first: dict[int, int] = {}
+        item_of = [first.setdefault(key, len(first)) for key in item_key.tolist()]
+        item_keys = np.fromiter(first, dtype=np.int64, count=len(first))
+    else:
+        item_keys, inverse = np.unique(item_key, return_inverse=True)
+        item_of = inverse.reshape(-1).tolist()
     batch_titles = codes.titles
     item_code, item_pick = np.divmod(item_keys, width + 1)
     item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
                           table[item_code, item_pick].tolist(), strict=True))
     known = pieces.items.get
     item_json = [known(pair) or pieces.item(*pair) for pair in item_pairs]
-    item_of = item_of.reshape(-1).tolist()
     items = list(map(item_json.__getitem__, item_of))
     heads = [pieces.head(row_id, row_title) for row_id, row_title in rows.names]
     # Every row, in the order shown: its items are a slice of ``items``.
