@@ -270,18 +270,24 @@ def encode_titles(gathered: Gathered, titles: TitleIndex) -> TitleCodes:
     lists, resume lists, new releases, trending lists. Episodes of a series share a
     group (a row shows one of them); every other title is a group of its own, numbered
     after the series (continue watching uses those for episodes too)."""
-    code = {t: i for i, t in enumerate(dict.fromkeys(
-        [*gathered.rec_titles, *gathered.resume_titles, *gathered.newest,
-         *(t for ts_ in gathered.trend_lists for t in ts_)]))}
-    n_titles = len(code)
-    batch_titles = list(code)
+    seen = dict.fromkeys(gathered.rec_titles)
+    seen.update(dict.fromkeys(gathered.resume_titles))
+    seen.update(dict.fromkeys(gathered.newest))
+    for trend in gathered.trend_lists:
+        seen.update(dict.fromkeys(trend))
+    batch_titles = list(seen)
+    n_titles = len(batch_titles)
+    code = dict(zip(batch_titles, range(n_titles)))
     series_of = titles.series.get
     series_code: dict[str, int] = {}
-    group_of = np.fromiter(
-        (series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
-         else -1 for t in batch_titles), dtype=np.int64, count=n_titles)
-    episode = group_of >= 0
-    group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
+    series = [series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
+              else -1 for t in batch_titles]
+    if series_code:
+        group_of = np.array(series, dtype=np.int64)
+        episode = group_of >= 0
+        group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
+    else:  # no episodes: every title is a group of its own
+        group_of = np.arange(n_titles, dtype=np.int64)
     return TitleCodes(code, batch_titles, list(map(titles.by_id.get, batch_titles)),
                       group_of, len(series_code), len(series_code) + n_titles)
 
