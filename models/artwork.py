@@ -258,7 +258,9 @@ class ArtworkBandit:
         devices: the device's token added, L2-normalised apart from the bias, bias 1."""
         x = np.array(sums, dtype=np.float64)
         with_device = [(u, self._bucket_of("d:" + d)) for u, d in enumerate(devices) if d]
-        if with_device:
+        if len(with_device) == 1:  # one user (a paced worker's usual batch): no fancy index
+            x[with_device[0]] += 1.0
+        elif with_device:
             who, where = zip(*with_device, strict=True)
             x[list(who), list(where)] += 1.0
         x[:, 0] = 0.0
