@@ -331,6 +331,10 @@ class ArtworkBandit:
     def _representations(self, user_ids: Sequence[str], contexts: np.ndarray | None
                          ) -> np.ndarray:
         """``r_u = p_u + W x_u`` for each user (``p_u`` is 0 for users never seen)."""
+        if len(user_ids) == 1:  # one user (a paced worker's usual batch): no masks
+            row = self._user_rows.get(user_ids[0])
+            p = self._p[row] if row is not None else np.zeros(self.n_factors)
+            return p[None].copy() if contexts is None else p + contexts @ self._w.T
         rows = self._user_rows_of(user_ids, create=False)
         r = np.zeros((len(user_ids), self.n_factors))
         known = rows >= 0

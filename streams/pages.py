@@ -277,7 +277,7 @@ def encode_titles(gathered: Gathered, titles: TitleIndex) -> TitleCodes:
         seen.update(dict.fromkeys(trend))
     batch_titles = list(seen)
     n_titles = len(batch_titles)
-    code = dict(zip(batch_titles, range(n_titles)))
+    code = dict(zip(batch_titles, range(n_titles), strict=True))
     series_of = titles.series.get
     series_code: dict[str, int] = {}
     series = [series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
