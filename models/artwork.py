@@ -258,7 +258,9 @@ class ArtworkBandit:
         devices: the device's token added, L2-normalised apart from the bias, bias 1."""
         x = np.array(sums, dtype=np.float64)
         with_device = [(u, self._bucket_of("d:" + d)) for u, d in enumerate(devices) if d]
-        if with_device:
+        if len(with_device) == 1:  # one user (a paced worker's usual batch): no fancy index
+            x[with_device[0]] += 1.0
+        elif with_device:
             who, where = zip(*with_device, strict=True)
             x[list(who), list(where)] += 1.0
         x[:, 0] = 0.0
@@ -329,6 +331,10 @@ class ArtworkBandit:
     def _representations(self, user_ids: Sequence[str], contexts: np.ndarray | None
                          ) -> np.ndarray:
         """``r_u = p_u + W x_u`` for each user (``p_u`` is 0 for users never seen)."""
+        if len(user_ids) == 1:  # one user (a paced worker's usual batch): no masks
+            row = self._user_rows.get(user_ids[0])
+            p = self._p[row] if row is not None else np.zeros(self.n_factors)
+            return p[None].copy() if contexts is None else p + contexts @ self._w.T
         rows = self._user_rows_of(user_ids, create=False)
         r = np.zeros((len(user_ids), self.n_factors))
         known = rows >= 0
@@ -432,19 +438,19 @@ class ArtworkBandit:
             return np.full(n_pairs, -1, dtype=np.int64)
         rows = table[pair_lists]
         real = rows > -2
-        known = rows >= 0
-        scores = np.full(rows.shape, -np.inf)
-        scores[real] = 0.0  # unseen artworks score as the average unseen image
-        if known.any():
+        # Unseen artworks score as the average unseen image (0), past the list's end -inf.
+        scores = np.where(real, 0.0, -np.inf)
+        pair, column = (rows >= 0).nonzero()  # known artworks, in row-major order
+        if len(pair):
             r = self._representations(user_ids, contexts)
-            who = np.broadcast_to(pair_users[:, None], rows.shape)[known]
-            art = rows[known]
-            scores[known] = self._b[art] + np.einsum("ij,ij->i", self._q[art], r[who])
+            art = rows[pair, column]
+            scores[pair, column] = self._b[art] + np.einsum("ij,ij->i", self._q[art],
+                                                             r[pair_users[pair]])
         rng = self._rng
+        pair_counts = np.count_nonzero(real, axis=1)
         # A little noise breaks ties between unseen artworks without favouring the first.
-        scores[real] += rng.uniform(0.0, 1e-6, int(real.sum()))
-        picks = np.argmax(scores, axis=1)
-        pair_counts = real.sum(axis=1)
+        scores[real] += rng.uniform(0.0, 1e-6, int(pair_counts.sum()))
+        picks = scores.argmax(axis=1)
         eps = self.exploration if explore else 0.0
         if eps > 0:
             draws = rng.random(n_pairs)
@@ -508,7 +514,8 @@ class ArtworkBandit:
         n = len(artwork_ids)
         if n == 0:
             return
-        rows = np.fromiter(map(self._artwork_row, artwork_ids), dtype=np.int64, count=n)
+        row_list = list(map(self._artwork_row, artwork_ids))
+        rows = np.array(row_list, dtype=np.int64)
         who = self._user_rows_of(user_ids, create=True)
         p = self._p[who]
         r = p if contexts is None else p + contexts @ self._w.T
@@ -517,9 +524,16 @@ class ArtworkBandit:
         y = np.asarray(clicked, dtype=np.float64)
         error = y - 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
         lr, l2 = self.learning_rate, self.l2
-        np.add.at(self._b, rows, lr * error)
-        np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
-        np.add.at(self._p, who, lr * (error[:, None] * q - l2 * p))
+        if len(set(row_list)) == n:  # no artwork twice: plain fancy updates, same sums
+            self._b[rows] += lr * error
+            self._q[rows] += lr * (error[:, None] * r - l2 * q)
+        else:
+            np.add.at(self._b, rows, lr * error)
+            np.add.at(self._q, rows, lr * (error[:, None] * r - l2 * q))
+        if n == 1 or len(set(user_ids)) == n:  # likewise for users
+            self._p[who] += lr * (error[:, None] * q - l2 * p)
+        else:
+            np.add.at(self._p, who, lr * (error[:, None] * q - l2 * p))
         if contexts is not None and self.context_learning_rate:
             grad = (error[:, None] * q).T @ contexts
             self._w += self.context_learning_rate * (grad - l2 * n * self._w)

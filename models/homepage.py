@@ -168,10 +168,15 @@ class RowBandit(_Params):
             return
         x = np.column_stack((contexts, np.asarray(affinities, dtype=np.float64)))
         y = np.asarray(clicked, dtype=np.float64)
-        slots = np.fromiter(map(self._type, row_types), dtype=np.int64, count=len(row_types))
-        for slot in np.unique(slots).tolist():
-            pick = slots == slot
-            xs, ys = x[pick], y[pick]
+        slot_list = list(map(self._type, row_types))
+        distinct = sorted(set(slot_list))
+        slots = np.asarray(slot_list, dtype=np.int64) if len(distinct) > 1 else None
+        for slot in distinct:
+            if slots is None:  # one type (a small batch's usual case): every row
+                xs, ys = x, y
+            else:
+                pick = slots == slot
+                xs, ys = x[pick], y[pick]
             mean, precision = self._mean[slot], self._precision[slot]
             p = 1.0 / (1.0 + np.exp(-np.clip(xs @ mean, -30.0, 30.0)))
             precision += (p * (1.0 - p)) @ (xs * xs)
@@ -204,7 +209,10 @@ class RowBandit(_Params):
             return np.zeros(0, dtype=np.int64)
         user = np.repeat(np.arange(len(counts)), counts)
         weights = self._mean[slots]
-        if self.exploration > 0:
+        if self.exploration > 0 and all(explore):  # every row sampled: no mask
+            noise = self._rng.standard_normal(weights.shape)
+            weights += self.exploration * noise / np.sqrt(self._precision[slots])
+        elif self.exploration > 0:
             sampled = np.repeat(np.asarray(explore, dtype=bool), counts)
             if sampled.any():
                 noise = self._rng.standard_normal((int(sampled.sum()), weights.shape[1]))
@@ -417,16 +425,16 @@ class CountryTrending(_Params):
         # stored order until no later entry can beat the n-th best exact score so far.
         scale = 1.0 / self.half_life_s
         now = ts * scale
-        best: list[tuple[float, int, str]] = []
+        heap: list[tuple[float, int, str]] = []
         for i, (key, _, last, title) in enumerate(sorted(table.values(), reverse=True)):
-            if len(best) >= n and best[0][0] >= key - now:
+            if len(heap) >= n and heap[0][0] >= key - now:
                 break
             item = (key - max(last * scale, now), -i, title)
-            if len(best) < n:
-                heapq.heappush(best, item)
+            if len(heap) < n:
+                heapq.heappush(heap, item)
             else:
-                heapq.heappushpop(best, item)
-        return [title for _, _, title in sorted(best, reverse=True)]
+                heapq.heappushpop(heap, item)
+        return [title for _, _, title in sorted(heap, reverse=True)]
 
     def forget(self, title: str) -> None:
         for table in self._scores.values():

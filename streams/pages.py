@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -270,18 +270,24 @@ def encode_titles(gathered: Gathered, titles: TitleIndex) -> TitleCodes:
     lists, resume lists, new releases, trending lists. Episodes of a series share a
     group (a row shows one of them); every other title is a group of its own, numbered
     after the series (continue watching uses those for episodes too)."""
-    code = {t: i for i, t in enumerate(dict.fromkeys(
-        [*gathered.rec_titles, *gathered.resume_titles, *gathered.newest,
-         *(t for ts_ in gathered.trend_lists for t in ts_)]))}
-    n_titles = len(code)
-    batch_titles = list(code)
+    seen = dict.fromkeys(gathered.rec_titles)
+    seen.update(dict.fromkeys(gathered.resume_titles))
+    seen.update(dict.fromkeys(gathered.newest))
+    for trend in gathered.trend_lists:
+        seen.update(dict.fromkeys(trend))
+    batch_titles = list(seen)
+    n_titles = len(batch_titles)
+    code = dict(zip(batch_titles, range(n_titles), strict=True))
     series_of = titles.series.get
     series_code: dict[str, int] = {}
-    group_of = np.fromiter(
-        (series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
-         else -1 for t in batch_titles), dtype=np.int64, count=n_titles)
-    episode = group_of >= 0
-    group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
+    series = [series_code.setdefault(s, len(series_code)) if (s := series_of(t)) is not None
+              else -1 for t in batch_titles]
+    if series_code:
+        group_of = np.array(series, dtype=np.int64)
+        episode = group_of >= 0
+        group_of[~episode] = len(series_code) + np.flatnonzero(~episode)
+    else:  # no episodes: every title is a group of its own
+        group_of = np.arange(n_titles, dtype=np.int64)
     return TitleCodes(code, batch_titles, list(map(titles.by_id.get, batch_titles)),
                       group_of, len(series_code), len(series_code) + n_titles)
 
@@ -303,31 +309,25 @@ class FilledRows:
     row_size: np.ndarray  # (n_users, N_SLOTS) titles picked
 
 
-def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
-              row_duplicates: bool) -> FilledRows:
-    """Assign every candidate a row slot (``streams.rows.SLOT_*``) and fill the rows.
+# Users up to which fill_rows finds row slots and trending entries in plain Python: a
+# paced worker's few users cost less that way than a dozen array calls (~2 us each).
+SMALL_USERS = 8
 
-    A user's first ``MAX_BECAUSE_ROWS`` "because you watched" sources and first
-    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each; every ranked title is
-    also a top pick; continue watching, new releases (less what they completed) and
-    trending (likewise) have a slot of their own. :func:`streams.rows.fill_slots` then
-    fills all users' rows at once, slot after slot in ``ASSIGN_ORDER``."""
-    n_users = len(gathered.uids)
-    n_titles = len(codes.titles)
-    rec_code = codes.of(gathered.rec_titles)
-    rec_user = np.repeat(np.arange(n_users), gathered.rec_counts)
-    rec_reasons = gathered.rec_reasons
-    reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
-    reason_list = list(reason_code)
-    # 1: because you watched <title>, 2: genre <genre>, 0: no row of its own.
-    reason_kind = np.fromiter(
-        (1 if r.startswith("because_you_watched:") and len(r) > _BECAUSE
-         else 2 if r.startswith("genre:") and len(r) > _GENRE else 0 for r in reason_list),
-        dtype=np.int64, count=len(reason_list))
-    rec_reason = np.fromiter(map(reason_code.__getitem__, rec_reasons), dtype=np.int64,
-                             count=len(rec_reasons))
+
+def _user_of(counts: Sequence[int]) -> np.ndarray:
+    """``np.repeat(np.arange(len(counts)), counts)``, without repeat's cost for one user."""
+    if len(counts) == 1:
+        return np.zeros(counts[0], dtype=np.int64)
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.ndarray,
+                  n_reasons: int, slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The because/genre slot of every ranked entry that gets one, as ``(slots,
+    entries)`` sorted by slot then entry; ``slot_reason[user, slot]`` set to the slot's
+    reason. A user's first ``MAX_BECAUSE_ROWS`` sources and ``MAX_GENRE_ROWS`` genres
+    (by first appearance) get a slot each."""
     rec_kind = reason_kind[rec_reason]
-    slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
     row_slots: list[np.ndarray] = []
     row_entries: list[np.ndarray] = []
     for kind, base, cap in ((1, SLOT_BECAUSE, MAX_BECAUSE_ROWS),
@@ -336,7 +336,7 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         if not len(at):
             continue
         # Each distinct (user, reason), ranked within the user by first appearance.
-        _, first, inverse = np.unique(rec_user[at] * len(reason_list) + rec_reason[at],
+        _, first, inverse = np.unique(rec_user[at] * n_reasons + rec_reason[at],
                                       return_index=True, return_inverse=True)
         order = np.argsort(first)
         who = rec_user[at][first[order]]
@@ -349,20 +349,48 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         kept = rank < cap
         slot_reason[rec_user[at][first][kept], base + rank[kept]] = (
             rec_reason[at][first][kept])
-    if row_slots:
-        slot_arr = np.concatenate(row_slots)
-        entry_arr = np.concatenate(row_entries)
-        by_slot = np.lexsort((entry_arr, slot_arr))
-        mid_slots, mid_entries = slot_arr[by_slot], entry_arr[by_slot]
-    else:
-        mid_slots = mid_entries = np.zeros(0, dtype=np.int64)
-    resume_code = codes.of(gathered.resume_titles)
-    resume_user = np.repeat(np.arange(n_users), gathered.resume_counts)
-    newest_code = codes.of(gathered.newest)
-    new_user = np.repeat(np.arange(n_users), len(gathered.newest))
-    new_code = np.tile(newest_code, n_users)
-    # Each user's country's trending list, one after the other.
-    trend_lists, user_country = gathered.trend_lists, gathered.user_country
+    if not row_slots:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    slot_arr = np.concatenate(row_slots)
+    entry_arr = np.concatenate(row_entries)
+    by_slot = np.lexsort((entry_arr, slot_arr))
+    return slot_arr[by_slot], entry_arr[by_slot]
+
+
+def _reason_slots_loop(rec_user: list[int], rec_reason: list[int], reason_kind: list[int],
+                       slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_reason_slots` one entry at a time (the same result), for a few users."""
+    slot_of: dict[tuple[int, int], int] = {}
+    taken: dict[tuple[int, int], int] = {}  # (user, kind) -> slots given so far
+    picked: list[tuple[int, int]] = []
+    named: list[tuple[int, int, int]] = []
+    for entry, (user, reason) in enumerate(zip(rec_user, rec_reason, strict=True)):
+        kind = reason_kind[reason]
+        if not kind:
+            continue
+        slot = slot_of.get((user, reason))
+        if slot is None:
+            rank = taken.get((user, kind), 0)
+            taken[(user, kind)] = rank + 1
+            base, cap = ((SLOT_BECAUSE, MAX_BECAUSE_ROWS) if kind == 1
+                         else (SLOT_GENRE, MAX_GENRE_ROWS))
+            slot = slot_of[(user, reason)] = base + rank if rank < cap else -1
+            if slot >= 0:
+                named.append((user, slot, reason))
+        if slot >= 0:
+            picked.append((slot, entry))
+    if not picked:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    for user, slot, reason in named:
+        slot_reason[user, slot] = reason
+    picked.sort()
+    slots, entries = zip(*picked, strict=True)
+    return np.array(slots, dtype=np.int64), np.array(entries, dtype=np.int64)
+
+
+def _trend_entries(codes: TitleCodes, trend_lists: list[list[str]], user_country: list[int],
+                   n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's country's trending list, one after the other: (user, title code)."""
     trend_len = [len(t) for t in trend_lists]
     trend_flat = codes.of([t for ts_ in trend_lists for t in ts_])
     trend_start = np.cumsum(trend_len) - trend_len
@@ -372,6 +400,49 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
                             + np.arange(int(per_user_len.sum()))
                             - np.repeat(np.cumsum(per_user_len) - per_user_len,
                                         per_user_len)]
+    return trend_user, trend_code
+
+
+def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
+              row_duplicates: bool) -> FilledRows:
+    """Assign every candidate a row slot (``streams.rows.SLOT_*``) and fill the rows.
+
+    A user's first ``MAX_BECAUSE_ROWS`` "because you watched" sources and first
+    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each; every ranked title is
+    also a top pick; continue watching, new releases (less what they completed) and
+    trending (likewise) have a slot of their own. :func:`streams.rows.fill_slots` then
+    fills all users' rows at once, slot after slot in ``ASSIGN_ORDER``."""
+    n_users = len(gathered.uids)
+    n_titles = len(codes.titles)
+    rec_code = codes.of(gathered.rec_titles)
+    rec_user = _user_of(gathered.rec_counts)
+    rec_reasons = gathered.rec_reasons
+    reason_code = {r: i for i, r in enumerate(dict.fromkeys(rec_reasons))}
+    reason_list = list(reason_code)
+    # 1: because you watched <title>, 2: genre <genre>, 0: no row of its own.
+    kinds = [1 if r.startswith("because_you_watched:") and len(r) > _BECAUSE
+             else 2 if r.startswith("genre:") and len(r) > _GENRE else 0 for r in reason_list]
+    reason_of = list(map(reason_code.__getitem__, rec_reasons))
+    slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
+    if n_users <= SMALL_USERS:
+        mid_slots, mid_entries = _reason_slots_loop(rec_user.tolist(), reason_of, kinds,
+                                                    slot_reason)
+    else:
+        mid_slots, mid_entries = _reason_slots(
+            rec_user, np.asarray(reason_of, dtype=np.int64),
+            np.asarray(kinds, dtype=np.int64), len(reason_list), slot_reason)
+    resume_code = codes.of(gathered.resume_titles)
+    resume_user = _user_of(gathered.resume_counts)
+    newest_code = codes.of(gathered.newest)
+    new_user = _user_of([len(gathered.newest)] * n_users)
+    new_code = newest_code if n_users == 1 else np.tile(newest_code, n_users)
+    # Each user's country's trending list, one after the other.
+    trend_lists, user_country = gathered.trend_lists, gathered.user_country
+    if n_users <= SMALL_USERS:
+        trend_user = _user_of([len(trend_lists[c]) for c in user_country])
+        trend_code = codes.of([t for c in user_country for t in trend_lists[c]])
+    else:
+        trend_user, trend_code = _trend_entries(codes, trend_lists, user_country, n_users)
     if gathered.excluded:
         code = codes.code
         dropped = np.zeros(n_users * n_titles, dtype=bool)
@@ -388,7 +459,9 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
         (SLOT_TRENDING, trend_user, trend_code),
         (SLOT_TOP, rec_user, rec_code),
     )
-    slots = np.concatenate([np.broadcast_to(s, len(w)) for s, w, _ in parts])
+    # np.full, not np.broadcast_to: the latter's Python wrapper costs ~5 us a call.
+    slots = np.concatenate([s if isinstance(s, np.ndarray) else np.full(len(w), s)
+                            for s, w, _ in parts])
     users = np.concatenate([w for _, w, _ in parts])
     cands = np.concatenate([c for _, _, c in parts])
     # Continue watching may show several episodes of a series: each is its own group.
@@ -458,6 +531,13 @@ def order_rows(rows: PageRows, bandit: RowBandit, policies: Sequence[str],
     ``greedy``: the bandit's mean, ``learned``: a posterior sample), one sample and one
     sort for every user (``RowBandit.order_flat``, the draws of ``order`` per user)."""
     n_users = len(policies)
+    if len(rows.user) and all(policy != "fixed" for policy in policies):
+        # Every user's rows are ordered by the bandit (the usual case): no masks.
+        return bandit.order_flat(
+            bandit.type_slots(SLOT_TYPES)[rows.slot], rows.affinity,
+            np.bincount(rows.user, minlength=n_users),
+            row_contexts[0][None] if n_users == 1 else np.stack(row_contexts),
+            [policy != "greedy" for policy in policies])
     shown = np.arange(len(rows.user))
     learned_user = np.fromiter((policy != "fixed" for policy in policies), dtype=bool,
                                count=n_users)
@@ -512,22 +592,28 @@ def page_contexts(table: ContextTable, artwork: ArtworkBandit, titles: TitleInde
     rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64, count=len(names))
     if not rows.all():  # titles not in the table yet (row 0: unknown titles, zeros)
         info_of = titles.by_id.get
-        new = [t for t in dict.fromkeys(names[i] for i in np.flatnonzero(rows == 0).tolist())
-               if t not in index and info_of(t) is not None]
+        new = [(t, info) for t in dict.fromkeys(
+                   names[i] for i in np.flatnonzero(rows == 0).tolist())
+               if t not in index and (info := info_of(t)) is not None]
         if new:
             held = len(index) + 1
             table.vectors = grow(table.vectors, held + len(new))
             table.vectors[held:held + len(new)] = artwork.token_vectors(
-                [info_of(t).tokens for t in new])
-            index.update(zip(new, range(held, held + len(new)), strict=True))
+                [info.tokens for _, info in new])
+            index.update(zip((t for t, _ in new), range(held, held + len(new)), strict=True))
             rows = np.fromiter(map(index.get, names, repeat(0)), dtype=np.int64,
                                count=len(names))
-    sums = np.zeros((len(uids), artwork.n_context))
-    nonempty = np.flatnonzero(counts)
-    if len(nonempty):
-        weighted = table.vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
-        starts = (np.cumsum(counts) - counts)[nonempty]
-        sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
+    weighted = table.vectors[rows] * np.asarray(weights, dtype=np.float64)[:, None]
+    ends = list(accumulate(counts))
+    if counts and all(counts):  # every user has a history (the usual case): no scatter
+        sums = np.add.reduceat(weighted, np.asarray([0, *ends[:-1]], dtype=np.int64),
+                               axis=0)
+    else:
+        sums = np.zeros((len(uids), artwork.n_context))
+        nonempty = [u for u, n in enumerate(counts) if n]
+        if nonempty:
+            starts = np.asarray([ends[u] - counts[u] for u in nonempty], dtype=np.int64)
+            sums[nonempty] = np.add.reduceat(weighted, starts, axis=0)
     return artwork.contexts_from_sums(sums, devices)
 
 
@@ -622,6 +708,34 @@ class ArtworkTable:
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
+# (user, title) entries up to which choose_artwork finds the distinct pairs with a dict
+# in Python: a few users' pages (~100 entries a user) cost less that way than
+# np.unique's fixed cost; a backlog batch's hundred thousand entries, the other way.
+SMALL_PAIRS = 2000
+
+
+def _first_pairs_loop(pair_user: np.ndarray, pair_code: np.ndarray, n_titles: int,
+                      n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, title) pairs of the entries, user after user, each at its
+    first entry (``chosen``), and each entry's pair (``entry_pair``): what
+    :func:`choose_artwork` gets from np.unique for large batches."""
+    users = pair_user.tolist()
+    keys = (pair_user * n_titles + pair_code).tolist()
+    order = (range(len(users)) if n_users == 1
+             else sorted(range(len(users)), key=users.__getitem__))  # stable
+    index: dict[int, int] = {}
+    chosen: list[int] = []
+    entry_pair = [0] * len(users)
+    for e in order:
+        key = keys[e]
+        j = index.get(key)
+        if j is None:
+            j = index[key] = len(chosen)
+            chosen.append(e)
+        entry_pair[e] = j
+    return (np.array(chosen, dtype=np.int64), np.array(entry_pair, dtype=np.int64))
+
+
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
                    filled: FilledRows, contexts: np.ndarray,
                    table: ArtworkTable | None = None) -> ArtworkPicks:
@@ -633,21 +747,28 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     n_titles = len(codes.titles)
     pair_user = np.concatenate((filled.rec_user, filled.users[filled.by_user]))
     pair_code = np.concatenate((filled.rec_code, filled.cands[filled.by_user]))
-    in_order = np.argsort(pair_user, kind="stable")
-    _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
-                                  return_index=True, return_inverse=True)
-    first_order = np.argsort(first)
-    chosen_pairs = in_order[first[first_order]]
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
-    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                 pair_code[chosen_pairs], contexts)
-    # The pick of every entry (ranked list, then rows) by way of its unique pair.
-    unique_pick = np.empty(len(first), dtype=np.int64)
-    unique_pick[first_order] = picks
-    entry_pick = np.empty(len(pair_user), dtype=np.int64)
-    entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
+    if len(pair_user) <= SMALL_PAIRS:
+        chosen_pairs, entry_pair = _first_pairs_loop(pair_user, pair_code, n_titles,
+                                                     len(uids))
+        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                     pair_code[chosen_pairs], contexts)
+        entry_pick = picks[entry_pair]
+    else:
+        in_order = np.argsort(pair_user, kind="stable")
+        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
+                                      return_index=True, return_inverse=True)
+        first_order = np.argsort(first)
+        chosen_pairs = in_order[first[first_order]]
+        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                     pair_code[chosen_pairs], contexts)
+        # The pick of every entry (ranked list, then rows) by way of its unique pair.
+        unique_pick = np.empty(len(first), dtype=np.int64)
+        unique_pick[first_order] = picks
+        entry_pick = np.empty(len(pair_user), dtype=np.int64)
+        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
     return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
@@ -705,14 +826,20 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     # Items: each (title, artwork) shown in the batch encoded once; continue watching's
     # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
-    item_keys, item_of = np.unique(item_key, return_inverse=True)
+    item_of: list[int]
+    if len(item_key) <= SMALL_PAIRS:  # a dict beats np.unique's fixed cost
+        first: dict[int, int] = {}
+        item_of = [first.setdefault(key, len(first)) for key in item_key.tolist()]
+        item_keys = np.fromiter(first, dtype=np.int64, count=len(first))
+    else:
+        item_keys, inverse = np.unique(item_key, return_inverse=True)
+        item_of = inverse.reshape(-1).tolist()
     batch_titles = codes.titles
     item_code, item_pick = np.divmod(item_keys, width + 1)
     item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
                           table[item_code, item_pick].tolist(), strict=True))
     known = pieces.items.get
     item_json = [known(pair) or pieces.item(*pair) for pair in item_pairs]
-    item_of = item_of.reshape(-1).tolist()
     items = list(map(item_json.__getitem__, item_of))
     heads = [pieces.head(row_id, row_title) for row_id, row_title in rows.names]
     # Every row, in the order shown: its items are a slice of ``items``.

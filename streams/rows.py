@@ -325,27 +325,33 @@ def _fill_slots_loop(slots: np.ndarray, users: np.ndarray, titles: np.ndarray,
     """:func:`fill_slots` one candidate at a time (the same mask): in each slot, a
     title already picked for the user is skipped, then a group already seen in the
     slot's row, then candidates past ``max_items``."""
+    # Candidates come in runs of one (slot, user): a user's taken titles are a set of
+    # their own, a run's groups and count are reset when it starts (no tuple keys).
     chosen = [False] * len(slots)
-    taken: set[tuple[int, int]] = set()
-    seen: set[tuple[int, int]] = set()
-    count: dict[int, int] = {}
-    slot_of = None
+    taken_of: dict[int, set[int]] = {}
+    taken: set[int] = set()
+    seen: set[int] = set()
+    count = 0
+    run_slot = run_user = -1
     for i, (slot, user, title, group) in enumerate(zip(slots.tolist(), users.tolist(),
                                                         titles.tolist(), groups.tolist(),
                                                         strict=True)):
-        if slot != slot_of:
-            slot_of = slot
-            seen.clear()
-            count.clear()
-        if not allow_duplicates and (user, title) in taken:
+        if user != run_user or slot != run_slot:
+            run_slot, run_user = slot, user
+            seen = set()
+            count = 0
+            user_taken = taken_of.get(user)
+            if user_taken is None:
+                user_taken = taken_of[user] = set()
+            taken = user_taken
+        if count >= max_items:  # the rest of the run cannot be picked
             continue
-        if (user, group) in seen:
+        if not allow_duplicates and title in taken:
             continue
-        seen.add((user, group))
-        picked = count.get(user, 0)
-        if picked >= max_items:
+        if group in seen:
             continue
-        count[user] = picked + 1
+        seen.add(group)
+        count += 1
         chosen[i] = True
-        taken.add((user, title))
+        taken.add(title)
     return np.array(chosen, dtype=bool)

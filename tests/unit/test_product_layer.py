@@ -199,11 +199,19 @@ def test_a_batch_of_pages_is_what_each_user_gets_alone():
     assert any(r["id"] == "continue_watching" for m in together.values() for r in m["rows"])
 
 
+@pytest.mark.parametrize("small", [False, True])
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_batch_rows_are_the_per_user_reference_rows(duplicates):
+def test_batch_rows_are_the_per_user_reference_rows(duplicates, small, monkeypatch):
     # prepare_pages fills every user's rows at once on integer codes (rows.fill_slots);
     # rows.candidate_rows + row_titles is the one-user reference: same rows, same titles.
+    # Small batches take plain-Python paths (streams.pages.SMALL_*): made to here.
     import random
+
+    import streams.pages
+
+    if small:
+        monkeypatch.setattr(streams.pages, "SMALL_USERS", 1000)
+        monkeypatch.setattr(streams.pages, "SMALL_PAIRS", 100_000)
 
     from streams.rows import RowInputs, candidate_rows, row_titles
 
