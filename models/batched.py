@@ -82,7 +82,7 @@ MIRRORED = {
         "models.hybrid:Hybrid._rank", "models.hybrid:Hybrid.explore_slots",
         "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid.genre_caps",
         "models.hybrid:Hybrid._explore_slots",
-        "models.hybrid:Hybrid._reason",
+        "models.hybrid:Hybrid._reasons", "models.cooccurrence:CoOccurrence.sources",
     ),
     "learn": (
         "models.base:Recommender.learn_one", "models.base:RowProfile.build",
@@ -98,7 +98,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "7691598ad4af1051"}
+FINGERPRINTS = {"rank": "68ec6ea5f5f694ff", "learn": "7691598ad4af1051"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -470,7 +470,7 @@ class _RankBatch:
         return picks
 
     def _reasons(self, picks: np.ndarray, table: _GenreTable) -> np.ndarray:
-        """The word shown with each pick (as :meth:`Hybrid._reason`): (users, n) strings."""
+        """The word shown with each pick (as :meth:`Hybrid._reasons`): (users, n) strings."""
         cols, ranking = self.cols, self.ranking
         safe = np.maximum(picks, 0)
         users = np.arange(len(picks))[:, None]

@@ -192,6 +192,38 @@ class CoOccurrence(Recommender):
         best = int(np.argmax(contributions))
         return int(hist[best]) if contributions[best] > 0 else None
 
+    def sources(self, targets: np.ndarray, hist: HistoryMatrix) -> np.ndarray:
+        """:meth:`explain` of every row of ``targets`` at once for the one user of ``hist``:
+        the history row contributing most to each (-1 where none does).
+
+        Examples
+        --------
+        >>> from models.base import UserProfile
+        >>> m = CoOccurrence()
+        >>> m.learn_one("u1", "a", 1.0, UserProfile("u1"))
+        >>> m.learn_one("u1", "b", 1.0, UserProfile("u1", history=[("a", 1.0)]))
+        >>> m.learn_one("u1", "c", 1.0, UserProfile("u1"))
+        >>> profile = RowProfile.build(m._items, UserProfile("u2", history=[("a", 1.0)]))
+        >>> m.sources(m.item_rows(["b", "c"]), profile.matrix()).tolist()
+        [0, -1]
+        """
+        _, h, weights = self._votes(hist)
+        if len(h) == 0 or len(targets) == 0:
+            return np.full(len(targets), -1, dtype=np.int64)
+        # Each vote's link weight to each target, (votes, targets): only the targets' slots
+        # of the votes' neighbour lists are looked at (a title is listed once per row).
+        # (An empty slot, -1, reads the last entry: always -1.)
+        place = np.full(self._items.rows + 1, -1, dtype=np.int64)
+        place[targets] = np.arange(len(targets))
+        at = place[self._nbr[h]]
+        vote, slot = np.nonzero(at >= 0)
+        links = np.zeros((len(h), len(targets)))
+        links[vote, at[vote, slot]] = self._w[h][vote, slot]
+        contributions = links * weights[:, None]
+        best = contributions.argmax(axis=0)
+        strongest = contributions[best, np.arange(len(targets))]
+        return np.where(strongest > 0, h[best], -1)
+
     def size(self):
         links = int((self._nbr[: self._items.rows] >= 0).sum())
         return {"titles": len(self._items), "links": links}

@@ -27,8 +27,9 @@ from models.trending import Trending
 # The blended features, in order: one per component, plus the titles' all-time popularity
 # (kept by the co-occurrence model) and recent co-occurrence (models.recent).
 COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity", "recent")
+_COOCCURRENCE = COMPONENTS.index("cooccurrence")
 # The reason shown for a pick by the component contributing most (co-occurrence's and
-# content's are refined per title in _reason).
+# content's are refined per title in Hybrid._reasons).
 REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular",
              "recent": "similar_users"}
 # Titles outside a user's pool are ranked after every pool title, in first-stage order:
@@ -538,13 +539,14 @@ class Hybrid(Recommender):
             rows = rows[~np.isin(rows, row_profile.completed_rows)]
         if len(rows) == 0:
             return []
-        scores, picks, contributions = self._rank(rows, row_profile, n, ts)
+        scores, picks, ranking = self._rank(rows, row_profile, n, ts)
+        at = [i for i, _ in picks]
+        ids = self._items.ids
         return [
-            Recommendation(
-                self._items.ids[rows[i]] or "", float(scores[i]),
-                reason or self._reason(int(rows[i]), i, contributions, row_profile),
-            )
-            for i, reason in picks
+            Recommendation(ids[row] or "", score, reason)
+            for row, score, reason in zip(rows[at].tolist(), scores[at].tolist(),
+                                          self._reasons(rows, picks, ranking, row_profile),
+                                          strict=True)
         ]
 
     def list_rows(self, rows: np.ndarray, profile: UserProfile, n: int, ts: float | None = None
@@ -562,14 +564,13 @@ class Hybrid(Recommender):
         ranking = self.rank_matrix(row_profile.matrix(), rows,
                                    np.ones((1, len(rows)), dtype=bool), now)
         scores = ranking.scores[0]
-        contributions = ranking.full_contributions()[:, 0, :].T
         order = top_k(scores, min(len(rows), 3 * n))
         chosen = self._diversify(rows, order, n, self.genre_caps(row_profile))
         picks = [(int(i), "") for i in chosen]
         n_explore = self.explore_slots(n, np.array([int((row_profile.weights > 0).sum())]))[0]
         if n_explore and len(rows) > len(picks) - n_explore:
             picks = self._explore_slots(rows, picks, n_explore, row_profile, ts)
-        return scores, picks[:n], contributions
+        return scores, picks[:n], ranking
 
     def explore_slots(self, n: int, positives: np.ndarray) -> np.ndarray:
         """Exploration slots of an ``n``-title list for each user (``positives``: titles in
@@ -635,21 +636,46 @@ class Hybrid(Recommender):
             head.insert(min(len(head), (k + 1) * step + k), slot)
         return head
 
-    def _reason(self, row: int, i: int, contributions: np.ndarray, profile: RowProfile
-                ) -> str:
-        best = int(np.argmax(contributions[i]))
-        if contributions[i, best] <= 0:  # nothing personal stood out: a popular pick
-            return REASON_OF["popularity"]
-        component = COMPONENTS[best]
-        if component == "cooccurrence":
-            source = self.cooccurrence.explain(row, profile)
-            if source is not None:
-                return f"because_you_watched:{self._items.ids[source]}"
-            return "similar_users"
-        if component == "content":
-            genres = self.content.genres_of_row(row)
-            return f"genre:{genres[0]}" if genres else "similar_users"
-        return REASON_OF[component]
+    def _reasons(self, rows: np.ndarray, picks: list[tuple[int, str]], ranking: Ranking,
+                 profile: RowProfile) -> list[str]:
+        """The reason shown with each pick (positions in ``rows``, the columns of the
+        one-user ``ranking``) that has none yet: the component contributing most to its
+        score, refined per title for co-occurrence (the history title contributing most)
+        and content (the title's first genre). All picks at once: per pick, the calls
+        cost more than the work."""
+        out = [reason for _, reason in picks]
+        todo = [k for k, reason in enumerate(out) if not reason]
+        if not todo:
+            return out
+        at = np.array([picks[k][0] for k in todo], dtype=np.int64)
+        # Each pick's contributions (features, picks): 0 outside the pool's candidates.
+        pool, valid = ranking.pool[0], ranking.valid[0]
+        slot_of = np.full(len(rows), -1, dtype=np.int64)
+        slot_of[pool[valid]] = np.flatnonzero(valid)
+        slot = slot_of[at]
+        contributions = np.where(slot >= 0, ranking.contributions[:, 0, slot], 0.0)
+        best = contributions.argmax(axis=0)
+        strongest = contributions[best, np.arange(len(at))].tolist()
+        best_list = best.tolist()
+        co = best == _COOCCURRENCE
+        sources = iter(self.cooccurrence.sources(rows[at[co]], profile.matrix()).tolist()
+                       if co.any() else [])
+        ids = self._items.ids
+        for k, row, b, top in zip(todo, rows[at].tolist(), best_list, strongest, strict=True):
+            component = COMPONENTS[b]
+            if component == "cooccurrence":
+                source = next(sources)
+            if top <= 0:  # nothing personal stood out: a popular pick
+                out[k] = REASON_OF["popularity"]
+            elif component == "cooccurrence":
+                out[k] = (f"because_you_watched:{ids[source]}" if source >= 0
+                          else "similar_users")
+            elif component == "content":
+                genres = self.content.genres_of_row(row)
+                out[k] = f"genre:{genres[0]}" if genres else "similar_users"
+            else:
+                out[k] = REASON_OF[component]
+        return out
 
     def size(self) -> dict[str, int]:
         return {"titles": len(self._items),
