@@ -78,7 +78,7 @@ MIRRORED = {
         "models.cooccurrence:CoOccurrence.explain", "models.cooccurrence:CoOccurrence._votes",
         "models.content:ContentModel.add_title",
         "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
-        "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.recommend",
+        "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.ranked",
         "models.hybrid:Hybrid._rank", "models.hybrid:Hybrid.explore_slots",
         "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid.genre_caps",
         "models.hybrid:Hybrid._explore_slots",
@@ -98,7 +98,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "68ec6ea5f5f694ff", "learn": "7691598ad4af1051"}
+FINGERPRINTS = {"rank": "0d0c6c0cbf5723fd", "learn": "7691598ad4af1051"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -283,8 +283,8 @@ def rank_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
     cols = np.fromiter(items.index.values(), dtype=np.int64, count=len(items))
     if (len(cols) > min(model.max_candidates, DENSE_MAX_TITLES) or len(cols) == 0 or n <= 0
             or len(profiles) <= ONE_AT_A_TIME_USERS or not mirrors("rank")):
-        return [[(r.title_id, round(r.score, SCORE_DECIMALS), r.reason)
-                 for r in model.recommend(p, n=n, ts=t)]
+        return [[(title, round(score, SCORE_DECIMALS), reason)
+                 for title, score, reason in model.ranked(p, n=n, ts=t)]
                 for p, t in zip(profiles, ts, strict=True)]
     batch = _RankBatch(model, profiles, cols, np.asarray(ts, dtype=np.float64))
     return batch.lists(n)

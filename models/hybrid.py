@@ -114,8 +114,19 @@ _KNOTS = np.linspace(0.0, 1.0, CONTEXT_KNOTS)
 _DAYPART_ONE_HOT = np.eye(DAYPARTS)
 
 
+def _user_index(n_users: int) -> np.ndarray:
+    """``arange(n_users)[:, None]``: the first index of a (users, k) fancy index."""
+    return _USERS[:n_users] if n_users <= len(_USERS) else np.arange(n_users)[:, None]
+
+
+_USERS = np.arange(4096)[:, None]
+_USERS.flags.writeable = False
+
+
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
+    if mask.all():  # (one user's ranking: every title a candidate) no masking passes
+        return _scaled(raw, raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True))
     # One (users, titles) buffer for both extremes and the result: fresh large arrays
     # cost page faults on every batch.
     buffer = np.where(mask, raw, np.inf)
@@ -464,9 +475,13 @@ class Hybrid(Recommender):
         contributions = weights.T[:, :, None] * z
         scores = first  # (stage one's scores are not needed past this)
         scores -= BELOW_POOL
-        np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
-                                                 np.take_along_axis(scores, pool, axis=1)),
-                          axis=1)
+        # Fancy indexing by (user, pool slot) rather than take/put_along_axis, whose
+        # index building costs more than the work for a user or a few.
+        users = _user_index(len(pool))
+        if valid.all():
+            scores[users, pool] = contributions.sum(axis=0)
+        else:
+            scores[users, pool] = np.where(valid, contributions.sum(axis=0), scores[users, pool])
         return Ranking(scores, pool, valid, z, contributions)
 
     def first_stage(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray
@@ -487,9 +502,9 @@ class Hybrid(Recommender):
         unranked = np.subtract(1e-12 * cols, first, out=popular)  # popular is spent
         np.copyto(unranked, np.inf, where=~candidate)
         pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
-                else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
-        valid = np.take_along_axis(candidate, pool, axis=1)
-        return first, pool, valid, np.take_along_axis(co, pool, axis=1)
+                else np.tile(np.arange(n_cols), (n_users, 1)))
+        users = _user_index(n_users)
+        return first, pool, candidate[users, pool], co[users, pool]
 
     def pool_features(self, hist: HistoryMatrix, rows: np.ndarray, valid: np.ndarray,
                       co: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -503,7 +518,7 @@ class Hybrid(Recommender):
             self.mf.scores(mf_users, rows),
             self.content.scores(self.content.user_vectors(hist), rows),
             self.cooccurrence.popularity(rows),
-            np.take_along_axis(self.recent.score_matrix(hist), rows, axis=1),
+            self.recent.score_at(hist, rows),
         ])
         return standardise(raw, valid)
 
@@ -529,6 +544,13 @@ class Hybrid(Recommender):
         candidates: Sequence[str] | None = None,
     ) -> list[Recommendation]:
         """The user's top ``n``: blended, diversified, explored, completed titles removed."""
+        return [Recommendation(*entry) for entry in self.ranked(profile, n, ts, candidates)]
+
+    def ranked(
+        self, profile: UserProfile, n: int = 20, ts: float | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> list[tuple[str, float, str]]:
+        """:meth:`recommend` as plain ``(title_id, score, reason)`` tuples."""
         row_profile = RowProfile.build(self._items, profile)
         if candidates is None:
             rows = self.candidate_rows(row_profile, ts)
@@ -542,12 +564,10 @@ class Hybrid(Recommender):
         scores, picks, ranking = self._rank(rows, row_profile, n, ts)
         at = [i for i, _ in picks]
         ids = self._items.ids
-        return [
-            Recommendation(ids[row] or "", score, reason)
-            for row, score, reason in zip(rows[at].tolist(), scores[at].tolist(),
-                                          self._reasons(rows, picks, ranking, row_profile),
-                                          strict=True)
-        ]
+        return [(ids[row] or "", score, reason)
+                for row, score, reason in zip(rows[at].tolist(), scores[at].tolist(),
+                                              self._reasons(rows, picks, ranking, row_profile),
+                                              strict=True)]
 
     def list_rows(self, rows: np.ndarray, profile: UserProfile, n: int, ts: float | None = None
                   ) -> tuple[np.ndarray, list[int]]:
@@ -602,18 +622,20 @@ class Hybrid(Recommender):
         """Greedy: no genre more than its cap (``caps``, else ``max_per_genre``) times in
         the first 10 slots."""
         most = self.max_per_genre
+        genres_of = self.content.genres_of_row
         counts: dict[str, int] = {}
         chosen: list[int] = []
         deferred: list[int] = []
-        for i in order:
-            genres = self.content.genres_of_row(int(rows[i]))
-            if len(chosen) < 10 and any(counts.get(g, 0) >= caps.get(g, most) for g in genres):
-                deferred.append(int(i))
-                continue
+        # Plain ints from one conversion: per-element numpy indexing costs more than the walk.
+        for i, row in zip(order.tolist(), rows[order].tolist(), strict=True):
             if len(chosen) < 10:
+                genres = genres_of(row)
+                if any(counts.get(g, 0) >= caps.get(g, most) for g in genres):
+                    deferred.append(i)
+                    continue
                 for g in genres:
                     counts[g] = counts.get(g, 0) + 1
-            chosen.append(int(i))
+            chosen.append(i)
             if len(chosen) >= n:
                 break
         return (chosen + deferred)[:n]
