@@ -52,6 +52,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -158,6 +159,8 @@ DENSE_MERGE_CELLS_PER_LINK = 32
 # it, for all users at once in numpy (a fixed ~0.15 ms, then ~3 us per user).
 ASSEMBLE_EACH_USERS = 8
 History = Sequence[tuple[str, float]]
+# A list entry of any form (_insert_explored spreads both positions and finished tuples).
+_Entry = TypeVar("_Entry")
 # Decimal places of the scores in recommendation messages.
 SCORE_DECIMALS = 6
 # One list: (title_id, score, reason) per listed title, best first.
@@ -430,10 +433,10 @@ class _RankBatch:
                 picks.tolist(), n_picked.tolist(), reasons.tolist(), explored.tolist(),
                 strict=True)):
             rounded = np.round(scores[u, row[:m]], SCORE_DECIMALS).tolist()
-            entries = [(ids[cols[i]], s, w) for i, s, w in zip(row[:m], rounded, words[:m],
-                                                                strict=True)]
-            slots = [(ids[cols[i]], round(float(scores[u, i]), SCORE_DECIMALS), "explore")
-                     for i in extra if i >= 0]
+            entries: Ranked = [(ids[cols[i]] or "", s, w)
+                               for i, s, w in zip(row[:m], rounded, words[:m], strict=True)]
+            slots: Ranked = [(ids[cols[i]] or "", round(float(scores[u, i]), SCORE_DECIMALS),
+                              "explore") for i in extra if i >= 0]
             out.append((_insert_explored(entries, slots) if slots else entries)[:n])
         return out
 
@@ -662,8 +665,7 @@ def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, caps: n
     return out
 
 
-def _insert_explored(picks: list[tuple[int, str]], explored: list[tuple[int, str]]
-                     ) -> list[tuple[int, str]]:
+def _insert_explored(picks: list[_Entry], explored: list[_Entry]) -> list[_Entry]:
     """Spread exploration slots through the list as :meth:`Hybrid._explore_slots` does."""
     keep = len(picks) - len(explored) if len(picks) >= len(explored) else 0
     head = picks[:keep]
@@ -693,8 +695,8 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     if (len(items) + unknown > items.capacity or len(items) > DENSE_MAX_TITLES
             or len(titles) <= ONE_AT_A_TIME_EVENTS or not mirrors("learn")):
         # Tiny batches, or evictions inside the batch (rows recycled mid-way): one at a time.
-        for title, y, t, h in zip(titles, ys, ts, histories, strict=True):
-            model.learn_one("", title, y, UserProfile("", history=list(h)), t)
+        for title, feedback, t, h in zip(titles, ys, ts, histories, strict=True):
+            model.learn_one("", title, feedback, UserProfile("", history=list(h)), t)
         return
     rows = (items.add_known(titles) if unknown == 0 else
             np.fromiter((items.add(t) for t in titles), dtype=np.int64, count=len(titles)))
