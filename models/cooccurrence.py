@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from models.base import WEIGHT_CLIP, HistoryMatrix, Recommender, RowProfile, grow
+
+# Arrays of rows found to be 0..n-1 in order, by id while they live. Ranking one user at
+# a time passes the item table's cached known rows (never modified; replaced by a new
+# array when titles come or go) on every call: checked once, not per user.
+_IN_ORDER: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
 
 class CoOccurrence(Recommender):
@@ -170,9 +177,13 @@ class CoOccurrence(Recommender):
         if cols is None:
             cols = np.arange(self._items.rows)
             everything = True
+        elif _IN_ORDER.get(id(cols)) is cols:
+            everything = len(cols) == totals.shape[1]
         else:
             everything = (len(cols) == totals.shape[1] and len(cols) > 0 and cols[0] == 0
                           and bool((np.diff(cols) == 1).all()))
+            if everything:
+                _IN_ORDER[id(cols)] = cols
         out = totals if everything else totals[:, cols]
         out /= ((self.counts(cols) + 1.0) ** self.alpha)[None, :]
         return out

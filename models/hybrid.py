@@ -103,7 +103,10 @@ def context(positives: np.ndarray, times: np.ndarray) -> np.ndarray:
     out = np.empty((len(positives), CONTEXT_KNOTS + DAYPARTS))
     out[:, :CONTEXT_KNOTS] = np.maximum(
         0.0, 1.0 - np.abs(h[:, None] - _KNOTS[None, :]) * (CONTEXT_KNOTS - 1))
-    part = np.broadcast_to(times, positives.shape) // 3600 % 24 // (24 // DAYPARTS)
+    times = np.asarray(times)
+    if times.shape != positives.shape:
+        times = np.broadcast_to(times, positives.shape)
+    part = times // 3600 % 24 // (24 // DAYPARTS)
     out[:, CONTEXT_KNOTS:] = _DAYPART_ONE_HOT[part.astype(np.int64)]
     return out
 
@@ -596,7 +599,7 @@ class Hybrid(Recommender):
         """Exploration slots of an ``n``-title list for each user (``positives``: titles in
         their positive history): the share times ``n``, the remainder granted with its
         probability."""
-        h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
+        h = np.log1p(np.minimum(positives, MAX_HISTORY)) / _LOG_HISTORY
         share = self.exploration * np.where(positives == 0, 2.0, 1.0 - h) * n
         whole = np.floor(share)
         slots = whole.astype(np.int64)
@@ -646,9 +649,10 @@ class Hybrid(Recommender):
         pool = np.nonzero(~taken)[0]
         if len(pool) == 0:
             return picks
-        samples = self.explorer._score_rows(rows[pool], profile, ts)
+        unseen = rows[pool]
+        samples = self.explorer._score_rows(unseen, profile, ts)
         # Favour titles with little evidence: that is what exploration is for.
-        samples = samples / (1.0 + self.explorer.exposure(rows[pool]) / 10.0)
+        samples = samples / (1.0 + self.explorer.exposure(unseen) / 10.0)
         explored = [(int(pool[j]), "explore") for j in top_k(samples, n_explore)]
         keep = len(picks) - len(explored) if len(picks) >= len(explored) else 0
         head = picks[:keep]
