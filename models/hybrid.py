@@ -154,7 +154,9 @@ def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     n_users, n_cols = mask.shape
     if n_users <= _EXTREMES_LOOKED_AT or not np.isfinite(values).all():
-        return min_max(np.broadcast_to(values, mask.shape), mask)
+        # (One user: a view of the row as a matrix, cheaper than broadcast_to.)
+        return min_max(values[None, :] if n_users == 1 else np.broadcast_to(values, mask.shape),
+                       mask)
     ascending = np.argsort(values, kind="stable")
     width = min(n_cols, _EXTREMES_LOOKED_AT)
     low = np.empty((n_users, 1))
