@@ -176,7 +176,8 @@ class HistoryMatrix:
     so both paths run the same arithmetic.
     """
 
-    __slots__ = ("rows", "weights", "positive", "clipped")
+    __slots__ = ("rows", "weights", "positive", "clipped", "_positive_rank")
+    _FIELDS = ("rows", "weights", "positive", "clipped")
 
     def __init__(self, rows: np.ndarray, weights: np.ndarray) -> None:
         weights = np.where(rows >= 0, weights, 0.0)
@@ -184,6 +185,7 @@ class HistoryMatrix:
         self.weights = weights
         self.positive = (rows >= 0) & (weights > 0)
         self.clipped = np.maximum(rows, 0)
+        self._positive_rank: np.ndarray | None = None
 
     @classmethod
     def from_histories(cls, index: dict[str, int], histories: Sequence[Sequence[tuple[str, float]]],
@@ -207,13 +209,18 @@ class HistoryMatrix:
     def take(self, queries: np.ndarray) -> HistoryMatrix:
         """The histories of ``queries`` only."""
         out = HistoryMatrix.__new__(HistoryMatrix)
-        for name in HistoryMatrix.__slots__:
+        for name in HistoryMatrix._FIELDS:
             setattr(out, name, getattr(self, name)[queries])
+        out._positive_rank = None
         return out
 
     def positive_rank(self) -> np.ndarray:
-        """Each entry's position among the user's positive titles (most recent is 0)."""
-        return np.cumsum(self.positive, axis=1) - 1
+        """Each entry's position among the user's positive titles (most recent is 0).
+        Computed once (every component scoring these histories asks; callers only read
+        it)."""
+        if self._positive_rank is None:
+            self._positive_rank = np.cumsum(self.positive, axis=1) - 1
+        return self._positive_rank
 
     def positive_count(self) -> np.ndarray:
         return self.positive.sum(axis=1)

@@ -52,6 +52,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -78,11 +79,11 @@ MIRRORED = {
         "models.cooccurrence:CoOccurrence.explain", "models.cooccurrence:CoOccurrence._votes",
         "models.content:ContentModel.add_title",
         "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
-        "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.recommend",
+        "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.ranked",
         "models.hybrid:Hybrid._rank", "models.hybrid:Hybrid.explore_slots",
         "models.hybrid:Hybrid._diversify", "models.hybrid:Hybrid.genre_caps",
         "models.hybrid:Hybrid._explore_slots",
-        "models.hybrid:Hybrid._reason",
+        "models.hybrid:Hybrid._reasons", "models.cooccurrence:CoOccurrence.sources",
     ),
     "learn": (
         "models.base:Recommender.learn_one", "models.base:RowProfile.build",
@@ -98,7 +99,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "81f35ff01a661de3", "learn": "7691598ad4af1051"}
+FINGERPRINTS = {"rank": "d76b0e3f87adae21", "learn": "7691598ad4af1051"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -158,6 +159,8 @@ DENSE_MERGE_CELLS_PER_LINK = 32
 # it, for all users at once in numpy (a fixed ~0.15 ms, then ~3 us per user).
 ASSEMBLE_EACH_USERS = 8
 History = Sequence[tuple[str, float]]
+# A list entry of any form (_insert_explored spreads both positions and finished tuples).
+_Entry = TypeVar("_Entry")
 # Decimal places of the scores in recommendation messages.
 SCORE_DECIMALS = 6
 # One list: (title_id, score, reason) per listed title, best first.
@@ -204,15 +207,16 @@ class _LazyPosterior:
         self.realised = np.zeros(self.sets, dtype=np.int64)
 
     def _realise(self, sets: np.ndarray, upto: int) -> None:
-        behind = np.unique(sets)
-        behind = behind[self.realised[behind] < upto]
-        if len(behind) == 0:
+        # (A handful of sets: Python sets and lists cost less than np.unique and masks.)
+        realised = self.realised.tolist()
+        behind = [s for s in sorted(set(sets.tolist())) if realised[s] < upto]
+        if not behind:
             return
         # One Beta call for every set's missing draws, laid out in the order one call per
         # set would draw them: the generator gives the same numbers, for less overhead.
-        idx = [self.order[start:upto] for start in self.realised[behind].tolist()]
-        lengths = [len(i) for i in idx]
-        flat = np.concatenate(idx)
+        idx = [self.order[realised[s]:upto] for s in behind]
+        flat = idx[0] if len(idx) == 1 else np.concatenate(idx)
+        lengths = [upto - realised[s] for s in behind]
         self.draws[np.repeat(behind, lengths), flat] = self.rng.beta(self.a[flat], self.b[flat])
         self.realised[behind] = upto
 
@@ -231,17 +235,21 @@ class _LazyPosterior:
         while len(pending):
             end = min(n_cols, end + chunk)
             chunk *= 2
-            self._realise(which[pending], end)
+            sets = which[pending]
+            self._realise(sets, end)
             prefix = self.order[:end]
-            values = np.where(pool[pending][:, prefix],
-                              self.draws[which[pending]][:, prefix] * self.scale[prefix],
-                              -np.inf)
+            values = np.where(pool[pending[:, None], prefix],
+                              self.draws[sets[:, None], prefix] * self.scale[prefix], -np.inf)
             kk = min(k, end)
-            top = np.argpartition(-values, kk - 1, axis=1)[:, :kk]
-            top_values = np.take_along_axis(values, top, axis=1)
-            order = np.argsort(-top_values, axis=1, kind="stable")
-            top = np.take_along_axis(top, order, axis=1)
-            top_values = np.take_along_axis(top_values, order, axis=1)
+            users = np.arange(len(pending))[:, None]
+            if kk == 1:  # (usually: one exploration slot) the best, without a partition
+                top = values.argmax(axis=1)[:, None]
+                top_values = values[users, top]
+            else:
+                top = np.argpartition(-values, kk - 1, axis=1)[:, :kk]
+                top_values = values[users, top]
+                order = np.argsort(-top_values, axis=1, kind="stable")
+                top, top_values = top[users, order], top_values[users, order]
             bound = self.scale[self.order[end]] if end < n_cols else -np.inf
             done = (top_values[:, -1] >= bound) | (end >= n_cols)
             if kk < k:
@@ -283,8 +291,8 @@ def rank_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,
     cols = np.fromiter(items.index.values(), dtype=np.int64, count=len(items))
     if (len(cols) > min(model.max_candidates, DENSE_MAX_TITLES) or len(cols) == 0 or n <= 0
             or len(profiles) <= ONE_AT_A_TIME_USERS or not mirrors("rank")):
-        return [[(r.title_id, round(r.score, SCORE_DECIMALS), r.reason)
-                 for r in model.recommend(p, n=n, ts=t)]
+        return [[(title, round(score, SCORE_DECIMALS), reason)
+                 for title, score, reason in model.ranked(p, n=n, ts=t)]
                 for p, t in zip(profiles, ts, strict=True)]
     batch = _RankBatch(model, profiles, cols, np.asarray(ts, dtype=np.float64))
     return batch.lists(n)
@@ -356,6 +364,7 @@ class _RankBatch:
         n_users, n_cols = candidate.shape
         pool = ranking.pool
         # (For a handful of users the full rows cost less than the extra calls.)
+        users = np.arange(n_users)[:, None]
         if depth < pool.shape[1] and depth < n_cols and n_users > ASSEMBLE_EACH_USERS:
             pooled = np.take_along_axis(scores, pool, axis=1)
             in_pool = np.where(ranking.valid, pooled, -np.inf)
@@ -373,11 +382,8 @@ class _RankBatch:
         ranked = np.where(candidate, scores, -np.inf)
         if depth < n_cols:
             part = np.argpartition(-ranked, depth - 1, axis=1)[:, :depth]
-        else:
-            part = np.broadcast_to(np.arange(n_cols), (n_users, n_cols))
-        return np.take_along_axis(
-            part, np.argsort(-np.take_along_axis(ranked, part, axis=1), axis=1, kind="stable"),
-            axis=1)
+            return part[users, np.argsort(-ranked[users, part], axis=1, kind="stable")]
+        return np.argsort(-ranked, axis=1, kind="stable")
 
     def _assemble(self, picks: np.ndarray, n_picked: np.ndarray, explored: np.ndarray,
                   reasons: np.ndarray, n: int) -> list[Ranked]:
@@ -425,15 +431,19 @@ class _RankBatch:
                        reasons: np.ndarray, n: int) -> list[Ranked]:
         """:meth:`_assemble` one user at a time (fewer numpy calls for a handful)."""
         ids, cols, scores = self.model._items.ids, self.cols, self.scores
+        # Every user's titles and rounded scores in one conversion each (-1 pads read
+        # column 0, never listed).
+        safe = np.maximum(picks, 0)
+        titles = cols[safe].tolist()
+        rounded = np.round(scores[np.arange(len(picks))[:, None], safe], SCORE_DECIMALS).tolist()
         out: list[Ranked] = []
-        for u, (row, m, words, extra) in enumerate(zip(
-                picks.tolist(), n_picked.tolist(), reasons.tolist(), explored.tolist(),
+        for u, (row_titles, row_scores, m, words, extra) in enumerate(zip(
+                titles, rounded, n_picked.tolist(), reasons.tolist(), explored.tolist(),
                 strict=True)):
-            rounded = np.round(scores[u, row[:m]], SCORE_DECIMALS).tolist()
-            entries = [(ids[cols[i]], s, w) for i, s, w in zip(row[:m], rounded, words[:m],
-                                                                strict=True)]
-            slots = [(ids[cols[i]], round(float(scores[u, i]), SCORE_DECIMALS), "explore")
-                     for i in extra if i >= 0]
+            entries: Ranked = [(ids[t] or "", s, w) for t, s, w in zip(
+                row_titles[:m], row_scores[:m], words[:m], strict=True)]
+            slots: Ranked = [(ids[cols[i]] or "", round(float(scores[u, i]), SCORE_DECIMALS),
+                              "explore") for i in extra if i >= 0]
             out.append((_insert_explored(entries, slots) if slots else entries)[:n])
         return out
 
@@ -470,14 +480,14 @@ class _RankBatch:
         return picks
 
     def _reasons(self, picks: np.ndarray, table: _GenreTable) -> np.ndarray:
-        """The word shown with each pick (as :meth:`Hybrid._reason`): (users, n) strings."""
+        """The word shown with each pick (as :meth:`Hybrid._reasons`): (users, n) strings."""
         cols, ranking = self.cols, self.ranking
         safe = np.maximum(picks, 0)
         users = np.arange(len(picks))[:, None]
         # Each pick's slot in its user's pool (-1: outside it, no contribution).
         slot_of = np.full(self.scores.shape, -1, dtype=np.int32)
-        np.put_along_axis(slot_of, ranking.pool,
-                          np.where(ranking.valid, np.arange(ranking.pool.shape[1]), -1), axis=1)
+        slot_of[users, ranking.pool] = np.where(ranking.valid, np.arange(ranking.pool.shape[1]),
+                                                -1)
         slot = slot_of[users, safe]
         contrib = np.where(slot >= 0, ranking.contributions[:, users, np.maximum(slot, 0)], 0.0)
         best = contrib.argmax(axis=0)                                   # (users, n)
@@ -489,7 +499,7 @@ class _RankBatch:
         if len(cu):
             out[cu, cj] = self._because(cu, cols[picks[cu, cj]])
         # Nothing personal stood out: a popular pick.
-        out[np.take_along_axis(contrib, best[None], axis=0)[0] <= 0] = REASON_OF["popularity"]
+        out[contrib[best, users, np.arange(picks.shape[1])] <= 0] = REASON_OF["popularity"]
         return out
 
     def _because(self, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -662,8 +672,7 @@ def _diversify_many(order: np.ndarray, genre_matrix: np.ndarray, n: int, caps: n
     return out
 
 
-def _insert_explored(picks: list[tuple[int, str]], explored: list[tuple[int, str]]
-                     ) -> list[tuple[int, str]]:
+def _insert_explored(picks: list[_Entry], explored: list[_Entry]) -> list[_Entry]:
     """Spread exploration slots through the list as :meth:`Hybrid._explore_slots` does."""
     keep = len(picks) - len(explored) if len(picks) >= len(explored) else 0
     head = picks[:keep]
@@ -693,8 +702,8 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     if (len(items) + unknown > items.capacity or len(items) > DENSE_MAX_TITLES
             or len(titles) <= ONE_AT_A_TIME_EVENTS or not mirrors("learn")):
         # Tiny batches, or evictions inside the batch (rows recycled mid-way): one at a time.
-        for title, y, t, h in zip(titles, ys, ts, histories, strict=True):
-            model.learn_one("", title, y, UserProfile("", history=list(h)), t)
+        for title, feedback, t, h in zip(titles, ys, ts, histories, strict=True):
+            model.learn_one("", title, feedback, UserProfile("", history=list(h)), t)
         return
     rows = (items.add_known(titles) if unknown == 0 else
             np.fromiter((items.add(t) for t in titles), dtype=np.int64, count=len(titles)))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from models.base import WEIGHT_CLIP, HistoryMatrix, Recommender, RowProfile, grow
+
+# Arrays of rows found to be 0..n-1 in order, by id while they live. Ranking one user at
+# a time passes the item table's cached known rows (never modified; replaced by a new
+# array when titles come or go) on every call: checked once, not per user.
+_IN_ORDER: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
 
 class CoOccurrence(Recommender):
@@ -162,26 +169,63 @@ class CoOccurrence(Recommender):
         """(users, rows) scores of every item-table row for every user of ``hist`` (0 for
         users with no positive history), one ``bincount``; of rows ``cols`` only if given
         (the normalisation is then done for those alone)."""
+        totals = self._totals(hist)
+        if totals is None:
+            return np.zeros((len(hist.rows), self._items.rows if cols is None else len(cols)))
+        # Normalised in place, on a view when cols are all the rows in order (usually):
+        # no second and third (users, rows) array.
+        if cols is None:
+            cols = np.arange(self._items.rows)
+            everything = True
+        elif _IN_ORDER.get(id(cols)) is cols:
+            everything = len(cols) == totals.shape[1]
+        else:
+            everything = (len(cols) == totals.shape[1] and len(cols) > 0 and cols[0] == 0
+                          and bool((np.diff(cols) == 1).all()))
+            if everything:
+                _IN_ORDER[id(cols)] = cols
+        out = totals if everything else totals[:, cols]
+        out /= ((self.counts(cols) + 1.0) ** self.alpha)[None, :]
+        return out
+
+    def score_at(self, hist: HistoryMatrix, rows: np.ndarray) -> np.ndarray:
+        """``score_matrix(hist)[u, rows[u]]`` for (users, k) ``rows``: only those scores
+        normalised (element by element the same arithmetic).
+
+        Examples
+        --------
+        >>> from models.base import UserProfile
+        >>> m = CoOccurrence()
+        >>> m.learn_one("u1", "a", 1.0, UserProfile("u1"))
+        >>> m.learn_one("u1", "b", 1.0, UserProfile("u1", history=[("a", 1.0)]))
+        >>> hist = RowProfile.build(m._items, UserProfile("u2", history=[("a", 1.0)])).matrix()
+        >>> rows = np.array([[1, 0]])
+        >>> bool((m.score_at(hist, rows) == m.score_matrix(hist)[:, [1, 0]]).all())
+        True
+        """
+        totals = self._totals(hist)
+        if totals is None:
+            return np.zeros(rows.shape)
+        return totals[np.arange(len(rows))[:, None], rows] / (self.counts(rows) + 1.0) ** self.alpha
+
+    def _totals(self, hist: HistoryMatrix) -> np.ndarray | None:
+        """(users, rows) summed votes before normalisation; None when nobody votes."""
         n_rows = self._items.rows
         n_users = len(hist.rows)
         q_idx, h, weight = self._votes(hist)
         if len(q_idx) == 0:
-            return np.zeros((n_users, n_rows if cols is None else len(cols)))
+            return None
         nbr = self._nbr[h]
+        votes = self._w[h] * weight[:, None]
+        # The same links in the same order either way (so the same sums); the masking
+        # and offsets are skipped when they change nothing (one user, full neighbour lists).
+        cells = nbr if n_users == 1 else q_idx[:, None] * n_rows + nbr
         valid = nbr >= 0
-        totals = np.bincount((q_idx[:, None] * n_rows + nbr)[valid],
-                             weights=(self._w[h] * weight[:, None])[valid],
+        if not valid.all():
+            cells, votes = cells[valid], votes[valid]
+        totals = np.bincount(cells.ravel(), weights=votes.ravel(),
                              minlength=n_users * n_rows).reshape(n_users, n_rows)
-        totals = totals.astype(np.float64, copy=False)  # (int64 when no link is valid)
-        if cols is None:
-            cols = np.arange(n_rows)
-        # Normalised in place, on a view when cols are all the rows in order (usually):
-        # no second and third (users, rows) array.
-        everything = (len(cols) == n_rows and n_rows > 0 and cols[0] == 0
-                      and bool((np.diff(cols) == 1).all()))
-        out = totals if everything else totals[:, cols]
-        out /= ((self.counts(cols) + 1.0) ** self.alpha)[None, :]
-        return out
+        return totals.astype(np.float64, copy=False)  # (int64 when no link is valid)
 
     def explain(self, row: int, profile: RowProfile) -> int | None:
         """The history row contributing most to ``row``'s score (for the reason string)."""
@@ -191,6 +235,38 @@ class CoOccurrence(Recommender):
         contributions = ((self._nbr[hist] == row) * self._w[hist]).sum(axis=1) * weights
         best = int(np.argmax(contributions))
         return int(hist[best]) if contributions[best] > 0 else None
+
+    def sources(self, targets: np.ndarray, hist: HistoryMatrix) -> np.ndarray:
+        """:meth:`explain` of every row of ``targets`` at once for the one user of ``hist``:
+        the history row contributing most to each (-1 where none does).
+
+        Examples
+        --------
+        >>> from models.base import UserProfile
+        >>> m = CoOccurrence()
+        >>> m.learn_one("u1", "a", 1.0, UserProfile("u1"))
+        >>> m.learn_one("u1", "b", 1.0, UserProfile("u1", history=[("a", 1.0)]))
+        >>> m.learn_one("u1", "c", 1.0, UserProfile("u1"))
+        >>> profile = RowProfile.build(m._items, UserProfile("u2", history=[("a", 1.0)]))
+        >>> m.sources(m.item_rows(["b", "c"]), profile.matrix()).tolist()
+        [0, -1]
+        """
+        _, h, weights = self._votes(hist)
+        if len(h) == 0 or len(targets) == 0:
+            return np.full(len(targets), -1, dtype=np.int64)
+        # Each vote's link weight to each target, (votes, targets): only the targets' slots
+        # of the votes' neighbour lists are looked at (a title is listed once per row).
+        # (An empty slot, -1, reads the last entry: always -1.)
+        place = np.full(self._items.rows + 1, -1, dtype=np.int64)
+        place[targets] = np.arange(len(targets))
+        at = place[self._nbr[h]]
+        vote, slot = np.nonzero(at >= 0)
+        links = np.zeros((len(h), len(targets)))
+        links[vote, at[vote, slot]] = self._w[h][vote, slot]
+        contributions = links * weights[:, None]
+        best = contributions.argmax(axis=0)
+        strongest = contributions[best, np.arange(len(targets))]
+        return np.where(strongest > 0, h[best], -1)
 
     def size(self):
         links = int((self._nbr[: self._items.rows] >= 0).sum())

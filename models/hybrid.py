@@ -27,8 +27,9 @@ from models.trending import Trending
 # The blended features, in order: one per component, plus the titles' all-time popularity
 # (kept by the co-occurrence model) and recent co-occurrence (models.recent).
 COMPONENTS = ("trending", "cooccurrence", "mf", "content", "popularity", "recent")
+_COOCCURRENCE = COMPONENTS.index("cooccurrence")
 # The reason shown for a pick by the component contributing most (co-occurrence's and
-# content's are refined per title in _reason).
+# content's are refined per title in Hybrid._reasons).
 REASON_OF = {"trending": "trending", "mf": "similar_users", "popularity": "popular",
              "recent": "similar_users"}
 # Titles outside a user's pool are ranked after every pool title, in first-stage order:
@@ -102,7 +103,10 @@ def context(positives: np.ndarray, times: np.ndarray) -> np.ndarray:
     out = np.empty((len(positives), CONTEXT_KNOTS + DAYPARTS))
     out[:, :CONTEXT_KNOTS] = np.maximum(
         0.0, 1.0 - np.abs(h[:, None] - _KNOTS[None, :]) * (CONTEXT_KNOTS - 1))
-    part = np.broadcast_to(times, positives.shape) // 3600 % 24 // (24 // DAYPARTS)
+    times = np.asarray(times)
+    if times.shape != positives.shape:
+        times = np.broadcast_to(times, positives.shape)
+    part = times // 3600 % 24 // (24 // DAYPARTS)
     out[:, CONTEXT_KNOTS:] = _DAYPART_ONE_HOT[part.astype(np.int64)]
     return out
 
@@ -113,8 +117,19 @@ _KNOTS = np.linspace(0.0, 1.0, CONTEXT_KNOTS)
 _DAYPART_ONE_HOT = np.eye(DAYPARTS)
 
 
+def _user_index(n_users: int) -> np.ndarray:
+    """``arange(n_users)[:, None]``: the first index of a (users, k) fancy index."""
+    return _USERS[:n_users] if n_users <= len(_USERS) else np.arange(n_users)[:, None]
+
+
+_USERS = np.arange(4096)[:, None]
+_USERS.flags.writeable = False
+
+
 def min_max(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``raw`` (users, titles) scaled to [0, 1] per user over the titles in ``mask``."""
+    if mask.all():  # (one user's ranking: every title a candidate) no masking passes
+        return _scaled(raw, raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True))
     # One (users, titles) buffer for both extremes and the result: fresh large arrays
     # cost page faults on every batch.
     buffer = np.where(mask, raw, np.inf)
@@ -139,7 +154,9 @@ def min_max_row(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     n_users, n_cols = mask.shape
     if n_users <= _EXTREMES_LOOKED_AT or not np.isfinite(values).all():
-        return min_max(np.broadcast_to(values, mask.shape), mask)
+        # (One user: a view of the row as a matrix, cheaper than broadcast_to.)
+        return min_max(values[None, :] if n_users == 1 else np.broadcast_to(values, mask.shape),
+                       mask)
     ascending = np.argsort(values, kind="stable")
     width = min(n_cols, _EXTREMES_LOOKED_AT)
     low = np.empty((n_users, 1))
@@ -463,9 +480,13 @@ class Hybrid(Recommender):
         contributions = weights.T[:, :, None] * z
         scores = first  # (stage one's scores are not needed past this)
         scores -= BELOW_POOL
-        np.put_along_axis(scores, pool, np.where(valid, contributions.sum(axis=0),
-                                                 np.take_along_axis(scores, pool, axis=1)),
-                          axis=1)
+        # Fancy indexing by (user, pool slot) rather than take/put_along_axis, whose
+        # index building costs more than the work for a user or a few.
+        users = _user_index(len(pool))
+        if valid.all():
+            scores[users, pool] = contributions.sum(axis=0)
+        else:
+            scores[users, pool] = np.where(valid, contributions.sum(axis=0), scores[users, pool])
         return Ranking(scores, pool, valid, z, contributions)
 
     def first_stage(self, hist: HistoryMatrix, cols: np.ndarray, candidate: np.ndarray
@@ -486,9 +507,9 @@ class Hybrid(Recommender):
         unranked = np.subtract(1e-12 * cols, first, out=popular)  # popular is spent
         np.copyto(unranked, np.inf, where=~candidate)
         pool = (np.argpartition(unranked, size - 1, axis=1)[:, :size] if size < n_cols
-                else np.broadcast_to(np.arange(n_cols), (n_users, n_cols)).copy())
-        valid = np.take_along_axis(candidate, pool, axis=1)
-        return first, pool, valid, np.take_along_axis(co, pool, axis=1)
+                else np.tile(np.arange(n_cols), (n_users, 1)))
+        users = _user_index(n_users)
+        return first, pool, candidate[users, pool], co[users, pool]
 
     def pool_features(self, hist: HistoryMatrix, rows: np.ndarray, valid: np.ndarray,
                       co: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -502,7 +523,7 @@ class Hybrid(Recommender):
             self.mf.scores(mf_users, rows),
             self.content.scores(self.content.user_vectors(hist), rows),
             self.cooccurrence.popularity(rows),
-            np.take_along_axis(self.recent.score_matrix(hist), rows, axis=1),
+            self.recent.score_at(hist, rows),
         ])
         return standardise(raw, valid)
 
@@ -528,6 +549,13 @@ class Hybrid(Recommender):
         candidates: Sequence[str] | None = None,
     ) -> list[Recommendation]:
         """The user's top ``n``: blended, diversified, explored, completed titles removed."""
+        return [Recommendation(*entry) for entry in self.ranked(profile, n, ts, candidates)]
+
+    def ranked(
+        self, profile: UserProfile, n: int = 20, ts: float | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> list[tuple[str, float, str]]:
+        """:meth:`recommend` as plain ``(title_id, score, reason)`` tuples."""
         row_profile = RowProfile.build(self._items, profile)
         if candidates is None:
             rows = self.candidate_rows(row_profile, ts)
@@ -538,14 +566,13 @@ class Hybrid(Recommender):
             rows = rows[~np.isin(rows, row_profile.completed_rows)]
         if len(rows) == 0:
             return []
-        scores, picks, contributions = self._rank(rows, row_profile, n, ts)
-        return [
-            Recommendation(
-                self._items.ids[rows[i]] or "", float(scores[i]),
-                reason or self._reason(int(rows[i]), i, contributions, row_profile),
-            )
-            for i, reason in picks
-        ]
+        scores, picks, ranking = self._rank(rows, row_profile, n, ts)
+        at = [i for i, _ in picks]
+        ids = self._items.ids
+        return [(ids[row] or "", score, reason)
+                for row, score, reason in zip(rows[at].tolist(), scores[at].tolist(),
+                                              self._reasons(rows, picks, ranking, row_profile),
+                                              strict=True)]
 
     def list_rows(self, rows: np.ndarray, profile: UserProfile, n: int, ts: float | None = None
                   ) -> tuple[np.ndarray, list[int]]:
@@ -562,20 +589,19 @@ class Hybrid(Recommender):
         ranking = self.rank_matrix(row_profile.matrix(), rows,
                                    np.ones((1, len(rows)), dtype=bool), now)
         scores = ranking.scores[0]
-        contributions = ranking.full_contributions()[:, 0, :].T
         order = top_k(scores, min(len(rows), 3 * n))
         chosen = self._diversify(rows, order, n, self.genre_caps(row_profile))
         picks = [(int(i), "") for i in chosen]
         n_explore = self.explore_slots(n, np.array([int((row_profile.weights > 0).sum())]))[0]
         if n_explore and len(rows) > len(picks) - n_explore:
             picks = self._explore_slots(rows, picks, n_explore, row_profile, ts)
-        return scores, picks[:n], contributions
+        return scores, picks[:n], ranking
 
     def explore_slots(self, n: int, positives: np.ndarray) -> np.ndarray:
         """Exploration slots of an ``n``-title list for each user (``positives``: titles in
         their positive history): the share times ``n``, the remainder granted with its
         probability."""
-        h = np.log1p(np.minimum(positives, MAX_HISTORY)) / np.log1p(MAX_HISTORY)
+        h = np.log1p(np.minimum(positives, MAX_HISTORY)) / _LOG_HISTORY
         share = self.exploration * np.where(positives == 0, 2.0, 1.0 - h) * n
         whole = np.floor(share)
         slots = whole.astype(np.int64)
@@ -601,18 +627,20 @@ class Hybrid(Recommender):
         """Greedy: no genre more than its cap (``caps``, else ``max_per_genre``) times in
         the first 10 slots."""
         most = self.max_per_genre
+        genres_of = self.content.genres_of_row
         counts: dict[str, int] = {}
         chosen: list[int] = []
         deferred: list[int] = []
-        for i in order:
-            genres = self.content.genres_of_row(int(rows[i]))
-            if len(chosen) < 10 and any(counts.get(g, 0) >= caps.get(g, most) for g in genres):
-                deferred.append(int(i))
-                continue
+        # Plain ints from one conversion: per-element numpy indexing costs more than the walk.
+        for i, row in zip(order.tolist(), rows[order].tolist(), strict=True):
             if len(chosen) < 10:
+                genres = genres_of(row)
+                if any(counts.get(g, 0) >= caps.get(g, most) for g in genres):
+                    deferred.append(i)
+                    continue
                 for g in genres:
                     counts[g] = counts.get(g, 0) + 1
-            chosen.append(int(i))
+            chosen.append(i)
             if len(chosen) >= n:
                 break
         return (chosen + deferred)[:n]
@@ -623,9 +651,10 @@ class Hybrid(Recommender):
         pool = np.nonzero(~taken)[0]
         if len(pool) == 0:
             return picks
-        samples = self.explorer._score_rows(rows[pool], profile, ts)
+        unseen = rows[pool]
+        samples = self.explorer._score_rows(unseen, profile, ts)
         # Favour titles with little evidence: that is what exploration is for.
-        samples = samples / (1.0 + self.explorer.exposure(rows[pool]) / 10.0)
+        samples = samples / (1.0 + self.explorer.exposure(unseen) / 10.0)
         explored = [(int(pool[j]), "explore") for j in top_k(samples, n_explore)]
         keep = len(picks) - len(explored) if len(picks) >= len(explored) else 0
         head = picks[:keep]
@@ -635,21 +664,46 @@ class Hybrid(Recommender):
             head.insert(min(len(head), (k + 1) * step + k), slot)
         return head
 
-    def _reason(self, row: int, i: int, contributions: np.ndarray, profile: RowProfile
-                ) -> str:
-        best = int(np.argmax(contributions[i]))
-        if contributions[i, best] <= 0:  # nothing personal stood out: a popular pick
-            return REASON_OF["popularity"]
-        component = COMPONENTS[best]
-        if component == "cooccurrence":
-            source = self.cooccurrence.explain(row, profile)
-            if source is not None:
-                return f"because_you_watched:{self._items.ids[source]}"
-            return "similar_users"
-        if component == "content":
-            genres = self.content.genres_of_row(row)
-            return f"genre:{genres[0]}" if genres else "similar_users"
-        return REASON_OF[component]
+    def _reasons(self, rows: np.ndarray, picks: list[tuple[int, str]], ranking: Ranking,
+                 profile: RowProfile) -> list[str]:
+        """The reason shown with each pick (positions in ``rows``, the columns of the
+        one-user ``ranking``) that has none yet: the component contributing most to its
+        score, refined per title for co-occurrence (the history title contributing most)
+        and content (the title's first genre). All picks at once: per pick, the calls
+        cost more than the work."""
+        out = [reason for _, reason in picks]
+        todo = [k for k, reason in enumerate(out) if not reason]
+        if not todo:
+            return out
+        at = np.array([picks[k][0] for k in todo], dtype=np.int64)
+        # Each pick's contributions (features, picks): 0 outside the pool's candidates.
+        pool, valid = ranking.pool[0], ranking.valid[0]
+        slot_of = np.full(len(rows), -1, dtype=np.int64)
+        slot_of[pool[valid]] = np.flatnonzero(valid)
+        slot = slot_of[at]
+        contributions = np.where(slot >= 0, ranking.contributions[:, 0, slot], 0.0)
+        best = contributions.argmax(axis=0)
+        strongest = contributions[best, np.arange(len(at))].tolist()
+        best_list = best.tolist()
+        co = best == _COOCCURRENCE
+        sources = iter(self.cooccurrence.sources(rows[at[co]], profile.matrix()).tolist()
+                       if co.any() else [])
+        ids = self._items.ids
+        for k, row, b, top in zip(todo, rows[at].tolist(), best_list, strongest, strict=True):
+            component = COMPONENTS[b]
+            if component == "cooccurrence":
+                source = next(sources)
+            if top <= 0:  # nothing personal stood out: a popular pick
+                out[k] = REASON_OF["popularity"]
+            elif component == "cooccurrence":
+                out[k] = (f"because_you_watched:{ids[source]}" if source >= 0
+                          else "similar_users")
+            elif component == "content":
+                genres = self.content.genres_of_row(row)
+                out[k] = f"genre:{genres[0]}" if genres else "similar_users"
+            else:
+                out[k] = REASON_OF[component]
+        return out
 
     def size(self) -> dict[str, int]:
         return {"titles": len(self._items),

@@ -91,7 +91,7 @@ class RecentCoOccurrence(CoOccurrence):
             return 1.0
         return float(np.exp2((self._clock - self._anchor) / self.half_life_s))
 
-    def counts(self, rows: np.ndarray) -> np.ndarray:
+    def counts(self, rows: np.ndarray | slice) -> np.ndarray:
         """Each title's faded positive feedback at the clock."""
         return self._pop[rows] / self._scale()
 

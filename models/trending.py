@@ -70,9 +70,30 @@ class Trending(Recommender):
 
     def top(self, n: int, ts: float | None = None) -> list[tuple[str, float]]:
         """The ``n`` most trending titles with their scores."""
-        rows = np.fromiter(self._items.index.values(), dtype=np.int64)
-        if len(rows) == 0:
+        rows = self._items.known_rows()
+        if len(rows) == 0 or n <= 0:
             return []
-        scores = self._score_rows(rows, RowProfile.build(self._items, None), ts)
-        order = np.argsort(-scores, kind="stable")[:n]
-        return [(self._items.ids[rows[i]], float(scores[i])) for i in order]  # type: ignore[misc]
+        scores = self.decayed(rows, np.array(self._now if ts is None else ts))
+        order = _top(scores, n)
+        ids = self._items.ids
+        return [(ids[row] or "", score)
+                for row, score in zip(rows[order].tolist(), scores[order].tolist(), strict=True)]
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """``np.argsort(-scores, kind="stable")[:n]`` without sorting every score: the ``n``
+    largest are found by a partition, then every score tied with the smallest of them
+    is sorted along (ties keep their order, as in the full sort).
+
+    Examples
+    --------
+    >>> _top(np.array([1.0, 3.0, 2.0, 3.0, 2.0]), 3)
+    array([1, 3, 2])
+    """
+    if n >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    threshold = scores[np.argpartition(-scores, n - 1)[:n]].min()
+    if np.isnan(threshold):  # NaN scores sort last: the full sort handles them
+        return np.argsort(-scores, kind="stable")[:n]
+    near = np.flatnonzero(scores >= threshold)
+    return near[np.argsort(-scores[near], kind="stable")[:n]]
