@@ -43,14 +43,15 @@ tools: ## install promtool and docker-compose for the deploy checks (apt, as roo
 demo: $(STAMP) ## run the whole pipeline on embedded Kafka and Redis, then summarise
 	$(BIN)/streamrec demo
 
-test: $(STAMP) tools lint ## ruff, then every test (unit, integration, fault); fails if none ran
+test: $(STAMP) tools lint ## ruff and mypy, then every test (unit, integration, fault); fails if none ran
 	$(BIN)/python -m pytest -m "not soak" -p no:cacheprovider
 
 test-fast: $(STAMP) tools ## unit tests only
 	$(BIN)/python -m pytest -m "not integration and not fault and not soak" -p no:cacheprovider
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, then mypy (configured in pyproject.toml)
 	$(BIN)/ruff check streamrec streams models producers consumers tests
+	$(BIN)/mypy
 
 soak: $(STAMP) ## 5-minute memory soak at a steady rate
 	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider

@@ -77,14 +77,6 @@ class Ranking:
     z: np.ndarray
     contributions: np.ndarray
 
-    def full_contributions(self) -> np.ndarray:
-        """``contributions`` laid out over every title: (features, users, titles)."""
-        n_feat, n_users, _ = self.contributions.shape
-        out = np.zeros((n_feat, n_users, self.scores.shape[1]))
-        users = np.arange(n_users)[:, None]
-        out[:, users, self.pool] = np.where(self.valid, self.contributions, 0.0)
-        return out
-
 
 def context(positives: np.ndarray, times: np.ndarray) -> np.ndarray:
     """(users, CONTEXT_KNOTS + DAYPARTS) context of the blend: how each user's history
