@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 MIRRORED = {
     "rank": (
         "models.base:RowProfile.build", "models.base:top_k",
-        "models.cooccurrence:CoOccurrence.explain", "models.cooccurrence:CoOccurrence._votes",
+        "models.cooccurrence:CoOccurrence._votes",
         "models.content:ContentModel.add_title",
         "models.explore:ThompsonExplorer._score_rows", "models.explore:ThompsonExplorer.exposure",
         "models.hybrid:Hybrid.candidate_rows", "models.hybrid:Hybrid.ranked",
@@ -99,7 +99,7 @@ MIRRORED = {
         "models.recent:RecentCoOccurrence.advance",
     ),
 }
-FINGERPRINTS = {"rank": "d76b0e3f87adae21", "learn": "7691598ad4af1051"}
+FINGERPRINTS = {"rank": "aac1c375aa1cd149", "learn": "7691598ad4af1051"}
 
 
 def fingerprint(kind: str) -> str | None:
@@ -504,7 +504,7 @@ class _RankBatch:
 
     def _because(self, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Co-occurrence reasons: per pick (its user, its item-table row), the user's vote
-        (history title) contributing most to it, as :meth:`CoOccurrence.explain` finds it.
+        (history title) contributing most to it, as :meth:`CoOccurrence.sources` finds it.
 
         Only each pick's own user's votes are compared with the vote's neighbours (not a
         batch-wide padded width of votes): that comparison is the cost here."""

@@ -227,18 +227,9 @@ class CoOccurrence(Recommender):
                              minlength=n_users * n_rows).reshape(n_users, n_rows)
         return totals.astype(np.float64, copy=False)  # (int64 when no link is valid)
 
-    def explain(self, row: int, profile: RowProfile) -> int | None:
-        """The history row contributing most to ``row``'s score (for the reason string)."""
-        _, hist, weights = self._votes(profile.matrix())
-        if len(hist) == 0:
-            return None
-        contributions = ((self._nbr[hist] == row) * self._w[hist]).sum(axis=1) * weights
-        best = int(np.argmax(contributions))
-        return int(hist[best]) if contributions[best] > 0 else None
-
     def sources(self, targets: np.ndarray, hist: HistoryMatrix) -> np.ndarray:
-        """:meth:`explain` of every row of ``targets`` at once for the one user of ``hist``:
-        the history row contributing most to each (-1 where none does).
+        """For the reason strings: the history row contributing most to the score of each
+        row of ``targets``, for the one user of ``hist`` (-1 where none does).
 
         Examples
         --------
