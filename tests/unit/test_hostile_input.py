@@ -15,6 +15,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 
 from models.hybrid import Hybrid
+from streamrec.bench_core import CoreRecord
 from streamrec.exceptions import InvalidRecord
 from streamrec.schema import (
     DEAD_LETTER_REASONS,
@@ -85,26 +86,6 @@ def test_the_catalogue_decoder_never_crashes(raw: bytes):
     assert isinstance(title["title_id"], str) and title["title_id"]
 
 
-class Record:
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def topic(self) -> str:
-        return "events"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-
 MODEL = Hybrid(seed=1, capacity=64)  # small: stub titles from the fuzz recycle rows
 
 
@@ -113,7 +94,7 @@ MODEL = Hybrid(seed=1, capacity=64)  # small: stub titles from the fuzz recycle 
 @given(st_batch := __import__("hypothesis").strategies.lists(records(), min_size=1,
                                                                max_size=20))
 def test_a_hostile_batch_is_accounted_for_and_ranked_without_errors(st_batch):
-    decoded = decode_batch([Record(v, i) for i, v in enumerate(st_batch)], 64 * 1024, NOW)
+    decoded = decode_batch([CoreRecord(v, b"k", i) for i, v in enumerate(st_batch)], 64 * 1024, NOW)
     assert len(decoded.events) + len(decoded.dead_letters) == len(st_batch)
     assert sum(decoded.dead_reasons.values()) == len(decoded.dead_letters)
     empty: dict = {}  # a new user's record, as the state script returns it
