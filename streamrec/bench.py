@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -576,6 +576,13 @@ class Bench:
         }
 
 
+def paced_summary(run: Mapping[str, Any]) -> dict[str, Any]:
+    """One paced run's figures for ``latency_by_workers`` (no per-second series)."""
+    keys = ("paced_rate", "latency_ms", "latency_ms_delivered", "paced_batch_events_mean",
+            "paced_worker_cpu_share")
+    return {k: round(run[k], 1) if k == "paced_rate" else run[k] for k in keys}
+
+
 def run_paced(bench: Bench, args: argparse.Namespace, n: int) -> int:
     """``--paced-rates``: warm up on the ``n`` records, then one paced run per rate."""
     rates = paced_rates(args.paced_rates)
@@ -682,14 +689,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                   file=sys.stderr, flush=True)
             return bench.paced_latency(workers, phase_settings, rate)
 
+        # Latency at half of each worker count's own rate: with one worker the rest of
+        # the machine (Redis, the broker, the paced producer, the bench's consumer) has a
+        # core of its own; with one worker per core they all share the cores.
+        latency_by_workers: dict[str, dict[str, Any]] = {}
         if args.mode in ("batched", "both"):
             counts = [1] if args.workers == 1 else [1, args.workers]
             for count in counts:
                 result, extra = bench.run_phase(
-                    f"batched-{count}", "batched", count, n,
-                    then=measure_latency if count == counts[-1] else None)
+                    f"batched-{count}", "batched", count, n, then=measure_latency)
                 phases.append(result)
                 latency = extra or latency
+                latency_by_workers[str(count)] = paced_summary(extra)
         if args.mode in ("per-record", "both"):
             result, extra = bench.run_phase(
                 "per-record-1", "per-record", 1, min(n, args.per_record_events),
@@ -706,6 +717,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     report = assemble_report(ceiling, primary, latency.pop("latency_ms"),
                              latency.pop("paced_rate"), others, extra=latency,
                              memory=memory)
+    if latency_by_workers:
+        report["latency_by_workers"] = latency_by_workers
     print(format_table(report))
     if args.report:
         Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -381,6 +381,14 @@ def format_table(report: Mapping[str, Any]) -> str:
     if report.get("paced_batch_events_mean") is not None:
         rows.append(("while paced", f"{report['paced_batch_events_mean']:,.1f} events per "
                      f"batch, worker CPU {report['paced_worker_cpu_share']:.0%} of a core"))
+    for workers, run in report.get("latency_by_workers", {}).items():
+        if int(workers) == report["workers"]:
+            continue  # the rows above
+        lat = run["latency_ms"]
+        rows.append((f"latency, {workers} worker(s) at {run['paced_rate']:,.0f} events/s",
+                     f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
+                     f"p99 {lat['p99']:.1f} ms ({run['paced_batch_events_mean'] or 0:,.1f} "
+                     f"events per batch, worker CPU {run['paced_worker_cpu_share']:.0%})"))
     per_user = report["rss_bytes_per_active_user"]
     run = report.get("rss_memory_run")
     if run is None:

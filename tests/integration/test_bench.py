@@ -43,6 +43,12 @@ def test_a_tiny_bench_reports_every_figure(tmp_path):
     assert report["paced_events_unmatched"] <= 0.01 * report["paced_events"]
     assert report["paced_batch_events_mean"] >= 1 and report["paced_worker_cpu_share"] >= 0
     assert set(report["events_per_s_by_workers"]) == {"1", "2"}
+    # Latency is measured for one worker too, at half its own rate.
+    by_workers = report["latency_by_workers"]
+    assert set(by_workers) == {"1", "2"} and by_workers["2"]["latency_ms"] == latency
+    one = by_workers["1"]
+    assert 0 < one["latency_ms"]["p50"] <= one["latency_ms"]["p99"]
+    assert one["paced_rate"] > 0 and one["paced_batch_events_mean"] >= 1
     assert report["per_record_events_per_s"] > 0 and report["speedup_vs_per_record"] > 0
     phases = {p["name"]: p for p in report["phases"]}
     assert set(phases) == {"batched-1", "batched-2", "per-record-1"}
@@ -58,6 +64,7 @@ def test_a_tiny_bench_reports_every_figure(tmp_path):
     # The table on stdout, and the chart beside the report.
     assert "ceiling: bare confluent-kafka consume" in done.stdout
     assert "batched vs per-record" in done.stdout
+    assert "latency, 1 worker(s) at" in done.stdout
     png = report_path.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

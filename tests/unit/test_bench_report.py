@@ -165,6 +165,26 @@ def test_report_has_every_contract_key_and_the_comparison():
     assert "receipt by a consumer" in table and "p99 18.5 ms" in table
 
 
+def test_the_table_shows_one_workers_latency_beside_the_primary_runs():
+    report = assemble_report(900_000.0, phase("batched", 2, 50_000.0),
+                             {"p50": 40.0, "p95": 90.0, "p99": 150.0}, 25_000.0,
+                             [phase("batched", 1, 30_000.0)],
+                             extra={"paced_batch_events_mean": 300.0,
+                                    "paced_worker_cpu_share": 0.9})
+    report["latency_by_workers"] = {
+        "1": {"paced_rate": 15_000.0, "latency_ms": {"p50": 7.0, "p95": 12.0, "p99": 21.5},
+              "paced_batch_events_mean": 40.0, "paced_worker_cpu_share": 0.65},
+        "2": {"paced_rate": 25_000.0, "latency_ms": {"p50": 40.0, "p95": 90.0, "p99": 150.0},
+              "paced_batch_events_mean": 300.0, "paced_worker_cpu_share": 0.9}}
+    table = format_table(report)
+    row = next(line for line in table.splitlines() if line.startswith("latency, 1 worker"))
+    assert "at 15,000 events/s" in row
+    assert row.endswith("p50 7.0 ms, p95 12.0 ms, p99 21.5 ms (40.0 events per batch, "
+                        "worker CPU 65%)")
+    # The primary run (2 workers) is not repeated.
+    assert table.count("p99 150.0 ms") == 1
+
+
 def test_a_bad_pipeline_setting_is_one_clear_error():
     with pytest.raises(ConfigError, match="STREAMREC_PIPELINE must be one of batched"):
         Settings.from_env({"STREAMREC_PIPELINE": "fast"})
