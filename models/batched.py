@@ -205,6 +205,9 @@ class _LazyPosterior:
         self.order = np.argsort(-self.scale, kind="stable")
         self.draws = np.zeros((self.sets, len(self.a)))
         self.realised = np.zeros(self.sets, dtype=np.int64)
+        # Per set, its largest scaled draw so far: no user of a set whose largest is below
+        # the next title's scale can be done, so explore skips the look at their pools.
+        self.largest = np.full(self.sets, -np.inf)
 
     def _realise(self, sets: np.ndarray, upto: int) -> None:
         # (A handful of sets: Python sets and lists cost less than np.unique and masks.)
@@ -217,8 +220,12 @@ class _LazyPosterior:
         idx = [self.order[realised[s]:upto] for s in behind]
         flat = idx[0] if len(idx) == 1 else np.concatenate(idx)
         lengths = [upto - realised[s] for s in behind]
-        self.draws[np.repeat(behind, lengths), flat] = self.rng.beta(self.a[flat], self.b[flat])
+        drawn = self.rng.beta(self.a[flat], self.b[flat])
+        self.draws[np.repeat(behind, lengths), flat] = drawn
         self.realised[behind] = upto
+        starts = np.cumsum([0, *lengths[:-1]])
+        self.largest[behind] = np.maximum(
+            self.largest[behind], np.maximum.reduceat(drawn * self.scale[flat], starts))
 
     def full(self, which: np.ndarray) -> np.ndarray:
         """Whole draws (len(which), cols), for the sets in ``which``."""
@@ -237,6 +244,9 @@ class _LazyPosterior:
             chunk *= 2
             sets = which[pending]
             self._realise(sets, end)
+            if end < n_cols and (end < k or bool(
+                    (self.largest[sets] < self.scale[self.order[end]]).all())):
+                continue  # nobody can be done yet: the next titles' draws could beat theirs
             prefix = self.order[:end]
             values = np.where(pool[pending[:, None], prefix],
                               self.draws[sets[:, None], prefix] * self.scale[prefix], -np.inf)
