@@ -708,32 +708,25 @@ class ArtworkTable:
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
-# (user, title) entries up to which choose_artwork finds the distinct pairs with a dict
-# in Python: a few users' pages (~100 entries a user) cost less that way than
-# np.unique's fixed cost; a backlog batch's hundred thousand entries, the other way.
-SMALL_PAIRS = 2000
+# Cells (8 bytes each: 8 MiB) up to which the distinct (user, title) pairs and items of a
+# batch's pages are found through a dense table of first entries (_first_occurrences)
+# rather than np.unique's sort: ~3x cheaper from a few users' pages (~100 entries a
+# user, where a dict in Python cost ~10x more) to a 1,000-user batch on 1,000 titles.
+DENSE_PAIR_CELLS = 1 << 20
 
 
-def _first_pairs_loop(pair_user: np.ndarray, pair_code: np.ndarray, n_titles: int,
-                      n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (user, title) pairs of the entries, user after user, each at its
-    first entry (``chosen``), and each entry's pair (``entry_pair``): what
-    :func:`choose_artwork` gets from np.unique for large batches."""
-    users = pair_user.tolist()
-    keys = (pair_user * n_titles + pair_code).tolist()
-    order = (range(len(users)) if n_users == 1
-             else sorted(range(len(users)), key=users.__getitem__))  # stable
-    index: dict[int, int] = {}
-    chosen: list[int] = []
-    entry_pair = [0] * len(users)
-    for e in order:
-        key = keys[e]
-        j = index.get(key)
-        if j is None:
-            j = index[key] = len(chosen)
-            chosen.append(e)
-        entry_pair[e] = j
-    return (np.array(chosen, dtype=np.int64), np.array(entry_pair, dtype=np.int64))
+def _first_occurrences(keys: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entries holding each distinct key of ``keys`` (ints in ``[0, n_cells)``) for
+    the first time, in order, and each entry's number among those distinct keys: what
+    np.unique's ``return_index`` and ``return_inverse`` give once renumbered in order
+    of first appearance."""
+    entries = np.arange(len(keys))
+    first = np.full(n_cells, len(keys), dtype=np.int64)
+    np.minimum.at(first, keys, entries)
+    at = np.flatnonzero(first[keys] == entries)
+    number = first  # (only the distinct keys' cells are read back)
+    number[keys[at]] = np.arange(len(at))
+    return at, number[keys]
 
 
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
@@ -750,12 +743,16 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
-    if len(pair_user) <= SMALL_PAIRS:
-        chosen_pairs, entry_pair = _first_pairs_loop(pair_user, pair_code, n_titles,
-                                                     len(uids))
+    if len(uids) * n_titles <= DENSE_PAIR_CELLS:
+        # The pairs user after user (stable: ranked list first), numbered as they come.
+        in_order = np.argsort(pair_user, kind="stable")
+        first, pair_of = _first_occurrences((pair_user * n_titles + pair_code)[in_order],
+                                            len(uids) * n_titles)
+        chosen_pairs = in_order[first]
         picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
                                      pair_code[chosen_pairs], contexts)
-        entry_pick = picks[entry_pair]
+        entry_pick = np.empty(len(pair_user), dtype=np.int64)
+        entry_pick[in_order] = picks[pair_of]
     else:
         in_order = np.argsort(pair_user, kind="stable")
         _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
@@ -826,15 +823,14 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     # Items: each (title, artwork) shown in the batch encoded once; continue watching's
     # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
-    item_of: list[int]
-    if len(item_key) <= SMALL_PAIRS:  # a dict beats np.unique's fixed cost
-        first: dict[int, int] = {}
-        item_of = [first.setdefault(key, len(first)) for key in item_key.tolist()]
-        item_keys = np.fromiter(first, dtype=np.int64, count=len(first))
+    batch_titles = codes.titles
+    n_cells = len(batch_titles) * (width + 1)
+    if n_cells <= DENSE_PAIR_CELLS:
+        first, inverse = _first_occurrences(item_key, n_cells)
+        item_keys = item_key[first]
     else:
         item_keys, inverse = np.unique(item_key, return_inverse=True)
-        item_of = inverse.reshape(-1).tolist()
-    batch_titles = codes.titles
+    item_of: list[int] = inverse.reshape(-1).tolist()
     item_code, item_pick = np.divmod(item_keys, width + 1)
     item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
                           table[item_code, item_pick].tolist(), strict=True))

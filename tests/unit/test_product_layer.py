@@ -211,7 +211,8 @@ def test_batch_rows_are_the_per_user_reference_rows(duplicates, small, monkeypat
 
     if small:
         monkeypatch.setattr(streams.pages, "SMALL_USERS", 1000)
-        monkeypatch.setattr(streams.pages, "SMALL_PAIRS", 100_000)
+    else:  # np.unique for the distinct pairs and items, as a batch too large for a table
+        monkeypatch.setattr(streams.pages, "DENSE_PAIR_CELLS", 0)
 
     from streams.rows import RowInputs, candidate_rows, row_titles
 
