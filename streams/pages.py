@@ -57,6 +57,7 @@ from streams.rows import (
     SLOT_TYPES,
     affinity_tokens,
     fill_slots,
+    first_occurrences,
 )
 from streams.titles import TitleIndex
 
@@ -336,14 +337,12 @@ def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.
         if not len(at):
             continue
         # Each distinct (user, reason), ranked within the user by first appearance.
-        _, first, inverse = np.unique(rec_user[at] * n_reasons + rec_reason[at],
-                                      return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        who = rec_user[at][first[order]]
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[order] = np.arange(len(first)) - np.searchsorted(who, who)
-        keep = rank[inverse.reshape(-1)] < cap
-        slot = base + rank[inverse.reshape(-1)]
+        first, inverse = first_occurrences(rec_user[at] * n_reasons + rec_reason[at],
+                                           len(slot_reason) * n_reasons)
+        who = rec_user[at][first]
+        rank = np.arange(len(first)) - np.searchsorted(who, who)
+        keep = rank[inverse] < cap
+        slot = base + rank[inverse]
         row_slots.append(slot[keep])
         row_entries.append(at[keep])
         kept = rank < cap
@@ -708,27 +707,6 @@ class ArtworkTable:
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
-# Cells (8 bytes each: 8 MiB) up to which the distinct (user, title) pairs and items of a
-# batch's pages are found through a dense table of first entries (_first_occurrences)
-# rather than np.unique's sort: ~3x cheaper from a few users' pages (~100 entries a
-# user, where a dict in Python cost ~10x more) to a 1,000-user batch on 1,000 titles.
-DENSE_PAIR_CELLS = 1 << 20
-
-
-def _first_occurrences(keys: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entries holding each distinct key of ``keys`` (ints in ``[0, n_cells)``) for
-    the first time, in order, and each entry's number among those distinct keys: what
-    np.unique's ``return_index`` and ``return_inverse`` give once renumbered in order
-    of first appearance."""
-    entries = np.arange(len(keys))
-    first = np.full(n_cells, len(keys), dtype=np.int64)
-    np.minimum.at(first, keys, entries)
-    at = np.flatnonzero(first[keys] == entries)
-    number = first  # (only the distinct keys' cells are read back)
-    number[keys[at]] = np.arange(len(at))
-    return at, number[keys]
-
-
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
                    filled: FilledRows, contexts: np.ndarray,
                    table: ArtworkTable | None = None) -> ArtworkPicks:
@@ -743,29 +721,15 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
-    if len(uids) * n_titles <= DENSE_PAIR_CELLS:
-        # The pairs user after user (stable: ranked list first), numbered as they come.
-        in_order = np.argsort(pair_user, kind="stable")
-        first, pair_of = _first_occurrences((pair_user * n_titles + pair_code)[in_order],
-                                            len(uids) * n_titles)
-        chosen_pairs = in_order[first]
-        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                     pair_code[chosen_pairs], contexts)
-        entry_pick = np.empty(len(pair_user), dtype=np.int64)
-        entry_pick[in_order] = picks[pair_of]
-    else:
-        in_order = np.argsort(pair_user, kind="stable")
-        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
-                                      return_index=True, return_inverse=True)
-        first_order = np.argsort(first)
-        chosen_pairs = in_order[first[first_order]]
-        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                     pair_code[chosen_pairs], contexts)
-        # The pick of every entry (ranked list, then rows) by way of its unique pair.
-        unique_pick = np.empty(len(first), dtype=np.int64)
-        unique_pick[first_order] = picks
-        entry_pick = np.empty(len(pair_user), dtype=np.int64)
-        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
+    # The pairs user after user (stable: ranked list first), numbered as they come.
+    in_order = np.argsort(pair_user, kind="stable")
+    first, pair_of = first_occurrences((pair_user * n_titles + pair_code)[in_order],
+                                       len(uids) * n_titles)
+    chosen_pairs = in_order[first]
+    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                 pair_code[chosen_pairs], contexts)
+    entry_pick = np.empty(len(pair_user), dtype=np.int64)
+    entry_pick[in_order] = picks[pair_of]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
     return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
@@ -824,13 +788,9 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
     batch_titles = codes.titles
-    n_cells = len(batch_titles) * (width + 1)
-    if n_cells <= DENSE_PAIR_CELLS:
-        first, inverse = _first_occurrences(item_key, n_cells)
-        item_keys = item_key[first]
-    else:
-        item_keys, inverse = np.unique(item_key, return_inverse=True)
-    item_of: list[int] = inverse.reshape(-1).tolist()
+    first, inverse = first_occurrences(item_key, len(batch_titles) * (width + 1))
+    item_keys = item_key[first]
+    item_of: list[int] = inverse.tolist()
     item_code, item_pick = np.divmod(item_keys, width + 1)
     item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
                           table[item_code, item_pick].tolist(), strict=True))
