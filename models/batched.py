@@ -221,7 +221,8 @@ class _LazyPosterior:
         flat = idx[0] if len(idx) == 1 else np.concatenate(idx)
         lengths = [upto - realised[s] for s in behind]
         drawn = self.rng.beta(self.a[flat], self.b[flat])
-        self.draws[np.repeat(behind, lengths), flat] = drawn
+        # (A flat index into the contiguous draws: half the cost of a (set, title) pair.)
+        self.draws.reshape(-1)[np.repeat(np.asarray(behind) * len(self.a), lengths) + flat] = drawn
         self.realised[behind] = upto
         starts = np.cumsum([0, *lengths[:-1]])
         self.largest[behind] = np.maximum(
