@@ -423,10 +423,27 @@ class CountryTrending(_Params):
         # Some plays are later than ts (a user's last event can be older than others' in
         # the same batch): they count undecayed, i.e. below their stored key. Walk the
         # stored order until no later entry can beat the n-th best exact score so far.
+        # The walk usually stops within the kept strongest entries (the stored order's
+        # head): only when it runs past them is the whole table sorted.
+        if n <= self.TOP_KEPT:
+            best = self._best.get(country)
+            if best is None:
+                best = self._best[country] = heapq.nlargest(self.TOP_KEPT, table.values())
+                best.reverse()
+            found = self._walk(best[::-1], n, ts, to_end=len(best) == len(table))
+            if found is not None:
+                return found
+        return self._walk(sorted(table.values(), reverse=True), n, ts, to_end=True) or []
+
+    def _walk(self, ranked: list[list[Any]], n: int, ts: float, to_end: bool = False
+              ) -> list[str] | None:
+        """:meth:`top` at a ``ts`` before some plays, from entries in stored-key order:
+        the titles once no later entry can beat the ``n``-th best exact score so far;
+        None when ``ranked`` ran out first (unless ``to_end``: it is all there is)."""
         scale = 1.0 / self.half_life_s
         now = ts * scale
         heap: list[tuple[float, int, str]] = []
-        for i, (key, _, last, title) in enumerate(sorted(table.values(), reverse=True)):
+        for i, (key, _, last, title) in enumerate(ranked):
             if len(heap) >= n and heap[0][0] >= key - now:
                 break
             item = (key - max(last * scale, now), -i, title)
@@ -434,6 +451,9 @@ class CountryTrending(_Params):
                 heapq.heappush(heap, item)
             else:
                 heapq.heappushpop(heap, item)
+        else:
+            if not to_end:
+                return None
         return [title for _, _, title in sorted(heap, reverse=True)]
 
     def forget(self, title: str) -> None:

@@ -57,6 +57,7 @@ from streams.rows import (
     SLOT_TYPES,
     affinity_tokens,
     fill_slots,
+    first_occurrences,
 )
 from streams.titles import TitleIndex
 
@@ -336,14 +337,12 @@ def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.
         if not len(at):
             continue
         # Each distinct (user, reason), ranked within the user by first appearance.
-        _, first, inverse = np.unique(rec_user[at] * n_reasons + rec_reason[at],
-                                      return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        who = rec_user[at][first[order]]
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[order] = np.arange(len(first)) - np.searchsorted(who, who)
-        keep = rank[inverse.reshape(-1)] < cap
-        slot = base + rank[inverse.reshape(-1)]
+        first, inverse = first_occurrences(rec_user[at] * n_reasons + rec_reason[at],
+                                           len(slot_reason) * n_reasons)
+        who = rec_user[at][first]
+        rank = np.arange(len(first)) - np.searchsorted(who, who)
+        keep = rank[inverse] < cap
+        slot = base + rank[inverse]
         row_slots.append(slot[keep])
         row_entries.append(at[keep])
         kept = rank < cap
@@ -708,34 +707,6 @@ class ArtworkTable:
             self.unlearned.setdefault(ids[row, column], []).append((row, column))
 
 
-# (user, title) entries up to which choose_artwork finds the distinct pairs with a dict
-# in Python: a few users' pages (~100 entries a user) cost less that way than
-# np.unique's fixed cost; a backlog batch's hundred thousand entries, the other way.
-SMALL_PAIRS = 2000
-
-
-def _first_pairs_loop(pair_user: np.ndarray, pair_code: np.ndarray, n_titles: int,
-                      n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (user, title) pairs of the entries, user after user, each at its
-    first entry (``chosen``), and each entry's pair (``entry_pair``): what
-    :func:`choose_artwork` gets from np.unique for large batches."""
-    users = pair_user.tolist()
-    keys = (pair_user * n_titles + pair_code).tolist()
-    order = (range(len(users)) if n_users == 1
-             else sorted(range(len(users)), key=users.__getitem__))  # stable
-    index: dict[int, int] = {}
-    chosen: list[int] = []
-    entry_pair = [0] * len(users)
-    for e in order:
-        key = keys[e]
-        j = index.get(key)
-        if j is None:
-            j = index[key] = len(chosen)
-            chosen.append(e)
-        entry_pair[e] = j
-    return (np.array(chosen, dtype=np.int64), np.array(entry_pair, dtype=np.int64))
-
-
 def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCodes,
                    filled: FilledRows, contexts: np.ndarray,
                    table: ArtworkTable | None = None) -> ArtworkPicks:
@@ -750,25 +721,15 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
-    if len(pair_user) <= SMALL_PAIRS:
-        chosen_pairs, entry_pair = _first_pairs_loop(pair_user, pair_code, n_titles,
-                                                     len(uids))
-        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                     pair_code[chosen_pairs], contexts)
-        entry_pick = picks[entry_pair]
-    else:
-        in_order = np.argsort(pair_user, kind="stable")
-        _, first, inverse = np.unique((pair_user * n_titles + pair_code)[in_order],
-                                      return_index=True, return_inverse=True)
-        first_order = np.argsort(first)
-        chosen_pairs = in_order[first[first_order]]
-        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
-                                     pair_code[chosen_pairs], contexts)
-        # The pick of every entry (ranked list, then rows) by way of its unique pair.
-        unique_pick = np.empty(len(first), dtype=np.int64)
-        unique_pick[first_order] = picks
-        entry_pick = np.empty(len(pair_user), dtype=np.int64)
-        entry_pick[in_order] = unique_pick[inverse.reshape(-1)]
+    # The pairs user after user (stable: ranked list first), numbered as they come.
+    in_order = np.argsort(pair_user, kind="stable")
+    first, pair_of = first_occurrences((pair_user * n_titles + pair_code)[in_order],
+                                       len(uids) * n_titles)
+    chosen_pairs = in_order[first]
+    picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[chosen_pairs],
+                                 pair_code[chosen_pairs], contexts)
+    entry_pick = np.empty(len(pair_user), dtype=np.int64)
+    entry_pick[in_order] = picks[pair_of]
     # (title, position) -> artwork id; the extra last column (None) is "no artwork".
     return ArtworkPicks(entry_pick, table.ids[at], table.ids.shape[1] - 1)
 
@@ -826,15 +787,10 @@ def assemble_pages(gathered: Gathered, codes: TitleCodes, filled: FilledRows,
     # Items: each (title, artwork) shown in the batch encoded once; continue watching's
     # carry the user's resume_s and are encoded per user.
     item_key = filled.cands[filled.by_user] * (width + 1) + entry_pick[n_recs:] % (width + 1)
-    item_of: list[int]
-    if len(item_key) <= SMALL_PAIRS:  # a dict beats np.unique's fixed cost
-        first: dict[int, int] = {}
-        item_of = [first.setdefault(key, len(first)) for key in item_key.tolist()]
-        item_keys = np.fromiter(first, dtype=np.int64, count=len(first))
-    else:
-        item_keys, inverse = np.unique(item_key, return_inverse=True)
-        item_of = inverse.reshape(-1).tolist()
     batch_titles = codes.titles
+    first, inverse = first_occurrences(item_key, len(batch_titles) * (width + 1))
+    item_keys = item_key[first]
+    item_of: list[int] = inverse.tolist()
     item_code, item_pick = np.divmod(item_keys, width + 1)
     item_pairs = list(zip(map(batch_titles.__getitem__, item_code.tolist()),
                           table[item_code, item_pick].tolist(), strict=True))

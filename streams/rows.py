@@ -262,6 +262,40 @@ SLOT_TYPES = ("continue_watching", *["because_you_watched"] * MAX_BECAUSE_ROWS,
               *["genre"] * MAX_GENRE_ROWS, "new_releases", "trending", "top_picks")
 
 
+def first_occurrences(keys: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entries holding each distinct key of ``keys`` (ints in ``[0, n_cells)``) for
+    the first time, in order, and each entry's number among those distinct keys: what
+    np.unique's ``return_index`` and ``return_inverse`` give once renumbered in order
+    of first appearance. Through a dense table of first entries when it is small enough
+    (``DENSE_FIRST_CELLS``): a few users' pages cost ~3x less that way than np.unique's
+    sort, and a Python dict ~10x more.
+
+    Examples
+    --------
+    >>> at, number = first_occurrences(np.array([4, 2, 4, 0, 2]), n_cells=5)
+    >>> at.tolist(), number.tolist()
+    ([0, 1, 3], [0, 1, 0, 2, 1])
+    """
+    entries = np.arange(len(keys))
+    if n_cells > min(DENSE_FIRST_CELLS, max(4096, DENSE_CELLS_PER_KEY * len(keys))):
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[order] = np.arange(len(first))
+        return first[order], rank[inverse.reshape(-1)]
+    table = np.full(n_cells, len(keys), dtype=np.int64)
+    np.minimum.at(table, keys, entries)
+    at = np.flatnonzero(table[keys] == entries)
+    table[keys[at]] = np.arange(len(at))  # (only the distinct keys' cells are read back)
+    return at, table[keys]
+
+
+# first_occurrences' dense table: at most this many cells (8 bytes each: 8 MiB), and at
+# most this many per key (filling a cell costs ~1 ns, sorting a key ~50 ns).
+DENSE_FIRST_CELLS = 1 << 20
+DENSE_CELLS_PER_KEY = 64
+
+
 def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups: np.ndarray,
                n_titles: int, n_groups: int, max_items: int = 10,
                allow_duplicates: bool = False) -> np.ndarray:
@@ -292,6 +326,7 @@ def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups:
     taken = None if allow_duplicates else np.zeros(
         (int(users.max()) + 1) * n_titles, dtype=bool)
     bounds = np.searchsorted(slots, np.arange(int(slots.max()) + 2)).tolist()
+    n_cells = (int(users.max()) + 1) * n_groups
     for a, b in zip(bounds, bounds[1:], strict=False):
         if a == b:
             continue
@@ -301,9 +336,8 @@ def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups:
             left = np.arange(b - a)
         else:
             left = np.flatnonzero(~taken[keys])
-        # The first candidate of each (user, group): np.unique's index is the first one.
-        _, first = np.unique(who[left] * n_groups + groups[a:b][left], return_index=True)
-        left = left[np.sort(first)]
+        # The first candidate of each (user, group).
+        left = left[first_occurrences(who[left] * n_groups + groups[a:b][left], n_cells)[0]]
         # At most max_items per user: a candidate's place among its user's survivors.
         who_left = who[left]
         left = left[np.arange(len(left)) - np.searchsorted(who_left, who_left) < max_items]

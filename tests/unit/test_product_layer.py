@@ -208,10 +208,12 @@ def test_batch_rows_are_the_per_user_reference_rows(duplicates, small, monkeypat
     import random
 
     import streams.pages
+    import streams.rows
 
     if small:
         monkeypatch.setattr(streams.pages, "SMALL_USERS", 1000)
-        monkeypatch.setattr(streams.pages, "SMALL_PAIRS", 100_000)
+    else:  # np.unique for distinct keys, as in a batch too large for a dense table
+        monkeypatch.setattr(streams.rows, "DENSE_FIRST_CELLS", 0)
 
     from streams.rows import RowInputs, candidate_rows, row_titles
 

@@ -152,6 +152,46 @@ def test_country_trending_ranks_by_decayed_score_at_the_query_time():
     assert model.top("SE", 3, ts=5 * 3600.0) == ["late", "steady", "burst"]
 
 
+def test_country_trending_before_some_plays_is_the_exact_ranking():
+    # A query older than some plays walks the kept strongest entries first (sorting the
+    # whole table only past them): the titles are those of the exact decayed scores,
+    # plays after the query counting undecayed, ties by stored order.
+    import random
+
+    rng = random.Random(7)
+    model = CountryTrending(half_life_s=1800, titles_per_country=300)
+    ts = 0.0
+    for _ in range(3000):
+        ts += rng.random() * 20
+        model.learn_one("SE", f"t{int(rng.paretovariate(1.1)) % 400}", rng.random() * 3, ts)
+        if rng.random() < 0.05:
+            query = ts - rng.choice([5.0, 600.0, 20000.0])
+            n = rng.choice([1, 5, 20, CountryTrending.TOP_KEPT, 80])
+            table = model._scores["SE"]
+
+            scale = 1.0 / model.half_life_s
+            ranked = sorted(table.values(), reverse=True)
+            exact = [key - max(last * scale, query * scale) for key, _, last, _ in ranked]
+            expected = sorted(range(len(ranked)), key=lambda i: (-exact[i], i))[:n]
+            assert model.top("SE", n, query) == [ranked[i][3] for i in expected]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_first_occurrences_is_np_unique_in_order_of_appearance(dense, monkeypatch):
+    import numpy as np
+
+    if not dense:
+        monkeypatch.setattr(streams.rows, "DENSE_FIRST_CELLS", 0)
+    rng = np.random.default_rng(3)
+    for size, cells in [(0, 1), (1, 1), (50, 10), (300, 5000), (2000, 900)]:
+        keys = rng.integers(0, cells, size)
+        at, number = streams.rows.first_occurrences(keys, cells)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        assert at.tolist() == sorted(first.tolist())
+        assert keys[at][number].tolist() == keys.tolist()
+        assert number.tolist() == np.argsort(np.argsort(first))[inverse.reshape(-1)].tolist()
+
+
 def test_country_trending_loads_checkpoints_of_the_earlier_layout():
     model = CountryTrending(half_life_s=3600)
     state = {**model.__dict__, "_scores": {"SE": {"a": [1.0, 0.0], "b": [1.0, 3600.0]}}}
