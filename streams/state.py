@@ -185,24 +185,25 @@ local function apply(p, applied)
   if #titles > 0 then
     -- This batch's titles, latest first, then the untouched rest, up to hist_cap.
     -- k counts nh's values (a table's # is a search in Lua 5.1, and this runs per entry).
-    local old_aff, nh, placed, k, full = {}, {}, {}, 0, 3 * hist_cap
-    for j = 1, #h, 3 do
-      if aff_add[h[j]] then old_aff[h[j]] = h[j + 1] end
-    end
+    -- placed[t]: where t's affinity is in nh. One pass over the old history then adds
+    -- the old affinities (aff_add is never -0, so 0 + it is it) and copies the rest.
+    local nh, placed, k, full = {}, {}, 0, 3 * hist_cap
     for j = #titles, 1, -1 do
       local t = titles[j]
       if not placed[t] and k < full then
-        placed[t] = true
+        placed[t] = k + 2
         nh[k + 1] = t
-        nh[k + 2] = (old_aff[t] or 0) + aff_add[t]
+        nh[k + 2] = aff_add[t]
         nh[k + 3] = math.floor(title_ts[t])
         k = k + 3
       end
     end
     for j = 1, #h, 3 do
-      if k >= full then break end
       local t = h[j]
-      if not placed[t] then
+      local at = placed[t]
+      if at then
+        nh[at] = h[j + 1] + aff_add[t]
+      elseif k < full then
         nh[k + 1] = t; nh[k + 2] = h[j + 1]; nh[k + 3] = h[j + 2]
         k = k + 3
       end
