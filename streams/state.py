@@ -184,43 +184,51 @@ local function apply(p, applied)
   p.dev = dev
   if #titles > 0 then
     -- This batch's titles, latest first, then the untouched rest, up to hist_cap.
-    local old_aff, nh, placed = {}, {}, {}
-    for j = 1, #h, 3 do
-      if aff_add[h[j]] then old_aff[h[j]] = h[j + 1] end
-    end
+    -- k counts nh's values (a table's # is a search in Lua 5.1, and this runs per entry).
+    -- placed[t]: where t's affinity is in nh. One pass over the old history then adds
+    -- the old affinities (aff_add is never -0, so 0 + it is it) and copies the rest.
+    local nh, placed, k, full = {}, {}, 0, 3 * hist_cap
     for j = #titles, 1, -1 do
       local t = titles[j]
-      if not placed[t] and #nh < 3 * hist_cap then
-        placed[t] = true
-        nh[#nh + 1] = t
-        nh[#nh + 1] = (old_aff[t] or 0) + aff_add[t]
-        nh[#nh + 1] = math.floor(title_ts[t])
+      if not placed[t] and k < full then
+        placed[t] = k + 2
+        nh[k + 1] = t
+        nh[k + 2] = aff_add[t]
+        nh[k + 3] = math.floor(title_ts[t])
+        k = k + 3
       end
     end
     for j = 1, #h, 3 do
-      if #nh >= 3 * hist_cap then break end
-      if not placed[h[j]] then
-        nh[#nh + 1] = h[j]; nh[#nh + 1] = h[j + 1]; nh[#nh + 1] = h[j + 2]
+      local t = h[j]
+      local at = placed[t]
+      if at then
+        nh[at] = h[j + 1] + aff_add[t]
+      elseif k < full then
+        nh[k + 1] = t; nh[k + 2] = h[j + 1]; nh[k + 3] = h[j + 2]
+        k = k + 3
       end
     end
     p.h = nh
   end
   if #progs > 0 then
-    local ng, placed = {}, {}
+    local ng, placed, k, full = {}, {}, 0, 4 * prog_cap
     for j = #progs, 1, -1 do
       local t = progs[j]
       if not placed[t] then
         placed[t] = true
         local v = prog_val[t]
-        if v and #ng < 4 * prog_cap then
-          ng[#ng + 1] = t; ng[#ng + 1] = v[1]; ng[#ng + 1] = v[2]; ng[#ng + 1] = v[3]
+        if v and k < full then
+          ng[k + 1] = t; ng[k + 2] = v[1]; ng[k + 3] = v[2]; ng[k + 4] = v[3]
+          k = k + 4
         end
       end
     end
     for j = 1, #g, 4 do
-      if #ng >= 4 * prog_cap then break end
-      if not placed[g[j]] then
-        ng[#ng + 1] = g[j]; ng[#ng + 1] = g[j + 1]; ng[#ng + 1] = g[j + 2]; ng[#ng + 1] = g[j + 3]
+      if k >= full then break end
+      local t = g[j]
+      if not placed[t] then
+        ng[k + 1] = t; ng[k + 2] = g[j + 1]; ng[k + 3] = g[j + 2]; ng[k + 4] = g[j + 3]
+        k = k + 4
       end
     end
     p.g = ng
