@@ -258,10 +258,10 @@ class _LazyPosterior:
                               self.draws.take(sets, axis=0).take(prefix, axis=1)
                               * self.scale.take(prefix), -np.inf)
             kk = min(k, end)
-            users = np.arange(len(pending))[:, None]
             if kk <= TOP_BY_ARGMAX:  # (one or two exploration slots, usually)
                 top, top_values = _top_by_argmax(values, kk)
             else:
+                users = np.arange(len(pending))[:, None]
                 top = np.argpartition(-values, kk - 1, axis=1)[:, :kk]
                 top_values = values[users, top]
                 order = np.argsort(-top_values, axis=1, kind="stable")
@@ -395,7 +395,6 @@ class _RankBatch:
         n_users, n_cols = candidate.shape
         pool = ranking.pool
         # (For a handful of users the full rows cost less than the extra calls.)
-        users = np.arange(n_users)[:, None]
         if depth < pool.shape[1] and depth < n_cols and n_users > ASSEMBLE_EACH_USERS:
             pooled = np.take_along_axis(scores, pool, axis=1)
             in_pool = np.where(ranking.valid, pooled, -np.inf)
@@ -413,6 +412,7 @@ class _RankBatch:
         ranked = np.where(candidate, scores, -np.inf)
         if depth < n_cols:
             part = np.argpartition(-ranked, depth - 1, axis=1)[:, :depth]
+            users = np.arange(n_users)[:, None]
             return part[users, np.argsort(-ranked[users, part], axis=1, kind="stable")]
         return np.argsort(-ranked, axis=1, kind="stable")
 
