@@ -578,9 +578,9 @@ class Bench:
 
 def paced_summary(run: Mapping[str, Any]) -> dict[str, Any]:
     """One paced run's figures for ``latency_by_workers`` (no per-second series)."""
-    keys = ("paced_rate", "latency_ms", "latency_ms_delivered", "paced_batch_events_mean",
+    keys = ("latency_ms", "latency_ms_delivered", "paced_batch_events_mean",
             "paced_worker_cpu_share")
-    return {k: round(run[k], 1) if k == "paced_rate" else run[k] for k in keys}
+    return {"paced_rate": round(run["paced_rate"], 1), **{k: run[k] for k in keys}}
 
 
 def run_paced(bench: Bench, args: argparse.Namespace, n: int) -> int:
