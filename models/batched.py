@@ -746,8 +746,10 @@ def learn_many(model: Hybrid, titles: Sequence[str], ys: Sequence[float],
     _learn_blend(model, rows, y, times, hist)
     users, wn = model.mf.user_vectors(hist)
     _learn_mf(model, rows, y, hist, users, wn)
-    _learn_cooccurrence(model, rows, y, hist)
-    _learn_recent(model, rows, y, times, hist)
+    # Both link tables learn the same links (their windows are equal by default).
+    links = _links(rows, y, hist, model.cooccurrence.window)
+    _learn_cooccurrence(model, rows, y, hist, links=links)
+    _learn_recent(model, rows, y, times, hist, links)
     _learn_trending(model, rows, y, times)
     _learn_explorer(model, rows, y)
 
@@ -848,41 +850,55 @@ def _learn_mf(model: Hybrid, rows: np.ndarray, y: np.ndarray, hist: HistoryMatri
         _add_rows(mf._y, h, update)
 
 
-def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
-                        hist: HistoryMatrix, co: CoOccurrence | None = None) -> None:
-    co = model.cooccurrence if co is None else co
+Links = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _links(rows: np.ndarray, y: np.ndarray, hist: HistoryMatrix, window: int) -> Links:
+    """The links a minibatch teaches: each positive event's first ``window`` positive
+    history titles (not itself). Returns the positive events, then per link the event's
+    place among them, the history title, the event's title and the link's rank."""
     pos = np.nonzero(y > 0)[0]
+    positive = hist.positive[pos]
+    hrows = hist.rows[pos]
+    rank = np.cumsum(positive, axis=1) - 1
+    sel = positive & (rank < window) & (hrows != rows[pos][:, None])
+    order = np.cumsum(sel, axis=1) - 1
+    e, slot = np.nonzero(sel)
+    return pos, e, hrows[e, slot], rows[pos][e], order[e, slot]
+
+
+def _learn_cooccurrence(model: Hybrid, rows: np.ndarray, y: np.ndarray,
+                        hist: HistoryMatrix, co: CoOccurrence | None = None,
+                        links: Links | None = None) -> None:
+    co = model.cooccurrence if co is None else co
+    pos, e, h, j, rank = _links(rows, y, hist, co.window) if links is None else links
     if len(pos) == 0:
         return
     n_rows = model._items.rows
     co._pop[:n_rows] += np.bincount(rows[pos], weights=y[pos], minlength=n_rows)
-    # Pairs: each positive event's first `window` positive history titles (not itself).
-    positive = hist.positive[pos]
-    hrows = hist.rows[pos]
-    rank = np.cumsum(positive, axis=1) - 1
-    sel = positive & (rank < co.window) & (hrows != rows[pos][:, None])
-    order = np.cumsum(sel, axis=1) - 1
-    e, slot = np.nonzero(sel)
     if len(e) == 0:
         return
-    h = hrows[e, slot]
-    j = rows[pos][e]
-    amount = y[pos][e] * co._decay[order[e, slot]]
+    amount = y[pos][e] * co._decay[rank]
     merge_links(model, np.concatenate([h, j]), np.concatenate([j, h]),
                 np.concatenate([amount, amount]), co)
 
 
 def _learn_recent(model: Hybrid, rows: np.ndarray, y: np.ndarray, times: np.ndarray,
-                  hist: HistoryMatrix) -> None:
+                  hist: HistoryMatrix, links: Links | None = None) -> None:
     """Recent co-occurrence: the clock moved to the batch's last event, then the same
-    links, each increment grown to the anchor's units (``RecentCoOccurrence._learn_row``)."""
+    links, each increment grown to the anchor's units (``RecentCoOccurrence._learn_row``).
+    ``links``: the co-occurrence's (:func:`_links`), reused when the windows agree and
+    every positive event's grown increment is still positive (the same events)."""
     recent = model.recent
     pos = y > 0
     if not pos.any():
         return
     recent.advance(float(times[pos].max()))
     grown = np.where(pos, y * recent.growth(np.where(pos, times, times[pos].min())), y)
-    _learn_cooccurrence(model, rows, grown, hist, recent)
+    if links is not None and (recent.window != model.cooccurrence.window
+                              or not (grown[links[0]] > 0).all()):
+        links = None
+    _learn_cooccurrence(model, rows, grown, hist, recent, links)
 
 
 def merge_links(model: Hybrid, src: np.ndarray, dst: np.ndarray, amt: np.ndarray,

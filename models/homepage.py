@@ -354,29 +354,36 @@ class CountryTrending(_Params):
         return [math.log2(score) + ts / self.half_life_s, score, ts, title]
 
     def learn_one(self, country: str, title: str, y: float, ts: float) -> None:
+        # Runs for every positive event: lookups bound to locals, entries built inline
+        # (what _entry builds).
         if y <= 0:
             return
-        table = self._scores.pop(country, None)
+        scores = self._scores
+        table = scores.pop(country, None)
         if table is None:
             table = {}
-            if len(self._scores) >= self.max_countries:
-                dropped = next(iter(self._scores))
-                del self._scores[dropped]
+            if len(scores) >= self.max_countries:
+                dropped = next(iter(scores))
+                del scores[dropped]
                 self._latest.pop(dropped, None)
                 self._best.pop(dropped, None)
-        self._scores[country] = table  # most recently active last
-        self._latest[country] = max(ts, self._latest.get(country, ts))
+        scores[country] = table  # most recently active last
+        latest = self._latest.get(country)
+        if latest is None or not latest > ts:
+            self._latest[country] = ts
+        half_life = self.half_life_s
         entry = table.get(title)
         if entry is None:
-            new = table[title] = self._entry(y, ts, title)
+            new = table[title] = [math.log2(y) + ts / half_life, y, ts, title]
             if len(table) > self.titles_per_country * 1.25:
                 self._prune(table, ts)
                 self._best.pop(country, None)
                 return
         else:
-            last = max(ts, entry[2])
-            score = entry[1] * 2.0 ** (-max(0.0, ts - entry[2]) / self.half_life_s) + y
-            new = table[title] = self._entry(score, last, title)
+            before = entry[2]
+            last = before if before > ts else ts
+            score = entry[1] * 2.0 ** (-max(0.0, ts - before) / half_life) + y
+            new = table[title] = [math.log2(score) + last / half_life, score, last, title]
         best = self._best.get(country)
         if best is not None:
             # The new entry is stronger than the one it replaces: if that was among the

@@ -449,16 +449,25 @@ class Hybrid(Recommender):
         # Per step, its pool's candidates' features and the watched title's (gathered for
         # every step at once; only W changes from one step to the next).
         truths = z[:, np.arange(len(steps)), slots].T                  # (steps, features)
-        pools = [z[:, i] if ok.all() else z[:, i, ok] for i, ok in enumerate(valid)]
-        lr, w, g2 = self.blend_learning_rate, self._w, self._g2
-        for zs, truth, ctx in zip(pools, truths, contexts, strict=True):
+        whole: list[bool] = np.all(valid, axis=1).tolist()
+        lr, g2 = self.blend_learning_rate, self._g2
+        # The steps write into buffers (w is a copy, replacing _w at the end): a step's
+        # arrays are tiny, so numpy's per-call and allocation costs are most of it.
+        w = self._w.copy()
+        grad, step = np.empty_like(w), np.empty_like(w)
+        multiply, divide, sqrt, exp, maximum = (np.multiply, np.divide, np.sqrt, np.exp,
+                                                np.maximum)
+        for i, (truth, ctx) in enumerate(zip(truths, contexts, strict=True)):
+            zs = z[:, i] if whole[i] else z[:, i, valid[i]]
             logits = (w @ ctx) @ zs
-            p = np.exp(logits - logits.max())
+            logits -= logits.max()
+            p = exp(logits, out=logits)
             p /= p.sum()
-            grad = (truth - zs @ p)[:, None] * ctx  # the outer product
-            g2 += grad * grad
-            w = w + lr * grad / np.sqrt(g2)
-            np.maximum(w, 0.0, out=w)
+            multiply((truth - zs @ p)[:, None], ctx, out=grad)  # the outer product
+            g2 += multiply(grad, grad, out=step)
+            divide(multiply(grad, lr, out=grad), sqrt(g2, out=step), out=step)
+            w += step
+            maximum(w, 0.0, out=w)
         self._w = w
 
     # -- scoring -------------------------------------------------------------------------------

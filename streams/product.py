@@ -170,16 +170,12 @@ class _BatchState:
     genre_total: dict[str, float] = field(default_factory=dict)
     history_weight: dict[str, dict[str, float]] = field(default_factory=dict)
     # Impressions and clicks, learned as one minibatch per batch (_learn_displays); their
-    # contexts and affinities are computed there, all at once.
-    art_users: list[str] = field(default_factory=list)
-    art_devices: list[str | None] = field(default_factory=list)
-    art_ids: list[str] = field(default_factory=list)
-    art_clicked: list[bool] = field(default_factory=list)
-    row_types: list[str] = field(default_factory=list)
-    row_ids: list[str] = field(default_factory=list)
-    row_users: list[str] = field(default_factory=list)
-    row_contexts: list[Any] = field(default_factory=list)
-    row_clicked: list[bool] = field(default_factory=list)
+    # contexts and affinities are computed there, all at once. One tuple per event (one
+    # append instead of one per field): (user, device, artwork, clicked) and (row type,
+    # row, user, clicked, the row bandit's context arguments as at the event).
+    art_seen: list[tuple[str, str | None, str, bool]] = field(default_factory=list)
+    rows_seen: list[tuple[str, str, str, bool, tuple[str | None, int, int, bool]]] = field(
+        default_factory=list)
     trending: dict[str, list[str]] = field(default_factory=dict)
     newest: list[str] | None = None
     # Pages built by prepare_pages, handed out by decorate: user -> (rows message as
@@ -304,47 +300,49 @@ class ProductLayer:
         return outcome
 
     # -- the events path: learning ---------------------------------------------------------------
-    def _progress(self, uid: str, stored: StoredProfile) -> dict[str, tuple[float, float, float]]:
-        progress = self._batch.progress.get(uid)
-        if progress is None:
-            progress = self._batch.progress[uid] = dict(stored.in_progress)
-        return progress
-
     def observe(self, event: dict[str, Any], y: float, stored: StoredProfile) -> None:
         """Learn from one applied event (``y``: its implicit feedback)."""
         started = time.perf_counter()
-        batch, models = self._batch, self.models
+        batch = self._batch
         kind = event["type"]
-        uid = event["user_id"]
         ts = event["ts"]
-        profile = stored.profile
-        batch.clock = max(batch.clock, ts)
+        if ts > batch.clock:
+            batch.clock = ts
         title = event.get("title_id")
-        country = event.get("country") or profile.country
-        if kind == "search":
+        country = event.get("country") or stored.profile.country
+        # Impressions and clicks first: over half of all events.
+        if kind == "impression" or kind == "click":
+            if title is not None:
+                self._observe_display(event, kind == "click", stored)
+        elif kind == "search":
             self._observe_search(event, country)
-        elif kind in ("impression", "click") and title is not None:
-            self._observe_display(event, kind == "click", stored)
         elif kind in PLAYBACK_TYPES and title is not None:
-            progress = self._progress(uid, stored)
-            if kind in ("play", "resume") and title in progress and len(progress) > 1:
-                self._learn_resume(title, progress, ts)
-            update_in_progress(progress, event)
-            info = self.titles.get(title)
-            if info is not None and info.series_id is not None:
-                key = (info.series_id, uid)
-                batch.watchers[key] = max(ts, batch.watchers.get(key, 0.0))
-            if kind == "play":
-                for message in models.hints.observe(country, title, ts):
-                    self._messages.append(("cache_hints", *message))
-                hour = hour_start(ts)
-                plays = self._open_plays.setdefault((country or UNKNOWN_COUNTRY, hour), {})
-                plays[title] = plays.get(title, 0) + 1
-                if hour > self._latest_hour:
-                    self._latest_hour = hour
-        if title is not None and y > 0 and country:
-            models.trending.learn_one(country, title, y, ts)
+            self._observe_playback(event, kind, title, country, ts, stored)
+        if y > 0 and title is not None and country:
+            self.models.trending.learn_one(country, title, y, ts)
         batch.seconds += time.perf_counter() - started
+
+    def _observe_playback(self, event: dict[str, Any], kind: str, title: str,
+                          country: str | None, ts: float, stored: StoredProfile) -> None:
+        batch, uid = self._batch, event["user_id"]
+        progress = batch.progress.get(uid)
+        if progress is None:  # the user's in-progress titles, as this batch changes them
+            progress = batch.progress[uid] = dict(stored.in_progress)
+        if kind in ("play", "resume") and title in progress and len(progress) > 1:
+            self._learn_resume(title, progress, ts)
+        update_in_progress(progress, event)
+        info = self.titles.get(title)
+        if info is not None and info.series_id is not None:
+            key = (info.series_id, uid)
+            batch.watchers[key] = max(ts, batch.watchers.get(key, 0.0))
+        if kind == "play":
+            for message in self.models.hints.observe(country, title, ts):
+                self._messages.append(("cache_hints", *message))
+            hour = hour_start(ts)
+            plays = self._open_plays.setdefault((country or UNKNOWN_COUNTRY, hour), {})
+            plays[title] = plays.get(title, 0) + 1
+            if hour > self._latest_hour:
+                self._latest_hour = hour
 
     def _observe_search(self, event: dict[str, Any], country: str | None) -> None:
         batch = self._batch
@@ -362,48 +360,45 @@ class ProductLayer:
         if uid not in batch.history:
             batch.history[uid] = profile.history[:HISTORY_USED]
         device = event.get("device") or profile.device
-        row = event.get("row")
         artwork = event.get("artwork_id")
         if artwork:
-            batch.art_users.append(uid)
-            batch.art_devices.append(device)
-            batch.art_ids.append(artwork)
-            batch.art_clicked.append(clicked)
+            batch.art_seen.append((uid, device, artwork, clicked))
+        row = event.get("row")
         if row:
             kind = row_type(row)
             if kind not in ROW_PRIORS:
                 return
             counter = batch.row_clicks if clicked else batch.row_impressions
             counter[kind] = counter.get(kind, 0) + 1
-            batch.row_types.append(kind)
-            batch.row_ids.append(row)
-            batch.row_users.append(uid)
-            batch.row_contexts.append(self.models.rows.context(
+            # The context's arguments, not the vector: a batch has a few distinct ones.
+            batch.rows_seen.append((kind, row, uid, clicked, (
                 device, int(event["ts"] // 3600) % 24, stored.events_applied,
-                bool(batch.progress.get(uid, stored.in_progress))))
-            batch.row_clicked.append(clicked)
+                bool(batch.progress.get(uid, stored.in_progress)))))
 
     def _learn_displays(self) -> None:
         """Teach the batch's impressions and clicks to the bandits, as one minibatch each."""
         batch, models = self._batch, self.models
-        if batch.art_ids:
-            pairs = list(dict.fromkeys(zip(batch.art_users, batch.art_devices, strict=True)))
-            slot = {pair: i for i, pair in enumerate(pairs)}
-            contexts = self._art_contexts(pairs, {})
-            which = [slot[pair] for pair in zip(batch.art_users, batch.art_devices,
-                                                strict=True)]
-            models.artwork.learn_many(batch.art_users, batch.art_ids, batch.art_clicked,
-                                      contexts[which])
-            batch.art_users, batch.art_devices, batch.art_ids = [], [], []
-            batch.art_clicked = []
-        if batch.row_types:
-            history = batch.history
-            affinity = [row_affinity(row, uid, history[uid], self.titles, batch)
-                        for row, uid in zip(batch.row_ids, batch.row_users, strict=True)]
-            models.rows.learn_many(batch.row_types, np.stack(batch.row_contexts),
-                                   batch.row_clicked, affinity)
-            batch.row_types, batch.row_ids, batch.row_users = [], [], []
-            batch.row_contexts, batch.row_clicked = [], []
+        if batch.art_seen:
+            users, devices, artworks, clicked = zip(*batch.art_seen, strict=True)
+            slot: dict[tuple[str, str | None], int] = {}
+            which = [slot.setdefault(pair, len(slot))
+                     for pair in zip(users, devices, strict=True)]
+            contexts = self._art_contexts(list(slot), {})
+            models.artwork.learn_many(users, artworks, clicked, contexts[which])
+            batch.art_seen = []
+        if batch.rows_seen:
+            kinds, row_ids, row_users, row_clicked, arguments = zip(*batch.rows_seen,
+                                                                     strict=True)
+            history, titles = batch.history, self.titles
+            affinity = [row_affinity(row, uid, history[uid], titles, batch)
+                        for row, uid in zip(row_ids, row_users, strict=True)]
+            # Each distinct context built once, then one row per event.
+            places: dict[tuple[str | None, int, int, bool], int] = {}
+            which = [places.setdefault(args, len(places)) for args in arguments]
+            context = models.rows.context
+            distinct = np.stack([context(*args) for args in places])
+            models.rows.learn_many(kinds, distinct[which], row_clicked, affinity)
+            batch.rows_seen = []
 
     def _art_contexts(self, pairs: Sequence[tuple[str, str | None]],
                       histories: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
@@ -431,7 +426,7 @@ class ProductLayer:
     def adjust_profile(self, profile: UserProfile) -> None:
         """Searches as weak positives: titles matching the user's recent queries join the
         history (after what they watched) with a small weight, for this ranking only."""
-        if self._batch.art_ids or self._batch.row_types:
+        if self._batch.art_seen or self._batch.rows_seen:
             self._learn_displays()
         if not profile.search_terms:
             return
@@ -467,7 +462,7 @@ class ProductLayer:
         this method hands it the models, the catalogue and the batch's caches (trending
         per country, new releases, affinities, what the batch's events changed)."""
         started = time.perf_counter()
-        if self._batch.art_ids or self._batch.row_types:
+        if self._batch.art_seen or self._batch.rows_seen:
             self._learn_displays()
         settings, models, titles, batch = self.settings, self.models, self.titles, self._batch
         if batch.newest is None:

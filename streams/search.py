@@ -38,6 +38,9 @@ CACHE_SIZE = 20_000
 # 10); keeping 50 made the cache several KB per distinct query, most of a user's RSS cost.
 CACHED_MATCHES = 10
 MAX_QUERY_TOKENS = 8
+# Words remembered with the titles they match (each a dict of up to the catalogue's size:
+# a few thousand words cover what users type, typos included).
+WORD_CACHE_SIZE = 5_000
 
 
 def normalise(text: str) -> str:
@@ -114,6 +117,9 @@ class SearchIndex:
         self._postings: dict[str, dict[str, float]] = {}
         self._trigram: dict[str, set[str]] = {}
         self._cache: OrderedDict[str, tuple[tuple[str, float], ...]] = OrderedDict()
+        # Normalised word -> {title: its best discounted weight}: a query the cache above
+        # has not seen usually shares its words with ones it has (names, genres, people).
+        self._words: dict[str, dict[str, float]] = {}
         for info in titles:
             self._add(info)
         titles.on_add.append(self._add)
@@ -145,6 +151,7 @@ class SearchIndex:
                     self._trigram.setdefault(gram, set()).add(token)
             postings[info.title_id] = weight
         self._cache.clear()
+        self._words.clear()
 
     def _remove(self, info: TitleInfo) -> None:
         for token in self._fields(info):
@@ -161,6 +168,7 @@ class SearchIndex:
                         if not bucket:
                             del self._trigram[gram]
         self._cache.clear()
+        self._words.clear()
 
     def _token_matches(self, token: str) -> list[tuple[str, float]]:
         """Index tokens that ``token`` matches, with the discount of each match."""
@@ -183,6 +191,23 @@ class SearchIndex:
                 out.append((candidate, FUZZY_DISCOUNT))
         return out
 
+    def _word_scores(self, word: str) -> dict[str, float]:
+        """Every title ``word`` matches, with its best field weight times the match's
+        discount; memoised per word (callers only read the dict)."""
+        best = self._words.get(word)
+        if best is not None:
+            return best
+        best = {}
+        for token, discount in self._token_matches(word):
+            for title, weight in self._postings[token].items():
+                value = weight * discount
+                if best.get(title, 0.0) < value:
+                    best[title] = value
+        if len(self._words) >= WORD_CACHE_SIZE:  # bounded: words come from users
+            self._words.clear()
+        self._words[word] = best
+        return best
+
     def match(self, query: str, limit: int = 10) -> list[tuple[str, float]]:
         """Titles matching ``query``, best first, with their scores (empty: no match)."""
         cached = self._cache.get(query)
@@ -193,12 +218,7 @@ class SearchIndex:
         meaningful = [w for w in words if w not in STOP_WORDS] or words
         scores: dict[str, float] | None = None
         for word in meaningful:
-            best: dict[str, float] = {}
-            for token, discount in self._token_matches(word):
-                for title, weight in self._postings[token].items():
-                    value = weight * discount
-                    if best.get(title, 0.0) < value:
-                        best[title] = value
+            best = self._word_scores(word)
             if scores is None:
                 scores = best
             else:
