@@ -39,8 +39,11 @@ CACHE_SIZE = 20_000
 CACHED_MATCHES = 10
 MAX_QUERY_TOKENS = 8
 # Words remembered with the titles they match (each a dict of up to the catalogue's size:
-# a few thousand words cover what users type, typos included).
+# a few thousand words cover what users type, typos included), and the (word, title)
+# entries they may hold in all, so a catalogue where common words match thousands of
+# titles cannot grow the cache past a few tens of MB.
 WORD_CACHE_SIZE = 5_000
+WORD_CACHE_ENTRIES = 200_000
 
 
 def normalise(text: str) -> str:
@@ -120,6 +123,7 @@ class SearchIndex:
         # Normalised word -> {title: its best discounted weight}: a query the cache above
         # has not seen usually shares its words with ones it has (names, genres, people).
         self._words: dict[str, dict[str, float]] = {}
+        self._word_entries = 0
         for info in titles:
             self._add(info)
         titles.on_add.append(self._add)
@@ -151,7 +155,7 @@ class SearchIndex:
                     self._trigram.setdefault(gram, set()).add(token)
             postings[info.title_id] = weight
         self._cache.clear()
-        self._words.clear()
+        self._forget_words()
 
     def _remove(self, info: TitleInfo) -> None:
         for token in self._fields(info):
@@ -168,7 +172,7 @@ class SearchIndex:
                         if not bucket:
                             del self._trigram[gram]
         self._cache.clear()
-        self._words.clear()
+        self._forget_words()
 
     def _token_matches(self, token: str) -> list[tuple[str, float]]:
         """Index tokens that ``token`` matches, with the discount of each match."""
@@ -203,10 +207,17 @@ class SearchIndex:
                 value = weight * discount
                 if best.get(title, 0.0) < value:
                     best[title] = value
-        if len(self._words) >= WORD_CACHE_SIZE:  # bounded: words come from users
-            self._words.clear()
+        # Bounded: words come from users.
+        if (len(self._words) >= WORD_CACHE_SIZE
+                or self._word_entries + len(best) > WORD_CACHE_ENTRIES):
+            self._forget_words()
         self._words[word] = best
+        self._word_entries += len(best)
         return best
+
+    def _forget_words(self) -> None:
+        self._words.clear()
+        self._word_entries = 0
 
     def match(self, query: str, limit: int = 10) -> list[tuple[str, float]]:
         """Titles matching ``query``, best first, with their scores (empty: no match)."""

@@ -295,6 +295,20 @@ def test_search_without_a_match_and_after_removal(search):
     assert edit_distance("kitten", "sitting", 3) == 3
 
 
+
+def test_search_finds_a_title_added_after_its_words_were_searched(search, monkeypatch):
+    # Words are remembered with the titles they match: a catalogue change must forget them.
+    assert search.match("pacino")[0][0] == "heat"
+    search.titles.add({"title_id": "serpico", "name": "Serpico", "genres": ["Crime"],
+                       "cast": ["Al Pacino"]})
+    assert {t for t, _ in search.match("pacino")} == {"heat", "serpico"}
+    assert {t for t, _ in search.match("al pacino crime")} == {"heat", "serpico"}
+    # Bounded by (word, title) entries as well as words; results do not depend on it.
+    monkeypatch.setattr(streams.search, "WORD_CACHE_ENTRIES", 2)
+    assert search.match("crime")[0][0] in {"heat", "serpico"}
+    assert search.match("amelie")[0][0] == "amelie"
+    assert search._word_entries <= 2
+
 # -- cache hints --------------------------------------------------------------------------------
 def test_forecaster_uses_hour_of_week_seasonality():
     f = SeasonalForecaster(season_alpha=0.5)
