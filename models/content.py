@@ -9,6 +9,20 @@ import numpy as np
 
 from models.base import WEIGHT_CLIP, HistoryMatrix, Recommender, RowProfile, grow
 
+# base -> base ** arange(n) for the longest n asked so far (a handful of bases: the
+# models' decay hyperparameters).
+_POWER_TABLES: dict[float, np.ndarray] = {}
+
+
+def _powers(base: float, n: int) -> np.ndarray:
+    """``base ** np.arange(n)`` (the values of ``base ** positions`` for integer
+    positions), from a table; callers only read it."""
+    table = _POWER_TABLES.get(base)
+    if table is None or len(table) < n:
+        table = _POWER_TABLES[base] = base ** np.arange(max(n, 64))
+        table.flags.writeable = False
+    return table[:n]
+
 
 def _bucket(token: str, n_features: int) -> int:
     # crc32, not hash(): Python's str hash is salted per process, and the feature space
@@ -144,10 +158,17 @@ class ContentModel(Recommender):
         w = np.where(hist.weights > 0, np.minimum(hist.weights, WEIGHT_CLIP),
                      self.negative_weight * np.maximum(hist.weights, -WEIGHT_CLIP))
         known = hist.rows >= 0
-        position = np.maximum(np.cumsum(known, axis=1) - 1, 0)
-        w = np.where(known, w * self.history_recency ** position, 0.0).astype(np.float32)
+        if known.all():
+            # Every entry known (one user's history always is): positions 0, 1, 2...,
+            # their decay from a table, no masking (the same values, fewer numpy calls).
+            w = (w * _powers(self.history_recency, w.shape[1])).astype(np.float32)
+        else:
+            position = np.maximum(np.cumsum(known, axis=1) - 1, 0)
+            w = np.where(known, w * self.history_recency ** position, 0.0).astype(np.float32)
         vec = np.einsum("ql,qlf->qf", w, self._f[hist.clipped])
-        norm = np.linalg.norm(vec, axis=1, keepdims=True)
+        # np.linalg.norm(vec, axis=1, keepdims=True)'s arithmetic without its Python
+        # overhead (~10 us, a seventh of this method for one user).
+        norm = np.sqrt(np.add.reduce(vec * vec, axis=1, keepdims=True))
         return vec / np.where(norm > 0, norm, 1.0)
 
     def _score_rows(self, rows: np.ndarray, profile: RowProfile, ts: float | None) -> np.ndarray:
@@ -160,7 +181,8 @@ class ContentModel(Recommender):
         # Per user, only its titles' nonzero features (a tenth of the dense gather).
         # Indices into users.ravel(): one flat take (cheaper than 3-array fancy indexing).
         flat = self._nz_index[rows]                                   # (users, titles, width)
-        flat += (np.arange(len(users), dtype=np.int32) * users.shape[1])[:, None, None]
+        if len(users) > 1:  # (one user's offset is 0)
+            flat += (np.arange(len(users), dtype=np.int32) * users.shape[1])[:, None, None]
         picked = users.ravel()[flat]
         return np.einsum("qck,qck->qc", picked, self._nz_value[rows]).astype(np.float64)
 

@@ -207,7 +207,9 @@ class RowBandit(_Params):
         total = len(slots)
         if not total:
             return np.zeros(0, dtype=np.int64)
-        user = np.repeat(np.arange(len(counts)), counts)
+        alone = len(counts) == 1  # one user's rows (a paced worker's usual batch)
+        user = np.zeros(total, dtype=np.int64) if alone else np.repeat(np.arange(len(counts)),
+                                                                       counts)
         weights = self._mean[slots]
         if self.exploration > 0 and all(explore):  # every row sampled: no mask
             noise = self._rng.standard_normal(weights.shape)
@@ -221,6 +223,8 @@ class RowBandit(_Params):
         scores = (np.einsum("ij,ij->i", weights[:, :-1], contexts[user])
                   + weights[:, -1] * affinity)
         # Best first within each user; stable, so ties keep the rows' order (as order()).
+        if alone:
+            return np.argsort(-scores, kind="stable")
         return np.lexsort((-scores, user))
 
 

@@ -721,6 +721,11 @@ def choose_artwork(artwork: ArtworkBandit, uids: Sequence[str], codes: TitleCode
     if table is None:
         table = ArtworkTable()
     at = table.lookup(artwork, codes)
+    if len(uids) == 1:  # one user: the pairs are in order already, keyed by title alone
+        first, pair_of = first_occurrences(pair_code, n_titles)
+        picks = artwork.choose_table(uids, table.bandit_rows[at], pair_user[first],
+                                     pair_code[first], contexts)
+        return ArtworkPicks(picks[pair_of], table.ids[at], table.ids.shape[1] - 1)
     # The pairs user after user (stable: ranked list first), numbered as they come.
     in_order = np.argsort(pair_user, kind="stable")
     first, pair_of = first_occurrences((pair_user * n_titles + pair_code)[in_order],
