@@ -95,6 +95,9 @@ CATALOG_FULL_EVERY = 10
 # then skips its flush round trip (most one-event batches: ~0.6 ms of a 5 ms batch). It is
 # written at once when its hour changes, and with any other aggregate.
 CLOCK_STEP_S = 60.0
+# The reason given to a listed title the user has started and not finished: what brings it
+# to the list is their own viewing, not another title ("because you watched" it).
+CONTINUE_WATCHING = "continue_watching"
 
 
 # Everything a batch writes besides per-user state, in one call (one round trip):
@@ -509,7 +512,8 @@ class ProductLayer:
 
     def _decorate_items(self, message: dict[str, Any], stored: StoredProfile,
                         recs: Sequence[Any], event: dict[str, Any], row_policy: str) -> bytes:
-        """Every item's artwork (and a searched-for source's reason); the rows' JSON."""
+        """Every item's artwork (and the reason of an in-progress title or a searched-for
+        source); the rows' JSON."""
         uid = message["user_id"]
         page = self._batch.pages.pop(uid, None)
         if page is None:
@@ -517,8 +521,11 @@ class ProductLayer:
             page = self._batch.pages.pop(uid)
         started = time.perf_counter()
         rows, artwork_of, searched = page
+        progress = self._batch.progress.get(uid, stored.in_progress)
         for item in message["items"]:
-            if searched:
+            if item["title_id"] in progress:
+                item["reason"] = CONTINUE_WATCHING
+            elif searched:
                 reason = item["reason"]
                 if reason.startswith("because_you_watched:") and reason[20:] in searched:
                     item["reason"] = "search"

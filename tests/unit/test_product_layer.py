@@ -107,6 +107,22 @@ def test_a_search_shifts_the_list_toward_what_matched():
     assert "because_you_watched:llama" not in reasons  # searched, not watched
 
 
+def test_a_listed_title_in_progress_says_continue_watching():
+    # Two horror titles that co-occur for everyone, both started: each would otherwise be
+    # listed "because you watched" the other, which the user is halfway through.
+    model, product = setup()
+    warm_up(model, product)
+    messages = run(model, product, [
+        event(1, "u9", "play", title_id="t2", duration_s=3000.0),
+        event(2, "u9", "stop", title_id="t2", position_s=1500.0, duration_s=3000.0),
+        event(3, "u9", "play", title_id="t6", duration_s=3000.0),
+        event(4, "u9", "stop", title_id="t6", position_s=1500.0, duration_s=3000.0),
+    ])
+    reasons = {i["title_id"]: i["reason"] for i in messages["u9"]["items"]}
+    assert reasons["t2"] == reasons["t6"] == "continue_watching"
+    assert any(r.startswith("because_you_watched:") for t, r in reasons.items()
+               if t not in ("t2", "t6"))
+
 def test_searches_with_no_match_are_counted_as_demand():
     _, product = setup()
     model = Hybrid(seed=1)
