@@ -112,12 +112,10 @@ def test_a_listed_title_in_progress_says_continue_watching():
     # listed "because you watched" the other, which the user is halfway through.
     model, product = setup()
     warm_up(model, product)
-    messages = run(model, product, [
-        event(1, "u9", "play", title_id="t2", duration_s=3000.0),
-        event(2, "u9", "stop", title_id="t2", position_s=1500.0, duration_s=3000.0),
-        event(3, "u9", "play", title_id="t6", duration_s=3000.0),
-        event(4, "u9", "stop", title_id="t6", position_s=1500.0, duration_s=3000.0),
-    ])
+    halfway = [e for k, title in enumerate(("t2", "t6")) for e in (
+        event(2 * k, "u9", "play", title_id=title, duration_s=3000.0),
+        event(2 * k + 1, "u9", "stop", title_id=title, position_s=1500.0, duration_s=3000.0))]
+    messages = run(model, product, halfway)
     reasons = {i["title_id"]: i["reason"] for i in messages["u9"]["items"]}
     assert reasons["t2"] == reasons["t6"] == "continue_watching"
     assert any(r.startswith("because_you_watched:") for t, r in reasons.items()
