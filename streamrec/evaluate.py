@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from typing import Any
 
@@ -20,6 +21,9 @@ from streamrec.exceptions import ConfigError
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_JOBS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+    os.cpu_count() or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "JSONL title_added events); default: the MovieLens titles file "
                              "next to FILE, or for FILE.jsonl the FILE.catalog.jsonl that "
                              "`streamrec simulate` writes, if there is one; 'none' for none")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
+                        help="processes to spread the models over; the figures are the "
+                             f"same for any N (default: one per core, here {DEFAULT_JOBS})")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed of every model's sampling (default 42)")
     parser.add_argument("--cache-hints", action="store_true",
@@ -76,6 +83,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.k < 1:
         raise ConfigError(f"--k must be a positive whole number, got {args.k}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be a positive whole number, got {args.jobs}")
     if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
         raise ConfigError(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     if args.min_rating is not None and not math.isfinite(args.min_rating):
@@ -112,8 +121,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         product = ProductLayer(settings)
     try:
-        outcome = protocol.run(stream, models, args.k, settings.history_cap,
-                               progress=report.Progress(sys.stderr), product=product)
+        outcome = protocol.run_jobs(stream, models, args.k, settings.history_cap,
+                                    progress=report.Progress(sys.stderr), product=product,
+                                    jobs=args.jobs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     document = report.build(outcome, _protocol(args, stream, fmt))

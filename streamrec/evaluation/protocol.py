@@ -26,7 +26,9 @@ anything.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -205,6 +207,88 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         titles_seen=int(seen.sum()),
         seconds=time.perf_counter() - started, contenders=contenders,
     )
+
+
+# Seconds each model takes on the ml-latest-small 5-star stream (this machine, one
+# process): what spreads the models over processes evenly. A name not listed is taken to
+# be a hybrid (an experiment's variant).
+EVALUATION_COST = {"streamrec": 29.0, "streamrec-unconstrained": 29.0, "mf": 7.5,
+                   "cooccurrence": 6.6, "content": 4.9, "explorer": 2.8, "trending": 1.8,
+                   "popularity": 1.3, "random": 1.1, "oracle": 1.5, "oracle_exposure": 1.5,
+                   "river-funkmf": 60.0, "river-biasedmf": 60.0}
+
+
+def split_by_cost(names: list[str], jobs: int) -> list[list[str]]:
+    """``names`` in at most ``jobs`` groups of about equal cost (``EVALUATION_COST``),
+    the costliest group first; each group keeps the names' order.
+
+    >>> split_by_cost(["streamrec", "popularity", "mf", "cooccurrence"], 2)
+    [['streamrec'], ['popularity', 'mf', 'cooccurrence']]
+    """
+    cost = {n: EVALUATION_COST.get(n, EVALUATION_COST["streamrec"]) for n in names}
+    loads: list[float] = [0.0] * max(1, min(jobs, len(names)))
+    members: list[set[str]] = [set() for _ in loads]
+    for name in sorted(names, key=lambda n: -cost[n]):  # longest first, to the lightest
+        i = loads.index(min(loads))
+        loads[i] += cost[name]
+        members[i].add(name)
+    order = sorted(range(len(loads)), key=lambda i: -loads[i])
+    return [[n for n in names if n in members[i]] for i in order if members[i]]
+
+
+def run_jobs(stream: LoadedStream, models: dict[str, Recommender], k: int,
+             history_cap: int = 200, progress: Callable[[int, int], None] | None = None,
+             product: ProfileAdjuster | None = None, jobs: int = 1) -> Outcome:
+    """:func:`run` with the models spread over ``jobs`` processes (forked, each replaying
+    the whole stream for its share of the models): the same figures as one process,
+    since every model learns and ranks exactly what it would alone. This process runs
+    the costliest share and reports progress; the others send back their scoreboards."""
+    groups = split_by_cost(list(models), jobs)
+    if len(groups) <= 1:
+        return run(stream, models, k, history_cap, progress, product)
+    started = time.perf_counter()
+    context = multiprocessing.get_context("fork")
+    children = []
+    for group in groups[1:]:
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_run_share, daemon=True, args=(
+            send, stream, {n: models[n] for n in group}, k, history_cap, product))
+        child.start()
+        send.close()
+        children.append((child, receive))
+    outcome = run(stream, {n: models[n] for n in groups[0]}, k, history_cap, progress,
+                  product)
+    shares = {c.name: c for c in outcome.contenders}
+    for child, receive in children:
+        try:
+            kind, payload = receive.recv()
+        except EOFError:
+            kind, payload = "crash", f"it exited with code {child.exitcode} without a result"
+        child.join()
+        if kind == "invalid":
+            raise ValueError(payload)
+        if kind == "crash":
+            raise RuntimeError(f"an evaluation process failed:\n{payload}")
+        shares.update((c.name, c) for c in payload)
+    outcome.contenders = [shares[name] for name in models]
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _run_share(send: Any, stream: LoadedStream, models: dict[str, Recommender], k: int,
+               history_cap: int, product: ProfileAdjuster | None) -> None:
+    """One process's share of :func:`run_jobs`: its contenders, without their models."""
+    try:
+        outcome = run(stream, models, k, history_cap, None, product)
+        for c in outcome.contenders:
+            c.model = None  # type: ignore[assignment]  # scoreboards only: nothing to send
+        send.send(("ok", outcome.contenders))
+    except ValueError as exc:  # a model that cannot hold the stream: one clear line
+        send.send(("invalid", str(exc)))
+    except Exception:  # a bug: the child's traceback, for the parent to raise
+        send.send(("crash", traceback.format_exc()))
+    finally:
+        send.close()
 
 
 def _test(contenders: list[Contender], title: int, seen: np.ndarray, interacted: Any,

@@ -196,6 +196,34 @@ def test_the_hybrid_runs_under_the_protocol(tmp_path):
     assert all(len(c.board.hits) == outcome.tested for c in outcome.contenders)
 
 
+def test_models_spread_over_processes_score_as_in_one(tmp_path):
+    pairs = [(f"u{u}", f"t{(u * 7 + k * k) % 15}") for u in range(15) for k in range(6)]
+    stream = streams.load(write_udata(tmp_path / "u.data", pairs), "movielens")
+
+    def models():
+        return {"streamrec": Hybrid(seed=1), "popularity": Popularity(),
+                "lister": LeastPopularFirst()}
+
+    alone = protocol.run_jobs(stream, models(), k=3, jobs=1)
+    spread = protocol.run_jobs(stream, models(), k=3, jobs=3)
+    assert [c.name for c in spread.contenders] == ["streamrec", "popularity", "lister"]
+    for one, many in zip(alone.contenders, spread.contenders, strict=True):
+        assert many.board.hits == one.board.hits
+        assert many.board.summary(spread.titles_seen) == one.board.summary(alone.titles_seen)
+    assert sum(alone.contenders[0].board.hits) > 0  # the comparison is not of empty lists
+    # An unknown name (an experiment's variant) is costed as a hybrid: not with streamrec.
+    assert protocol.split_by_cost(["a:b", "random", "mf", "streamrec"], 2) == [
+        ["a:b", "mf"], ["random", "streamrec"]]
+
+
+def test_a_model_too_small_in_another_process_is_one_clear_error(tmp_path):
+    stream = streams.load(write_udata(tmp_path / "u.data", TEN), "movielens")
+    models = {"streamrec": Hybrid(seed=1), "popularity": Popularity(capacity=2)}
+    assert protocol.split_by_cost(list(models), 2)[1] == ["popularity"]  # the other one
+    with pytest.raises(ValueError, match="'popularity' holds 2 titles, the stream has 3"):
+        protocol.run_jobs(stream, models, k=3, jobs=2)
+
+
 def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     data = write_udata(tmp_path / "u.data", TEN * 5)
     code, out, err = run_cli(capsys, data, "--models", "popularity,random", "--report",
@@ -214,6 +242,7 @@ def test_report_files_and_plain_progress_lines(tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["missing.csv"], "file not found"),
     (["{data}", "--k", "0"], "--k must be a positive whole number"),
+    (["{data}", "--jobs", "0"], "--jobs must be a positive whole number"),
     (["{data}", "--models", "popularity,nope"], "unknown model 'nope'"),
     (["{data}", "--models", ","], "--models is empty"),
     (["{data}", "--format", "jsonl", "--min-rating", "4"], "--min-rating applies to ratings"),
@@ -246,7 +275,9 @@ def test_metric_examples_hold():
 
     from streamrec.evaluation import metrics
 
-    assert doctest.testmod(metrics).failed == 0
+    for module in (metrics, protocol):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
 
 
 def test_simulated_stream_with_its_catalogue_and_the_oracles(tmp_path, capsys):
