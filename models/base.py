@@ -399,5 +399,32 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+# Up to this many, each row's best few are found by repeated argmax instead of a
+# partition: one partition of 17 users' 1,000 draws costs ~0.24 ms, an argmax pass
+# ~0.02 ms (exploration slots: one or two per list, usually).
+TOP_BY_ARGMAX = 4
+
+
+def top_by_argmax(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest ``values`` (overwritten) and where they are, best first:
+    ``k`` argmax passes, for a small ``k`` several times cheaper than a partition. The
+    same picks as :func:`top_k` where scores are distinct (Thompson draws are
+    continuous, so only -inf, an exhausted pool, ever ties).
+
+    >>> top, best = top_by_argmax(np.array([[0.2, 0.9, 0.5], [0.7, 0.1, 0.3]]), 2)
+    >>> top.tolist(), best.tolist()
+    ([[1, 2], [0, 2]], [[0.9, 0.5], [0.7, 0.3]])
+    """
+    rows = np.arange(len(values))
+    top = np.empty((len(values), k), dtype=np.int64)
+    top_values = np.empty((len(values), k))
+    for j in range(k):
+        best = values.argmax(axis=1)
+        top[:, j] = best
+        top_values[:, j] = values[rows, best]
+        values[rows, best] = -np.inf
+    return top, top_values
+
+
 def as_list(items: Iterable[str]) -> list[str]:
     return items if isinstance(items, list) else list(items)

@@ -56,7 +56,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from models.base import MAX_HISTORY, HistoryMatrix, UserProfile  # noqa: F401 - MAX_HISTORY re-exported
+from models.base import (  # noqa: F401 - MAX_HISTORY re-exported
+    MAX_HISTORY,
+    TOP_BY_ARGMAX,
+    HistoryMatrix,
+    UserProfile,
+    top_by_argmax,
+)
 from models.cooccurrence import CoOccurrence
 from models.hybrid import (
     COMPONENTS,
@@ -138,10 +144,6 @@ def mirrors(kind: str) -> bool:
 # module docstring): 16 keeps users of a batch mostly on different draws, for about 1 ms
 # of Beta sampling per batch on a 1,000-title catalogue instead of ~70 us per user.
 SAMPLE_SETS = 16
-# Exploration slots per list up to which _LazyPosterior.explore finds each user's best
-# draws by repeated argmax rather than a partition (one partition of 17 users' 1,000
-# draws costs ~0.24 ms; an argmax pass ~0.02 ms).
-TOP_BY_ARGMAX = 4
 # Dense (queries x titles) matrices above this many titles would cost more memory than
 # they save time (8 bytes x users x titles per component); larger catalogues rank one
 # user at a time through Hybrid.recommend, which pre-selects candidates.
@@ -259,7 +261,7 @@ class _LazyPosterior:
                               * self.scale.take(prefix), -np.inf)
             kk = min(k, end)
             if kk <= TOP_BY_ARGMAX:  # (one or two exploration slots, usually)
-                top, top_values = _top_by_argmax(values, kk)
+                top, top_values = top_by_argmax(values, kk)
             else:
                 users = np.arange(len(pending))[:, None]
                 top = np.argpartition(-values, kk - 1, axis=1)[:, :kk]
@@ -274,21 +276,6 @@ class _LazyPosterior:
             out[finished, :kk] = np.where(top_values[done] > -np.inf, prefix[top[done]], -1)
             pending = pending[~done]
         return out
-
-
-def _top_by_argmax(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` largest ``values`` (overwritten) and where they are, best first:
-    ``k`` argmax passes, for a small ``k`` several times cheaper than a partition (the
-    same picks: draws are continuous, so only -inf, an exhausted pool, ever ties)."""
-    rows = np.arange(len(values))
-    top = np.empty((len(values), k), dtype=np.int64)
-    top_values = np.empty((len(values), k))
-    for j in range(k):
-        best = values.argmax(axis=1)
-        top[:, j] = best
-        top_values[:, j] = values[rows, best]
-        values[rows, best] = -np.inf
-    return top, top_values
 
 
 def recommend_many(model: Hybrid, profiles: Sequence[UserProfile], n: int,

@@ -10,6 +10,7 @@ import numpy as np
 
 from models.base import (
     MAX_HISTORY,
+    TOP_BY_ARGMAX,
     HistoryMatrix,
     ItemTable,
     Recommender,
@@ -204,9 +205,10 @@ def _scaled(raw: np.ndarray, low: np.ndarray, high: np.ndarray,
 
 
 def _top_few(scores: np.ndarray, k: int) -> list[int]:
-    """``top_k(scores, k)`` as ints; up to ``TOP_BY_ARGMAX`` by repeated argmax (several
-    times cheaper than a partition on a catalogue). The same picks for distinct scores:
-    used on Thompson draws (continuous, so never tied)."""
+    """``top_k(scores, k)`` as ints; up to ``TOP_BY_ARGMAX`` by repeated argmax, as
+    :func:`~models.base.top_by_argmax` does for many rows (used on one user's Thompson
+    draws: continuous, so never tied). One row on scalars: 3.6 us for one pick on 990
+    draws, against 15 us through the (rows, k) arrays of ``top_by_argmax``."""
     if k > TOP_BY_ARGMAX or k >= len(scores):
         return top_k(scores, k).tolist()
     scores = scores.copy()
@@ -216,10 +218,6 @@ def _top_few(scores: np.ndarray, k: int) -> list[int]:
         out.append(best)
         scores[best] = -np.inf
     return out
-
-
-# Exploration slots up to which _top_few takes repeated argmaxes (one or two, usually).
-TOP_BY_ARGMAX = 4
 
 
 def _scaled_alone(raw: np.ndarray) -> np.ndarray:
