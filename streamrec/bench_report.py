@@ -356,6 +356,10 @@ def _rounded(value: float, digits: int) -> float | None:
     return None if math.isnan(value) else round(value, digits)
 
 
+def _percentiles(ms: Mapping[str, float]) -> str:
+    return f"p50 {ms['p50']:.1f} ms, p95 {ms['p95']:.1f} ms, p99 {ms['p99']:.1f} ms"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The report as a table a person reads."""
     lat = report["latency_ms"]
@@ -372,23 +376,20 @@ def format_table(report: Mapping[str, Any]) -> str:
     rows.append(("stages, us/event (primary run)",
                  ", ".join(f"{k} {stages[k]:.1f}" for k in STAGES if k in stages)))
     rows.append((f"latency at {report['paced_rate']:,.0f} events/s (paced)",
-                 f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"))
+                 _percentiles(lat)))
     got = report.get("latency_ms_delivered")
     if got is not None:
-        rows.append(("  the same, to receipt by a consumer",
-                     f"p50 {got['p50']:.1f} ms, p95 {got['p95']:.1f} ms, "
-                     f"p99 {got['p99']:.1f} ms"))
+        rows.append(("  the same, to receipt by a consumer", _percentiles(got)))
     if report.get("paced_batch_events_mean") is not None:
         rows.append(("while paced", f"{report['paced_batch_events_mean']:,.1f} events per "
                      f"batch, worker CPU {report['paced_worker_cpu_share']:.0%} of a core"))
     for workers, run in report.get("latency_by_workers", {}).items():
         if int(workers) == report["workers"]:
             continue  # the rows above
-        lat = run["latency_ms"]
         rows.append((f"latency, {workers} worker(s) at {run['paced_rate']:,.0f} events/s",
-                     f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
-                     f"p99 {lat['p99']:.1f} ms ({run['paced_batch_events_mean'] or 0:,.1f} "
-                     f"events per batch, worker CPU {run['paced_worker_cpu_share']:.0%})"))
+                     f"{_percentiles(run['latency_ms'])} "
+                     f"({run['paced_batch_events_mean'] or 0:,.1f} events per batch, "
+                     f"worker CPU {run['paced_worker_cpu_share']:.0%})"))
     per_user = report["rss_bytes_per_active_user"]
     run = report.get("rss_memory_run")
     if run is None:
