@@ -358,8 +358,7 @@ class CountryTrending(_Params):
         return [math.log2(score) + ts / self.half_life_s, score, ts, title]
 
     def learn_one(self, country: str, title: str, y: float, ts: float) -> None:
-        # Runs for every positive event: lookups bound to locals, entries built inline
-        # (what _entry builds).
+        # Runs for every positive event: lookups bound to locals.
         if y <= 0:
             return
         scores = self._scores
@@ -375,10 +374,9 @@ class CountryTrending(_Params):
         latest = self._latest.get(country)
         if latest is None or not latest > ts:
             self._latest[country] = ts
-        half_life = self.half_life_s
         entry = table.get(title)
         if entry is None:
-            new = table[title] = [math.log2(y) + ts / half_life, y, ts, title]
+            new = table[title] = self._entry(y, ts, title)
             if len(table) > self.titles_per_country * 1.25:
                 self._prune(table, ts)
                 self._best.pop(country, None)
@@ -386,8 +384,8 @@ class CountryTrending(_Params):
         else:
             before = entry[2]
             last = before if before > ts else ts
-            score = entry[1] * 2.0 ** (-max(0.0, ts - before) / half_life) + y
-            new = table[title] = [math.log2(score) + last / half_life, score, last, title]
+            score = entry[1] * 2.0 ** (-max(0.0, ts - before) / self.half_life_s) + y
+            new = table[title] = self._entry(score, last, title)
         best = self._best.get(country)
         if best is not None:
             # The new entry is stronger than the one it replaces: if that was among the
