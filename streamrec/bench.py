@@ -93,9 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="both",
                         help="which events path to measure (default both); core: the "
                              "worker's pure core in this process, by stage (no broker)")
-    parser.add_argument("--core-batch", type=int, default=1000, metavar="N",
-                        help="--mode core: records per batch (default 1,000, as "
-                             "STREAMREC_BATCH_SIZE)")
+    parser.add_argument("--core-batch", type=int, default=Settings.batch_size, metavar="N",
+                        help=f"--mode core: records per batch (default {Settings.batch_size:,}"
+                             ", as STREAMREC_BATCH_SIZE)")
     parser.add_argument("--core-order", choices=("partition", "time"), default="partition",
                         help="--mode core: batches from one partition at a time (a worker "
                              "with a backlog; default) or in event time across partitions "
