@@ -60,9 +60,9 @@ class Settings:
     app_id: str = "streamrec"
     # Most events per hot-path batch. A worker that keeps up takes what arrived since its
     # last batch (tens of events), so this binds only with a backlog, where larger batches
-    # hold more events per user and a list is built per user per batch: 4,000 made a
-    # worker catching up 1.2-1.4x faster than 1,000 (README, Performance) at the same
-    # latency for a given rate, for ~45 MB more RSS; 8,000 gained nothing more.
+    # hold more events per user and a list is built per user per batch: 4,000 took a
+    # worker catching up ~0.7x the CPU per event of 1,000 (README, Performance) at the
+    # same latency for a given rate, for ~45-50 MB more RSS; 8,000 gained nothing more.
     batch_size: int = 4000
     # How the worker consumes `events`: "batched" (the product's hot path, streams/pipeline.py)
     # or "per-record" (a plain faust agent doing the same work one record at a time,
