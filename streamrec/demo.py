@@ -139,6 +139,58 @@ def scrape_labelled(port: int, metric: str) -> dict[str, float]:
     return out
 
 
+# The worker's cumulative online-recall counters (labelled by model), by summary key.
+RECALL_COUNTERS = {
+    "tests": "streamrec_online_recall_tests_total",
+    "hits": "streamrec_online_recall_hits_total",
+    "new_title_tests": "streamrec_online_recall_new_titles_tests_total",
+    "new_title_hits": "streamrec_online_recall_new_titles_hits_total",
+}
+
+
+def recall_over_run(counters: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Online recall@k over the whole run per model, from the worker's cumulative counters
+    (``RECALL_COUNTERS`` key -> model -> value), with each rate's 95% interval half-width.
+
+    The gauges are smoothed over the last ~2,000 tests; these are exact over every test,
+    and the counts say how far two rates may differ by chance alone.
+
+    >>> run = recall_over_run({"tests": {"m": 400.0}, "hits": {"m": 100.0},
+    ...                        "new_title_tests": {"m": 0.0}, "new_title_hits": {}})
+    >>> run["m"]["recall"], run["m"]["recall_pm"], run["m"]["new_title_recall"]
+    (0.25, 0.0424, None)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for model in counters.get("tests", {}):
+        row: dict[str, Any] = {}
+        for prefix in ("", "new_title_"):
+            tests = int(counters.get(f"{prefix}tests", {}).get(model, 0))
+            hits = int(counters.get(f"{prefix}hits", {}).get(model, 0))
+            rate = hits / tests if tests else None
+            row[f"{prefix}tests"], row[f"{prefix}hits"] = tests, hits
+            row[f"{prefix}recall"] = None if rate is None else round(rate, 4)
+            row[f"{prefix}recall_pm"] = (None if rate is None else
+                                         round(1.96 * (rate * (1 - rate) / tests) ** 0.5, 4))
+        out[model] = row
+    return out
+
+
+def format_recall_over_run(model: str, row: dict[str, Any]) -> str:
+    """One model's whole-run online recall as the demo summary prints it.
+
+    >>> format_recall_over_run("m", recall_over_run({
+    ...     "tests": {"m": 400}, "hits": {"m": 100},
+    ...     "new_title_tests": {"m": 100}, "new_title_hits": {"m": 10}})["m"])
+    'm 0.250 +-0.042 of 400 tests (new titles 0.100 +-0.059 of 100)'
+    """
+    def rate(prefix: str) -> str:
+        if row[f"{prefix}recall"] is None:
+            return f"- of {row[f'{prefix}tests']:,} tests"
+        return (f"{row[f'{prefix}recall']:.3f} +-{row[f'{prefix}recall_pm']:.3f} "
+                f"of {row[f'{prefix}tests']:,}" + ("" if prefix else " tests"))
+    return f"{model} {rate('')} (new titles {rate('new_title_')})"
+
+
 def _committed_all(settings: Settings, group: str) -> bool:
     """Whether the worker's consumer group has committed the end of every partition."""
     from confluent_kafka import Consumer, TopicPartition
@@ -269,6 +321,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             worker_metrics = scrape(metrics_port)
             recall = scrape_labelled(metrics_port, "streamrec_online_recall_at_k")
             recall_new = scrape_labelled(metrics_port, "streamrec_online_recall_new_titles_at_k")
+            recall_run = recall_over_run({key: scrape_labelled(metrics_port, metric)
+                                          for key, metric in RECALL_COUNTERS.items()})
             stop_tail.set()
             tail.join(timeout=10)
             worker.send_signal(signal.SIGTERM)
@@ -276,7 +330,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             sink.send_signal(signal.SIGTERM)
             sink.wait(timeout=30)
         summary = _summary(args, produced, invalid, active_users, tail_state, worker_metrics,
-                           recall, recall_new, settings, worker_exit)
+                           recall, recall_new, recall_run, settings, worker_exit)
         _print_summary(summary, tail_state)
         if args.report:
             with open(args.report, "wb") as handle:
@@ -327,7 +381,8 @@ def _wait_for_worker(worker: subprocess.Popen[bytes], port: int, log_path: str) 
 
 def _summary(args: argparse.Namespace, produced: int, invalid: int, active_users: set[str],
              tail: TailState, worker: dict[str, float], recall: dict[str, float],
-             recall_new: dict[str, float], settings: Settings, worker_exit: int) -> dict[str, Any]:
+             recall_new: dict[str, float], recall_run: dict[str, dict[str, Any]],
+             settings: Settings, worker_exit: int) -> dict[str, Any]:
     from streamrec.redis_conn import redacted
 
     latencies = np.asarray(tail.latencies_s) * 1000.0
@@ -350,6 +405,7 @@ def _summary(args: argparse.Namespace, produced: int, invalid: int, active_users
                        "p99": round(float(percentiles[2]), 2)},
         "online_recall_at_10": {k: round(v, 4) for k, v in recall.items()},
         "online_recall_new_titles_at_10": {k: round(v, 4) for k, v in recall_new.items()},
+        "online_recall_over_run": recall_run,
         "worker_exit_code": worker_exit,
         "broker": settings.kafka_bootstrap_servers,
         "redis": redacted(settings.redis_url),
@@ -378,6 +434,10 @@ def _print_summary(summary: dict[str, Any], tail: TailState) -> None:
         print("  online recall@10: " + ", ".join(
             f"{k} {v:.3f}" + (f" (new titles {recall_new[k]:.3f})" if k in recall_new else "")
             for k, v in recall.items()))
+    if summary["online_recall_over_run"]:
+        print("  over the whole run (95% interval): " + "; ".join(
+            format_recall_over_run(model, row)
+            for model, row in summary["online_recall_over_run"].items()))
     balanced = (summary["events_processed"] + summary["events_dead_lettered"]
                 == summary["events_produced"])
     print(f"  processed + dead-lettered == produced: {'yes' if balanced else 'NO'}")

@@ -25,6 +25,13 @@ def test_demo_writes_a_chart_beside_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = orjson.loads(report.read_bytes())
     assert summary["events_produced"] == 3000
+    # Online recall over the whole run, from the worker's counters, for both lists.
+    run = summary["online_recall_over_run"]
+    assert set(run) == {"streamrec", "popularity"}
+    for row in run.values():
+        assert row["tests"] > 0 and 0 <= row["hits"] <= row["tests"]
+        assert row["recall"] == round(row["hits"] / row["tests"], 4)
+    assert "over the whole run (95% interval): " in result.stdout
     chart = tmp_path / "r.png"
     assert f"chart written to {chart}" in result.stdout
     data = chart.read_bytes()
