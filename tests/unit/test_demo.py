@@ -23,7 +23,7 @@ def test_whole_run_recall_is_the_counters_ratio_with_its_interval():
         "tests": {"streamrec": 2000.0, "popularity": 2000.0},
         "hits": {"streamrec": 400.0, "popularity": 220.0},
         "new_title_tests": {"streamrec": 500.0, "popularity": 500.0},
-        "new_title_hits": {"streamrec": 45.0},  # no popularity sample yet: no hits
+        "new_title_hits": {"streamrec": 45.0},  # a labelled counter never incremented is absent
     }
     run = recall_over_run(counters)
     assert run["streamrec"]["recall"] == 0.2 and run["popularity"]["recall"] == 0.11
