@@ -348,6 +348,10 @@ def open_output(path: str) -> io.BufferedIOBase:
             return gzip.open(path, "wb", compresslevel=5)
         return open(path, "wb")  # noqa: SIM115 - caller closes
     except OSError as exc:
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            raise ConfigError(f"cannot write {path}: its directory {folder} does not exist "
+                              f"(create it first: mkdir -p {folder})") from None
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 

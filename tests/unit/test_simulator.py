@@ -249,7 +249,8 @@ def test_simulate_gzip_and_explicit_catalogue_path(tmp_path, capsys, monkeypatch
         (["--rate", "5"], "--rate and --duration go together"),
         (["--rate", "0", "--duration", "3"], "must be > 0"),
         (["--events", "lots"], "invalid int value"),
-        (["--events", "5", "--out", "/nonexistent-dir/x.jsonl"], "cannot write"),
+        (["--events", "5", "--out", "/nonexistent-dir/x.jsonl"],
+         "its directory /nonexistent-dir does not exist (create it first: mkdir -p"),
     ],
 )
 def test_simulate_mistakes_get_one_line_and_exit_2(argv, fragment, capsys, monkeypatch):
