@@ -58,7 +58,9 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 1
     if args.json:
-        print(orjson.dumps(features, option=orjson.OPT_INDENT_2).decode())
+        # OPT_NON_STR_KEYS: the hour-of-day counts are keyed by int (JSON makes them strings).
+        print(orjson.dumps(features, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+              .decode())
         return 0
     print(f"user {features['user_id']}: {features['events_applied']} events applied, "
           f"device {features['device']}, country {features['country']}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 
+import orjson
 import pytest
 import redis.asyncio
 
@@ -187,3 +191,18 @@ def test_a_bad_field_name_is_refused_before_anything_is_written(redis_url, redis
     with pytest.raises(ValueError, match="field name"):
         run(apply(redis_url, events_for(user), fields={user: {"p": b"{}"}}))
     assert read_features(redis_client, user) is None
+
+
+def test_features_json_prints_a_users_state_hours_included(redis_url, redis_client):
+    user = f"u-{uuid.uuid4().hex}"
+    run(apply(redis_url, events_for(user)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "KAFKA_"))}
+    result = subprocess.run([sys.executable, "-m", "streamrec.cli", "features", user, "--json"],
+                            env={**env, "REDIS_URL": redis_url}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    features = orjson.loads(result.stdout)
+    assert features["user_id"] == user and features["events_applied"] == 4
+    # The hour-of-day counts (int keys in the state) come out as JSON object keys.
+    hour = str(int(TS // 3600) % 24)
+    assert features["hours"] and hour in features["hours"]
