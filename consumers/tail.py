@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", default=None, help="only records keyed by this user id")
     parser.add_argument("--from-beginning", action="store_true",
                         help="start at the oldest record instead of new ones")
-    parser.add_argument("--max", type=int, default=None, help="stop after printing N records (with --user, N of that user's)")
+    parser.add_argument("--max", type=int, default=None,
+                        help="stop after printing N records (with --user, N of that user's)")
     parser.add_argument("--until-idle", type=float, default=None, metavar="S",
                         help="stop after S seconds without a record")
     parser.add_argument("--json", action="store_true", help="print raw JSON values")
