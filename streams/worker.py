@@ -48,5 +48,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
             override_logging=False,
         )
+        if not sys.stdout.isatty():
+            # faust's start-up spinner draws only on a terminal but writes its "show
+            # cursor" escape code at the end regardless, into logs and pipes.
+            worker.spinner = None
         worker.execute_from_commandline()
     return 0

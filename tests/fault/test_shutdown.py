@@ -76,6 +76,8 @@ def test_a_signal_mid_stream_stops_cleanly_and_loses_nothing(fault_cluster, star
         code = worker.stop(timeout_s=60)
         seconds = time.time() - signalled
         assert code == 0
+        # Its output is a log file: no terminal escape codes (faust's spinner) in it.
+        assert b"\x1b[" not in open(worker.log_path, "rb").read()
 
         # Everything below the committed offsets is applied, and nothing else is.
         committed = committed_offsets(settings)
