@@ -88,6 +88,13 @@ class Pacer:
             due = max(due, self._previous_due + self._min_gap)
         return due
 
+    def event_time(self) -> float | None:
+        """The event time the schedule has reached by now (``None`` before the first record
+        or without ``speed``): how far a paced replay has got while it waits."""
+        if self._origin_clock is None or self.speed is None:
+            return None
+        return self._origin_ts + (self._clock() - self._origin_clock) * self.speed
+
     def wait(self, ts: float, idle: Callable[[], None] | None = None) -> None:
         """Block until the record with event time ``ts`` is due; record its lateness."""
         due = self.due(ts)

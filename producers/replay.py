@@ -161,10 +161,20 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
     windowed = start is not None or end is not None
     read = invalid = skipped = sent = 0
 
+    def done_fraction() -> float:
+        if pacer is not None and start is not None and end is not None:
+            # A paced window: its event time, not the file position (a window of a long
+            # file is read in moments and then waited out).
+            reached = pacer.event_time()
+            if reached is not None:
+                return min(max((reached - start) / (end - start), 0.0), 1.0)
+        fraction = (done_bytes + source.position()) / total_bytes
+        return max(fraction, sent / limit) if limit else fraction
+
     def idle() -> None:  # during long paced waits
         if sender is not None:
             sender.poll(0)
-        progress.update(sent, (done_bytes + source.position()) / total_bytes)
+        progress.update(sent, done_fraction())
 
     began = time.monotonic()
     try:
@@ -201,10 +211,7 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                         if sender.failing:
                             summary.stopped = "deliveries are failing"
                             break
-                    fraction = (done_bytes + source.position()) / total_bytes
-                    if limit:
-                        fraction = max(fraction, sent / limit)
-                    progress.update(sent, fraction)
+                    progress.update(sent, done_fraction())
             done_bytes += source.size
             if summary.stopped or sent == limit:
                 break

@@ -254,6 +254,17 @@ def test_speed_scales_the_original_gaps():
     assert max(pacer.lateness_s) == pytest.approx(0.0)
 
 
+def test_a_paced_replay_knows_the_event_time_it_has_reached_while_it_waits():
+    # What the progress line of a paced --start/--end window reports (not the file position).
+    clock = FakeClock()
+    pacer = Pacer(speed=60.0, clock=clock, sleep=clock.sleep)
+    assert pacer.event_time() is None  # nothing sent yet
+    pacer.wait(1000.0)
+    clock.now += 30.0  # half a minute of waiting for the next record...
+    assert pacer.event_time() == pytest.approx(1000.0 + 30 * 60)  # ...is half an hour in
+    assert Pacer(rate=10.0).event_time() is None  # a rate alone follows no event clock
+
+
 def test_schedule_does_not_drift_when_sending_takes_time():
     # 1 ms of work per record, records due every 10 ms: never late, no accumulation.
     sent, pacer = paced_send_times([i * 0.01 for i in range(100)], work_s=0.001, speed=1.0)
