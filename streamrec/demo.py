@@ -112,12 +112,16 @@ def _tail(settings: Settings, state: TailState, stop: threading.Event) -> None:
         consumer.close()
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Sum of each metric family's samples on the worker's /metrics (labels folded)."""
+def metrics_page(port: int) -> str:
+    """The worker's /metrics page, read once for all the figures taken from it."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def metric_totals(page: str) -> dict[str, float]:
+    """Sum of each metric family's samples on a /metrics page (labels folded)."""
     totals: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in page.splitlines():
         if not line or line.startswith("#"):
             continue
         name_part, _, value = line.rpartition(" ")
@@ -126,17 +130,20 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def scrape_labelled(port: int, metric: str) -> dict[str, float]:
+def labelled(page: str, metric: str) -> dict[str, float]:
     """``label value -> sample`` for a one-label metric (e.g. online recall per model)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
-        text = response.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in page.splitlines():
         if line.startswith(metric + "{"):
             labels, _, value = line.rpartition(" ")
             label_value = labels.split('"')[1]
             out[label_value] = float(value)
     return out
+
+
+def scrape(port: int) -> dict[str, float]:
+    """:func:`metric_totals` of the worker's /metrics page."""
+    return metric_totals(metrics_page(port))
 
 
 # The worker's cumulative online-recall counters (labelled by model), by summary key.
@@ -318,10 +325,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(1.0)  # the tail reads the last emitted lists
             _sample(timeline, time.monotonic() - started, produced, tail_state, metrics_port,
                     latency_seen)
-            worker_metrics = scrape(metrics_port)
-            recall = scrape_labelled(metrics_port, "streamrec_online_recall_at_k")
-            recall_new = scrape_labelled(metrics_port, "streamrec_online_recall_new_titles_at_k")
-            recall_run = recall_over_run({key: scrape_labelled(metrics_port, metric)
+            page = metrics_page(metrics_port)
+            worker_metrics = metric_totals(page)
+            recall = labelled(page, "streamrec_online_recall_at_k")
+            recall_new = labelled(page, "streamrec_online_recall_new_titles_at_k")
+            recall_run = recall_over_run({key: labelled(page, metric)
                                           for key, metric in RECALL_COUNTERS.items()})
             stop_tail.set()
             tail.join(timeout=10)
@@ -353,8 +361,9 @@ def _sample(timeline: Any, elapsed: float, produced: int, tail: TailState, port:
         latency_seen = len(tail.latencies_s)
     counts = {"events produced": float(produced), "recommendations seen": recommendations}
     try:
-        recall = scrape_labelled(port, "streamrec_online_recall_at_k")
-        worker = scrape(port)
+        page = metrics_page(port)
+        recall = labelled(page, "streamrec_online_recall_at_k")
+        worker = metric_totals(page)
         counts["records processed by the worker"] = (
             worker.get("streamrec_events_consumed_total", 0.0)
             + worker.get("streamrec_events_duplicate_total", 0.0)
