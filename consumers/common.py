@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from confluent_kafka import Consumer, KafkaException, Message
 
@@ -34,10 +34,10 @@ def require_redis(settings: Settings, command: str) -> None:
 
 def read_topic(
     settings: Settings, topic: str, *, from_beginning: bool, group_id: str | None = None,
-    until_idle_s: float | None = None, max_records: int | None = None,
-    poll_timeout_s: float = 0.5,
-) -> Iterator[Message]:
-    """Yield records of ``topic`` until idle for ``until_idle_s`` (None: forever) or ``max``."""
+    until_idle_s: float | None = None, poll_timeout_s: float = 0.5,
+) -> Generator[Message, None, None]:
+    """Yield records of ``topic`` until idle for ``until_idle_s`` (None: forever); a caller
+    that wants fewer stops iterating (the consumer is closed then too)."""
     conf = consumer_config(
         settings, group_id or f"streamrec-reader-{uuid.uuid4().hex[:8]}",
         **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
@@ -45,9 +45,8 @@ def read_topic(
     consumer = Consumer(conf)
     try:
         consumer.subscribe([topic])
-        seen = 0
         last_record = time.monotonic()
-        while max_records is None or seen < max_records:
+        while True:
             try:
                 batch = consumer.consume(READ_BATCH, poll_timeout_s)
             except KafkaException as exc:
@@ -57,10 +56,6 @@ def read_topic(
                 last_record = time.monotonic()
             elif until_idle_s is not None and time.monotonic() - last_record >= until_idle_s:
                 return
-            for record in records:
-                yield record
-                seen += 1
-                if max_records is not None and seen >= max_records:
-                    return
+            yield from records
     finally:
         consumer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
@@ -73,18 +74,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     wanted = args.user.encode() if args.user else None
     printed = 0
     # --max counts the records printed, so with --user it counts only that user's.
-    for record in read_topic(settings, topic, from_beginning=args.from_beginning,
-                             until_idle_s=args.until_idle,
-                             max_records=args.max if wanted is None else None):
-        if wanted is not None and record.key() != wanted:
-            continue
-        if args.json:
-            sys.stdout.write((record.value() or b"null").decode(errors="replace") + "\n")
-        else:
-            sys.stdout.write(format_record(topic, record.key(), record.value(),
-                                           time.time()) + "\n")
-        sys.stdout.flush()
-        printed += 1
-        if args.max is not None and printed >= args.max:
-            break
+    records = read_topic(settings, topic, from_beginning=args.from_beginning,
+                         until_idle_s=args.until_idle)
+    with contextlib.closing(records):  # stopping at --max closes the consumer at once
+        for record in records:
+            if wanted is not None and record.key() != wanted:
+                continue
+            if args.json:
+                sys.stdout.write((record.value() or b"null").decode(errors="replace") + "\n")
+            else:
+                sys.stdout.write(format_record(topic, record.key(), record.value(),
+                                               time.time()) + "\n")
+            sys.stdout.flush()
+            printed += 1
+            if args.max is not None and printed >= args.max:
+                break
     return 0
