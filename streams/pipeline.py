@@ -526,6 +526,8 @@ class EventsPipeline:
         logger.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         for p in partitions:
             self._expected.pop((p.topic, p.partition), None)
+        if self.sync is not None:  # eager rebalancing: ``partitions`` is the whole assignment
+            self.sync.shares_blend = any(p.partition == 0 for p in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Revocation only happens inside consume(), between batches: flush and commit

@@ -161,10 +161,10 @@ def test_two_workers_sharing_the_item_model_match_one_worker(make_settings, star
     print(f"  2 workers sharing vs 1 worker: {relative:+.1%}; "
           f"not sharing vs 1 worker: {apart_relative:+.1%}")
     assert two["syncs"] > 0
-    # Two processes batch and sync the same stream differently from run to run, so this
-    # comparison is noisy: on one commit (2026-11-23) sharing measured -1.0% and -7.6%
-    # against one worker in two runs, not sharing -5.3% to -7.4%; earlier commits -2.2%
-    # to -5.6% with the 5% bound this had, which it now misses about half the time. 10%
-    # catches a merged model that is badly off, but no longer separates sharing from not
-    # sharing (both are printed above); that separation is an open question.
-    assert abs(relative) <= 0.10
+    # Until 2026-12-07 each worker's blend-weight steps were summed into the shared model,
+    # which overshot: sharing measured -1% to -14% against one worker from run to run (the
+    # 10% bound this had failed in CI), with the item tables as good as one worker's. With
+    # one worker learning the blend for all (streams.model_sync), five runs measured +1.7%
+    # to +3.1% and not sharing -5% to -8%.
+    assert relative >= -0.05
+    assert two["recall"] > apart["recall"]

@@ -16,7 +16,15 @@ import pytest
 from models.batched import learn_many
 from models.hybrid import Hybrid
 from models.recent import YEAR_S, RecentCoOccurrence
-from streams.model_sync import Delta, add_titles, apply, diff, initial_vectors, snapshot
+from streams.model_sync import (
+    Delta,
+    add_titles,
+    apply,
+    diff,
+    initial_vectors,
+    revert_blend,
+    snapshot,
+)
 
 GENRES = ["Drama", "Comedy", "Action", "Horror"]
 
@@ -109,7 +117,7 @@ def test_new_titles_start_the_same_in_every_worker():
     assert np.array_equal(x0, a.mf._x[a._items.index["x"]])
 
 
-def learn_apart(a, b, events, sync_every: int) -> None:
+def learn_apart(a, b, events, sync_every: int, b_shares_blend: bool = True) -> None:
     """Two workers learn a stream split by user (as partitions split it: each sees its
     own users' events only), exchanging deltas every ``sync_every`` events."""
     base_a, base_b = snapshot(a), snapshot(b)
@@ -117,6 +125,8 @@ def learn_apart(a, b, events, sync_every: int) -> None:
         chunk = events[step:step + sync_every]
         learn(a, [e for e in chunk if e[0] % 2 == 0])
         learn(b, [e for e in chunk if e[0] % 2 == 1])
+        if not b_shares_blend:  # as ModelSync does when b is not the blend's learner
+            revert_blend(b, base_b)
         exchange(a, base_a, b, base_b)
         base_a, base_b = snapshot(a), snapshot(b)
 
@@ -136,6 +146,28 @@ def test_two_workers_converge_to_the_same_item_model():
         assert la.keys() == lb.keys()
         np.testing.assert_allclose([la[k] for k in la], [lb[k] for k in la], rtol=1e-6)
     np.testing.assert_allclose(a._w, b._w)
+
+
+def test_one_worker_learns_the_blend_for_all():
+    # The blend's weights are one small vector every worker estimates: summing two workers'
+    # steps overshoots, so only the owner of partition 0 (here a) shares its steps.
+    titles = catalogue(40)
+    events = stream(4000, n_users=60, n_titles=40, seed=5)
+    blends = {}
+    for case in ("b shares", "b keeps its steps", "b takes no steps"):
+        a, b = new_worker(titles), new_worker(titles)
+        if case == "b takes no steps":
+            b.blend_every = 10**9
+        learn_apart(a, b, events, sync_every=500, b_shares_blend=case == "b shares")
+        if case != "b shares":  # one blend in both workers (up to rounding)
+            np.testing.assert_allclose(a._w, b._w, rtol=1e-12, atol=1e-15)
+        blends[case] = a._w
+    assert not np.allclose(blends["b keeps its steps"], new_worker(titles)._w)  # a learned
+    # b's local steps reach nobody: a's blend is what it would be had b taken none ...
+    np.testing.assert_allclose(blends["b keeps its steps"], blends["b takes no steps"],
+                               rtol=1e-12, atol=1e-15)
+    # ... whereas shared, they would have.
+    assert not np.allclose(blends["b shares"], blends["b takes no steps"])
 
 
 # A 40 s half-life: the 3,000 s stream is 75 half-lives, so recent co-occurrence rebases
