@@ -274,8 +274,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for title in world.titles:
                 producer.produce(settings.topics.catalog, orjson.dumps(title),
                                  title["title_id"].encode())
-            producer.flush(30)
-            time.sleep(1.0)  # let the catalogue agent load titles before the first events
+            producer.flush(30)  # no pause: the worker applies the catalogue before events
             produced = invalid = 0
             active_users: set[str] = set()
             started = time.monotonic()

@@ -87,6 +87,10 @@ ONLINE_RECALL_NEW_TITLES_HITS = Counter(
     "Online recall tests on titles new to the user that were in the list last emitted",
     ["model"],
 )
+CATALOG_WAIT_SECONDS = Counter(
+    "streamrec_catalog_wait_seconds",
+    "Seconds event batches waited for the catalogue reader to catch up (streams.catalog_reader)",
+)
 MODEL_SYNCS = Counter(
     "streamrec_model_syncs",
     "Item-model exchanges with the other workers through the Redis log (streams.model_sync)",
@@ -213,6 +217,7 @@ EXPORTED = {
     "streamrec_online_recall_new_titles_tests_total": "counter",
     "streamrec_online_recall_new_titles_hits_total": "counter",
     "streamrec_model_syncs_total": "counter",
+    "streamrec_catalog_wait_seconds_total": "counter",
     "streamrec_model_sync_bytes_total": "counter",
     "streamrec_model_size": "gauge",
     "streamrec_batch_events": "histogram",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from streamrec.exceptions import InvalidRecord, StateStoreUnavailable
 from streamrec.redis_conn import async_client
 from streamrec.schema import dead_letter, decode_catalog
 from streamrec.settings import Settings
+from streams.catalog_reader import CatalogReader
 from streams.checkpoint import Checkpointer
 from streams.experiment_store import start_experiments
 from streams.faust_compat import patch_aiokafka
@@ -54,6 +56,8 @@ class WorkerRuntime:
         self.pipeline: EventsPipeline | None = None
         self.sync: ModelSync | None = None
         self.catalog_dead_letters = 0
+        # faust's data directory (create_app), kept for as long as the runtime lives.
+        self.datadir: tempfile.TemporaryDirectory[str] | None = None
         self.product: ProductLayer | None = None
 
     def model_version(self) -> str:
@@ -89,6 +93,8 @@ class WorkerRuntime:
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
                                        experiments=experiments)
         self.pipeline.sync = self.sync
+        if settings.pipeline == "batched":  # titles ahead of the events that name them
+            self.pipeline.catalog = CatalogReader(settings, self.apply_catalog_title)
         if self.product is not None:
             await self._retry(self.product.restore)
             self.pipeline.product = self.product
@@ -159,6 +165,21 @@ class WorkerRuntime:
         if self.product is not None:
             await self._product_catalog(title)
 
+    def apply_catalog_title(self, title: dict[str, Any]) -> None:
+        """A record from this worker's catalogue reader (``streams.catalog_reader``): into
+        the model and the title index only. The catalogue agent does the rest (the copy in
+        Redis, the model log, notifications), once for the group."""
+        assert self.sync is not None, "start() creates the model sync before the pipeline"
+        title_id = title["title_id"]
+        if title["type"] == "title_removed":
+            self.sync.remove_title(self.model, title_id, share=False)
+            if self.product is not None:
+                self.product.remove_title(title_id)
+        else:
+            self.sync.add_title(self.model, title, share=False)
+            if self.product is not None:
+                self.product.add_title(title)
+
     async def _product_catalog(self, title: dict[str, Any]) -> None:
         """Keep the product layer's catalogue current; notify about new episodes."""
         assert self.product is not None
@@ -210,6 +231,12 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
     # the EventsService class below.
     worker = runtime if runtime is not None else WorkerRuntime(settings)
     patch_aiokafka()  # several workers on the embedded broker (see streams.faust_compat)
+    # faust keeps table state under its datadir, "<app id>-data" in the working directory
+    # by default. The tables here are in memory, so it only makes empty folders: they go
+    # to a temporary directory, removed when the process exits, not into the user's
+    # checkout (a `make test` left dozens there).
+    datadir = tempfile.TemporaryDirectory(prefix=f"{settings.app_id}-")
+    worker.datadir = datadir
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -218,6 +245,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
         topic_allow_declare=False,
         topic_partitions=settings.partitions,
         store="memory://",
+        datadir=datadir.name,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,

@@ -497,20 +497,25 @@ class ModelSync:
         add_titles(model, (e["title_id"] for e in events
                            if e.get("title_id") is not None and e["type"] not in _UNLEARNED_TYPES))
 
-    def add_title(self, model: Hybrid, title: dict[str, Any]) -> None:
+    def add_title(self, model: Hybrid, title: dict[str, Any], share: bool = True) -> None:
+        """A catalogue title. ``share=False``: it came from this worker's catalogue reader
+        (``streams.catalog_reader``), which every worker runs, so the log need not carry
+        it (the catalogue agent shares it once for the group)."""
         new = title["title_id"] not in model._items.index
         model.add_title(title)
         if self.enabled:
             if new:
                 seed_rows(model, [title["title_id"]])
-            self._removed.discard(title["title_id"])
-            self._added[title["title_id"]] = title
+            if share:
+                self._removed.discard(title["title_id"])
+                self._added[title["title_id"]] = title
 
-    def remove_title(self, model: Hybrid, title_id: str) -> None:
+    def remove_title(self, model: Hybrid, title_id: str, share: bool = True) -> None:
         model.remove_title(title_id)
         if self.enabled:
             self._added.pop(title_id, None)
-            self._removed.add(title_id)
+            if share:
+                self._removed.add(title_id)
 
     def note_offsets(self, offsets: dict[str, int]) -> None:
         """The events offsets the model has learned up to (``topic[partition]`` -> next)."""

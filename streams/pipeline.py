@@ -41,6 +41,7 @@ from streamrec.exceptions import StateStoreUnavailable
 from streamrec.kafka import consumer_config, make_producer
 from streamrec.settings import Settings
 from streams.batch import RankedBatch, decode_batch, feedbacks_for_store, learn_and_rank
+from streams.catalog_reader import CatalogReader
 from streams.experiment_store import LiveExperiments
 from streams.state import StateStore
 from streams.tuning import freeze_startup_heap
@@ -174,6 +175,9 @@ class EventsPipeline:
         # Item-model sharing between workers, and checkpoints (streams.model_sync); set by
         # the worker runtime.
         self.sync: Any = None
+        # Every catalogue partition, applied ahead of the events (streams.catalog_reader);
+        # set by the worker runtime.
+        self.catalog: CatalogReader | None = None
         # Rows, artwork, search, notifications, cache hints (streams.product.ProductLayer);
         # set by the worker runtime when STREAMREC_PRODUCT_FEATURES is on.
         self.product: Any = None
@@ -216,6 +220,8 @@ class EventsPipeline:
         self._consumer.subscribe(
             [self.settings.topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        if self.catalog is not None:
+            self.catalog.start()
         # Outputs are retried forever rather than dropped: an accepted record is never lost,
         # and offsets wait for their delivery.
         self._producer = make_producer(self.settings, **{"message.timeout.ms": 0,
@@ -273,6 +279,8 @@ class EventsPipeline:
                         self._unsaved_lists = {}
                     producer.poll(0)
                     self._commit_if_delivered()
+                    if self.catalog is not None:
+                        self.catalog.drain()
                     if self.sync is not None:
                         await self.sync.maybe_sync(self.model)
                     await asyncio.sleep(IDLE_SLEEP_S)
@@ -312,6 +320,8 @@ class EventsPipeline:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self.catalog is not None:
+            self.catalog.close()
         metrics.PIPELINE_UP.set(0)
 
     # -- one batch --------------------------------------------------------------------------------
@@ -334,6 +344,8 @@ class EventsPipeline:
         self._collecting = outputs = _Outputs(self._on_delivery)
         if decoded.events:
             flags, profiles = applied
+            if self.catalog is not None:  # the titles these events name, first
+                await self.catalog.catch_up()
             if self.sync is not None:  # new titles start identically in every worker
                 self.sync.prepare(self.model, decoded.events)
             ranked = learn_and_rank(

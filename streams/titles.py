@@ -112,6 +112,11 @@ class TitleIndex:
     def add(self, title: Mapping[str, Any]) -> None:
         """A catalogue title was added or updated."""
         info = TitleInfo.from_catalog(title)
+        if self._titles.get(info.title_id) == info:
+            # The same entry again (every worker's catalogue reader and the catalogue
+            # agent both add it; a replayed catalogue): removing it would make the
+            # listeners forget what was learned about the title.
+            return
         if info.title_id in self._titles:
             self.remove(info.title_id)
         elif len(self._titles) >= self.capacity:

@@ -427,3 +427,15 @@ def test_the_clock_alone_is_written_a_step_or_an_hour_apart(monkeypatch):
     assert batch(hour + 100, "search", query="no such film", title_id=None) == hour + 100
     assert batch(hour + 3590) == hour + 3590
     assert batch(hour + 3610) == hour + 3610  # 20 s later, but a new hour
+
+
+def test_the_same_catalogue_entry_again_keeps_what_was_learned_about_the_title():
+    # Every worker's catalogue reader and the catalogue agent both add each title, and a
+    # replayed catalogue adds it again: none of that may reset the title's trend.
+    model, product = setup()
+    warm_up(model, product)
+    ts = T0 + 3600
+    assert "llama" in product.models.trending.top("SE", 10, ts)
+    llama = next(t for t in catalogue() if t["title_id"] == "llama")
+    product.add_title(dict(llama))
+    assert "llama" in product.models.trending.top("SE", 10, ts)
