@@ -110,6 +110,16 @@ class WorkerProcess:
                                     timeout=5) as r:
             return r.read().decode()
 
+    def counter(self, name: str, **labels: str) -> float:
+        """The sum of metric ``name``'s series carrying ``labels``, as /metrics shows now."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         import time
 

@@ -23,11 +23,6 @@ from streams.titles import TitleIndex
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def counter(worker, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in worker.metrics_text().splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
-
-
 def unmatched_with_whole_catalogue(titles: list[dict], events: list[dict]) -> int:
     index = TitleIndex()
     search = SearchIndex(index)
@@ -55,11 +50,11 @@ def test_searches_sent_right_behind_their_catalogue_are_matched(make_settings, s
     producer.flush()
     deadline = time.monotonic() + 120
     while (time.monotonic() < deadline
-           and counter(worker, "streamrec_events_consumed_total") < len(events)):
+           and worker.counter("streamrec_events_consumed_total") < len(events)):
         time.sleep(0.5)
-    assert counter(worker, "streamrec_searches_total") == searches
+    assert worker.counter("streamrec_searches_total") == searches
     # Exactly the searches the whole catalogue does not match (it was all of them).
-    assert counter(worker, "streamrec_search_unmatched_total") == expected
+    assert worker.counter("streamrec_search_unmatched_total") == expected
     assert worker.stop() == 0
 
 

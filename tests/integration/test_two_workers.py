@@ -40,16 +40,6 @@ K = 10
 ENGAGED = {"play", "resume", "complete", "click"}
 
 
-def counter(worker, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in worker.metrics_text().splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def assigned_partitions(worker, topic: str) -> int:
     return sum(1 for line in worker.metrics_text().splitlines()
                if line.startswith("streamrec_consumer_lag{") and f'topic="{topic}"' in line)
@@ -112,15 +102,15 @@ def run(make_settings, start_worker, workers: int, sync_interval_s: float,
         producer.flush()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            done = sum(counter(w, "streamrec_events_consumed_total") for w in started)
+            done = sum(w.counter("streamrec_events_consumed_total") for w in started)
             if done >= len(events):
                 break
             time.sleep(0.5)
-        tests = sum(counter(w, "streamrec_online_recall_tests_total", model="streamrec")
+        tests = sum(w.counter("streamrec_online_recall_tests_total", model="streamrec")
                     for w in started)
-        hits = sum(counter(w, "streamrec_online_recall_hits_total", model="streamrec")
+        hits = sum(w.counter("streamrec_online_recall_hits_total", model="streamrec")
                    for w in started)
-        syncs = sum(counter(w, "streamrec_model_syncs_total") for w in started)
+        syncs = sum(w.counter("streamrec_model_syncs_total") for w in started)
         for worker in started:  # each one syncs and checkpoints on the way out
             assert worker.stop() == 0
         assert done >= len(events), f"only {done} of {len(events)} events were processed"
