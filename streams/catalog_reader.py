@@ -4,8 +4,9 @@ Why: the catalogue reached the model through faust's catalogue agent only, which
 partitions after a group rebalance, fetches on its own schedule and yields to the events
 loop between records. A catalogue sent together with its events arrived after them: with
 a 300-title catalogue sent right before 20,000 events, all 495 searches of the stream
-were counted unmatched, and the titles were learned without their genres (0.5 s between
-the two still lost all of them, 1.5 s about a tenth).
+were counted unmatched, and the titles were learned without their genres (still all of
+them with 0.5 s between the two; with 1.5 s, 50 where the whole catalogue matches all but
+37).
 
 Here each worker's events pipeline owns a :class:`CatalogReader`: a consumer outside any
 group, assigned every catalogue partition from the beginning (a global table, in Kafka
@@ -57,8 +58,6 @@ POLL_S = 0.005
 # partition the broker does not serve must not slow every batch by ``wait_s``. Also how
 # long after an unreadable catalogue topic the reader tries it again.
 BACKOFF_S = 30.0
-# librdkafka's "no offset / no watermark known yet".
-_UNKNOWN = 0
 
 
 class CatalogReader:
@@ -83,7 +82,6 @@ class CatalogReader:
         self._partitions: list[TopicPartition] = []
         self._no_wait_until = 0.0
         self._next_assign = 0.0
-        self.titles_applied = 0
 
     def start(self) -> None:
         """Assign every partition of the catalogue topic, from its beginning."""
@@ -137,7 +135,6 @@ class CatalogReader:
                 self.apply(title)
                 applied += 1
             if len(records) < DRAIN_MAX:
-                self.titles_applied += applied
                 return applied
 
     def lag(self) -> int | None:
@@ -148,7 +145,7 @@ class CatalogReader:
         total = 0
         for tp in self._consumer.position(self._partitions):
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < _UNKNOWN:
+            if high < 0:  # OFFSET_INVALID (-1001): no fetch has reported it yet
                 return None
             position = tp.offset if tp.offset >= 0 else max(low, 0)
             total += max(0, high - position)
