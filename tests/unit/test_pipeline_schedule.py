@@ -131,3 +131,18 @@ def test_any_redis_write_that_meets_an_outage_pauses_consumption_until_it_succee
     calls, seen_up = asyncio.run(main())
     assert calls == ["pause", "resume"]
     assert seen_up == [0.0, 0.0, 1.0]
+
+
+def test_only_the_worker_holding_events_partition_0_shares_the_blend():
+    # streams.model_sync: one worker learns the blend's weights for the group; a
+    # rebalance moves that role with partition 0.
+    from types import SimpleNamespace
+
+    from confluent_kafka import TopicPartition
+
+    pipeline = EventsPipeline(Settings(), model=None, store=None, model_version=lambda: "v")
+    pipeline.sync = SimpleNamespace(shares_blend=True)
+    pipeline._on_assign(None, [TopicPartition("events", 1), TopicPartition("events", 3)])
+    assert pipeline.sync.shares_blend is False
+    pipeline._on_assign(None, [TopicPartition("events", 2), TopicPartition("events", 0)])
+    assert pipeline.sync.shares_blend is True
