@@ -19,6 +19,7 @@ from producers.simulator import generate_events, generate_world
 from streams.catalog_reader import CatalogReader
 from streams.search import SearchIndex
 from streams.titles import TitleIndex
+from tests.integration.test_two_workers import send_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -43,11 +44,7 @@ def test_searches_sent_right_behind_their_catalogue_are_matched(make_settings, s
                          "linger.ms": 5})
     for title in world.titles:  # no pause between the catalogue and the events
         producer.produce(settings.topics.catalog, orjson.dumps(title), title["title_id"])
-    for event in events:
-        producer.produce(settings.topics.events, orjson.dumps(event),
-                         event["user_id"].encode())
-        producer.poll(0)
-    producer.flush()
+    send_events(producer, settings.topics.events, events)
     deadline = time.monotonic() + 120
     while (time.monotonic() < deadline
            and worker.counter("streamrec_events_consumed_total") < len(events)):

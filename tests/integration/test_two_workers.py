@@ -45,6 +45,14 @@ def assigned_partitions(worker, topic: str) -> int:
                if line.startswith("streamrec_consumer_lag{") and f'topic="{topic}"' in line)
 
 
+def send_events(producer: Producer, topic: str, events: list[dict]) -> None:
+    """Every event to ``topic``, keyed by its user as the simulator sends them; flushed."""
+    for event in events:
+        producer.produce(topic, orjson.dumps(event), event["user_id"].encode())
+        producer.poll(0)
+    producer.flush()
+
+
 def held_out_titles(events: list[dict]) -> dict[str, set[str]]:
     wanted: dict[str, set[str]] = {}
     for event in events:
@@ -95,11 +103,7 @@ def run(make_settings, start_worker, workers: int, sync_interval_s: float,
             time.sleep(0.5)
         else:
             raise AssertionError(f"partitions were not split between the workers: {owned}")
-        for event in events:
-            producer.produce(settings.topics.events, orjson.dumps(event),
-                             event["user_id"].encode())
-            producer.poll(0)
-        producer.flush()
+        send_events(producer, settings.topics.events, events)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             done = sum(w.counter("streamrec_events_consumed_total") for w in started)
