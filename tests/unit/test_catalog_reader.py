@@ -1,0 +1,100 @@
+"""The catalogue reader's waiting rules, against a stand-in consumer (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from confluent_kafka import TopicPartition
+
+import streams.catalog_reader
+from streamrec import metrics
+from streamrec.settings import Settings
+from streams.catalog_reader import CatalogReader
+
+
+class Record:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class OnePartition:
+    """A partition whose end the broker reported at offset 5, of which only the records
+    in ``queue`` ever arrive (fewer: a partition the reader cannot fetch from)."""
+
+    def __init__(self) -> None:
+        self.consumed = 0
+        self.queue: list[Record] = []
+
+    def consume(self, n: int, timeout: float) -> list[Record]:
+        taken, self.queue = self.queue[:n], self.queue[n:]
+        self.consumed += len(taken)
+        return taken
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition, self.consumed) for p in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return 0, 5
+
+
+def reader_on(consumer: OnePartition, applied: list[str]) -> CatalogReader:
+    reader = CatalogReader(Settings(), lambda title: applied.append(title["title_id"]),
+                           wait_s=0.3)
+    reader._consumer = consumer  # type: ignore[assignment]
+    reader._partitions = [TopicPartition("catalog", 0)]
+    return reader
+
+
+def waited_s() -> float:
+    """Seconds batches have waited for the reader so far (the exported counter)."""
+    return metrics.CATALOG_WAIT_SECONDS._value.get()
+
+
+def title(n: int) -> Record:
+    return Record(orjson.dumps({"event_id": f"c{n}", "type": "title_added", "ts": 1.7e9,
+                                "title_id": f"t{n}", "name": f"Title {n}"}))
+
+
+def test_a_reader_that_cannot_catch_up_holds_one_batch_then_none_for_a_while(caplog):
+    applied: list[str] = []
+    consumer = OnePartition()
+    consumer.queue = [title(0), Record(b"{broken"), title(1)]  # 3 of the 5 ever arrive
+    reader = reader_on(consumer, applied)
+    caplog.set_level(logging.WARNING)
+    before = waited_s()
+    asyncio.run(reader.catch_up())
+    assert applied == ["t0", "t1"]  # the broken record is the catalogue agent's to report
+    assert reader.lag() == 2
+    assert waited_s() - before >= 0.3  # the whole wait_s, counted
+    assert "still 2 records behind" in caplog.text
+    before = waited_s()
+    asyncio.run(reader.catch_up())  # the next batches do not wait ...
+    assert waited_s() == before
+
+
+def test_after_the_backoff_batches_wait_again(monkeypatch):
+    reader = reader_on(OnePartition(), [])
+    monkeypatch.setattr(streams.catalog_reader, "BACKOFF_S", 0.0)  # ... until it ends
+    asyncio.run(reader.catch_up())
+    before = waited_s()
+    asyncio.run(reader.catch_up())
+    assert waited_s() - before >= 0.3
+
+
+def test_a_reader_that_has_caught_up_holds_nothing():
+    applied: list[str] = []
+    consumer = OnePartition()
+    consumer.queue = [title(n) for n in range(5)]  # all 5
+    reader = reader_on(consumer, applied)
+    before = waited_s()
+    asyncio.run(reader.catch_up())
+    assert len(applied) == 5 and reader.lag() == 0
+    assert waited_s() == before
