@@ -156,38 +156,34 @@ class WorkerRuntime:
         # wait for the checkpointer and the model sync rather than fail on None.
         while self.checkpointer is None or self.sync is None:
             await asyncio.sleep(STARTUP_POLL_S)
+        self.apply_catalog_title(title, share=True)
         if title["type"] == "title_removed":
-            self.sync.remove_title(self.model, title["title_id"])
             await self._retry(lambda: self.checkpointer.remove_title(title["title_id"]))
         else:
-            self.sync.add_title(self.model, title)
             await self._retry(lambda: self.checkpointer.save_title(title))
-        if self.product is not None:
-            await self._product_catalog(title)
+            if self.product is not None:
+                await self._notify_new_episode(title)
 
-    def apply_catalog_title(self, title: dict[str, Any]) -> None:
-        """A record from this worker's catalogue reader (``streams.catalog_reader``): into
-        the model and the title index only. The catalogue agent does the rest (the copy in
-        Redis, the model log, notifications), once for the group."""
+    def apply_catalog_title(self, title: dict[str, Any], share: bool = False) -> None:
+        """A catalogue record into the model and the title index. From this worker's
+        catalogue reader (``streams.catalog_reader``) it goes no further; the catalogue
+        agent applies it too (``share=True``: through the model log) and does the rest,
+        once for the group: the copy in Redis, notifications."""
         assert self.sync is not None, "start() creates the model sync before the pipeline"
         title_id = title["title_id"]
         if title["type"] == "title_removed":
-            self.sync.remove_title(self.model, title_id, share=False)
+            self.sync.remove_title(self.model, title_id, share=share)
             if self.product is not None:
                 self.product.remove_title(title_id)
         else:
-            self.sync.add_title(self.model, title, share=False)
+            self.sync.add_title(self.model, title, share=share)
             if self.product is not None:
                 self.product.add_title(title)
 
-    async def _product_catalog(self, title: dict[str, Any]) -> None:
-        """Keep the product layer's catalogue current; notify about new episodes."""
+    async def _notify_new_episode(self, title: dict[str, Any]) -> None:
+        """Notifications for an ``episode_released`` record (nothing for other types)."""
         assert self.product is not None
         product = self.product
-        if title["type"] == "title_removed":
-            product.remove_title(title["title_id"])
-            return
-        product.add_title(title)
         outcome = await self._retry(lambda: product.on_catalog(title))
         pipeline = self.pipeline
         if outcome.messages and pipeline is not None and pipeline._producer is not None:
