@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import orjson
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import streams.catalog_reader
 from streamrec import metrics
@@ -26,15 +26,21 @@ class Record:
 
 
 class OnePartition:
-    """A partition whose end the broker reported at offset 5, of which only the records
-    in ``queue`` ever arrive (fewer: a partition the reader cannot fetch from)."""
+    """A partition that ends at offset 5, of which only the records in ``queue`` ever
+    arrive (fewer: a partition the reader cannot fetch from). ``last_fetch_end`` is the
+    end the reader's last fetch reported; ``in_flight`` records arrive only from the
+    second consume call on (sent just before the batch that waits for them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, last_fetch_end: int = 5) -> None:
         self.consumed = 0
         self.queue: list[Record] = []
+        self.in_flight: list[Record] = []
+        self.last_fetch_end = last_fetch_end
+        self.broker_answers = True
 
     def consume(self, n: int, timeout: float) -> list[Record]:
         taken, self.queue = self.queue[:n], self.queue[n:]
+        self.queue, self.in_flight = self.queue + self.in_flight, []
         self.consumed += len(taken)
         return taken
 
@@ -42,13 +48,20 @@ class OnePartition:
         return [TopicPartition(p.topic, p.partition, self.consumed) for p in partitions]
 
     def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
-        return 0, 5
+        return 0, self.last_fetch_end
+
+    def offsets_for_times(self, partitions: list[TopicPartition],
+                          timeout: float) -> list[TopicPartition]:
+        if not self.broker_answers:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return [TopicPartition(p.topic, p.partition, 5) for p in partitions]
 
 
 def reader_on(consumer: OnePartition, applied: list[str]) -> CatalogReader:
     reader = CatalogReader(Settings(), lambda title: applied.append(title["title_id"]),
                            wait_s=0.3)
     reader._consumer = consumer  # type: ignore[assignment]
+    reader._ends_client = consumer  # type: ignore[assignment]
     reader._partitions = [TopicPartition("catalog", 0)]
     return reader
 
@@ -98,3 +111,24 @@ def test_a_reader_that_has_caught_up_holds_nothing():
     asyncio.run(reader.catch_up())
     assert len(applied) == 5 and reader.lag() == 0
     assert waited_s() == before
+
+
+def test_a_batch_waits_for_titles_sent_after_the_readers_last_fetch():
+    # The reader's last fetch saw an empty catalogue; 5 titles were sent since (and
+    # before this batch's events). The broker's answer, not that fetch, says to wait.
+    applied: list[str] = []
+    consumer = OnePartition(last_fetch_end=0)
+    consumer.in_flight = [title(n) for n in range(5)]
+    reader = reader_on(consumer, applied)
+    asyncio.run(reader.catch_up())
+    assert applied == [f"t{n}" for n in range(5)]
+
+
+def test_a_broker_that_does_not_say_where_the_catalogue_ends_holds_nothing(caplog):
+    consumer = OnePartition()
+    consumer.broker_answers = False
+    reader = reader_on(consumer, [])
+    before = waited_s()
+    asyncio.run(reader.catch_up())
+    assert waited_s() == before
+    assert "did not say where the catalogue ends" in caplog.text
