@@ -28,7 +28,7 @@ from streamrec.settings import Settings
 from streams.catalog_reader import CatalogReader
 from streams.checkpoint import Checkpointer
 from streams.experiment_store import start_experiments
-from streams.faust_compat import patch_aiokafka
+from streams.faust_compat import limit_consumer_thread_stop, patch_aiokafka
 from streams.model_sync import ModelSync
 from streams.pipeline import EventsPipeline
 from streams.product import ProductLayer
@@ -227,6 +227,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
     # the EventsService class below.
     worker = runtime if runtime is not None else WorkerRuntime(settings)
     patch_aiokafka()  # several workers on the embedded broker (see streams.faust_compat)
+    limit_consumer_thread_stop()  # a SIGTERM with the broker gone took a minute
     # faust keeps table state under its datadir, "<app id>-data" in the working directory
     # by default. The tables here are in memory, so it only makes empty folders: they go
     # to a temporary directory, removed when the process exits, not into the user's

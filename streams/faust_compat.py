@@ -1,4 +1,5 @@
-"""A fix for faust's Kafka client (aiokafka) when several workers share the embedded broker.
+"""Two fixes for faust's Kafka client (aiokafka): several workers on the embedded
+broker, and stopping when the broker is gone.
 
 librdkafka's mock cluster (the embedded broker) finishes a group's sync as soon as the
 leader's SyncGroup request arrives, and answers ``INVALID_REQUEST`` to a follower whose
@@ -18,6 +19,12 @@ session expired, and the first worker owned every partition.
   has already asked for the rejoin before raising), should a follower still be late.
 
 Against a real broker the answer never comes and the delay costs a rebalance 0.2 s.
+
+:func:`limit_consumer_thread_stop`: with the broker gone, a SIGTERM took 61.4 s. The
+events pipeline stopped and the model checkpoint was saved within milliseconds, then
+faust's consumer thread (a mode ``ServiceThread``) waited out mode's 60 s
+``shutdown_timeout`` for aiokafka to leave a group on a broker that no longer answers.
+With a broker, that stop takes about a second (the whole SIGTERM 1.0 s).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ _PATCHED = False
 # How long the group leader waits before sending its SyncGroup, seconds: followers send
 # theirs immediately on joining, so a fraction of a second lets them arrive first.
 LEADER_SYNC_DELAY_S = 0.2
+# The longest faust's consumer thread may take to stop, seconds (mode's default is 60):
+# well above the ~1 s it takes with a broker, well below a 30 s termination grace period.
+CONSUMER_THREAD_STOP_TIMEOUT_S = 10.0
 
 
 def patch_aiokafka() -> None:
@@ -63,3 +73,15 @@ def patch_aiokafka() -> None:
     CoordinatorGroupRebalance._send_sync_group_request = send_sync_group_request
     CoordinatorGroupRebalance._on_join_leader = on_join_leader
     _PATCHED = True
+
+
+def limit_consumer_thread_stop() -> None:
+    """Give faust's consumer thread ``CONSUMER_THREAD_STOP_TIMEOUT_S`` to stop, not 60 s.
+
+    Nothing waits on what it would finish: the events pipeline commits its own offsets,
+    and a catalogue record whose offset is not committed is read again on restart (its
+    Redis copy and notification are written idempotently).
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    AIOKafkaConsumerThread.shutdown_timeout = CONSUMER_THREAD_STOP_TIMEOUT_S

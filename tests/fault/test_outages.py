@@ -86,3 +86,22 @@ def test_broker_down_for_10_s_mid_stream(fault_cluster, start_worker):
         fault_cluster.broker.set_up, "broker down")
     assert up_during[-1] == 0.0
     assert up_after == 1.0
+
+
+# Kubernetes' default terminationGracePeriodSeconds: a worker still running after it is
+# killed. Behaviour, not speed: with the broker up the whole stop takes about 1 s.
+GRACE_PERIOD_S = 30.0
+
+
+def test_sigterm_with_the_broker_down_stops_within_a_grace_period(fault_cluster,
+                                                                   start_worker):
+    settings = fault_cluster.settings()
+    worker = start_worker(settings)
+    fault_cluster.broker.set_down()
+    wait_for(lambda: metric(worker, "streamrec_pipeline_up") == 0.0, 30,
+             "the worker to notice the broker is gone")
+    started = time.monotonic()
+    assert worker.stop(timeout_s=120) == 0
+    # It took 61 s: faust's consumer thread waited out mode's 60 s stop timeout for
+    # aiokafka to leave the group (streams.faust_compat.limit_consumer_thread_stop).
+    assert time.monotonic() - started < GRACE_PERIOD_S
