@@ -336,6 +336,20 @@ class EventsPipeline:
             task = asyncio.ensure_future(self._apply_with_retry(decoded.events, lists))
         return _InFlight(records, decoded, task, decode_s)
 
+    def _needs_current_catalogue(self, events: Sequence[dict[str, Any]]) -> bool:
+        """Whether a batch names a title this worker has not catalogued, which may have
+        been sent just before it: then its catalogue reader asks the broker where the
+        catalogue ends (streams.catalog_reader). Without the product layer's title
+        index, every batch asks."""
+        if self.product is None:
+            return True
+        known = self.product.titles.by_id
+        for event in events:
+            title_id = event.get("title_id")  # a search may name none
+            if title_id is not None and title_id not in known:
+                return True
+        return False
+
     async def _complete(self, batch: _InFlight, applied: Any) -> None:
         """Learn, rank, emit and commit a batch whose state write has returned."""
         settings = self.settings
@@ -345,7 +359,7 @@ class EventsPipeline:
         if decoded.events:
             flags, profiles = applied
             if self.catalog is not None:  # the titles these events name, first
-                await self.catalog.catch_up()
+                await self.catalog.catch_up(ask=self._needs_current_catalogue(decoded.events))
             if self.sync is not None:  # new titles start identically in every worker
                 self.sync.prepare(self.model, decoded.events)
             ranked = learn_and_rank(

@@ -12,6 +12,8 @@ import streams.catalog_reader
 from streamrec import metrics
 from streamrec.settings import Settings
 from streams.catalog_reader import CatalogReader
+from streams.pipeline import EventsPipeline
+from streams.product import ProductLayer
 
 
 class Record:
@@ -132,3 +134,31 @@ def test_a_broker_that_does_not_say_where_the_catalogue_ends_holds_nothing(caplo
     asyncio.run(reader.catch_up())
     assert waited_s() == before
     assert "did not say where the catalogue ends" in caplog.text
+
+
+def test_a_batch_that_does_not_ask_goes_by_the_end_the_last_fetch_saw():
+    applied: list[str] = []
+    consumer = OnePartition(last_fetch_end=0)
+    consumer.in_flight = [title(n) for n in range(5)]
+    consumer.broker_answers = False  # not asked: no warning, no backoff either
+    reader = reader_on(consumer, applied)
+    asyncio.run(reader.catch_up(ask=False))
+    assert applied == []  # the window asking closes, for batches that need it
+    asyncio.run(reader.catch_up(ask=False))
+    assert applied == [f"t{n}" for n in range(5)]  # they arrive with the next fetch
+
+
+def test_only_a_batch_naming_an_uncatalogued_title_asks():
+    pipeline = EventsPipeline(Settings(), model=None, store=None,  # type: ignore[arg-type]
+                              model_version=lambda: "v")
+    pipeline.product = ProductLayer(Settings())
+    pipeline.product.add_title({"event_id": "c1", "type": "title_added", "ts": 1.7e9,
+                                "title_id": "t1", "name": "Heat", "genres": ["Crime"]})
+    play = {"type": "play", "title_id": "t1"}
+    assert not pipeline._needs_current_catalogue([play, {**play, "type": "complete"}])
+    assert pipeline._needs_current_catalogue([play, {"type": "play", "title_id": "t2"}])
+    assert not pipeline._needs_current_catalogue([play, {"type": "search", "query": "heat"}])
+    assert pipeline._needs_current_catalogue([{"type": "search", "query": "up",
+                                               "title_id": "t3"}])
+    pipeline.product = None  # without the product layer's title index: always
+    assert pipeline._needs_current_catalogue([play])
