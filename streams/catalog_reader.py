@@ -10,10 +10,11 @@ them with 0.5 s between the two; with 1.5 s, 50 where the whole catalogue matche
 
 Here each worker's events pipeline owns a :class:`CatalogReader`: a consumer outside any
 group, assigned every catalogue partition from the beginning (a global table, in Kafka
-Streams' terms). Before every batch the pipeline drains it, asks the broker where the
-catalogue ends now, and while the reader is behind that end the batch waits for it (up
-to ``wait_s``). Catalogue records sent before an event are then applied before that
-event is learned, whichever worker owns the catalogue partition.
+Streams' terms). Before every batch the pipeline drains it, and while the reader is
+behind the catalogue's end the batch waits for it (up to ``wait_s``). For a batch that
+names a title the worker has not catalogued, that end is asked of the broker, so the
+catalogue records sent before such an event are applied before it is learned, whichever
+worker owns the catalogue partition.
 
 The end is asked for, not taken from the reader's last fetch: a fetch reports the end
 only every ``FETCH_WAIT_MS`` or so, and a catalogue sent within that before its events
@@ -71,7 +72,7 @@ FETCH_WAIT_MS = 10
 # The longest start-up waits for the catalogue topic's metadata, seconds.
 ASSIGN_TIMEOUT_S = 10.0
 # The longest a batch waits for the broker to say where the catalogue ends, seconds. One
-# request per batch: 0.14 ms on the embedded broker, a network round trip on Kafka.
+# request per asking batch: 0.14 ms on an idle embedded broker, a round trip on Kafka.
 END_QUERY_TIMEOUT_S = 1.0
 # Records taken per consume call.
 DRAIN_MAX = 1000

@@ -1,4 +1,5 @@
-"""The catalogue reader's waiting rules, against a stand-in consumer (no broker)."""
+"""The catalogue reader's waiting rules, and which batches ask the broker where the
+catalogue ends, against a stand-in consumer (no broker)."""
 
 from __future__ import annotations
 
