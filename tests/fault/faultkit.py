@@ -341,11 +341,7 @@ def outcome(client: redis.Redis, stream: Stream, collector: TopicCollector,
 
 def events_consumed(worker, metric: str = "streamrec_events_consumed_total") -> float:
     """Sum of a counter (over its labels) on a worker's /metrics."""
-    total = 0.0
-    for line in worker.metrics_text().splitlines():
-        if line.startswith(metric) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return worker.counter(metric)
 
 
 class StreamRun:
