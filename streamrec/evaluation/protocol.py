@@ -118,6 +118,8 @@ class Outcome:
     titles_seen: int
     seconds: float
     contenders: list[Contender] = field(default_factory=list)
+    # The user of each tested event, in test order (every contender's hits line up).
+    tested_users: list[str] = field(default_factory=list)
 
 
 def test_start(positives: int) -> int:
@@ -155,6 +157,7 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
     profiles: dict[str, UserProfile] = {}
     interacted: dict[str, list[int]] = {}
     positives = tested = unreachable = 0
+    tested_users: list[str] = []
     started = time.perf_counter()
     total = len(stream.steps)
     for n, step in enumerate(stream.steps):
@@ -188,6 +191,7 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
                 _test(contenders, title, seen, interacted.get(step.user_id, ()), shown,
                       step.ts, engaged_users, len(users_engaged))
                 tested += 1
+                tested_users.append(step.user_id)
                 unreachable += not seen[title]
             positives += 1
             engaged_users[title] += 1
@@ -206,6 +210,7 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
         positives=positives, tested=tested, unreachable=unreachable,
         titles_seen=int(seen.sum()),
         seconds=time.perf_counter() - started, contenders=contenders,
+        tested_users=tested_users,
     )
 
 

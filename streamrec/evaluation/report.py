@@ -10,10 +10,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from streamrec.evaluation.compare import comparisons, strongest_rival
 from streamrec.evaluation.metrics import rolling_mean
 from streamrec.evaluation.protocol import Outcome
 
 METRIC_ORDER = ("recall@{k}", "ndcg@{k}", "mrr", "coverage", "novelty")
+# The model the table's closing line compares with its strongest rival.
+PRODUCT = "streamrec"
 
 
 def build(outcome: Outcome, protocol: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +39,12 @@ def build(outcome: Outcome, protocol: dict[str, Any]) -> dict[str, Any]:
             }
             for c in outcome.contenders
         },
+        # Recall of every model against popularity's, and of the product against every
+        # other model, test by test: the ratio and difference with 95% intervals from a
+        # bootstrap over users (streamrec.evaluation.compare).
+        "comparisons": comparisons({c.name: c.board.hits for c in outcome.contenders},
+                                   outcome.tested_users, subject=PRODUCT,
+                                   baseline="popularity", seed=protocol.get("seed", 0)),
     }
 
 
@@ -50,13 +59,31 @@ def table(report: dict[str, Any], k: int) -> str:
         f"({report['unreachable']} of them a title's first appearance, a miss for every "
         f"model; {report['events']} events, {report['titles_seen']} titles) "
         f"in {report['seconds']:.1f}s",
-        "  ".join([f"{'model':<{width}}", *(f"{key:>10}" for key in keys), f"{'vs pop':>7}"]),
+        "  ".join([f"{'model':<{width}}", *(f"{key:>10}" for key in keys), f"{'vs pop':>7}",
+                   f"{'95% interval':>12}"]),
     ]
+    compared = report.get("comparisons", {})
     for name, metrics in models:
         ratio = (f"{metrics[keys[0]] / base:6.2f}x" if base else f"{'-':>7}")
+        interval = (compared.get(f"{name} vs popularity") or {}).get("ratio_ci95")
         cells = [f"{metrics[key]:>10.4f}" for key in keys]
-        lines.append("  ".join([f"{name:<{width}}", *cells, ratio]))
+        lines.append("  ".join([f"{name:<{width}}", *cells, ratio,
+                                f"{_span(interval):>12}"]).rstrip())
+    rival = strongest_rival({name: m[keys[0]] for name, m in report["models"].items()},
+                            PRODUCT)
+    versus = compared.get(f"{PRODUCT} vs {rival}")
+    if versus and versus["ratio"] is not None:
+        lines.append(
+            f"{PRODUCT} against the strongest other model, {rival}: {versus['ratio']:.2f}x "
+            f"its {keys[0]} (95% interval {_span(versus['ratio_ci95'])}, resampling "
+            f"{versus['users']} users); {versus['only_model']} tests only {PRODUCT} hit, "
+            f"{versus['only_baseline']} only {rival}")
     return "\n".join(lines)
+
+
+def _span(interval: list[float] | None) -> str:
+    """``[low, high]`` as ``low-high`` (ratios, two decimals), ``-`` when there is none."""
+    return f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-"
 
 
 def write(report: dict[str, Any], outcome: Outcome, folder: str, k: int) -> list[str]:

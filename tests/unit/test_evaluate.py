@@ -273,9 +273,9 @@ def test_bad_format_choice_is_a_usage_error(tmp_path, capsys):
 def test_metric_examples_hold():
     import doctest
 
-    from streamrec.evaluation import metrics
+    from streamrec.evaluation import compare, metrics
 
-    for module in (metrics, protocol):
+    for module in (metrics, protocol, compare):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
 
