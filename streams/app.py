@@ -59,6 +59,9 @@ class WorkerRuntime:
         # faust's data directory (create_app), kept for as long as the runtime lives.
         self.datadir: tempfile.TemporaryDirectory[str] | None = None
         self.product: ProductLayer | None = None
+        # Title ids this worker has catalogued (the copy in Redis at start, then every
+        # catalogue record applied): batches naming others wait for the catalogue reader.
+        self.catalogued: set[str] = set()
 
     def model_version(self) -> str:
         version = self.checkpointer.version if self.checkpointer else 0
@@ -79,10 +82,13 @@ class WorkerRuntime:
         restored = await self._retry(self.checkpointer.load)
         if restored is not None:
             self.model = restored
+            # (Before the catalogue agent or reader can add to it: they run later.)
+            self.catalogued.update(await self._retry(self.checkpointer.catalogued_ids))
         else:
             titles = await self._retry(self.checkpointer.load_catalog)
             for title in titles:
                 self.sync.add_title(self.model, title)
+            self.catalogued.update(title["title_id"] for title in titles)
             if titles:
                 logger.info("loaded %d titles from the catalogue copy in Redis", len(titles))
         # Then what every worker learned since that checkpoint (or since the beginning);
@@ -93,6 +99,7 @@ class WorkerRuntime:
         self.pipeline = EventsPipeline(settings, self.model, self.store, self.model_version,
                                        experiments=experiments)
         self.pipeline.sync = self.sync
+        self.pipeline.catalogued = self.catalogued
         if settings.pipeline == "batched":  # titles ahead of the events that name them
             self.pipeline.catalog = CatalogReader(settings, self.apply_catalog_title)
         if self.product is not None:
@@ -175,10 +182,12 @@ class WorkerRuntime:
             self.sync.remove_title(self.model, title_id, share=share)
             if self.product is not None:
                 self.product.remove_title(title_id)
+            self.catalogued.discard(title_id)
         else:
             self.sync.add_title(self.model, title, share=share)
             if self.product is not None:
                 self.product.add_title(title)
+            self.catalogued.add(title_id)
 
     async def _notify_new_episode(self, title: dict[str, Any]) -> None:
         """Notifications for an ``episode_released`` record (nothing for other types)."""

@@ -114,6 +114,15 @@ class Checkpointer:
             raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
         return [orjson.loads(v) for v in raw.values()]
 
+    async def catalogued_ids(self) -> set[str]:
+        """The title ids in the catalogue copy (their entries are not read)."""
+        try:
+            raw = await self._client.hkeys(catalog_key(self.app_id))
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="catalog").inc()
+            raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
+        return {k.decode() if isinstance(k, bytes) else k for k in raw}
+
 
 def load_catalog_sync(client: redis.Redis, app_id: str) -> dict[str, dict[str, Any]]:
     """title_id -> catalogue entry, for commands outside the worker."""

@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -178,6 +178,9 @@ class EventsPipeline:
         # Every catalogue partition, applied ahead of the events (streams.catalog_reader);
         # set by the worker runtime.
         self.catalog: CatalogReader | None = None
+        # The title ids this worker has catalogued (a set the worker runtime keeps): a
+        # batch naming another makes the catalogue reader ask where the catalogue ends.
+        self.catalogued: Container[str] | None = None
         # Rows, artwork, search, notifications, cache hints (streams.product.ProductLayer);
         # set by the worker runtime when STREAMREC_PRODUCT_FEATURES is on.
         self.product: Any = None
@@ -339,11 +342,11 @@ class EventsPipeline:
     def _needs_current_catalogue(self, events: Sequence[dict[str, Any]]) -> bool:
         """Whether a batch names a title this worker has not catalogued, which may have
         been sent just before it: then its catalogue reader asks the broker where the
-        catalogue ends (streams.catalog_reader). Without the product layer's title
-        index, every batch asks."""
-        if self.product is None:
+        catalogue ends (streams.catalog_reader). Without a record of what is catalogued
+        (``catalogued`` unset), every batch asks."""
+        known = self.catalogued
+        if known is None:
             return True
-        known = self.product.titles.by_id
         for event in events:
             title_id = event.get("title_id")  # a search may name none
             if title_id is not None and title_id not in known:

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from models.batched import learn_many
 from models.hybrid import Hybrid
-from streams.checkpoint import Checkpointer
+from streams.checkpoint import Checkpointer, catalog_key
 from streams.model_sync import ModelSync, log_key, seed_rows
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,20 @@ def test_a_redis_outage_delays_sharing_but_loses_nothing(redis_url):
         await down.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_catalogue_copy_names_its_titles(redis_url):
+    app_id = f"sync-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> set[str]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        checkpointer = Checkpointer(client, app_id)
+        for title_id in ("a", "b", "c"):
+            await checkpointer.save_title({"title_id": title_id, "genres": ["War"]})
+        await checkpointer.remove_title("b")
+        ids = await checkpointer.catalogued_ids()
+        await client.delete(catalog_key(app_id))
+        await client.aclose()
+        return ids
+
+    assert asyncio.run(scenario()) == {"a", "c"}

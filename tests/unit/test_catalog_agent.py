@@ -34,3 +34,15 @@ def test_a_title_that_arrives_before_start_waits_for_it_and_is_then_added():
     (model, title), _ = runtime.sync.add_title.call_args
     assert model is runtime.model and title["title_id"] == "t1" and title["name"] == "One"
     runtime.checkpointer.save_title.assert_called_once_with(title)
+
+
+def test_the_worker_keeps_which_titles_it_has_catalogued_without_the_product_layer():
+    # What decides whether a batch makes the catalogue reader ask the broker where the
+    # catalogue ends (streams.pipeline): every batch would, without this record.
+    runtime = WorkerRuntime(Settings(product_features=False))
+    runtime.sync = mock.create_autospec(ModelSync, instance=True, spec_set=True)
+    runtime.apply_catalog_title(TITLE)
+    runtime.apply_catalog_title({**TITLE, "event_id": "c2", "title_id": "t2"})
+    runtime.apply_catalog_title({"event_id": "c3", "type": "title_removed", "ts": 1.7e9,
+                                 "title_id": "t1"})
+    assert runtime.catalogued == {"t2"}

@@ -14,7 +14,6 @@ from streamrec import metrics
 from streamrec.settings import Settings
 from streams.catalog_reader import CatalogReader
 from streams.pipeline import EventsPipeline
-from streams.product import ProductLayer
 
 
 class Record:
@@ -152,14 +151,12 @@ def test_a_batch_that_does_not_ask_goes_by_the_end_the_last_fetch_saw():
 def test_only_a_batch_naming_an_uncatalogued_title_asks():
     pipeline = EventsPipeline(Settings(), model=None, store=None,  # type: ignore[arg-type]
                               model_version=lambda: "v")
-    pipeline.product = ProductLayer(Settings())
-    pipeline.product.add_title({"event_id": "c1", "type": "title_added", "ts": 1.7e9,
-                                "title_id": "t1", "name": "Heat", "genres": ["Crime"]})
+    pipeline.catalogued = {"t1"}
     play = {"type": "play", "title_id": "t1"}
     assert not pipeline._needs_current_catalogue([play, {**play, "type": "complete"}])
     assert pipeline._needs_current_catalogue([play, {"type": "play", "title_id": "t2"}])
     assert not pipeline._needs_current_catalogue([play, {"type": "search", "query": "heat"}])
     assert pipeline._needs_current_catalogue([{"type": "search", "query": "up",
                                                "title_id": "t3"}])
-    pipeline.product = None  # without the product layer's title index: always
+    pipeline.catalogued = None  # without a record of what is catalogued: always
     assert pipeline._needs_current_catalogue([play])
