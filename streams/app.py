@@ -82,7 +82,8 @@ class WorkerRuntime:
         restored = await self._retry(self.checkpointer.load)
         if restored is not None:
             self.model = restored
-            # (Before the catalogue agent or reader can add to it: they run later.)
+            # (The catalogue agent may apply a record while this waits: a removed title
+            # read back here only means a batch naming it does not wait for the reader.)
             self.catalogued.update(await self._retry(self.checkpointer.catalogued_ids))
         else:
             titles = await self._retry(self.checkpointer.load_catalog)
