@@ -206,3 +206,32 @@ def test_features_json_prints_a_users_state_hours_included(redis_url, redis_clie
     # The hour-of-day counts (int keys in the state) come out as JSON object keys.
     hour = str(int(TS // 3600) % 24)
     assert features["hours"] and hour in features["hours"]
+
+
+def test_a_profile_stored_with_json_numbers_reads_and_updates_as_before(redis_url,
+                                                                         redis_client):
+    # Before the history's and resume points' numbers were kept as strings, they were JSON
+    # numbers: such a profile must read the same and carry on from where it was.
+    from streams.state import state_key
+
+    user = f"u-{uuid.uuid4().hex}"
+    old = {"n": 3, "t": TS, "h": ["a", 2, int(TS), "b", 0.5, int(TS) - 60],
+           "d": [], "g": ["a", 600.5, 3000, int(TS)], "q": [], "hod": {}, "dev": {}}
+    redis_client.hset(state_key(user), "p", orjson.dumps(old))
+    pause_b = {"event_id": f"{user}-9", "type": "pause", "user_id": user, "ts": TS + 30,
+               "title_id": "b", "position_s": 100.0, "duration_s": 1000.0}
+    _, profiles = run(apply(redis_url, [pause_b]))
+    before = profiles[user]
+    assert before.profile.history == [("a", 2.0), ("b", 0.5)]
+    assert before.in_progress == {"a": (600.5, 3000.0, TS)}
+    assert before.events_applied == 3
+    features = read_features(redis_client, user)
+    weight_b = 0.5 + feedbacks_for_store([pause_b])[0]
+    assert [(t["title_id"], t["affinity"], t["last_ts"]) for t in features["recent_titles"]] \
+        == [("b", weight_b, TS + 30), ("a", 2.0, TS)]
+    assert features["in_progress"] == {
+        "b": {"position_s": 100.0, "duration_s": 1000.0, "ts": TS + 30},
+        "a": {"position_s": 600.5, "duration_s": 3000.0, "ts": TS}}
+    # What is stored now: the numbers of both lists as text.
+    stored = orjson.loads(redis_client.hget(state_key(user), "p"))
+    assert all(isinstance(v, str) for v in stored["h"] + stored["g"])
