@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from streamrec import cli
 from streamrec.evaluation.compare import paired
-
-# Ten 5-star ratings, one second apart: positives 4-10 are tested (see test_evaluate.py).
-TEN = [("u1", "A"), ("u2", "A"), ("u3", "B"), ("u4", "A"), ("u4", "B"), ("u5", "C"),
-       ("u5", "B"), ("u6", "C"), ("u6", "A"), ("u1", "B")]
-
-
-def write_udata(path: Path, pairs) -> str:
-    path.write_text("".join(f"{u}\t{t}\t5\t{1_000_000_000 + i}\n"
-                            for i, (u, t) in enumerate(pairs)))
-    return str(path)
+from tests.unit.test_evaluate import TEN, write_udata
 
 
 def test_a_model_hitting_more_of_the_same_tests_is_above_the_baseline_beyond_noise():
