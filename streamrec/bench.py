@@ -89,10 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes in one consumer group; with N > 1 a 1-worker "
                              "run is measured first for comparison (default: one per core, "
                              f"at most 2; here {DEFAULT_WORKERS})")
-    parser.add_argument("--mode", choices=("batched", "per-record", "both", "core"),
+    parser.add_argument("--mode", choices=("batched", "per-record", "both", "core", "state"),
                         default="both",
                         help="which events path to measure (default both); core: the "
-                             "worker's pure core in this process, by stage (no broker)")
+                             "worker's pure core in this process, by stage (no broker); "
+                             "state: Redis's time per user per batch for long-lived "
+                             "viewers' profiles (no broker, no simulation)")
     parser.add_argument("--core-batch", type=int, default=Settings.batch_size, metavar="N",
                         help=f"--mode core: records per batch (default {Settings.batch_size:,}"
                              ", as STREAMREC_BATCH_SIZE)")
@@ -654,9 +656,26 @@ def run_core_mode(args: argparse.Namespace, settings: Settings, data: Dataset) -
     report = run_core(args, settings, data.values, data.keys, data.titles)
     print(format_core(report))
     if args.report:
-        Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-        print(f"report: {args.report}", file=sys.stderr)
+        _write_json_report(args.report, report)
     return 0
+
+
+def run_state_mode(args: argparse.Namespace, settings: Settings) -> int:
+    """``--mode state``: streamrec.bench_state, then its table (and JSON with --report)."""
+    from streamrec.bench_state import format_state, run_state
+
+    print("streamrec bench: Redis time per user per batch, by profile size",
+          file=sys.stderr, flush=True)
+    results = run_state(settings)
+    print(format_state(results))
+    if args.report:
+        _write_json_report(args.report, {"state": results})
+    return 0
+
+
+def _write_json_report(path: str, document: dict[str, Any]) -> None:
+    Path(path).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(f"report: {path}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -665,6 +684,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _validate(args, settings.partitions)
     from streamrec.runtime import Services
 
+    if args.mode == "state":
+        return run_state_mode(args, settings)
     print(f"streamrec bench: simulating {args.events:,} events for {args.users:,} users and "
           f"{args.titles:,} titles", file=sys.stderr, flush=True)
     data = _dataset(args)
