@@ -16,6 +16,8 @@ from streamrec.exceptions import ConfigError
 
 # The worker's ways of consuming `events` (Settings.pipeline).
 PIPELINES = ("batched", "per-record")
+# What STREAMREC_LOG_LEVEL may name (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class Secret(str):
@@ -126,19 +128,26 @@ class Settings:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+                raise ConfigError(f"{variable(name)} must be a positive whole number, "
+                                  f"got {value!r}")
         if self.pipeline not in PIPELINES:
             raise ConfigError(
                 f"STREAMREC_PIPELINE must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port}")
-        if self.checkpoint_interval_s <= 0:
-            raise ConfigError("checkpoint_interval_s must be > 0")
-        if self.model_sync_interval_s < 0:
-            raise ConfigError("model_sync_interval_s must be >= 0 (0 turns sharing off)")
-        if not 3.0 <= self.session_timeout_s <= 300.0:
             raise ConfigError(
-                f"session_timeout_s must be within 3..300 seconds, got {self.session_timeout_s}")
+                f"{variable('metrics_port')} must be 0..65535, got {self.metrics_port}")
+        if self.checkpoint_interval_s <= 0:
+            raise ConfigError(f"{variable('checkpoint_interval_s')} must be > 0 seconds, "
+                              f"got {self.checkpoint_interval_s}")
+        if self.model_sync_interval_s < 0:
+            raise ConfigError(f"{variable('model_sync_interval_s')} must be >= 0 seconds "
+                              f"(0 turns sharing off), got {self.model_sync_interval_s}")
+        if not 3.0 <= self.session_timeout_s <= 300.0:
+            raise ConfigError(f"{variable('session_timeout_s')} must be within 3..300 "
+                              f"seconds, got {self.session_timeout_s}")
+        if str(self.log_level).upper() not in LOG_LEVELS:
+            raise ConfigError(f"STREAMREC_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                              f"got {self.log_level!r}")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
         if self.kafka_security_protocol not in protocols:
             raise ConfigError(
@@ -273,3 +282,10 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "REDIS_PASSWORD": ("redis_password", _secret, "Redis password (never logged)"),
     "REDIS_SSL_CA_CERTS": ("redis_ssl_ca_certs", _str, "CA bundle for rediss:// URLs"),
 }
+
+_VARIABLE_OF = {attr: var for var, (attr, _parse, _doc) in ENV_VARS.items()}
+
+
+def variable(attr: str) -> str:
+    """The environment variable that sets ``attr``, for error messages."""
+    return _VARIABLE_OF.get(attr, attr)

@@ -368,7 +368,7 @@ def test_product_settings_parse_and_validate():
     assert settings.row_items == 6
     with pytest.raises(ConfigError, match="STREAMREC_ROW_DUPLICATES"):
         Settings.from_env({"STREAMREC_ROW_DUPLICATES": "maybe"})
-    with pytest.raises(ConfigError, match="notify_max_per_day"):
+    with pytest.raises(ConfigError, match="STREAMREC_NOTIFY_MAX_PER_DAY"):
         Settings.from_env({"STREAMREC_NOTIFY_MAX_PER_DAY": "0"})
 
 

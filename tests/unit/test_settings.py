@@ -38,10 +38,12 @@ def test_every_variable_is_parsed():
     ("env", "message"),
     [
         ({"STREAMREC_BATCH_SIZE": "lots"}, "STREAMREC_BATCH_SIZE"),
-        ({"STREAMREC_BATCH_SIZE": "0"}, "batch_size"),
+        ({"STREAMREC_BATCH_SIZE": "0"}, "^STREAMREC_BATCH_SIZE must be a positive whole number"),
+        ({"STREAMREC_SESSION_TIMEOUT_S": "1"}, "^STREAMREC_SESSION_TIMEOUT_S must be within 3"),
+        ({"STREAMREC_LOG_LEVEL": "verbose"}, "^STREAMREC_LOG_LEVEL must be one of DEBUG, INFO"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
-        ({"STREAMREC_METRICS_PORT": "70000"}, "metrics_port"),
+        ({"STREAMREC_METRICS_PORT": "70000"}, "^STREAMREC_METRICS_PORT must be 0..65535"),
     ],
 )
 def test_bad_values_say_which_variable_and_how_to_fix(env, message):
@@ -75,3 +77,12 @@ def test_child_processes_get_exactly_the_same_settings():
     env = child_environment(settings, {"PATH": "/bin", "REDIS_URL": "redis://stale:1/0"})
     assert Settings.from_env(env) == settings
     assert env["PATH"] == "/bin"
+
+
+def test_a_bad_log_level_stops_a_command_with_one_line(monkeypatch, capsys):
+    from streamrec.cli import main
+
+    monkeypatch.setenv("STREAMREC_LOG_LEVEL", "verbose")
+    assert main(["recs", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "STREAMREC_LOG_LEVEL must be one of" in err
