@@ -109,7 +109,8 @@ PIPELINE_UP = Gauge(
 )
 DELIVERY_FAILURES = Counter(
     "streamrec_delivery_failures",
-    "Output records (recommendations, dead letters) the producer reported undeliverable: "
+    "Output records (recommendations, dead letters, notifications, cache hints) the producer "
+    "reported undeliverable: "
     "permanent errors such as too large or not authorised; outages are retried, not counted",
     ["topic"],
 )

@@ -46,6 +46,10 @@ class Topics:
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
+    def outputs(self) -> list[str]:
+        """The topics the worker writes to."""
+        return [self.recommendations, self.dlq, self.notifications, self.cache_hints]
+
 
 @dataclass(frozen=True)
 class Settings:

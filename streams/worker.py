@@ -40,8 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"REDIS_URL={redacted(settings.redis_url)}", flush=True)
             print("(embedded services: in memory only, gone when this worker stops)",
                   file=sys.stderr, flush=True)
-        metrics.init_worker_series(settings.topics.events,
-                                   [settings.topics.recommendations, settings.topics.dlq])
+        metrics.init_worker_series(settings.topics.events, settings.topics.outputs())
         metrics.serve(settings.metrics_host, settings.metrics_port)
         app = create_app(settings)
         worker = faust.Worker(
