@@ -10,6 +10,7 @@ them fail with the command to run, and skip only on an OS without apt-get at all
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -600,6 +601,24 @@ def test_compose_services_are_wired_as_documented() -> None:
     provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards"
                          / "streamrec.yml")["providers"][0]
     assert provider["options"]["path"] == mounts["./deploy/grafana/dashboards"]
+
+
+def test_every_setting_can_be_set_from_the_shell_under_compose() -> None:
+    """The README says every variable of its table can be set from the shell or an .env
+    file: compose must pass each one through to every streamrec service."""
+    tool = require_tool("docker-compose", "docker-compose")
+    # The worker's metrics address is its own (Prometheus scrapes worker:9464).
+    own = {"STREAMREC_METRICS_HOST", "STREAMREC_METRICS_PORT"}
+    marked = {var: f"set-from-shell-{i}" for i, var in enumerate(ENV_VARS) if var not in own}
+    result = subprocess.run([tool, "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, **marked})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("worker", "sink", "simulator"):
+        environment = services[name]["environment"]
+        lost = sorted(var for var, value in marked.items() if environment.get(var) != value)
+        assert not lost, f"{name} does not get {lost} from the shell"
+        assert "/etc/streamrec" in str(services[name]["volumes"]), name
 
 
 def test_compose_sets_only_known_streamrec_variables() -> None:
