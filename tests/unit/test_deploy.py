@@ -58,7 +58,8 @@ REQUIRED_ALERTS = {
     "StreamrecConsumerLagGrowing", "StreamrecDeadLetterRateHigh",
     "StreamrecNoRecommendations", "StreamrecLatencyP99High",
     "StreamrecRecallBelowPopularity", "StreamrecRecallHalved",
-    "StreamrecRecordsLost", "StreamrecPipelineDown",
+    "StreamrecRecordsLost", "StreamrecPipelineDown", "StreamrecOutputsLost",
+    "StreamrecCheckpointStale",
 }
 
 
@@ -288,6 +289,16 @@ def test_alert_rules_structure() -> None:
     assert REQUIRED_ALERTS <= names, f"missing alerts: {sorted(REQUIRED_ALERTS - names)}"
 
 
+def test_every_alert_has_a_runbook_row_in_the_readme() -> None:
+    """An operator paged by an alert finds it in "When an alert fires", with its severity,
+    and the table lists no alert that no longer exists."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### When an alert fires", 1)[1].split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| `(Streamrec\w+)` \((\w+)\) \|", section, flags=re.M))
+    rules = {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
+    assert rows == rules
+
+
 def test_promtool_check_rules() -> None:
     promtool = require_tool("promtool", "prometheus")
     result = run_tool([promtool, "check", "rules", str(ALERTS)], ROOT)
@@ -364,6 +375,32 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
      ]},
     {"interval": "1m",
      "input_series": [
+         {"series": f"streamrec_delivery_failures_total{{topic=\"notifications\", {W}}}",
+          "values": "0 0 3x20"},
+         {"series": f"streamrec_delivery_failures_total{{topic=\"recommendations\", {W}}}",
+          "values": "0x22"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "1m", "alertname": "StreamrecOutputsLost", "exp_alerts": []},
+         {"eval_time": "3m", "alertname": "StreamrecOutputsLost",
+          "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "notifications"}}]},
+         {"eval_time": "20m", "alertname": "StreamrecOutputsLost", "exp_alerts": []},
+     ]},
+    # Saved every minute (the gauge holds the save's Unix time; promtool's clock starts at
+    # 0), then never after 5 minutes.
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"streamrec_last_checkpoint_timestamp_seconds{{{W}}}",
+          "values": "0+60x5 300x40"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "18m", "alertname": "StreamrecCheckpointStale", "exp_alerts": []},
+         {"eval_time": "30m", "alertname": "StreamrecCheckpointStale",
+          "exp_alerts": [{"exp_labels": {"severity": "warning",
+                                         "instance": "w1:9464", "job": "streamrec-worker"}}]},
+     ]},
+    {"interval": "1m",
+     "input_series": [
          {"series": f"streamrec_consumer_lag{{topic=\"events\", partition=\"0\", {W}}}",
           "values": "0+500x20"},
          {"series": f"streamrec_consumer_lag{{topic=\"catalog\", partition=\"0\", {W}}}",
@@ -388,9 +425,9 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
      "input_series": [
          {"series": f"streamrec_events_consumed_total{{type=\"play\", {W}}}",
           "values": "0+100x30"},
-         {"series": f"streamrec_events_dead_lettered_total{{reason=\"bad_json\", {W}}}",
+         {"series": f"streamrec_events_dead_lettered_total{{reason=\"invalid_json\", {W}}}",
           "values": "0+5x30"},
-         {"series": f"streamrec_events_dead_lettered_total{{reason=\"bad_type\", {W}}}",
+         {"series": f"streamrec_events_dead_lettered_total{{reason=\"wrong_type\", {W}}}",
           "values": "0+1x30"},
      ],
      "alert_rule_test": [
@@ -401,7 +438,7 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
      "input_series": [
          {"series": f"streamrec_events_consumed_total{{type=\"play\", {W}}}",
           "values": "0+100x30"},
-         {"series": f"streamrec_events_dead_lettered_total{{reason=\"bad_json\", {W}}}",
+         {"series": f"streamrec_events_dead_lettered_total{{reason=\"invalid_json\", {W}}}",
           "values": "0+1x30"},
      ],
      "alert_rule_test": [
@@ -472,6 +509,9 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
          {"series": f"streamrec_consumer_lag{{topic=\"events\", partition=\"0\", {W}}}",
           "values": "30 10 50 20 40 0 30 10 50 20 40 0 30 10 50 20 40 0 30 10 50 20 40 0"},
          {"series": f"streamrec_records_lost_total{{topic=\"events\", {W}}}", "values": "0x30"},
+         {"series": f"streamrec_delivery_failures_total{{topic=\"recommendations\", {W}}}",
+          "values": "0x30"},
+         {"series": f"streamrec_last_checkpoint_timestamp_seconds{{{W}}}", "values": "0+60x30"},
      ],
      "alert_rule_test": [
          {"eval_time": "25m", "alertname": name, "exp_alerts": []}
