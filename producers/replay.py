@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import math
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sources import CATALOG, EVENTS, FORMATS
 from streamrec.exceptions import ConfigError
+from streamrec.schema import CATALOG_TYPES
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
 _CHECK_EVERY_FAST = 1 << 14
 # ... and when paced, where a record may wait for its turn anyway.
 _CHECK_EVERY_PACED = 1 << 6
+# Invalid records reported one line each, at most: a wrong file is one mistake, not a
+# screenful per record (they are all counted, by reason, in the summary and report).
+MAX_INVALID_SHOWN = 100
 # librdkafka batching for --speed max: 50 ms lingers fill bigger, better-compressed
 # batches (more fits in the embedded broker's 5 MiB per partition) at no cost to a
 # bulk load; paced replays keep the product's 5 ms default for timeliness.
@@ -124,9 +129,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kind = CATALOG if topic == settings.topics.catalog else EVENTS
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise ConfigError("--end must be later than --start")
+    # Found now, not after an hour of replaying.
     if args.report and not os.path.isdir(os.path.dirname(args.report) or "."):
-        # Found now, not after an hour of replaying.
         raise ConfigError(f"cannot write the report {args.report}: its directory does not exist")
+    if args.report and os.path.isdir(args.report):
+        raise ConfigError(f"--report {args.report} is a directory; name a file in it, "
+                          f"e.g. {os.path.join(args.report, 'replay.json')}")
     sources = [
         Source(path, check_source(path, args.format, kind), kind, settings.max_message_bytes)
         for path in args.files
@@ -151,6 +159,7 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
     from producers.progress import Progress
 
     summary = ReplaySummary(topic=topic, dry_run=sender is None)
+    kind = sources[0].kind if sources else EVENTS
     pacer = Pacer(args.speed, args.rate) if (args.speed or args.rate) else None
     progress = Progress("replay")
     total_bytes = sum(s.size for s in sources) or 1
@@ -160,6 +169,7 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
     start, end, limit, skip_left = args.start, args.end, args.limit, args.skip
     windowed = start is not None or end is not None
     read = invalid = skipped = sent = 0
+    in_hand = False  # a record read and not yet sent (a paced one waits for its turn)
 
     def done_fraction() -> float:
         if pacer is not None and start is not None and end is not None:
@@ -187,8 +197,13 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                 elif error is not None:
                     invalid += 1
                     summary.invalid_reasons[error.reason] += 1
-                    progress.message(f"{source.path}:{line_no}: invalid record "
-                                     f"({error.reason}): {error.detail}")
+                    if invalid <= MAX_INVALID_SHOWN:
+                        progress.message(f"{source.path}:{line_no}: invalid record "
+                                         f"({error.reason}): {error.detail}"
+                                         f"{_hint(error, kind)}")
+                    elif invalid == MAX_INVALID_SHOWN + 1:
+                        progress.message(f"(more invalid records are counted, not shown: "
+                                         f"see the summary{' and --report' * (not args.report)})")
                     if args.strict:
                         summary.stopped = (f"stopped at the first invalid record (--strict): "
                                            f"{source.path}:{line_no}")
@@ -197,11 +212,14 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                                    or (end is not None and ts >= end)):
                     skipped += 1
                 else:
+                    in_hand = True
                     if pacer is not None:
                         pacer.wait(ts, idle)
-                    if send is not None and not send(value, key):
+                    if send is not None and not send(value, key):  # (counted as failed)
+                        in_hand = False
                         summary.stopped = "deliveries are failing"
                         break
+                    in_hand = False
                     sent += 1
                     if sent == limit:
                         break
@@ -219,12 +237,18 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
         summary.stopped = str(exc)
     except KeyboardInterrupt:
         summary.stopped = "interrupted"
+        if in_hand:  # waiting for its turn: neither sent nor skipped, so not read either
+            read -= 1
     finally:
         progress.close()
     summary.read, summary.invalid, summary.skipped = read, invalid, skipped
     if sender is None:
         summary.produced = sent
     else:
+        if summary.stopped and sent:
+            sys.stderr.write(f"streamrec replay: {summary.stopped}; waiting up to "
+                             f"{sender.delivery_timeout_s:g} s for the broker to acknowledge "
+                             f"the records already sent\n")
         result = sender.close()
         summary.produced, summary.failed = result.delivered, result.failed
         summary.first_error = result.first_error
@@ -232,6 +256,14 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
     if pacer is not None:
         summary.lateness_ms = pacer.lateness_ms()
     return summary
+
+
+def _hint(error: Any, kind: str) -> str:
+    """How to fix the commonest whole-file mistake, catalogue records sent as events."""
+    if kind == EVENTS and error.reason == "unknown_type" and any(
+            f"type {t!r}" in error.detail for t in CATALOG_TYPES):
+        return " (a catalogue record: replay this file with --topic catalog)"
+    return ""
 
 
 def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) -> int:
@@ -309,9 +341,13 @@ def _count(minimum: int) -> Any:
 
 def _timestamp(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite time, got {text!r}")
+        return value
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -45,6 +45,8 @@ FORMATS = ("jsonl", "csv", "movielens")
 RECORD_WRAPPER_PREFIX = b'{"__record__"'
 # Read buffer per file, bytes: large reads keep the per-line cost down.
 _READ_BUFFER = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 Record = tuple[int, Any, bytes, float, InvalidRecord | None]
 # What the readers read lines from: the file, or a gzip stream over it (GzipFile is not an
@@ -150,7 +152,7 @@ class Source:
     Parameters
     ----------
     path
-        The file; ``*.gz`` is decompressed on the fly.
+        The file; a gzipped one (told by its first bytes) is decompressed on the fly.
     fmt
         ``jsonl``, ``csv`` or ``movielens`` (see :func:`check_source`).
     kind
@@ -279,10 +281,16 @@ class _open:  # noqa: N801 - used like open()
             raise ConfigError(f"{self.path} is a directory; give a file") from None
         except PermissionError:
             raise ConfigError(f"{self.path}: permission denied") from None
-        if self.path.endswith(".gz"):
+        # Gzip by its magic number, not its name: a DAY1.JSONL.GZ or a gzip saved without
+        # the suffix was read as raw bytes, every line an invalid record.
+        if self._raw.peek(2)[:2] == _GZIP_MAGIC:
             self._reader: BinaryReader = gzip.GzipFile(fileobj=self._raw, mode="rb")
         else:
             self._reader = self._raw
+        # A byte-order mark (spreadsheets write one in "UTF-8 CSV") is not part of the
+        # first line: left there, it made the CSV header's first name unrecognisable.
+        if self._reader.peek(3)[:3] == _UTF8_BOM:
+            self._reader.read(3)
         return self._reader, self._raw
 
     def __exit__(self, *exc: object) -> None:
@@ -343,7 +351,7 @@ def _typed_row(header: list[str], row: list[str], kind: str) -> dict[str, Any]:
 def open_output(path: str) -> io.BufferedIOBase:
     """A binary file to write JSONL to; ``.gz`` compresses. One-line error if it cannot."""
     try:
-        if path.endswith(".gz"):
+        if path.lower().endswith(".gz"):
             # Level 5: most of level 9's size at a fraction of its CPU.
             return gzip.open(path, "wb", compresslevel=5)
         return open(path, "wb")  # noqa: SIM115 - caller closes

@@ -188,6 +188,66 @@ def test_dry_run_counts_add_up_and_reports_every_invalid_line(tmp_path, capsys, 
     assert "nothing sent" in out
 
 
+def test_a_gzip_is_read_whatever_its_name(tmp_path):
+    records = [event(i) for i in range(5)]
+    plain = write_jsonl(tmp_path / "e.jsonl", records)
+    with open(plain, "rb") as source:
+        data = gzip.compress(source.read())
+    for name in ("DAY2.JSONL.GZ", "day2_nogz.jsonl"):
+        (tmp_path / name).write_bytes(data)
+        read = records_of(tmp_path / name)
+        assert [r[2] for r in read] == [r[2] for r in records_of(plain)], name
+        assert all(r[4] is None for r in read), name
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    csv_path = tmp_path / "excel.csv"
+    csv_path.write_bytes(bom + b"event_id,type,user_id,ts,title_id\ne1,play,u1,1700000000,t1\n")
+    (_, key, value, _, error), = records_of(csv_path)
+    assert error is None and key == "u1" and orjson.loads(value)["event_id"] == "e1"
+    jsonl_path = tmp_path / "bom.jsonl"
+    jsonl_path.write_bytes(bom + orjson.dumps(event(1)) + b"\n")
+    (_, key, _, _, error), = records_of(jsonl_path)
+    assert error is None and key == "u1"
+
+
+def test_a_flood_of_invalid_lines_is_summarised_and_catalogue_records_get_a_hint(
+        tmp_path, capsys, monkeypatch):
+    titles = [{"event_id": f"c{i}", "type": "title_added", "ts": 1.7e9, "title_id": f"t{i}",
+               "name": f"T{i}"} for i in range(250)]
+    path = write_jsonl(tmp_path / "catalog.jsonl", titles)
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(["replay", path, "--dry-run", "--report", str(report)], capsys,
+                           monkeypatch)
+    assert code == 0 and json.loads(report.read_text())["invalid"] == 250  # all counted
+    shown = [line for line in err.splitlines() if "invalid record (unknown_type)" in line]
+    assert len(shown) == 100
+    assert all("replay this file with --topic catalog" in line for line in shown)
+    assert "more invalid records are counted, not shown" in err
+
+
+def test_counts_add_up_when_a_paced_replay_is_interrupted(tmp_path, capsys, monkeypatch):
+    from producers import pacing
+
+    path = write_jsonl(tmp_path / "e.jsonl", [event(i * 100) for i in range(10)])
+    waited = []
+
+    def wait(self, ts, idle=None):  # Ctrl-C while the 4th record waits for its turn
+        waited.append(ts)
+        if len(waited) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pacing.Pacer, "wait", wait)
+    report = tmp_path / "r.json"
+    code, out, _ = run_cli(["replay", path, "--dry-run", "--speed", "1", "--report",
+                            str(report)], capsys, monkeypatch)
+    summary = json.loads(report.read_text())
+    assert code == 130 and summary["produced"] == 3
+    assert summary["read"] == summary["produced"] + summary["invalid"] + summary["skipped"] \
+        + summary["failed"]
+
+
 def test_limit_stops_after_n_records(tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "e.jsonl", [event(i) for i in range(100)])
     report = tmp_path / "r.json"
@@ -324,6 +384,9 @@ def test_compare_accepts_other_global_order_but_not_other_per_key_order(tmp_path
         (["--format", "xml"], "invalid choice"),
         (["--format", "movielens"], "not a MovieLens ratings file"),
         (["--report", "/nonexistent-dir/r.json"], "its directory does not exist"),
+        (["--report", "/tmp"], "is a directory; name a file in it"),
+        (["--start", "nan"], "must be a finite time"),
+        (["--end", "inf"], "must be a finite time"),
     ],
 )
 def test_replay_mistakes_get_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args,
