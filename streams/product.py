@@ -82,7 +82,9 @@ PLAYS_TTL_S = 49 * 3600
 # Insight keys' marker for "all countries".
 ALL = "*"
 # How often the catalogue copy in Redis is checked for titles another worker's catalogue
-# partitions brought (faust splits the catalog topic between workers), seconds.
+# partitions brought (faust splits the catalog topic between workers), seconds. Only
+# without a catalogue reader (the per-record path): a worker whose reader follows every
+# catalogue partition has every title already.
 CATALOG_REFRESH_S = 30.0
 # Titles read per HMGET when catching up with the catalogue copy.
 CATALOG_CHUNK = 1000
@@ -220,6 +222,14 @@ class ProductLayer:
         self._latest_hour = 0
         self._next_refresh = time.monotonic() + CATALOG_REFRESH_S
         self._refreshes = 0
+        # Set by the worker when its catalogue reader follows every catalogue partition
+        # (streams.catalog_reader): then the copy in Redis, which the catalogue agent
+        # writes later and more slowly, has nothing this index lacks.
+        self.follows_catalog_topic = False
+        # Titles added or removed here since the last refresh began: the copy in Redis may
+        # not have them yet (the agent applies a record, then writes it), and a refresh
+        # must not undo them.
+        self._changed_here: set[str] = set()
         self.notifier: Notifier | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -280,9 +290,11 @@ class ProductLayer:
     # -- catalogue -------------------------------------------------------------------------------
     def add_title(self, title: dict[str, Any]) -> None:
         self.titles.add(title)
+        self._changed_here.add(title["title_id"])
 
     def remove_title(self, title_id: str) -> None:
         self.titles.remove(title_id)
+        self._changed_here.add(title_id)
 
     def _forget_title(self, info: Any) -> None:
         self._contexts.clear()
@@ -593,7 +605,8 @@ class ProductLayer:
             for key in closed:
                 del self._open_plays[key]
         self.end_batch()
-        if self._client is not None and time.monotonic() >= self._next_refresh:
+        if (self._client is not None and not self.follows_catalog_topic
+                and time.monotonic() >= self._next_refresh):
             self._next_refresh = time.monotonic() + CATALOG_REFRESH_S
             self._refreshes += 1
             await self.refresh_catalog(full=self._refreshes % CATALOG_FULL_EVERY == 0)
@@ -603,17 +616,20 @@ class ProductLayer:
         another worker's catalogue partitions. Cheap when the count is unchanged (one
         HLEN), unless ``full``: then every key is compared (an addition and a removal
         in one interval keep the count). Returns the number of titles added or removed;
-        Redis errors are logged, not raised (the next check retries)."""
+        Redis errors are logged, not raised (the next check retries). Titles this worker
+        added or removed since the previous refresh began are left as they are: the copy
+        in Redis may not show them yet."""
         from streams.checkpoint import catalog_key
 
         key = catalog_key(self.settings.app_id)
         titles = self.titles
+        recent, self._changed_here = self._changed_here, set()
         try:
             stored = await self._client.hlen(key)
             if not full and (stored == len(titles) or stored > len(titles) == titles.capacity):
                 return 0
             present = {k.decode() for k in await self._client.hkeys(key)}
-            missing = [t for t in present if t not in titles]
+            missing = [t for t in present if t not in titles and t not in recent]
             changed = 0
             for start in range(0, len(missing), CATALOG_CHUNK):
                 chunk = missing[start:start + CATALOG_CHUNK]
@@ -624,8 +640,10 @@ class ProductLayer:
         except redis.RedisError as exc:
             metrics.REDIS_ERRORS.labels(op="product_catalog").inc()
             logger.warning("catalogue refresh skipped, Redis unavailable: %s", exc)
+            self._changed_here |= recent
             return 0
-        for title_id in [t for t in titles.by_id if t not in present]:
+        recent |= self._changed_here  # (applied while this refresh waited on Redis)
+        for title_id in [t for t in titles.by_id if t not in present and t not in recent]:
             titles.remove(title_id)
             changed += 1
         if changed:

@@ -210,3 +210,41 @@ def test_the_events_path_records_each_series_latest_watchers(redis_url):
         [play(3, "a", episode, T0 + 50)],  # late: an older watch never moves a user back
     ]))
     assert audience == {"a": T0 + 100}
+
+
+async def _refresh_during_catalogue_load(settings: Settings, redis_url: str
+                                         ) -> tuple[set[str], set[str]]:
+    from streams.checkpoint import catalog_key
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        key = catalog_key(settings.app_id)
+        await client.hset(key, "t0", orjson.dumps({"title_id": "t0", "name": "Old", "ts": T0}))
+        product = ProductLayer(settings)
+        product.start(client)
+        await product.refresh_catalog(full=True)
+        # The worker applies a catalogue that its catalogue agent has not yet copied to
+        # Redis (t1, t2 new; t0 removed): the copy in Redis still shows the old catalogue.
+        for i in (1, 2):
+            product.add_title({"title_id": f"t{i}", "name": f"New {i}", "ts": T0 + i})
+        product.remove_title("t0")
+        await product.refresh_catalog(full=True)
+        during = set(product.titles.by_id)
+        # The agent catches up; then another worker's partition removes t2.
+        await client.hset(key, mapping={f"t{i}": orjson.dumps(
+            {"title_id": f"t{i}", "name": f"New {i}", "ts": T0 + i}) for i in (1, 2)})
+        await client.hdel(key, "t0", "t2")
+        await product.refresh_catalog(full=True)
+        return during, set(product.titles.by_id)
+    finally:
+        await client.aclose()
+
+
+def test_a_refresh_never_undoes_titles_the_worker_applied_itself(redis_url):
+    """A refresh while the catalogue agent lags behind the worker's own catalogue reader
+    once emptied the title index: lists lost their artwork, names and series grouping."""
+    settings = Settings(redis_url=Secret(redis_url), app_id=f"cat-{uuid.uuid4().hex[:6]}",
+                        metrics_port=0)
+    during, after = asyncio.run(_refresh_during_catalogue_load(settings, redis_url))
+    assert during == {"t1", "t2"}
+    assert after == {"t1"}
