@@ -112,11 +112,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     require_redis(settings, "sink")
     if not 0 <= args.metrics_port <= 65535:
         raise ConfigError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
-    try:
-        metrics.serve(settings.metrics_host, args.metrics_port, component="sink")
-    except OSError as exc:
-        raise ConfigError(f"--metrics-port {args.metrics_port}: {exc.strerror}; "
-                          "choose a free port") from exc
+    metrics.serve(settings.metrics_host, args.metrics_port, component="sink")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

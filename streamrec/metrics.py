@@ -308,7 +308,14 @@ def serve(host: str, port: int, component: str = "worker") -> None:
     registry = registry_for(component)
     if port == 0:
         return
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        from streamrec.exceptions import ConfigError
+
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose a free "
+            "port (--metrics-port or STREAMREC_METRICS_PORT; 0 turns metrics off)") from exc
     logger.info("metrics on http://%s:%d/metrics", host, port)
 
 

@@ -200,3 +200,17 @@ def test_sink_lag_per_partition_from_cached_watermarks() -> None:
     update_lag(FakeConsumer())
     assert series("streamrec_sink_lag", topic="sink-t", partition="0") == [7.0]
     assert series("streamrec_sink_lag", topic="sink-t", partition="1") == [0.0]
+
+
+def test_a_taken_metrics_port_is_one_clear_error() -> None:
+    import socket
+
+    from streamrec.exceptions import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}: "
+                                              "Address already in use; choose a free port"):
+            metrics.serve("127.0.0.1", port)
