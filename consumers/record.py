@@ -13,25 +13,47 @@ that starts after such a drop, or falls behind one, would silently miss records.
 ``record`` compares each partition's low watermark with the offset it meant to start
 from, and every fetched offset with the one expected next, and reports any gap as lost
 records (exit status 1).
+
+A broker that goes away mid-recording is not an idle topic: librdkafka's error callback
+says when every broker is down, and before ``--until-idle`` ends a recording a metadata
+request must confirm the broker still answers. A broker that stays unreachable for
+``_BROKER_GONE_S`` ends the run with one line and exit status 1; the file keeps what was
+read and is incomplete. Ctrl-C while still connecting exits 130 ("interrupted") and
+writes nothing; Ctrl-C while copying is how an open-ended recording ends (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from streamrec.exceptions import ConfigError
+from streamrec.exceptions import BrokerUnavailable, ConfigError
 from streamrec.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError
 
 # Records fetched per consume() call: amortises the call over many records.
 _BATCH = 10_000
 # How long one consume() call waits for records, seconds; also the idle-check tick.
 _POLL_S = 0.25
-# Watermark and metadata request timeout, seconds.
+# How long the start (topic metadata, watermarks) may wait for the broker, seconds; the
+# same wait as replay's up-front check.
 _METADATA_TIMEOUT_S = 10.0
+# Longest single librdkafka request while connecting, seconds: a blocked librdkafka call
+# holds back Python's Ctrl-C until it returns, so one long wait is cut into slices.
+_SLICE_S = 0.25
+# How long the broker may stay unreachable mid-recording before the run fails, seconds:
+# rides out a brief outage (a single-broker restart), and a dead broker ends the run
+# soon after, as at the start.
+_BROKER_GONE_S = 10.0
+# Timeout of the metadata request asking whether the broker still answers, seconds.
+_PROBE_S = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +82,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "record needs a running broker: start one with `streamrec broker` and set "
             "KAFKA_BOOTSTRAP_SERVERS to the address it prints"
         )
+    if args.expect and _same_file(args.out, args.expect):
+        raise ConfigError(
+            f"--out and --expect name the same file ({args.out}): recording would overwrite "
+            "the file it is to be checked against; record to another file"
+        )
     topic = args.topic or settings.topics.events
     if args.expect:
         from producers.sources import check_source
@@ -74,9 +101,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
           f"{outcome['seconds']:.2f} s; {outcome['wrapped']:,} as wrapper lines")
     status = 0
     if outcome["lost"]:
+        per_partition = "; ".join(f"partition {partition}: {lost:,}" for partition, lost
+                                  in sorted(outcome["lost_by_partition"].items()))
         sys.stderr.write(
             f"streamrec record: error: {outcome['lost']:,} records were gone before they "
-            f"could be read (partition: lost {outcome['lost_by_partition']}); the broker "
+            f"could be read ({per_partition}); the broker "
             "dropped them (the embedded one keeps 5 MiB per partition), so the recording "
             "is incomplete\n"
         )
@@ -91,87 +120,83 @@ def record(
     until_idle_s: float | None = None, max_records: int | None = None,
     key_field: str = "user_id",
 ) -> dict[str, Any]:
-    """Capture ``topic`` to ``out``; returns counts, including records found lost."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
+    """Capture ``topic`` to ``out``; returns counts, including records found lost.
+
+    Raises :class:`BrokerUnavailable` if the broker does not answer at the start (nothing
+    is written) or goes away mid-recording (``out`` keeps what was read before).
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException
 
     from producers.sources import natural_key_line, open_output, wrap_record
-    from streamrec.exceptions import BrokerUnavailable
     from streamrec.kafka import consumer_config
 
+    bootstrap = settings.kafka_bootstrap_servers
+    watch = _BrokerWatch()
     consumer = Consumer(consumer_config(
         settings, f"streamrec-record-{uuid.uuid4().hex[:12]}",
-        **{"log_level": 0, "fetch.wait.max.ms": 100},
+        **{"log_level": 0, "fetch.wait.max.ms": 100, "error_cb": watch.on_error},
     ))
     lost_by_partition: dict[int, int] = {}
     expected: dict[int, int] = {}  # partition -> offset expected next
     records = wrapped = 0
     began = time.monotonic()
+
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
-            partitions = sorted(metadata.topics[topic].partitions)
-            if metadata.topics[topic].error is not None or not partitions:
-                raise ConfigError(f"topic {topic!r} does not exist at "
-                                  f"{settings.kafka_bootstrap_servers}")
-            assignment = []
-            for partition in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=_METADATA_TIMEOUT_S)
-                if from_beginning:
-                    if low > 0:  # the broker no longer has offsets 0..low-1
-                        lost_by_partition[partition] = low
-                    expected[partition] = low
-                    assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-                else:
-                    expected[partition] = high
-                    assignment.append(TopicPartition(topic, partition, high))
-            consumer.assign(assignment)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc}"
-            ) from exc
+        # Not under the KeyboardInterrupt below: Ctrl-C before anything was recorded is
+        # an interruption (exit 130), not the end of a recording.
+        _assign(consumer, settings, topic, from_beginning, expected, lost_by_partition)
         last_seen = time.monotonic()
         with open_output(out) as handle:
             write = handle.write
-            while max_records is None or records < max_records:
-                batch = consumer.consume(_BATCH, _POLL_S)
-                if not batch:
-                    if until_idle_s is not None and time.monotonic() - last_seen >= until_idle_s:
-                        break
-                    continue
-                last_seen = time.monotonic()
-                for msg in batch:
-                    error = msg.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            sys.stderr.write(f"streamrec record: warning: {error.str()}\n")
+            try:
+                while max_records is None or records < max_records:
+                    try:
+                        batch = consumer.consume(_BATCH, _POLL_S)
+                    except KafkaException as exc:
+                        raise _gone(bootstrap, f"failed ({_kafka_error_text(exc)})", out,
+                                    records) from exc
+                    if watch.fatal is not None:
+                        raise _gone(bootstrap, f"failed ({watch.fatal})", out, records)
+                    if not batch:
+                        state = watch.after_empty_poll(
+                            consumer, topic, time.monotonic() - last_seen, until_idle_s)
+                        if state == "idle":
+                            break
+                        if state == "back":
+                            last_seen = time.monotonic()  # idle counts while it answers
+                        elif state == "gone":
+                            raise _gone(bootstrap, f"went away ({watch.reason}) and was "
+                                        f"still unreachable {_BROKER_GONE_S:g} s later",
+                                        out, records)
                         continue
-                    partition, offset = msg.partition(), msg.offset()
-                    if partition is None or offset is None:
-                        continue  # only error events lack them, and those were skipped above
-                    gap = offset - expected[partition]
-                    if gap > 0:
-                        lost_by_partition[partition] = lost_by_partition.get(partition, 0) + gap
-                    expected[partition] = offset + 1
-                    value, key = msg.value(), msg.key()
-                    # A tombstone (no value) is never a natural line: it is wrapped.
-                    if value is not None and natural_key_line(value, key, key_field):
-                        write(value + b"\n")
-                    else:
-                        wrapped += 1
-                        write(wrap_record(key, value, topic, partition, offset,
-                                          msg.timestamp()[1]) + b"\n")
-                    records += 1
-                    if records == max_records:
-                        break
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how an open-ended recording ends; what was written is kept
+                    last_seen = time.monotonic()
+                    for msg in batch:
+                        error = msg.error()
+                        if error is not None:
+                            if error.code() != KafkaError._PARTITION_EOF:
+                                sys.stderr.write(f"streamrec record: warning: {error.str()}\n")
+                            continue
+                        partition, offset = msg.partition(), msg.offset()
+                        if partition is None or offset is None:
+                            continue  # only error events lack them, skipped above
+                        gap = offset - expected[partition]
+                        if gap > 0:
+                            lost_by_partition[partition] = (
+                                lost_by_partition.get(partition, 0) + gap)
+                        expected[partition] = offset + 1
+                        value, key = msg.value(), msg.key()
+                        # A tombstone (no value) is never a natural line: it is wrapped.
+                        if value is not None and natural_key_line(value, key, key_field):
+                            write(value + b"\n")
+                        else:
+                            wrapped += 1
+                            write(wrap_record(key, value, topic, partition, offset,
+                                              msg.timestamp()[1]) + b"\n")
+                        records += 1
+                        if records == max_records:
+                            break
+            except KeyboardInterrupt:
+                pass  # Ctrl-C is how an open-ended recording ends; what was written is kept
     finally:
         consumer.close()
     return {
@@ -179,6 +204,132 @@ def record(
         "lost": sum(lost_by_partition.values()), "lost_by_partition": lost_by_partition,
         "seconds": time.monotonic() - began,
     }
+
+
+class _BrokerWatch:
+    """What librdkafka's error callback (served by ``consume``) said about the broker.
+
+    ``_ALL_BROKERS_DOWN`` comes once per outage and nothing says the broker is back, so
+    ``down_since`` is cleared by whoever sees it answer again.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None  # monotonic time every broker went down
+        self.reason = ""
+        self.fatal: str | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        from confluent_kafka import KafkaError
+
+        if err.fatal():
+            self.fatal = err.str()
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.mark_down(err.str())
+        # Other errors (one broker's connection, retried by librdkafka) are not an outage.
+
+    def mark_down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.reason = reason
+
+    def after_empty_poll(self, consumer: Consumer, topic: str, idle_s: float,
+                         until_idle_s: float | None) -> str:
+        """What a poll without records means: ``"idle"`` (stop: ``until_idle_s`` passed
+        and the broker still answers), ``"gone"`` (unreachable for ``_BROKER_GONE_S``),
+        ``"back"`` (it answers again) or ``"wait"``. Asked only once the records fetched
+        before an outage have all been written."""
+        if self.down_since is not None:
+            if _answers(consumer, topic):
+                self.down_since = None
+                return "back"
+            return "gone" if time.monotonic() - self.down_since >= _BROKER_GONE_S else "wait"
+        if until_idle_s is not None and idle_s >= until_idle_s:
+            if _answers(consumer, topic):
+                return "idle"
+            self.mark_down("it stopped answering metadata requests")
+        return "wait"
+
+
+def _assign(consumer: Consumer, settings: Settings, topic: str, from_beginning: bool,
+            expected: dict[int, int], lost_by_partition: dict[int, int]) -> None:
+    """Assign every partition of ``topic`` at its start offset, filling ``expected`` and
+    the records already gone; all within ``_METADATA_TIMEOUT_S``."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+    deadline = time.monotonic() + _METADATA_TIMEOUT_S
+    try:
+        metadata = _within(deadline, lambda t: consumer.list_topics(topic, timeout=t))
+        partitions = sorted(metadata.topics[topic].partitions)
+        if metadata.topics[topic].error is not None or not partitions:
+            raise ConfigError(f"topic {topic!r} does not exist at "
+                              f"{settings.kafka_bootstrap_servers}")
+        assignment = []
+        for partition in partitions:
+            low, high = _within(deadline, lambda t, p=partition: consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=t))
+            if from_beginning:
+                if low > 0:  # the broker no longer has offsets 0..low-1
+                    lost_by_partition[partition] = low
+                expected[partition] = low
+                assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            else:
+                expected[partition] = high
+                assignment.append(TopicPartition(topic, partition, high))
+        consumer.assign(assignment)
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+            f"{_METADATA_TIMEOUT_S:g} s ({_kafka_error_text(exc)}); is the broker running?"
+        ) from exc
+
+
+def _within(deadline: float, request: Any) -> Any:
+    """``request(timeout_s)``, retried in ``_SLICE_S`` slices until it answers or
+    ``deadline`` passes (then its last error is raised). Between slices Python runs its
+    signal handlers, so Ctrl-C is not held back by a long librdkafka wait."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+    while True:
+        timeout_s = min(_SLICE_S, max(deadline - time.monotonic(), 0.001))
+        try:
+            return request(timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in transient or time.monotonic() >= deadline:
+                raise
+
+
+def _answers(consumer: Consumer, topic: str) -> bool:
+    """Does the broker answer a metadata request for ``topic`` within ``_PROBE_S``?"""
+    from confluent_kafka import KafkaException
+
+    try:
+        consumer.list_topics(topic, timeout=_PROBE_S)
+    except KafkaException:
+        return False
+    return True
+
+
+def _gone(bootstrap: str | None, what: str, out: str, records: int) -> BrokerUnavailable:
+    return BrokerUnavailable(f"Kafka at {bootstrap} {what}; is the broker running? {out} "
+                             f"holds the {records:,} records read before and is incomplete")
+
+
+def _kafka_error_text(exc: Exception) -> str:
+    """A librdkafka error as its message, not ``KafkaError{code=...,val=...}``."""
+    from confluent_kafka import KafkaError
+
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one does not exist (yet): compare where the paths lead
+        return Path(first).resolve() == Path(second).resolve()
 
 
 def _check_expected(expected_path: str, recorded_path: str, topic: str,

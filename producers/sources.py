@@ -26,7 +26,7 @@ import io
 import os
 import zlib
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
@@ -51,7 +51,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 Record = tuple[int, Any, bytes, float, InvalidRecord | None]
 # What the readers read lines from: the file, or a gzip stream over it (GzipFile is not an
 # IO[bytes] to the type checker, though it reads the same).
-BinaryReader = BinaryIO | gzip.GzipFile
+BinaryReader = io.BufferedReader | gzip.GzipFile
 
 # -- MovieLens mapping ---------------------------------------------------------------------
 
@@ -274,7 +274,9 @@ class _open:  # noqa: N801 - used like open()
 
     def __enter__(self) -> tuple[BinaryReader, BinaryIO]:
         try:
-            self._raw = open(self.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115
+            # (A BufferedReader: it can peek. typeshed says BinaryIO for a buffer size.)
+            self._raw = cast(io.BufferedReader,
+                             open(self.path, "rb", buffering=_READ_BUFFER))  # noqa: SIM115
         except FileNotFoundError:
             raise ConfigError(f"file not found: {self.path}") from None
         except IsADirectoryError:

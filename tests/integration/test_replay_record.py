@@ -1,11 +1,16 @@
 """simulate, replay and record against the Kafka-protocol broker over TCP: round trips
 that reproduce every record, catalogue keys, paced gaps, a broker that goes away
-mid-replay, and records the broker dropped before ``record`` could read them."""
+mid-replay or mid-recording, records the broker dropped before ``record`` could read
+them, and ``record``'s usage mistakes and Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -258,8 +263,6 @@ def test_broker_gone_mid_replay_fails_clearly_with_the_delivered_count(own_broke
 
 @pytest.mark.timeout(60)
 def test_unreachable_broker_is_one_line(tmp_path, capsys, monkeypatch):
-    import socket
-
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -295,6 +298,109 @@ def test_record_reports_records_the_broker_dropped(tmp_path, capsys, monkeypatch
     lost = int(err.split("error: ")[1].split(" records")[0].replace(",", ""))
     recorded = len(recording.read_bytes().splitlines())
     assert lost > 0 and recorded + lost == count
+    assert f"(partition 0: {lost:,})" in err  # readable, not a Python dict
+
+
+@pytest.mark.timeout(60)
+def test_broker_gone_mid_recording_fails_and_says_the_file_is_incomplete(
+        own_broker, tmp_path, capsys, monkeypatch):
+    settings = _settings_on(own_broker, None)
+    # log_level 0: this producer's reconnect failures after the outage are not news.
+    producer = Producer({"bootstrap.servers": own_broker.bootstrap_servers, "log_level": 0})
+    for i in range(200):
+        producer.produce(settings.topics.events, orjson.dumps({"n": i}), f"k{i}")
+    assert producer.flush(10) == 0
+    recording = tmp_path / "dying.jsonl"
+
+    def take_down_once_recording():
+        deadline = time.monotonic() + 30  # a hang guard
+        while not recording.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        own_broker.set_down()
+
+    # Waiting longer for the broker than for an idle topic: an outage taken for idleness
+    # would end the run with exit 0 first.
+    monkeypatch.setattr("consumers.record._BROKER_GONE_S", 3.0)
+    saboteur = threading.Thread(target=take_down_once_recording, daemon=True)
+    saboteur.start()
+    code, out, err = run_cli(["record", "--out", str(recording), "--from-beginning",
+                              "--until-idle", "2"], capsys, monkeypatch, settings)
+    saboteur.join(timeout=30)
+    assert code == 1, (out, err)
+    assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    written = len(recording.read_bytes().splitlines())
+    assert "went away" in err and "is the broker running?" in err
+    assert f"{recording} holds the {written:,} records read before and is incomplete" in err
+
+
+def test_record_refuses_to_overwrite_the_file_it_checks_against(make_settings, tmp_path,
+                                                                capsys, monkeypatch):
+    settings = make_settings()
+    source, _, _ = simulated_file(tmp_path / "sim.jsonl", 50)
+    original = open(source, "rb").read()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(source)
+    for out in (str(tmp_path / "." / "sim.jsonl"), str(link)):
+        code, stdout, err = run_cli(["record", "--out", out, "--expect", source,
+                                     "--from-beginning", "--until-idle", "0.5"],
+                                    capsys, monkeypatch, settings)
+        assert code == 2, (stdout, err)
+        assert stdout == "" and len(err.strip().splitlines()) == 1
+        assert "--out and --expect name the same file" in err
+        assert open(source, "rb").read() == original
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_record_connects_is_an_interruption(tmp_path):
+    # A listener that never answers: record is connecting for as long as it waits.
+    expected = tmp_path / "expected.jsonl"
+    expected.write_bytes(orjson.dumps({"event_id": "e", "type": "click", "user_id": "u",
+                                       "ts": 1.7e9, "title_id": "t"}) + b"\n")
+    recording = tmp_path / "rec.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS",
+                                                           "REDIS_URL")}
+    # A shell may start background jobs with SIGINT ignored; the child must get Ctrl-C.
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+              " from streamrec.cli import main; sys.exit(main())")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)  # a hang guard
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{silent.getsockname()[1]}"
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, "record", "--out", str(recording), "--expect",
+             str(expected)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            connection, _ = silent.accept()  # it is connecting now
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+            connection.close()
+        finally:
+            child.kill()
+    assert child.returncode == 130, (out, err)
+    assert out == b"" and err.decode().strip() == "streamrec record: interrupted"
+    assert not recording.exists()
+
+
+@pytest.mark.timeout(60)
+def test_record_with_no_broker_is_one_readable_line(tmp_path, capsys, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr("consumers.record._METADATA_TIMEOUT_S", 1.0)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    recording = tmp_path / "rec.jsonl"
+    try:
+        code = main(["record", "--out", str(recording)])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "KafkaError{" not in err
+    assert f"Kafka at 127.0.0.1:{port} did not answer within 1 s" in err
+    assert "is the broker running?" in err
+    assert not recording.exists()
 
 
 def test_simulate_to_kafka_sends_catalogue_then_keyed_events(make_settings, capsys,
