@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Generator
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
 from streamrec.kafka import consumer_config
@@ -14,6 +14,12 @@ from streamrec.settings import Settings
 
 # Records fetched per consume() call: large enough to amortise the call.
 READ_BATCH = 1000
+# How long the broker may stay unreachable before a bounded read (record, tail
+# --until-idle) fails, seconds: rides out a brief outage (a single-broker restart), and a
+# dead broker ends the run soon after, as at the start.
+BROKER_GONE_S = 10.0
+# Timeout of the metadata request asking whether the broker still answers, seconds.
+PROBE_S = 0.5
 
 
 def require_cluster(settings: Settings, command: str) -> None:
@@ -32,16 +38,80 @@ def require_redis(settings: Settings, command: str) -> None:
         )
 
 
+class BrokerWatch:
+    """What librdkafka's error callback (served by ``consume``) said about the broker.
+
+    ``_ALL_BROKERS_DOWN`` comes once per outage and nothing says the broker is back, so
+    ``down_since`` is cleared by whoever sees it answer again.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None  # monotonic time every broker went down
+        self.reason = ""
+        self.fatal: str | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err.str()
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.mark_down(err.str())
+        # Other errors (one broker's connection, retried by librdkafka) are not an outage.
+
+    def mark_down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.reason = reason
+
+    def after_empty_poll(self, consumer: Consumer, topic: str, idle_s: float,
+                         until_idle_s: float | None) -> str:
+        """What a poll without records means: ``"idle"`` (stop: ``until_idle_s`` passed
+        and the broker still answers), ``"gone"`` (unreachable for ``BROKER_GONE_S``),
+        ``"back"`` (it answers again) or ``"wait"``. Asked only once the records fetched
+        before an outage have all been written."""
+        if self.down_since is not None:
+            if answers(consumer, topic):
+                self.down_since = None
+                return "back"
+            return "gone" if time.monotonic() - self.down_since >= BROKER_GONE_S else "wait"
+        if until_idle_s is not None and idle_s >= until_idle_s:
+            if answers(consumer, topic):
+                return "idle"
+            self.mark_down("it stopped answering metadata requests")
+        return "wait"
+
+
+def answers(consumer: Consumer, topic: str) -> bool:
+    """Does the broker answer a metadata request for ``topic`` within ``PROBE_S``?"""
+    try:
+        consumer.list_topics(topic, timeout=PROBE_S)
+    except KafkaException:
+        return False
+    return True
+
+
+def kafka_error_text(exc: Exception) -> str:
+    """A librdkafka error as its message, not ``KafkaError{code=...,val=...}``."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
 def read_topic(
     settings: Settings, topic: str, *, from_beginning: bool, group_id: str | None = None,
     until_idle_s: float | None = None, poll_timeout_s: float = 0.5,
 ) -> Generator[Message, None, None]:
     """Yield records of ``topic`` until idle for ``until_idle_s`` (None: forever); a caller
-    that wants fewer stops iterating (the consumer is closed then too)."""
-    conf = consumer_config(
-        settings, group_id or f"streamrec-reader-{uuid.uuid4().hex[:8]}",
-        **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
-    )
+    that wants fewer stops iterating (the consumer is closed then too). A bounded read
+    (``until_idle_s``) raises :class:`BrokerUnavailable` when the broker has been
+    unreachable for ``BROKER_GONE_S``: an unreachable broker is not an idle topic. An
+    open-ended one waits for the broker to come back, as librdkafka reconnects."""
+    bootstrap = settings.kafka_bootstrap_servers
+    watch = BrokerWatch()
+    extra: dict[str, object] = {"auto.offset.reset": "earliest" if from_beginning else "latest",
+                                "error_cb": watch.on_error}
+    if until_idle_s is not None:  # the outcome is one line; librdkafka's retries are noise
+        extra["log_level"] = 0
+    conf = consumer_config(settings, group_id or f"streamrec-reader-{uuid.uuid4().hex[:8]}",
+                           **extra)
     consumer = Consumer(conf)
     try:
         consumer.subscribe([topic])
@@ -50,12 +120,25 @@ def read_topic(
             try:
                 batch = consumer.consume(READ_BATCH, poll_timeout_s)
             except KafkaException as exc:
-                raise BrokerUnavailable(f"reading {topic} failed: {exc}") from exc
+                raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
+                                        f"({kafka_error_text(exc)})") from exc
+            if watch.fatal is not None:
+                raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
+                                        f"({watch.fatal})")
             records = [m for m in batch if m.error() is None]
             if records:
                 last_record = time.monotonic()
-            elif until_idle_s is not None and time.monotonic() - last_record >= until_idle_s:
-                return
+            elif until_idle_s is not None:
+                state = watch.after_empty_poll(consumer, topic,
+                                               time.monotonic() - last_record, until_idle_s)
+                if state == "idle":
+                    return
+                if state == "back":
+                    last_record = time.monotonic()
+                elif state == "gone":
+                    raise BrokerUnavailable(
+                        f"Kafka at {bootstrap} is unreachable ({watch.reason}) and was still "
+                        f"unreachable {BROKER_GONE_S:g} s later; is the broker running?")
             yield from records
     finally:
         consumer.close()

@@ -16,10 +16,11 @@ records (exit status 1).
 
 A broker that goes away mid-recording is not an idle topic: librdkafka's error callback
 says when every broker is down, and before ``--until-idle`` ends a recording a metadata
-request must confirm the broker still answers. A broker that stays unreachable for
-``_BROKER_GONE_S`` ends the run with one line and exit status 1; the file keeps what was
-read and is incomplete. Ctrl-C while still connecting exits 130 ("interrupted") and
-writes nothing; Ctrl-C while copying is how an open-ended recording ends (exit 0).
+request must confirm the broker still answers (``consumers.common.BrokerWatch``). A broker
+that stays unreachable for ``BROKER_GONE_S`` ends the run with one line and exit status 1;
+the file keeps what was read and is incomplete. Ctrl-C while still connecting exits 130
+("interrupted") and writes nothing; Ctrl-C while copying is how an open-ended recording
+ends (exit 0).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from consumers import common
+from consumers.common import BrokerWatch, kafka_error_text
 from streamrec.exceptions import BrokerUnavailable, ConfigError
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import Consumer
 
 # Records fetched per consume() call: amortises the call over many records.
 _BATCH = 10_000
@@ -48,12 +51,6 @@ _METADATA_TIMEOUT_S = 10.0
 # Longest single librdkafka request while connecting, seconds: a blocked librdkafka call
 # holds back Python's Ctrl-C until it returns, so one long wait is cut into slices.
 _SLICE_S = 0.25
-# How long the broker may stay unreachable mid-recording before the run fails, seconds:
-# rides out a brief outage (a single-broker restart), and a dead broker ends the run
-# soon after, as at the start.
-_BROKER_GONE_S = 10.0
-# Timeout of the metadata request asking whether the broker still answers, seconds.
-_PROBE_S = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +128,7 @@ def record(
     from streamrec.kafka import consumer_config
 
     bootstrap = settings.kafka_bootstrap_servers
-    watch = _BrokerWatch()
+    watch = BrokerWatch()
     consumer = Consumer(consumer_config(
         settings, f"streamrec-record-{uuid.uuid4().hex[:12]}",
         **{"log_level": 0, "fetch.wait.max.ms": 100, "error_cb": watch.on_error},
@@ -153,7 +150,7 @@ def record(
                     try:
                         batch = consumer.consume(_BATCH, _POLL_S)
                     except KafkaException as exc:
-                        raise _gone(bootstrap, f"failed ({_kafka_error_text(exc)})", out,
+                        raise _gone(bootstrap, f"failed ({kafka_error_text(exc)})", out,
                                     records) from exc
                     if watch.fatal is not None:
                         raise _gone(bootstrap, f"failed ({watch.fatal})", out, records)
@@ -166,7 +163,7 @@ def record(
                             last_seen = time.monotonic()  # idle counts while it answers
                         elif state == "gone":
                             raise _gone(bootstrap, f"went away ({watch.reason}) and was "
-                                        f"still unreachable {_BROKER_GONE_S:g} s later",
+                                        f"still unreachable {common.BROKER_GONE_S:g} s later",
                                         out, records)
                         continue
                     last_seen = time.monotonic()
@@ -206,50 +203,6 @@ def record(
     }
 
 
-class _BrokerWatch:
-    """What librdkafka's error callback (served by ``consume``) said about the broker.
-
-    ``_ALL_BROKERS_DOWN`` comes once per outage and nothing says the broker is back, so
-    ``down_since`` is cleared by whoever sees it answer again.
-    """
-
-    def __init__(self) -> None:
-        self.down_since: float | None = None  # monotonic time every broker went down
-        self.reason = ""
-        self.fatal: str | None = None
-
-    def on_error(self, err: KafkaError) -> None:
-        from confluent_kafka import KafkaError
-
-        if err.fatal():
-            self.fatal = err.str()
-        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.mark_down(err.str())
-        # Other errors (one broker's connection, retried by librdkafka) are not an outage.
-
-    def mark_down(self, reason: str) -> None:
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-        self.reason = reason
-
-    def after_empty_poll(self, consumer: Consumer, topic: str, idle_s: float,
-                         until_idle_s: float | None) -> str:
-        """What a poll without records means: ``"idle"`` (stop: ``until_idle_s`` passed
-        and the broker still answers), ``"gone"`` (unreachable for ``_BROKER_GONE_S``),
-        ``"back"`` (it answers again) or ``"wait"``. Asked only once the records fetched
-        before an outage have all been written."""
-        if self.down_since is not None:
-            if _answers(consumer, topic):
-                self.down_since = None
-                return "back"
-            return "gone" if time.monotonic() - self.down_since >= _BROKER_GONE_S else "wait"
-        if until_idle_s is not None and idle_s >= until_idle_s:
-            if _answers(consumer, topic):
-                return "idle"
-            self.mark_down("it stopped answering metadata requests")
-        return "wait"
-
-
 def _assign(consumer: Consumer, settings: Settings, topic: str, from_beginning: bool,
             expected: dict[int, int], lost_by_partition: dict[int, int]) -> None:
     """Assign every partition of ``topic`` at its start offset, filling ``expected`` and
@@ -279,7 +232,7 @@ def _assign(consumer: Consumer, settings: Settings, topic: str, from_beginning: 
     except KafkaException as exc:
         raise BrokerUnavailable(
             f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
-            f"{_METADATA_TIMEOUT_S:g} s ({_kafka_error_text(exc)}); is the broker running?"
+            f"{_METADATA_TIMEOUT_S:g} s ({kafka_error_text(exc)}); is the broker running?"
         ) from exc
 
 
@@ -301,28 +254,9 @@ def _within(deadline: float, request: Any) -> Any:
                 raise
 
 
-def _answers(consumer: Consumer, topic: str) -> bool:
-    """Does the broker answer a metadata request for ``topic`` within ``_PROBE_S``?"""
-    from confluent_kafka import KafkaException
-
-    try:
-        consumer.list_topics(topic, timeout=_PROBE_S)
-    except KafkaException:
-        return False
-    return True
-
-
 def _gone(bootstrap: str | None, what: str, out: str, records: int) -> BrokerUnavailable:
     return BrokerUnavailable(f"Kafka at {bootstrap} {what}; is the broker running? {out} "
                              f"holds the {records:,} records read before and is incomplete")
-
-
-def _kafka_error_text(exc: Exception) -> str:
-    """A librdkafka error as its message, not ``KafkaError{code=...,val=...}``."""
-    from confluent_kafka import KafkaError
-
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 def _same_file(first: str, second: str) -> bool:

@@ -320,7 +320,7 @@ def test_broker_gone_mid_recording_fails_and_says_the_file_is_incomplete(
 
     # Waiting longer for the broker than for an idle topic: an outage taken for idleness
     # would end the run with exit 0 first.
-    monkeypatch.setattr("consumers.record._BROKER_GONE_S", 3.0)
+    monkeypatch.setattr("consumers.common.BROKER_GONE_S", 3.0)
     saboteur = threading.Thread(target=take_down_once_recording, daemon=True)
     saboteur.start()
     code, out, err = run_cli(["record", "--out", str(recording), "--from-beginning",

@@ -41,3 +41,17 @@ def test_a_list_of_a_replayed_event_shows_the_events_time_not_years_of_latency()
         "user_id": "u1", "event_id": "e1", "ts": 1_765_000_000.0, "event_ts": EVENT_TS,
         "items": []}), 0.0)
     assert "(event of 2024-06-01 12:00 UTC)" in line and " ms)" not in line
+
+
+def test_an_unreachable_broker_is_an_error_not_an_idle_topic(make_settings, monkeypatch):
+    from streamrec.exceptions import BrokerUnavailable
+
+    # Nothing listens on port 1: tail --until-idle used to wait its idle time and exit 0,
+    # as if the topic were empty.
+    settings = make_settings().replace(kafka_bootstrap_servers="127.0.0.1:1")
+    monkeypatch.setattr("consumers.common.BROKER_GONE_S", 1.0)
+    args = argparse.Namespace(topic=None, user=None, from_beginning=True, max=None,
+                              until_idle=0.5, json=False)
+    with pytest.raises(BrokerUnavailable, match="127.0.0.1:1 is unreachable .* is the broker "
+                                                "running"):
+        tail.run(args, settings)
