@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Generator
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
 from streamrec.kafka import consumer_config
 from streamrec.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 # Records fetched per consume() call: large enough to amortise the call.
 READ_BATCH = 1000
@@ -20,6 +24,11 @@ READ_BATCH = 1000
 BROKER_GONE_S = 10.0
 # Timeout of the metadata request asking whether the broker still answers, seconds.
 PROBE_S = 0.5
+# How long a reader waits for the broker's first answer, seconds (replay's wait too).
+METADATA_TIMEOUT_S = 10.0
+# Longest single librdkafka request while connecting, seconds: a blocked librdkafka call
+# holds back Python's Ctrl-C until it returns, so one long wait is cut into slices.
+SLICE_S = 0.25
 
 
 def require_cluster(settings: Settings, command: str) -> None:
@@ -95,6 +104,43 @@ def kafka_error_text(exc: Exception) -> str:
     return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
+def within(deadline: float, request: Any) -> Any:
+    """``request(timeout_s)``, retried in ``SLICE_S`` slices until it answers or
+    ``deadline`` passes (then its last error is raised). Between slices Python runs its
+    signal handlers, so Ctrl-C is not held back by a long librdkafka wait."""
+    transient = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+    while True:
+        timeout_s = min(SLICE_S, max(deadline - time.monotonic(), 0.001))
+        try:
+            return request(timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in transient or time.monotonic() >= deadline:
+                raise
+
+
+def check_topic(consumer: Consumer, settings: Settings, topic: str) -> list[int]:
+    """The partitions of ``topic``. Fails now, in one line, if the broker does not answer
+    within ``METADATA_TIMEOUT_S`` (:class:`BrokerUnavailable`) or has no ``topic``
+    (:class:`ConfigError`): an open-ended reader would otherwise wait forever, and a
+    mistyped topic look like an empty one."""
+    deadline = time.monotonic() + METADATA_TIMEOUT_S
+    try:
+        metadata = within(deadline, lambda t: consumer.list_topics(topic, timeout=t))
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+            f"{METADATA_TIMEOUT_S:g} s ({kafka_error_text(exc)}); is the broker running?"
+        ) from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist at "
+                          f"{settings.kafka_bootstrap_servers}; check --topic (the worker "
+                          "creates streamrec's topics when it starts)")
+    return sorted(found.partitions)
+
+
 def read_topic(
     settings: Settings, topic: str, *, from_beginning: bool, group_id: str | None = None,
     until_idle_s: float | None = None, poll_timeout_s: float = 0.5,
@@ -106,14 +152,14 @@ def read_topic(
     open-ended one waits for the broker to come back, as librdkafka reconnects."""
     bootstrap = settings.kafka_bootstrap_servers
     watch = BrokerWatch()
-    extra: dict[str, object] = {"auto.offset.reset": "earliest" if from_beginning else "latest",
-                                "error_cb": watch.on_error}
-    if until_idle_s is not None:  # the outcome is one line; librdkafka's retries are noise
-        extra["log_level"] = 0
+    # log_level 0: librdkafka logs every reconnect attempt; an outage is said once here.
     conf = consumer_config(settings, group_id or f"streamrec-reader-{uuid.uuid4().hex[:8]}",
-                           **extra)
+                           **{"auto.offset.reset": "earliest" if from_beginning else "latest",
+                              "error_cb": watch.on_error, "log_level": 0})
+    warned = False
     consumer = Consumer(conf)
     try:
+        check_topic(consumer, settings, topic)
         consumer.subscribe([topic])
         last_record = time.monotonic()
         while True:
@@ -128,7 +174,13 @@ def read_topic(
             records = [m for m in batch if m.error() is None]
             if records:
                 last_record = time.monotonic()
-            elif until_idle_s is not None:
+                watch.down_since, warned = None, False
+            elif until_idle_s is None:
+                if watch.down_since is not None and not warned:
+                    warned = True
+                    logger.warning("Kafka at %s is unreachable (%s); waiting for it to come "
+                                   "back", bootstrap, watch.reason)
+            else:
                 state = watch.after_empty_poll(consumer, topic,
                                                time.monotonic() - last_record, until_idle_s)
                 if state == "idle":

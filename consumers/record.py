@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumers import common
-from consumers.common import BrokerWatch, kafka_error_text
+from consumers.common import BrokerWatch, check_topic, kafka_error_text, within
 from streamrec.exceptions import BrokerUnavailable, ConfigError
 from streamrec.settings import Settings
 
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 _BATCH = 10_000
 # How long one consume() call waits for records, seconds; also the idle-check tick.
 _POLL_S = 0.25
-# How long the start (topic metadata, watermarks) may wait for the broker, seconds; the
-# same wait as replay's up-front check.
-_METADATA_TIMEOUT_S = 10.0
-# Longest single librdkafka request while connecting, seconds: a blocked librdkafka call
-# holds back Python's Ctrl-C until it returns, so one long wait is cut into slices.
-_SLICE_S = 0.25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,19 +200,15 @@ def record(
 def _assign(consumer: Consumer, settings: Settings, topic: str, from_beginning: bool,
             expected: dict[int, int], lost_by_partition: dict[int, int]) -> None:
     """Assign every partition of ``topic`` at its start offset, filling ``expected`` and
-    the records already gone; all within ``_METADATA_TIMEOUT_S``."""
+    the records already gone; each step within ``common.METADATA_TIMEOUT_S``."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-    deadline = time.monotonic() + _METADATA_TIMEOUT_S
+    partitions = check_topic(consumer, settings, topic)
+    deadline = time.monotonic() + common.METADATA_TIMEOUT_S
     try:
-        metadata = _within(deadline, lambda t: consumer.list_topics(topic, timeout=t))
-        partitions = sorted(metadata.topics[topic].partitions)
-        if metadata.topics[topic].error is not None or not partitions:
-            raise ConfigError(f"topic {topic!r} does not exist at "
-                              f"{settings.kafka_bootstrap_servers}")
         assignment = []
         for partition in partitions:
-            low, high = _within(deadline, lambda t, p=partition: consumer.get_watermark_offsets(
+            low, high = within(deadline, lambda t, p=partition: consumer.get_watermark_offsets(
                 TopicPartition(topic, p), timeout=t))
             if from_beginning:
                 if low > 0:  # the broker no longer has offsets 0..low-1
@@ -231,27 +221,8 @@ def _assign(consumer: Consumer, settings: Settings, topic: str, from_beginning: 
         consumer.assign(assignment)
     except KafkaException as exc:
         raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
-            f"{_METADATA_TIMEOUT_S:g} s ({kafka_error_text(exc)}); is the broker running?"
-        ) from exc
-
-
-def _within(deadline: float, request: Any) -> Any:
-    """``request(timeout_s)``, retried in ``_SLICE_S`` slices until it answers or
-    ``deadline`` passes (then its last error is raised). Between slices Python runs its
-    signal handlers, so Ctrl-C is not held back by a long librdkafka wait."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    transient = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
-    while True:
-        timeout_s = min(_SLICE_S, max(deadline - time.monotonic(), 0.001))
-        try:
-            return request(timeout_s)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code not in transient or time.monotonic() >= deadline:
-                raise
+            f"Kafka at {settings.kafka_bootstrap_servers} stopped answering "
+            f"({kafka_error_text(exc)}); is the broker running?") from exc
 
 
 def _gone(bootstrap: str | None, what: str, out: str, records: int) -> BrokerUnavailable:

@@ -387,7 +387,7 @@ def test_record_with_no_broker_is_one_readable_line(tmp_path, capsys, monkeypatc
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr("consumers.record._METADATA_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("consumers.common.METADATA_TIMEOUT_S", 1.0)
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
     recording = tmp_path / "rec.jsonl"

@@ -43,15 +43,46 @@ def test_a_list_of_a_replayed_event_shows_the_events_time_not_years_of_latency()
     assert "(event of 2024-06-01 12:00 UTC)" in line and " ms)" not in line
 
 
-def test_an_unreachable_broker_is_an_error_not_an_idle_topic(make_settings, monkeypatch):
-    from streamrec.exceptions import BrokerUnavailable
+def test_an_unreachable_broker_or_a_missing_topic_is_one_clear_error(make_settings,
+                                                                     monkeypatch):
+    from streamrec.exceptions import BrokerUnavailable, ConfigError
 
-    # Nothing listens on port 1: tail --until-idle used to wait its idle time and exit 0,
-    # as if the topic were empty.
-    settings = make_settings().replace(kafka_bootstrap_servers="127.0.0.1:1")
-    monkeypatch.setattr("consumers.common.BROKER_GONE_S", 1.0)
     args = argparse.Namespace(topic=None, user=None, from_beginning=True, max=None,
-                              until_idle=0.5, json=False)
-    with pytest.raises(BrokerUnavailable, match="127.0.0.1:1 is unreachable .* is the broker "
-                                                "running"):
-        tail.run(args, settings)
+                              until_idle=None, json=False)
+    # Nothing listens on port 1: an open-ended tail used to retry forever, flooding stderr.
+    monkeypatch.setattr("consumers.common.METADATA_TIMEOUT_S", 1.0)
+    nobody = make_settings().replace(kafka_bootstrap_servers="127.0.0.1:1")
+    with pytest.raises(BrokerUnavailable, match="127.0.0.1:1 did not answer within 1 s .* is "
+                                                "the broker running"):
+        tail.run(args, nobody)
+    # A mistyped topic used to look like an empty one.
+    args.topic = "recommendatons"
+    with pytest.raises(ConfigError, match="topic 'recommendatons' does not exist"):
+        tail.run(args, make_settings())
+
+
+def test_a_broker_gone_while_tail_waits_is_an_error_not_an_idle_topic(monkeypatch):
+    from consumers.common import read_topic
+    from streamrec.broker import EmbeddedBroker
+    from streamrec.exceptions import BrokerUnavailable
+    from streamrec.settings import Settings
+
+    broker = EmbeddedBroker(partitions=1).start()
+    try:
+        settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers, metrics_port=0)
+        broker.create_topics(settings.topics.all())
+        producer = make_producer(settings)
+        producer.produce(settings.topics.recommendations, b"{}", key=b"u1")
+        assert producer.flush(10) == 0
+        monkeypatch.setattr("consumers.common.BROKER_GONE_S", 1.0)
+        records = read_topic(settings, settings.topics.recommendations, from_beginning=True,
+                             until_idle_s=0.5)
+        assert next(records).key() == b"u1"
+        broker.set_down()
+        # --until-idle used to end here with exit 0, as if the topic had gone quiet.
+        with pytest.raises(BrokerUnavailable, match="is unreachable .* is the broker running"):
+            next(records)
+        records.close()
+    finally:
+        broker.set_up()
+        broker.stop()
