@@ -71,13 +71,13 @@ def _list_lag(list_ts: float, event_ts: float) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.exceptions import ConfigError
 
-    require_cluster(settings, "tail")
     if args.until_idle is not None and not args.until_idle > 0:
         raise ConfigError(f"--until-idle must be > 0 seconds, got {args.until_idle}")
     if args.max is not None and args.max <= 0:
         raise ConfigError(f"--max must be a positive whole number, got {args.max}")
     if args.user is not None and not args.user:
         raise ConfigError("--user needs a user id (an empty one matches no record)")
+    require_cluster(settings, "tail")
     topic = args.topic or settings.topics.recommendations
     wanted = args.user.encode() if args.user else None
     printed = 0

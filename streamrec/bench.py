@@ -53,6 +53,7 @@ from streamrec.bench_report import (
     rss_per_new_user,
 )
 from streamrec.exceptions import ConfigError, StateStoreUnavailable, StreamrecError
+from streamrec.paths import check_output_file
 from streamrec.settings import Settings, Topics
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace, partitions: int) -> None:
+    if args.report:
+        check_output_file(args.report, "--report")
     if args.events < 1000:
         raise ConfigError("--events must be at least 1000 (e.g. --events 300000)")
     if args.memory_events < 0:

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from streamrec.exceptions import ConfigError, StreamrecError
+from streamrec.paths import check_output_file
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    if args.report:
+        check_output_file(args.report, "--report")
     for name in ("users", "titles", "events"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be a positive whole number")

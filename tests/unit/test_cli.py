@@ -32,6 +32,12 @@ def run(argv, capsys, monkeypatch, env=None):
         (["recs", "u1"], "REDIS_URL is not set"),
         (["features", "u1"], "REDIS_URL is not set"),
         (["no-such-command"], "invalid choice"),
+        # Output files are checked before the work, not after minutes of it.
+        (["demo", "--report", "/nonexistent-dir/r.json"], "mkdir -p /nonexistent-dir"),
+        (["demo", "--report", "/tmp"], "--report /tmp is a directory"),
+        (["bench", "--mode", "core", "--report", "/nonexistent-dir/b.json"],
+         "its directory /nonexistent-dir does not exist"),
+        (["tail", "--max", "0"], "--max must be a positive whole number"),
     ],
 )
 def test_mistakes_get_one_line_and_nonzero_exit(argv, fragment, capsys, monkeypatch):
