@@ -119,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--latency-seconds each; no other phase (e.g. 600,2000,4000)")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     parser.add_argument("--report", default=None, metavar="PATH",
-                        help="write the JSON report to PATH and, except with --mode core (no "
-                             "run over time to draw), a PNG chart beside it")
+                        help="write the JSON report to PATH and, except with --mode core or "
+                             "state (no run over time to draw), a PNG chart beside it")
 
 
 def _validate(args: argparse.Namespace, partitions: int) -> None:

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="simulation seed")
     parser.add_argument("--report", default=None, metavar="PATH",
                         help="write the summary as JSON to PATH, and a chart of the run's "
-                             "throughput, latency and online recall beside it (PATH.png)")
+                             "throughput, latency and online recall beside it (PATH with "
+                             ".png for its extension)")
 
 
 def _validate(args: argparse.Namespace) -> None:
