@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from streamrec.exceptions import ConfigError
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     if args.min_rating is not None and not math.isfinite(args.min_rating):
         raise ConfigError(f"--min-rating must be a number, got {args.min_rating}")
+    _check_outputs(args)
     variants = _experiment_variants(settings)
     names = _model_names(args.models, [*MODELS, *variants], list(DEFAULT_MODELS))
     oracles = {}
@@ -140,13 +142,38 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"cache hints: recall@{args.k} {hints['recall']:.4f} of each hour's most "
                   f"played titles per country (last hour's top {args.k}: "
                   f"{hints['baseline_recall']:.4f}) over {hints['hours']} country-hours")
-    if args.report:
-        for path in report.write(document, outcome, args.report, args.k):
-            print(f"wrote {path}")
-    if args.plot:
-        report.plot(outcome, args.k, args.plot, title=args.file)
-        print(f"wrote {args.plot}")
+    try:
+        if args.report:
+            for path in report.write(document, outcome, args.report, args.k):
+                print(f"wrote {path}")
+        if args.plot:
+            report.plot(outcome, args.k, args.plot, title=args.file)
+            print(f"wrote {args.plot}")
+    except OSError as exc:  # checked before the run: only if something changed since
+        raise ConfigError(f"cannot write {exc.filename or 'the report'}: "
+                          f"{exc.strerror or exc}") from None
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--report`` and ``--plot`` can be written, or one line now rather than a traceback
+    after the replay. Both create the directories they need (``mkdir -p``)."""
+    from streamrec.evaluation.report import check_writable, report_paths
+
+    targets: list[tuple[str, str, Path]] = []
+    if args.report:
+        if Path(args.report).exists() and not Path(args.report).is_dir():
+            raise ConfigError(f"--report {args.report} is a file, not a directory; give a "
+                              "directory for report.json and report.png (created if missing)")
+        targets += [("--report", args.report, path) for path in report_paths(args.report)]
+    if args.plot:
+        targets.append(("--plot", args.plot, Path(args.plot)))
+    for option, given, path in targets:
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"{option} {given}: cannot write {path} "
+                              f"({exc.strerror or exc})") from None
 
 
 def _experiment_variants(settings: Settings) -> dict[str, Any]:

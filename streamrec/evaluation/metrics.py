@@ -57,6 +57,9 @@ class Scoreboard:
     >>> s = board.summary(titles_seen=10)
     >>> s["recall@2"], s["mrr"], s["coverage"], s["novelty"]
     (0.5, 0.666667, 0.3, 1.5)
+    >>> board.add(rank=2, listed=np.array([4]), novelty=0.0, listable=False)
+    >>> board.hits[-1]  # ranked 2nd of 2 and k = 2, but it could not be on the list
+    False
     """
 
     def __init__(self, k: int) -> None:
@@ -67,9 +70,15 @@ class Scoreboard:
         self._listed: set[int] = set()
         self._novelty = 0.0
 
-    def add(self, rank: int, listed: np.ndarray, novelty: float) -> None:
-        """One tested event: the true title's rank, the top-k shown, their mean novelty."""
-        hit = rank <= self.k
+    def add(self, rank: int, listed: np.ndarray, novelty: float, listable: bool = True) -> None:
+        """One tested event: the true title's rank, the top-k shown, their mean novelty.
+
+        ``listable`` is False when the model could not have listed the true title (its
+        first appearance in the stream, or a title the model cannot score): a miss for
+        recall and NDCG whatever its rank, even when all the candidates fit in k. MRR
+        still takes ``1 / rank`` over the whole ranking, where such a title comes last.
+        """
+        hit = listable and rank <= self.k
         self.hits.append(hit)
         self._rr += 1.0 / rank
         if hit:

@@ -17,16 +17,21 @@ list it would actually show (diversified, with its exploration slots) for the fi
 places, then by its blended score.
 
 A true title that has never appeared in the stream before is a miss for every model
-(``unreachable`` in the report, about a fifth of MovieLens' 5-star events): it would be
-the only unseen title among the candidates, so a model that favours unknown titles (a
-bandit's prior, content features from a catalogue) would find it without predicting
-anything.
+(``unreachable`` in the report, about a fifth of MovieLens' 5-star events), whatever k:
+it would be the only unseen title among the candidates, so a model that favours unknown
+titles (a bandit's prior, content features from a catalogue) would find it without
+predicting anything. It counts for nothing in recall and NDCG, and comes last in the
+ranking MRR reads (``1 / candidates``), as for a model that cannot tell it from any other
+candidate. Likewise a true title a model scores ``-inf`` is never a hit: it is not on
+the model's list, even when k is at least the number of candidates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -160,8 +165,11 @@ def run(stream: LoadedStream, models: dict[str, Recommender], k: int, history_ca
     tested_users: list[str] = []
     started = time.perf_counter()
     total = len(stream.steps)
+    # Progress every 0.1% of the stream (a line every 10% needs a call in every tenth,
+    # even of a few dozen steps), at most every 256 steps: a bar redraw is cheap.
+    stride = max(1, min(256, total // 1000))
     for n, step in enumerate(stream.steps):
-        if progress is not None and n % 256 == 0:
+        if progress is not None and n % stride == 0:
             progress(n, total)
         if isinstance(step, TitleChange):
             tid = step.title["title_id"]
@@ -247,42 +255,74 @@ def run_jobs(stream: LoadedStream, models: dict[str, Recommender], k: int,
     """:func:`run` with the models spread over ``jobs`` processes (forked, each replaying
     the whole stream for its share of the models): the same figures as one process,
     since every model learns and ranks exactly what it would alone. This process runs
-    the costliest share and reports progress; the others send back their scoreboards."""
+    the costliest share and reports progress; the others send back their scoreboards.
+
+    Ctrl-C is this process's to report: the others ignore SIGINT (a terminal sends it
+    to all of them) and are terminated when this one stops, for whatever reason."""
     groups = split_by_cost(list(models), jobs)
     if len(groups) <= 1:
         return run(stream, models, k, history_cap, progress, product)
     started = time.perf_counter()
     context = multiprocessing.get_context("fork")
-    children = []
-    for group in groups[1:]:
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=_run_share, daemon=True, args=(
-            send, stream, {n: models[n] for n in group}, k, history_cap, product))
-        child.start()
-        send.close()
-        children.append((child, receive))
-    outcome = run(stream, {n: models[n] for n in groups[0]}, k, history_cap, progress,
-                  product)
-    shares = {c.name: c for c in outcome.contenders}
-    for child, receive in children:
-        try:
-            kind, payload = receive.recv()
-        except EOFError:
-            kind, payload = "crash", f"it exited with code {child.exitcode} without a result"
-        child.join()
-        if kind == "invalid":
-            raise ValueError(payload)
-        if kind == "crash":
-            raise RuntimeError(f"an evaluation process failed:\n{payload}")
-        shares.update((c.name, c) for c in payload)
+    children: list[tuple[Any, Any]] = []
+    try:
+        # SIGINT held back while forking: a child ignores it before it can arrive there,
+        # and one arriving meanwhile interrupts this process once unblocked.
+        with _sigint_blocked():
+            for group in groups[1:]:
+                receive, send = context.Pipe(duplex=False)
+                child = context.Process(target=_run_share, daemon=True, args=(
+                    send, stream, {n: models[n] for n in group}, k, history_cap, product))
+                child.start()
+                send.close()
+                children.append((child, receive))
+        outcome = run(stream, {n: models[n] for n in groups[0]}, k, history_cap, progress,
+                      product)
+        shares = {c.name: c for c in outcome.contenders}
+        for child, receive in children:
+            try:
+                kind, payload = receive.recv()
+            except EOFError:
+                kind, payload = "crash", f"it exited with code {child.exitcode} without a result"
+            child.join()
+            if kind == "invalid":
+                raise ValueError(payload)
+            if kind == "crash":
+                raise RuntimeError(f"an evaluation process failed:\n{payload}")
+            shares.update((c.name, c) for c in payload)
+    finally:
+        for child, receive in children:
+            receive.close()
+            if child.is_alive():  # stopped early (Ctrl-C, another share's error)
+                child.terminate()
+                child.join()
     outcome.contenders = [shares[name] for name in models]
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Any:
+    """SIGINT held pending (POSIX) for the duration; delivered, if sent, on leaving."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _run_share(send: Any, stream: LoadedStream, models: dict[str, Recommender], k: int,
                history_cap: int, product: ProfileAdjuster | None) -> None:
-    """One process's share of :func:`run_jobs`: its contenders, without their models."""
+    """One process's share of :func:`run_jobs`: its contenders, without their models.
+
+    Forked with SIGINT blocked: it ignores SIGINT before unblocking it, so Ctrl-C is
+    reported once, by the parent, which terminates this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         outcome = run(stream, models, k, history_cap, None, product)
         for c in outcome.contenders:
@@ -308,7 +348,10 @@ def _test(contenders: list[Contender], title: int, seen: np.ndarray, interacted:
     for c in contenders:
         scores = c.scores(candidates, profile, ts)
         if not reachable:
-            scores[true_pos] = -np.inf
+            scores[true_pos] = -np.inf  # last in the ranking, off the list
         listed = top_items(candidates, scores, c.k)
+        # A title the model cannot score (-inf, NaN) is off its list however short the
+        # list of candidates: a miss, not a hit by default when k exceeds them.
         c.board.add(rank_of_true(scores, true_pos), listed,
-                    self_information(listed, engaged_users, users))
+                    self_information(listed, engaged_users, users),
+                    listable=bool(np.isfinite(scores[true_pos])))

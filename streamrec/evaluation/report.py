@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -86,13 +89,47 @@ def _span(interval: list[float] | None) -> str:
     return f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-"
 
 
+def report_paths(folder: str) -> list[Path]:
+    """The files :func:`write` writes into ``folder``."""
+    return [Path(folder) / "report.json", Path(folder) / "report.png"]
+
+
+def check_writable(path: Path) -> None:
+    """Raise ``OSError`` unless a file can be written at ``path``, before any work is done.
+
+    Missing parent directories are created, as :func:`write` and :func:`plot` create
+    them, to prove they can be, then removed again with the file written to prove it:
+    a run refused later (a bad input file) leaves nothing behind. An existing file is
+    opened for appending and left unchanged.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a directory is there", str(path))
+    if path.exists():
+        if path.is_file():
+            with open(path, "ab"):
+                pass
+        return
+    missing = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        for created in reversed(missing):
+            created.mkdir()
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".streamrec-probe-"):
+            pass
+    finally:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+
+
 def write(report: dict[str, Any], outcome: Outcome, folder: str, k: int) -> list[str]:
     """Write ``report.json`` and ``report.png`` into ``folder``; the paths written."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "report.json"
+    json_path, png_path = report_paths(folder)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    png_path = out / "report.png"
     plot(outcome, k, str(png_path), title=report["protocol"].get("file", ""))
     return [str(json_path), str(png_path)]
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,16 +254,30 @@ def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     (["{data}", "--catalog", "missing-movies.csv"], "file not found"),
     (["{data}", "--oracle", "300,500"], "--oracle takes USERS,TITLES,SEED"),
     (["{data}", "--plot", "out/plot.txt"], "give a .png, .svg or .pdf"),
+    (["{data}", "--report", "{data}"], "is a file, not a directory"),
+    (["{data}", "--report", "{data}/out"], "cannot write"),
+    (["{data}", "--report", "{tmp}/r", "--plot", "{data}/docs/q.png"], "cannot write"),
+    (["{data}", "--plot", "{tmp}/taken.png"], "cannot write"),
 ])
 def test_mistakes_get_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     data = write_udata(tmp_path / "u.data", TEN)
     junk = tmp_path / "junk.bin"
     junk.write_text("hello\n")
-    argv = [a.format(data=data, junk=junk) for a in argv]
+    (tmp_path / "taken.png").mkdir()  # a directory where the plot would go
+    argv = [a.format(data=data, junk=junk, tmp=tmp_path) for a in argv]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
+    # One line: refused before the replay (which would have printed progress lines).
     assert len(err.strip().splitlines()) == 1 and message in err
     assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # a refused run leaves no directory behind
+
+
+def test_output_directories_are_checked_but_not_left_behind_by_a_failed_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, str(tmp_path / "missing.csv"), "--report",
+                           str(tmp_path / "a" / "b"), "--plot", str(tmp_path / "c" / "q.png"))
+    assert code == 2 and "file not found" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_format_choice_is_a_usage_error(tmp_path, capsys):
@@ -303,3 +321,82 @@ def test_oracle_ranks_by_the_hidden_affinity():
     from streamrec.evaluation import oracle
 
     assert doctest.testmod(oracle).failed == 0
+
+
+# Five 5-star ratings of five different titles: positives 1 is learned only, 2-5 are
+# tested, and each of them is the title's first appearance. Event 2 has 2 candidates
+# (A, B), event 5 has 5: with k = 10 every candidate fits in the list, yet none of the
+# four can be a hit, since no model could have known the title.
+FIRST_APPEARANCES = [("u1", "A"), ("u2", "B"), ("u3", "C"), ("u4", "D"), ("u5", "E")]
+
+
+def test_a_first_appearance_is_a_miss_even_when_k_exceeds_the_candidates(tmp_path, capsys):
+    data = write_udata(tmp_path / "u.data", FIRST_APPEARANCES)
+    code, out, _ = run_cli(capsys, data, "--k", "10", "--models", "popularity,random",
+                           "--report", str(tmp_path / "r"), "--jobs", "2")
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (report["tested"], report["unreachable"]) == (4, 4)
+    for name in ("popularity", "random"):
+        got = report["models"][name]
+        assert (got["recall@10"], got["ndcg@10"]) == (0.0, 0.0)
+        # MRR ranks the title last among the candidates (2, 3, 4, 5 of them), as a
+        # model that cannot tell it from any other would; never first.
+        assert got["mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 4, abs=1e-6)
+    versus = report["comparisons"]["random vs popularity"]
+    assert (versus["only_model"], versus["only_baseline"], versus["ratio"]) == (0, 0, None)
+    assert out.splitlines()[2].split()[1:3] == ["0.0000", "0.0000"]
+
+
+class Unknowing(Popularity):
+    """Cannot score one title (``-inf``, as for a title a model has never heard of)."""
+
+    def _score_rows(self, rows, profile, ts):
+        scores = np.asarray(super()._score_rows(rows, profile, ts), dtype=np.float64)
+        scores[np.asarray(self._items.ids, dtype=object)[rows] == "B"] = -np.inf
+        return scores
+
+
+def test_a_title_the_model_cannot_score_is_never_a_hit_whatever_k(tmp_path):
+    # Events 5, 7 and 10 of TEN are B (at 5, the only candidate). A model scoring B -inf
+    # leaves it off its list, so it did not recommend it: a miss, even at k = 10.
+    stream = streams.load(write_udata(tmp_path / "u.data", TEN), "movielens")
+    outcome = protocol.run(stream, {"unknowing": Unknowing()}, k=10)
+    board = outcome.contenders[0].board
+    assert board.hits == [True, False, False, False, True, True, False]
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_ctrl_c_with_jobs_is_reported_once_without_the_workers_tracebacks(tmp_path):
+    # 40,000 distinct 5-star ratings of 5,003 titles: seconds of replay, so Ctrl-C lands
+    # mid-run. Like a terminal, the signal goes to the whole process group.
+    pairs = [(f"u{i % 1999}", f"t{i * 7919 % 5003}") for i in range(40_000)]
+    data = write_udata(tmp_path / "u.data", pairs)
+    command = [sys.executable, "-m", "streamrec.cli", "evaluate", data, "--models",
+               "popularity,random", "--jobs", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        first = process.stderr.readline()  # printed once the worker process is forked
+        assert first.startswith("evaluating: 0%"), first
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert process.returncode == 130, out + err
+    assert err.count("streamrec evaluate: interrupted") == 1
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    with pytest.raises(ProcessLookupError):  # no worker process left running
+        os.killpg(process.pid, 0)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_progress_off_a_terminal_is_a_line_every_10_percent(tmp_path, capsys, jobs):
+    # 50 events, far fewer than a replay's usual progress stride: still every tenth.
+    data = write_udata(tmp_path / "u.data", TEN * 5)
+    code, _, err = run_cli(capsys, data, "--models", "popularity,random", "--jobs", jobs)
+    assert code == 0
+    shares = [line.split()[1] for line in err.splitlines() if line.startswith("evaluating:")]
+    assert shares == [f"{10 * tenth}%" for tenth in range(11)]
