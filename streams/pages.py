@@ -323,12 +323,16 @@ def _user_of(counts: Sequence[int]) -> np.ndarray:
 
 
 def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.ndarray,
-                  n_reasons: int, slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  n_reasons: int, slot_reason: np.ndarray, resuming: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The because/genre slot of every ranked entry that gets one, as ``(slots,
     entries)`` sorted by slot then entry; ``slot_reason[user, slot]`` set to the slot's
     reason. A user's first ``MAX_BECAUSE_ROWS`` sources and ``MAX_GENRE_ROWS`` genres
-    (by first appearance) get a slot each."""
+    (by first appearance) get a slot each; the entries ``resuming`` marks (titles in
+    progress) count as reasons without a row."""
     rec_kind = reason_kind[rec_reason]
+    if resuming is not None:
+        rec_kind[resuming] = 0
     row_slots: list[np.ndarray] = []
     row_entries: list[np.ndarray] = []
     for kind, base, cap in ((1, SLOT_BECAUSE, MAX_BECAUSE_ROWS),
@@ -357,15 +361,17 @@ def _reason_slots(rec_user: np.ndarray, rec_reason: np.ndarray, reason_kind: np.
 
 
 def _reason_slots_loop(rec_user: list[int], rec_reason: list[int], reason_kind: list[int],
-                       slot_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_reason_slots` one entry at a time (the same result), for a few users."""
+                       slot_reason: np.ndarray, resuming: set[int]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_reason_slots` one entry at a time (the same result), for a few users;
+    ``resuming``: the entries of titles in progress."""
     slot_of: dict[tuple[int, int], int] = {}
     taken: dict[tuple[int, int], int] = {}  # (user, kind) -> slots given so far
     picked: list[tuple[int, int]] = []
     named: list[tuple[int, int, int]] = []
     for entry, (user, reason) in enumerate(zip(rec_user, rec_reason, strict=True)):
         kind = reason_kind[reason]
-        if not kind:
+        if not kind or entry in resuming:
             continue
         slot = slot_of.get((user, reason))
         if slot is None:
@@ -407,10 +413,13 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
     """Assign every candidate a row slot (``streams.rows.SLOT_*``) and fill the rows.
 
     A user's first ``MAX_BECAUSE_ROWS`` "because you watched" sources and first
-    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each; every ranked title is
-    also a top pick; continue watching, new releases (less what they completed) and
-    trending (likewise) have a slot of their own. :func:`streams.rows.fill_slots` then
-    fills all users' rows at once, slot after slot in ``ASSIGN_ORDER``."""
+    ``MAX_GENRE_ROWS`` genres, in rank order, get a slot each, from the reasons of the
+    ranked titles not in progress (a title in progress says ``continue_watching``,
+    ``ProductLayer.decorate``); every ranked title is also a top pick; continue
+    watching, new releases (less what they completed) and trending (likewise) have a
+    slot of their own. :func:`streams.rows.fill_slots` then fills all users' rows at
+    once, slot after slot in ``ASSIGN_ORDER`` (a title in progress goes to continue
+    watching or to no row, as :func:`streams.rows.row_titles` for one user)."""
     n_users = len(gathered.uids)
     n_titles = len(codes.titles)
     rec_code = codes.of(gathered.rec_titles)
@@ -422,16 +431,25 @@ def fill_rows(gathered: Gathered, codes: TitleCodes, row_items: int,
     kinds = [1 if r.startswith("because_you_watched:") and len(r) > _BECAUSE
              else 2 if r.startswith("genre:") and len(r) > _GENRE else 0 for r in reason_list]
     reason_of = list(map(reason_code.__getitem__, rec_reasons))
+    resume_code = codes.of(gathered.resume_titles)
+    resume_user = _user_of(gathered.resume_counts)
+    # The ranked entries of titles in the user's resume list: their items will say
+    # continue_watching, so their ranked reasons claim no row. A (user, title) table, as
+    # fill_slots' "taken": a few array calls a batch (per entry in Python: ~1 us a user).
+    resuming = None
+    if len(resume_code) and len(rec_code):
+        listed = np.zeros(n_users * n_titles, dtype=bool)
+        listed[resume_user * n_titles + resume_code] = True
+        resuming = listed[rec_user * n_titles + rec_code]
     slot_reason = np.full((n_users, N_SLOTS), -1, dtype=np.int64)
     if n_users <= SMALL_USERS:
-        mid_slots, mid_entries = _reason_slots_loop(rec_user.tolist(), reason_of, kinds,
-                                                    slot_reason)
+        mid_slots, mid_entries = _reason_slots_loop(
+            rec_user.tolist(), reason_of, kinds, slot_reason,
+            set(np.flatnonzero(resuming).tolist()) if resuming is not None else set())
     else:
         mid_slots, mid_entries = _reason_slots(
             rec_user, np.asarray(reason_of, dtype=np.int64),
-            np.asarray(kinds, dtype=np.int64), len(reason_list), slot_reason)
-    resume_code = codes.of(gathered.resume_titles)
-    resume_user = _user_of(gathered.resume_counts)
+            np.asarray(kinds, dtype=np.int64), len(reason_list), slot_reason, resuming)
     newest_code = codes.of(gathered.newest)
     new_user = _user_of([len(gathered.newest)] * n_users)
     new_code = newest_code if n_users == 1 else np.tile(newest_code, n_users)

@@ -62,7 +62,7 @@ from streams.pages import (
     trending_titles,
     user_tokens,
 )
-from streams.rows import PLAYBACK_TYPES, row_type, update_in_progress
+from streams.rows import CONTINUE_WATCHING, PLAYBACK_TYPES, row_type, update_in_progress
 from streams.search import SearchIndex, normalise
 from streams.state import StoredProfile
 from streams.titles import TitleIndex
@@ -97,9 +97,6 @@ CATALOG_FULL_EVERY = 10
 # then skips its flush round trip (most one-event batches: ~0.6 ms of a 5 ms batch). It is
 # written at once when its hour changes, and with any other aggregate.
 CLOCK_STEP_S = 60.0
-# The reason given to a listed title the user has started and not finished: what brings it
-# to the list is their own viewing, not another title ("because you watched" it).
-CONTINUE_WATCHING = "continue_watching"
 
 
 # Everything a batch writes besides per-user state, in one call (one round trip):
@@ -525,7 +522,10 @@ class ProductLayer:
     def _decorate_items(self, message: dict[str, Any], stored: StoredProfile,
                         recs: Sequence[Any], event: dict[str, Any], row_policy: str) -> bytes:
         """Every item's artwork (and the reason of an in-progress title or a searched-for
-        source); the rows' JSON."""
+        source); the rows' JSON. The reasons are those the page's rows were built from
+        (``streams.pages.gather``, ``fill_rows``): a title in progress and not completed
+        says ``continue_watching``, and is in that row or in none unless duplicates are
+        allowed (``streams.rows``)."""
         uid = message["user_id"]
         page = self._batch.pages.pop(uid, None)
         if page is None:
@@ -534,14 +534,16 @@ class ProductLayer:
         started = time.perf_counter()
         rows, artwork_of, searched = page
         progress = self._batch.progress.get(uid, stored.in_progress)
+        completed = stored.profile.completed
         for item in message["items"]:
-            if item["title_id"] in progress:
+            title = item["title_id"]
+            if title in progress and title not in completed:
                 item["reason"] = CONTINUE_WATCHING
             elif searched:
                 reason = item["reason"]
                 if reason.startswith("because_you_watched:") and reason[20:] in searched:
                     item["reason"] = "search"
-            item["artwork_id"] = artwork_of.get(item["title_id"])
+            item["artwork_id"] = artwork_of.get(title)
         self._batch.seconds += time.perf_counter() - started
         return rows
 

@@ -19,10 +19,16 @@ Each title is placed in at most one row (unless duplicates are allowed): the mos
 specific row that has it wins (in the order of the table), and a series shows at most
 one episode per row. The order of the rows is the row bandit's
 (:class:`models.homepage.RowBandit`); empty rows are left out.
+
+An in-progress title is shown in the continue watching row or nowhere (unless duplicates
+are allowed): its item in the ranked list says ``continue_watching`` whatever the ranking
+gave, so it claims no because/genre row, and the in-progress titles the row has no room
+for (the least likely to be resumed) are left out of the other rows too.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,15 @@ from streams.titles import TitleIndex
 
 PLAYBACK_TYPES = frozenset({"play", "pause", "resume", "seek", "stop", "complete"})
 PARTIAL_DONE = frozenset({"stop", "pause", "seek"})
+# The continue watching row's id, and the reason of a listed title the user has started
+# and not finished (``streams.product``): what brings it to the list is their own viewing.
+# Such a title is in that row or in no row, never in another with that reason: a consumer
+# who reads continue_watching looks for it (and its resume_s) there, and the reason does
+# not depend on how many titles the row holds (STREAMREC_ROW_ITEMS). Giving the reason
+# only to the titles the row shows would list the others as fresh picks (a because/genre
+# row, no resume position) while the user is halfway through them; those left out are
+# the least likely to be resumed (the row is in resume order).
+CONTINUE_WATCHING = "continue_watching"
 # Sources / genres given their own row, at most.
 MAX_BECAUSE_ROWS = 2
 MAX_GENRE_ROWS = 2
@@ -137,22 +152,27 @@ def candidate_rows(inputs: RowInputs, titles: TitleIndex,
                    title_affinity: Callable[[str], float] | None = None,
                    ) -> list[tuple[Row, list[str]]]:
     """Every row the user could get, with its candidate titles (before de-duplication),
-    in ``ASSIGN_ORDER``."""
+    in ``ASSIGN_ORDER``. A ranked title in progress counts as reason ``continue_watching``
+    (its item's, see the module docstring): it claims no because/genre row."""
     completed = inputs.completed
     if not isinstance(completed, (set, frozenset)):
         completed = set(completed)
     rows: list[tuple[Row, list[str]]] = []
+    resume: list[str] = []
     if inputs.resume_order:
         in_progress = inputs.in_progress
         resume = [t for t in inputs.resume_order if t in in_progress and t not in completed]
         if resume:
-            rows.append((Row("continue_watching", "continue_watching", "Continue watching",
+            rows.append((Row(CONTINUE_WATCHING, CONTINUE_WATCHING, "Continue watching",
                              []), resume))
+    resuming = set(resume)
     because: dict[str, list[str]] = {}
     genres: dict[str, list[str]] = {}
     picks: list[str] = []
     for title, reason in inputs.recs:
         picks.append(title)
+        if title in resuming:
+            continue
         if reason.startswith("because_you_watched:"):
             arg = reason[20:]
             if arg and (arg in because or len(because) < MAX_BECAUSE_ROWS):
@@ -198,10 +218,11 @@ def fill_rows(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
               in_progress: Mapping[str, tuple[float, float, float]], max_items: int = 10,
               allow_duplicates: bool = False) -> list[Row]:
     """Give each row its items: most specific row first, each title once (by default),
-    one episode per series per row, at most ``max_items`` per row; drops empty rows."""
+    one episode per series per row, at most ``max_items`` per row; drops empty rows.
+    Without duplicates, continue watching's titles past ``max_items`` are in no row."""
     out = []
     for row, members in row_titles(candidates, titles, max_items, allow_duplicates):
-        if row.type == "continue_watching":
+        if row.type == CONTINUE_WATCHING:
             row.items.extend({"title_id": t, "resume_s": round(in_progress[t][0], 1)}
                              for t in members)
         else:
@@ -239,6 +260,10 @@ def row_titles(candidates: list[tuple[Row, list[str]]], titles: TitleIndex,
             count += 1
             if count >= max_items:
                 break
+        if row.type == CONTINUE_WATCHING:
+            # Every in-progress title is taken, shown or not: its item says
+            # continue_watching, so it is in this row or in none (the module docstring).
+            taken.update(members)
         if picked:
             chosen[i] = picked
     return [(row, chosen[i]) for i, (row, _) in enumerate(candidates) if i in chosen]
@@ -329,8 +354,9 @@ def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups:
     (outside continue watching), else something unique to the title. The rows are
     filled slot by slot, as :func:`row_titles` fills one user's: a title taken by an
     earlier row is skipped (unless ``allow_duplicates``), then the first title of each
-    group, then the first ``max_items``. One pass of array operations per slot,
-    whatever the number of users.
+    group, then the first ``max_items``. Every candidate of ``SLOT_CONTINUE`` is taken,
+    picked or not (an in-progress title past ``max_items`` is in no other row). One pass
+    of array operations per slot, whatever the number of users.
 
     Examples
     --------
@@ -346,6 +372,8 @@ def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups:
     taken = None if allow_duplicates else np.zeros(
         (int(users.max()) + 1) * n_titles, dtype=bool)
     bounds = np.searchsorted(slots, np.arange(int(slots.max()) + 2)).tolist()
+    # Where continue watching's candidates start (-1: none; it is the first slot).
+    continue_at = 0 if slots[0] == SLOT_CONTINUE else -1
     n_cells = (int(users.max()) + 1) * n_groups
     for a, b in zip(bounds, bounds[1:], strict=False):
         if a == b:
@@ -363,7 +391,7 @@ def fill_slots(slots: np.ndarray, users: np.ndarray, titles: np.ndarray, groups:
         left = left[np.arange(len(left)) - np.searchsorted(who_left, who_left) < max_items]
         chosen[a + left] = True
         if taken is not None:
-            taken[keys[left]] = True
+            taken[keys if a == continue_at else keys[left]] = True
     return chosen
 
 
@@ -377,8 +405,9 @@ def _fill_slots_loop(slots: np.ndarray, users: np.ndarray, titles: np.ndarray,
                      groups: np.ndarray, max_items: int, allow_duplicates: bool
                      ) -> np.ndarray:
     """:func:`fill_slots` one candidate at a time (the same mask): in each slot, a
-    title already picked for the user is skipped, then a group already seen in the
-    slot's row, then candidates past ``max_items``."""
+    title already taken for the user is skipped, then a group already seen in the
+    slot's row, then candidates past ``max_items``; continue watching takes all its
+    candidates."""
     # Candidates come in runs of one (slot, user): a user's taken titles are a set of
     # their own, a run's groups and count are reset when it starts (no tuple keys).
     chosen = [False] * len(slots)
@@ -387,9 +416,13 @@ def _fill_slots_loop(slots: np.ndarray, users: np.ndarray, titles: np.ndarray,
     seen: set[int] = set()
     count = 0
     run_slot = run_user = -1
-    for i, (slot, user, title, group) in enumerate(zip(slots.tolist(), users.tolist(),
-                                                        titles.tolist(), groups.tolist(),
-                                                        strict=True)):
+    slot_list, user_list, title_list = slots.tolist(), users.tolist(), titles.tolist()
+    if not allow_duplicates:  # continue watching (the first slot) takes all it is given
+        n_continue = bisect_right(slot_list, SLOT_CONTINUE)
+        for user, title in zip(user_list[:n_continue], title_list, strict=False):
+            taken_of.setdefault(user, set()).add(title)
+    for i, (slot, user, title, group) in enumerate(zip(slot_list, user_list, title_list,
+                                                        groups.tolist(), strict=True)):
         if user != run_user or slot != run_slot:
             run_slot, run_user = slot, user
             seen = set()
@@ -400,7 +433,7 @@ def _fill_slots_loop(slots: np.ndarray, users: np.ndarray, titles: np.ndarray,
             taken = user_taken
         if count >= max_items:  # the rest of the run cannot be picked
             continue
-        if not allow_duplicates and title in taken:
+        if not allow_duplicates and title in taken and slot != SLOT_CONTINUE:
             continue
         if group in seen:
             continue
