@@ -23,3 +23,11 @@ def test_the_sink_keeps_the_newest_list_per_user_and_skips_tombstones_and_junk()
 def test_tail_prints_a_tombstone_as_null_and_junk_as_not_json():
     assert format_record("recs", b"u1", None, 0.0) == f"{'u1':>10}: null"
     assert format_record("recs", b"u1", b"\xffjunk", 0.0) == "recs b'u1': (not JSON) b'\\xffjunk'"
+
+
+def test_records_held_while_redis_is_down_join_the_batch_without_replacing_newer_lists():
+    newer, older, other = recommendation("u1", 20.0), recommendation("u1", 10.0), recommendation(
+        "u2", 5.0)
+    batch = latest_per_user([newer])
+    assert latest_per_user([older, other], into=batch) is batch
+    assert batch == {"u1": (20.0, newer), "u2": (5.0, other)}
