@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
-from streamrec.kafka import consumer_config
+from streamrec.kafka import consumer_config, kafka_error_text
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -98,12 +98,6 @@ def answers(consumer: Consumer, topic: str) -> bool:
     return True
 
 
-def kafka_error_text(exc: Exception) -> str:
-    """A librdkafka error as its message, not ``KafkaError{code=...,val=...}``."""
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
-
-
 def within(deadline: float, request: Any) -> Any:
     """``request(timeout_s)``, retried in ``SLICE_S`` slices until it answers or
     ``deadline`` passes (then its last error is raised). Between slices Python runs its
@@ -141,6 +135,22 @@ def check_topic(consumer: Consumer, settings: Settings, topic: str) -> list[int]
     return sorted(found.partitions)
 
 
+def consume_records(consumer: Consumer, watch: BrokerWatch, topic: str,
+                    bootstrap: str | None, limit: int, timeout_s: float) -> list[Message]:
+    """The records (not error events) of one ``consume`` call, which also serves
+    ``watch``'s callback; :class:`BrokerUnavailable` if the call fails or librdkafka
+    reported a fatal error."""
+    try:
+        batch = consumer.consume(limit, timeout_s)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
+                                f"({kafka_error_text(exc)})") from exc
+    if watch.fatal is not None:
+        raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
+                                f"({watch.fatal})")
+    return [m for m in batch if m.error() is None]
+
+
 def read_topic(
     settings: Settings, topic: str, *, from_beginning: bool, group_id: str | None = None,
     until_idle_s: float | None = None, poll_timeout_s: float = 0.5,
@@ -163,15 +173,8 @@ def read_topic(
         consumer.subscribe([topic])
         last_record = time.monotonic()
         while True:
-            try:
-                batch = consumer.consume(READ_BATCH, poll_timeout_s)
-            except KafkaException as exc:
-                raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
-                                        f"({kafka_error_text(exc)})") from exc
-            if watch.fatal is not None:
-                raise BrokerUnavailable(f"reading {topic} from Kafka at {bootstrap} failed "
-                                        f"({watch.fatal})")
-            records = [m for m in batch if m.error() is None]
+            records = consume_records(consumer, watch, topic, bootstrap, READ_BATCH,
+                                      poll_timeout_s)
             if records:
                 last_record = time.monotonic()
                 watch.down_since, warned = None, False

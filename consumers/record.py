@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumers import common
-from consumers.common import BrokerWatch, check_topic, kafka_error_text, within
+from consumers.common import BrokerWatch, check_topic, within
 from streamrec.exceptions import BrokerUnavailable, ConfigError
+from streamrec.kafka import kafka_error_text
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:

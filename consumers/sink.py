@@ -29,11 +29,12 @@ from consumers.common import (
     BrokerWatch,
     answers,
     check_topic,
+    consume_records,
     require_cluster,
     require_redis,
 )
 from streamrec import metrics
-from streamrec.exceptions import BrokerUnavailable, ConfigError
+from streamrec.exceptions import ConfigError
 from streamrec.kafka import consumer_config
 from streamrec.redis_conn import ping, sync_client
 from streamrec.settings import Settings
@@ -212,11 +213,8 @@ class Sink:
         """Records (not errors) from one consume() call, which also serves librdkafka's
         callbacks; says when the broker stops or starts answering."""
         assert self._consumer is not None
-        records = [m for m in self._consumer.consume(limit, timeout_s) if m.error() is None]
-        if self._watch.fatal is not None:
-            raise BrokerUnavailable(f"reading {self.topic} from Kafka at "
-                                    f"{self.settings.kafka_bootstrap_servers} failed "
-                                    f"({self._watch.fatal})")
+        records = consume_records(self._consumer, self._watch, self.topic,
+                                  self.settings.kafka_bootstrap_servers, limit, timeout_s)
         if self._watch.down_since is not None and not self._broker_down_logged:
             self._broker_down_logged = True
             logger.error("Kafka unreachable (%s); retrying until it answers",

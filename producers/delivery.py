@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
-from streamrec.kafka import ensure_topics, make_producer
+from streamrec.kafka import ensure_topics, kafka_error_text, make_producer
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Sender:
         except KafkaException as exc:
             raise BrokerUnavailable(
                 f"Kafka at {self.bootstrap} did not answer within {timeout_s:g} s "
-                f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
+                f"({kafka_error_text(exc)}); is the broker running?"
             ) from exc
         topic = metadata.topics.get(self.topic)
         return None if topic is None or topic.error is not None else topic

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.broker import internal_topics
@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 # lz4 is cheap on CPU and roughly quadruples what fits in the embedded broker's
 # 5 MiB-per-partition retention, and cuts network use on a real cluster.
 COMPRESSION = "lz4"
+
+
+def kafka_error_text(exc: Exception) -> str:
+    """A librdkafka error as its message, not ``KafkaError{code=...,val=...}``."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
