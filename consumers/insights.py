@@ -8,6 +8,12 @@ Reads what the worker aggregates in Redis (``streams.product``):
 * ``sr:ins:<app>:plays:<country>:<hour>``: ZSET title -> plays in that hour of event time
   (kept 49 hours), and ``sr:ins:<app>:clock``: the latest event time seen.
 
+``<country>`` is the code in upper case, so ``--country gb`` finds what events saying
+``GB``, ``gb`` or ``Gb`` did. Older workers wrote the code as the events spelled it;
+``--country`` reads those keys too when they are the lower-case code or the code as typed
+(:func:`streams.product.insight_scopes`). A country with nothing recorded is one line on
+stderr and exit code 1, not two empty lists.
+
 "Fastest rising" compares each title's plays in the last ``--window-hours`` of event
 time with the window before: growth ``(now + 1) / (before + 1)``, for titles played at
 least ``--min-plays`` times in the last window. The same activity is on ``/metrics`` as
@@ -18,6 +24,7 @@ queries and titles themselves are here, not in metric labels (unbounded cardinal
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import orjson
@@ -29,7 +36,7 @@ from streamrec.redis_conn import redacted, sync_client
 from streamrec.settings import Settings
 from streams.cache_hints import HOUR_S
 from streams.checkpoint import load_catalog_sync
-from streams.product import ALL, insight_key
+from streams.product import insight_country, insight_key, insight_scopes
 
 DEFAULT_TOP = 10
 DEFAULT_WINDOW_H = 24
@@ -75,15 +82,24 @@ def _decode(pairs: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
 
 def collect(client: redis.Redis, app_id: str, country: str | None, top: int,
             window_h: int, min_plays: int) -> dict[str, Any]:
-    scope = country or ALL
+    """The figures of ``country`` (any case: :func:`streams.product.insight_scopes`), or of
+    every country. ``recorded``: whether there were any searches or plays at all."""
+    scopes = insight_scopes(country)
     pipe = client.pipeline(transaction=False)
-    pipe.zrevrange(insight_key(app_id, "unmatched", scope), 0, top - 1, withscores=True)
+    for scope in scopes:  # each at most DEMAND_CAP queries
+        pipe.zrange(insight_key(app_id, "unmatched", scope), 0, -1, withscores=True)
     pipe.zscore(insight_key(app_id, "clock"), "ts")
-    unmatched, clock = pipe.execute()
+    *demand, clock = pipe.execute()
+    searched: dict[str, float] = {}
+    for pairs in demand:
+        for query, n in _decode(pairs):
+            searched[query] = searched.get(query, 0.0) + n
+    # Most searched first; ties as ZREVRANGE orders them (by query, descending).
+    unmatched = sorted(searched.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:top]
     result: dict[str, Any] = {
-        "country": country, "latest_event_ts": clock,
-        "unmatched_searches": [{"query": q, "searches": int(n)} for q, n in _decode(unmatched)],
-        "rising": [], "window_hours": window_h,
+        "country": insight_country(country) if country else None, "latest_event_ts": clock,
+        "unmatched_searches": [{"query": q, "searches": int(n)} for q, n in unmatched],
+        "rising": [], "window_hours": window_h, "recorded": bool(searched),
     }
     if clock is None:
         return result
@@ -91,14 +107,17 @@ def collect(client: redis.Redis, app_id: str, country: str | None, top: int,
     hours = [latest_hour - i * HOUR_S for i in range(2 * window_h)]
     pipe = client.pipeline(transaction=False)
     for hour in hours:
-        pipe.zrange(insight_key(app_id, "plays", scope, str(hour)), 0, -1, withscores=True)
+        for scope in scopes:
+            pipe.zrange(insight_key(app_id, "plays", scope, str(hour)), 0, -1,
+                        withscores=True)
     buckets = pipe.execute()
     current: dict[str, float] = {}
     previous: dict[str, float] = {}
     for i, bucket in enumerate(buckets):
-        target = current if i < window_h else previous
+        target = current if i < window_h * len(scopes) else previous
         for title, plays in _decode(bucket):
             target[title] = target.get(title, 0.0) + plays
+    result["recorded"] = result["recorded"] or bool(current or previous)
     result["rising"] = rising_titles(current, previous, top, min_plays)
     return result
 
@@ -122,12 +141,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"Redis at {redacted(settings.redis_url)} did not answer: {exc}") from exc
     finally:
         client.close()
+    if not result.pop("recorded") and args.country:
+        print(f"streamrec insights: nothing recorded for country {args.country!r} (no "
+              f"unmatched searches, no plays in the last {2 * args.window_hours} h of event "
+              f"time); check the code the events use, or leave out --country for every "
+              f"country", file=sys.stderr)
+        return 1
     for row in result["rising"]:
         row["name"] = catalog.get(row["title_id"], {}).get("name", row["title_id"])
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return 0
-    where = args.country or "all countries"
+    where = result["country"] or "all countries"
     print(f"Searches with no matching title ({where}):")
     if not result["unmatched_searches"]:
         print("  (none recorded)")

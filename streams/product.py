@@ -143,6 +143,22 @@ def insight_key(app_id: str, kind: str, *parts: str) -> str:
     return ":".join(("sr:ins", app_id, kind, *parts))
 
 
+def insight_country(country: str | None) -> str:
+    """The country part of the insight keys written for an event: the code in upper case,
+    so ``gb``, ``Gb`` and ``GB`` count as one country (``UNKNOWN_COUNTRY`` without one)."""
+    return country.upper() if country else UNKNOWN_COUNTRY
+
+
+def insight_scopes(country: str | None) -> list[str]:
+    """The country parts of the keys holding ``country``'s insights, in any case: what
+    :func:`insight_country` writes, then the lower-case code and ``country`` as given,
+    under which a worker older than :func:`insight_country` wrote the events' spelling
+    (search demand is kept without a time limit). ``None``: every country (``ALL``)."""
+    if not country:
+        return [ALL]
+    return list(dict.fromkeys((insight_country(country), country.lower(), country)))
+
+
 @dataclass
 class ProductModels:
     """The learned state, pickled with checkpoints."""
@@ -351,7 +367,7 @@ class ProductLayer:
             for message in self.models.hints.observe(country, title, ts):
                 self._messages.append(("cache_hints", *message))
             hour = hour_start(ts)
-            plays = self._open_plays.setdefault((country or UNKNOWN_COUNTRY, hour), {})
+            plays = self._open_plays.setdefault((insight_country(country), hour), {})
             plays[title] = plays.get(title, 0) + 1
             if hour > self._latest_hour:
                 self._latest_hour = hour
@@ -361,7 +377,7 @@ class ProductLayer:
         batch.searches += 1
         if not self.search.match(event["query"], 1):
             batch.searches_unmatched += 1
-            key = (country or UNKNOWN_COUNTRY, normalise(event["query"]))
+            key = (insight_country(country), normalise(event["query"]))
             batch.unmatched[key] = batch.unmatched.get(key, 0) + 1
 
     def _observe_display(self, event: dict[str, Any], clicked: bool,

@@ -17,7 +17,7 @@ from models.hybrid import Hybrid
 from streamrec.settings import Secret, Settings
 from streams.batch import learn_and_rank
 from streams.notifications import Notifier, audience_key
-from streams.product import ProductLayer
+from streams.product import ProductLayer, insight_key
 from streams.state import StateStore, StoredProfile
 
 pytestmark = pytest.mark.integration
@@ -88,6 +88,17 @@ async def _flush(product: ProductLayer, redis_url: str) -> None:
         await client.aclose()
 
 
+async def _seed_legacy(redis_url: str, app_id: str, hour: float) -> None:
+    """What a worker from before country codes were upper-cased wrote for events that
+    said ``se``: the events' spelling in the key."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.zincrby(insight_key(app_id, "unmatched", "se"), 2, "nightbus to lisbon")
+        await client.zincrby(insight_key(app_id, "plays", "se", str(int(hour))), 5, "t2")
+    finally:
+        await client.aclose()
+
+
 def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
     app_id = f"ins-{uuid.uuid4().hex[:6]}"
     settings = Settings(redis_url=Secret(redis_url), app_id=app_id, metrics_port=0)
@@ -98,7 +109,8 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
         model.add_title(title)
         product.add_title(title)
     events = []
-    # t0 is played steadily; t2 takes off in the last day.
+    # t0 is played steadily; t2 takes off in the last day. The events spell Sweden "SE"
+    # mostly, "Se" and "se" at times: one country.
     for h in range(48):
         ts = T0 + h * 3600
         events.append({"event_id": f"p{h}", "type": "play", "user_id": f"v{h % 5}",
@@ -106,13 +118,13 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
         if h >= 24:
             for k in range(3):
                 events.append({"event_id": f"q{h}-{k}", "type": "play", "user_id": f"w{k}",
-                               "ts": ts + k, "title_id": "t2", "country": "SE"})
+                               "ts": ts + k, "title_id": "t2", "country": ("SE", "Se", "se")[k]})
     # An event of the next hour ends hour 47: plays are written once their hour is over.
     events.append({"event_id": "end", "type": "play", "user_id": "v0", "ts": T0 + 48 * 3600,
                    "title_id": "t1", "country": "SE"})
     for k, query in enumerate(["Robot Chef 3", "robot chef 3", "Nightbus to Lisbon", "title"]):
         events.append({"event_id": f"s{k}", "type": "search", "user_id": f"x{k}",
-                       "ts": T0 + 47 * 3600, "query": query, "country": "SE"})
+                       "ts": T0 + 47 * 3600, "query": query, "country": "Se" if k else "SE"})
     stored = {e["user_id"]: StoredProfile(UserProfile(e["user_id"]), {}, 0, {})
               for e in events}
     learn_and_rank(events, [True] * len(events), stored, model, top_n=5, history_cap=50,
@@ -120,25 +132,36 @@ def test_search_demand_and_rising_titles_reach_insights(redis_url, tmp_path):
     hints = product.take_messages()
     assert hints and all(topic == "cache_hints" for topic, _, _ in hints)
     asyncio.run(_flush(product, redis_url))
+    asyncio.run(_seed_legacy(redis_url, app_id, T0 + 40 * 3600))
 
     env = dict(os.environ, REDIS_URL=redis_url, STREAMREC_APP_ID=app_id)
-    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", "--country",
-                           "SE", "--json"], env=env, capture_output=True, text=True,
-                          timeout=60)
+
+    def insights(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", *argv],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    # The country in any case; what the older worker wrote under "se" counts too.
+    done = insights("--country", "se", "--json")
     assert done.returncode == 0, done.stderr
     report = orjson.loads(done.stdout)
     assert report["unmatched_searches"][:2] == [
-        {"query": "robot chef 3", "searches": 2}, {"query": "nightbus to lisbon", "searches": 1}]
+        {"query": "nightbus to lisbon", "searches": 3}, {"query": "robot chef 3", "searches": 2}]
     assert report["rising"][0]["title_id"] == "t2"
-    # Hours 25..48 against 1..24 (hour 48 is still open: nothing written for it yet).
-    assert report["rising"][0]["plays"] == 69 and report["rising"][0]["plays_before"] == 3
+    # Hours 25..48 against 1..24 (hour 48 is still open: nothing written for it yet), and
+    # 5 of hour 41 from the older worker.
+    assert report["rising"][0]["plays"] == 74 and report["rising"][0]["plays_before"] == 3
+    assert report["country"] == "SE"
+    assert orjson.loads(insights("--country", "SE", "--json").stdout) == report
 
-    text = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    text = insights()
     assert text.returncode == 0 and "robot chef 3" in text.stdout
 
-    bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "insights", "--top", "0"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    # A country with nothing recorded says so, in one line, rather than two empty lists.
+    nowhere = insights("--country", "XX")
+    assert nowhere.returncode == 1 and nowhere.stdout == ""
+    assert len(nowhere.stderr.strip().splitlines()) == 1 and "'XX'" in nowhere.stderr
+
+    bad = insights("--top", "0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
