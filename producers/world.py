@@ -22,8 +22,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -46,6 +47,13 @@ ARTWORK_STYLES: tuple[str, ...] = ("character", "action", "scenery", "text", "da
 
 # Catalogue events are dated a year before the default event clock starts (2024-01-01).
 CATALOG_TS = 1_672_531_200.0  # 2023-01-01T00:00:00Z
+# Memory a world takes, bytes (tracemalloc, rounded up): per viewer, SimUsers' arrays
+# (284 with the sessions' hour tables: tastes 8 x 8, genres 18 x 8, styles 6 x 8, ...);
+# per title, its catalogue dict (~1,790: names, cast, artwork ids); and the interpreter
+# with numpy loaded (~55 MB peak RSS). See memory_needed.
+BYTES_PER_USER = 290
+BYTES_PER_TITLE = 1_800
+BASE_BYTES = 64 * 2**20
 # Latent taste dimensions; enough for tastes genres miss, few enough to stay cheap.
 _TASTE_DIMS = 8
 # Chance that the next catalogue entry starts a series rather than a movie. A series has
@@ -94,6 +102,70 @@ class SimUser:
         return [GENRES[i] for i in order]
 
 
+# A viewer without a second device (SimUsers.devices).
+_NO_DEVICE = -1
+
+
+class SimUsers(Sequence[SimUser]):
+    """The viewers of a :class:`World`, ``users[i]`` the one with ``index`` i.
+
+    Held as arrays, one row per viewer (about 270 bytes each); ``users[i]`` builds its
+    :class:`SimUser` when asked. A :class:`SimUser` object per viewer took about 900
+    bytes (a million viewers: 1 GB). ``devices`` holds indices into :data:`DEVICES`
+    (:data:`_NO_DEVICE` when there is no second device), ``countries`` into
+    :data:`COUNTRIES`.
+    """
+
+    def __init__(self, genre_preference: np.ndarray, artwork_style_preference: np.ndarray,
+                 devices: np.ndarray, countries: np.ndarray, preferred_hour: np.ndarray,
+                 activity: np.ndarray) -> None:
+        self.genre_preference = genre_preference
+        self.artwork_style_preference = artwork_style_preference
+        self.devices = devices
+        self.countries = countries
+        self.preferred_hour = preferred_hour
+        self.activity = activity
+
+    def __len__(self) -> int:
+        return len(self.activity)
+
+    @overload
+    def __getitem__(self, index: int) -> SimUser: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[SimUser]: ...
+
+    def __getitem__(self, index: int | slice) -> SimUser | list[SimUser]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        i = range(len(self))[index]  # IndexError out of range, as a list's
+        return SimUser(
+            user_id=f"u{i}",
+            index=i,
+            genre_preference=self.genre_preference[i],
+            devices=tuple(DEVICES[d] for d in self.devices[i].tolist() if d != _NO_DEVICE),
+            country=COUNTRIES[self.countries[i]],
+            preferred_hour=int(self.preferred_hour[i]),
+            activity=float(self.activity[i]),
+            artwork_style_preference=self.artwork_style_preference[i],
+        )
+
+    def __iter__(self) -> Iterator[SimUser]:
+        return (self[i] for i in range(len(self)))
+
+    def index_of(self, user_id: str) -> int:
+        """``i`` for ``"u<i>"`` (as written by ``SimUser``), else :class:`KeyError`."""
+        digits = user_id[1:]
+        if user_id[:1] == "u" and digits.isascii() and digits.isdecimal():
+            i = int(digits)
+            if i < len(self) and digits == str(i):
+                return i
+        raise KeyError(user_id)
+
+    def __repr__(self) -> str:
+        return f"SimUsers({len(self):,} viewers)"
+
+
 @dataclass(eq=False)
 class World:
     """A catalogue and its viewers, with the hidden truth about who likes what.
@@ -104,14 +176,13 @@ class World:
 
     seed: int
     titles: list[dict[str, Any]]
-    users: list[SimUser]
+    users: SimUsers
     _title_genres: np.ndarray = field(repr=False)
     _title_taste: np.ndarray = field(repr=False)
     _user_genres: np.ndarray = field(repr=False)
     _user_taste: np.ndarray = field(repr=False)
     popularity: np.ndarray = field(repr=False)  # sampling weights, sum to 1
     _artwork_styles: list[tuple[int, ...]] = field(repr=False)
-    _user_index: dict[str, int] = field(repr=False)
     _title_index: dict[str, int] = field(repr=False)
     # Per title and artwork slot, a small fixed offset: breaks ties between a user's
     # leaning towards styles, so the preferred artwork is not always the same style.
@@ -131,7 +202,7 @@ class World:
 
     def user_index(self, user_id: str) -> int:
         try:
-            return self._user_index[user_id]
+            return self.users.index_of(user_id)
         except KeyError:
             raise KeyError(f"no simulated user {user_id!r}") from None
 
@@ -172,7 +243,7 @@ class World:
 
     def preferred_artwork_slot(self, user: int, title: int) -> int:
         styles = self._artwork_styles[title]
-        leaning = self.users[user].artwork_style_preference
+        leaning = self.users.artwork_style_preference[user]
         jitter = self._artwork_jitter[title]
         scores = [leaning[style] + jitter[k] for k, style in enumerate(styles)]
         return scores.index(max(scores))
@@ -205,6 +276,19 @@ def _splitmix(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (x ^ (x >> 31)) >> 11
+
+
+def memory_needed(n_users: int, n_titles: int) -> int:
+    """About how many bytes :func:`generate_world` and the sessions drawn from its world
+    take (the events themselves are streamed; users in the middle of a title add a few
+    hundred bytes each as the simulation goes on).
+
+    Examples
+    --------
+    >>> round(memory_needed(1_000_000, 2000) / 2**20)
+    344
+    """
+    return n_users * BYTES_PER_USER + n_titles * BYTES_PER_TITLE + BASE_BYTES
 
 
 def generate_world(n_users: int, n_titles: int, seed: int = 0) -> World:
@@ -240,19 +324,21 @@ def generate_world(n_users: int, n_titles: int, seed: int = 0) -> World:
     # alpha 0.25: most users care about two to four genres, a few are omnivores.
     user_genres = nrng.dirichlet(np.full(len(GENRES), 0.25), size=n_users)
     style_leaning = nrng.dirichlet(np.full(len(ARTWORK_STYLES), 0.5), size=n_users)
-    users = [
-        SimUser(
-            user_id=f"u{i}",
-            index=i,
-            genre_preference=user_genres[i],
-            devices=_devices(rng),
-            country=rng.choices(COUNTRIES, _COUNTRY_FREQUENCY)[0],
-            preferred_hour=_preferred_hour(rng),
-            activity=rng.lognormvariate(0.0, 0.8),
-            artwork_style_preference=style_leaning[i],
-        )
-        for i in range(n_users)
-    ]
+    # Each viewer's draws in the order they always came (devices, country, hour,
+    # activity), kept as codes in arrays (SimUsers) rather than objects.
+    device_code = {device: k for k, device in enumerate(DEVICES)}
+    country_code = {country: k for k, country in enumerate(COUNTRIES)}
+    devices = np.full((n_users, 2), _NO_DEVICE, dtype=np.int8)
+    countries = np.empty(n_users, dtype=np.uint8)
+    preferred_hour = np.empty(n_users, dtype=np.uint8)
+    activity = np.empty(n_users)
+    for i in range(n_users):
+        for k, device in enumerate(_devices(rng)):
+            devices[i, k] = device_code[device]
+        countries[i] = country_code[rng.choices(COUNTRIES, _COUNTRY_FREQUENCY)[0]]
+        preferred_hour[i] = _preferred_hour(rng)
+        activity[i] = rng.lognormvariate(0.0, 0.8)
+    users = SimUsers(user_genres, style_leaning, devices, countries, preferred_hour, activity)
     return World(
         seed=seed,
         titles=titles,
@@ -263,7 +349,6 @@ def generate_world(n_users: int, n_titles: int, seed: int = 0) -> World:
         _user_taste=user_taste,
         popularity=popularity,
         _artwork_styles=artwork_styles,
-        _user_index={u.user_id: u.index for u in users},
         _title_index={t["title_id"]: i for i, t in enumerate(titles)},
         _artwork_jitter=[tuple(rng.uniform(-0.05, 0.05) for _ in t["artwork_ids"])
                          for t in titles],

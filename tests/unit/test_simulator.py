@@ -4,7 +4,9 @@ deliberately invalid events, deterministic under a seed; and the ``simulate`` co
 from __future__ import annotations
 
 import doctest
+import hashlib
 import time
+import tracemalloc
 from collections import defaultdict
 
 import numpy as np
@@ -13,8 +15,10 @@ import pytest
 
 import producers.pacing
 import producers.sessions
+import producers.simulator
 import producers.sources
 import producers.world
+from producers.artwork_logs import generate_artwork_logs
 from producers.simulator import GENRES, generate_events, generate_world
 from streamrec.cli import main
 from streamrec.exceptions import InvalidRecord
@@ -162,6 +166,49 @@ def test_same_seed_same_events_other_seed_other_events(world):
     assert first != other
 
 
+def test_a_seeds_stream_stays_the_same_byte_for_byte():
+    """README figures and files people keep quote simulated streams by their seed."""
+    world = generate_world(400, 300, seed=1)
+    records = [*generate_events(world, 5000, seed=1, invalid_fraction=0.02),
+               *generate_artwork_logs(world, 500, seed=1)]
+    digest = hashlib.sha256(b"".join(r if isinstance(r, bytes) else orjson.dumps(r)
+                                     for r in records))
+    assert digest.hexdigest() == \
+        "5d213af646b3c7f25d5c47141b9f8deb3ac548e5e2419fcd559663c6748849b3"
+
+
+def test_a_viewer_takes_under_300_bytes():
+    """The world's arrays and the sessions' tables, per viewer: a million fit in about
+    350 MB (a SimUser object per viewer took about 890 bytes: a million, 1 GB)."""
+    def traced(n_users: int) -> int:
+        tracemalloc.start()
+        try:
+            world = generate_world(n_users, 10, seed=1)
+            tables = producers.sessions._hour_tables(world)
+            assert len(world.users) == n_users and len(tables[0]) == 24
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    traced(100)  # imports and numpy's first allocations
+    per_user = (traced(60_000) - traced(10_000)) / 50_000
+    assert per_user < 300
+    assert per_user <= producers.world.BYTES_PER_USER  # what simulate's up-front check counts
+
+
+def test_viewers_are_indexed_like_a_list(world):
+    users = world.users
+    assert users[-1].user_id == "u199" and users[-1].index == 199
+    assert [u.user_id for u in users[3:6]] == ["u3", "u4", "u5"]
+    assert [u.index for u in users][:3] == [0, 1, 2]
+    with pytest.raises(IndexError):
+        users[200]
+    assert world.user_index("u42") == 42
+    for nobody in ("u200", "u042", "u-1", "u", "x1", "u\u0664", "u1 "):
+        with pytest.raises(KeyError):
+            world.user_index(nobody)
+
+
 def test_invalid_records_are_the_requested_share_and_all_rejected(world):
     records = list(generate_events(world, 5000, seed=2, invalid_fraction=0.1))
     bad = [r for r in records if isinstance(r, bytes)]
@@ -257,3 +304,19 @@ def test_simulate_mistakes_get_one_line_and_exit_2(argv, fragment, capsys, monke
     code, _, err = run_cli(["simulate", *argv], capsys, monkeypatch)
     assert code == 2
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("available", [2**30, None], ids=["known", "unknown"])
+def test_simulate_a_world_too_big_for_memory_is_one_line_up_front(available, tmp_path, capsys,
+                                                                   monkeypatch):
+    # Memory available known (Linux): said before any work. Unknown: numpy's MemoryError
+    # for the first array that cannot be had (10**15 viewers: more than any address space).
+    monkeypatch.setattr(producers.simulator, "_available_memory", lambda: available,
+                        raising=False)
+    out = tmp_path / "e.jsonl"
+    code, _, err = run_cli(["simulate", "--users", str(10**15), "--events", "10",
+                            "--out", str(out)], capsys, monkeypatch)
+    assert code == 2
+    assert "--users 1,000,000,000,000,000" in err and "use fewer --users" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
