@@ -145,8 +145,9 @@ def insight_key(app_id: str, kind: str, *parts: str) -> str:
 
 def insight_country(country: str | None) -> str:
     """The country part of the insight keys written for an event: the code in upper case,
-    so ``gb``, ``Gb`` and ``GB`` count as one country (``UNKNOWN_COUNTRY`` without one)."""
-    return country.upper() if country else UNKNOWN_COUNTRY
+    so ``gb``, ``Gb`` and ``GB`` count as one country (``UNKNOWN_COUNTRY`` without one, or
+    for ``*``, which names every country in these keys and would be counted twice)."""
+    return country.upper() if country and country != ALL else UNKNOWN_COUNTRY
 
 
 def insight_scopes(country: str | None) -> list[str]:
@@ -154,7 +155,7 @@ def insight_scopes(country: str | None) -> list[str]:
     :func:`insight_country` writes, then the lower-case code and ``country`` as given,
     under which a worker older than :func:`insight_country` wrote the events' spelling
     (search demand is kept without a time limit). ``None``: every country (``ALL``)."""
-    if not country:
+    if not country or country == ALL:
         return [ALL]
     return list(dict.fromkeys((insight_country(country), country.lower(), country)))
 

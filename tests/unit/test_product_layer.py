@@ -134,6 +134,24 @@ def test_searches_with_no_match_are_counted_as_demand():
     assert metrics.SEARCH_UNMATCHED._value.get() >= 2
 
 
+def test_a_country_spelled_star_is_not_counted_twice_in_every_country_s_demand():
+    # "*" names every country in the insight keys: an event saying country "*" must count
+    # once there (as a country not known), not once as itself and once for everywhere.
+    model, product = setup()
+    events = [event(1, "u3", "search", query="Robot Chef 3", country="*"),
+              event(2, "u4", "search", query="Robot Chef 3", country="se")]
+    stored = {e["user_id"]: StoredProfile(UserProfile(e["user_id"]), {}, 0, {}) for e in events}
+    learn_and_rank(events, [True] * len(events), stored, model, top_n=10, history_cap=200,
+                   model_version="v", product=product)
+    _, args = product.flush_args()
+    audience, plays, demand = args[6:9]
+    flat = args[9 + 3 * (audience + plays):]
+    counts: dict[str, int] = {}
+    for key, _query, n in zip(flat[::3], flat[1::3], flat[2::3], strict=True):
+        counts[key.rsplit(":", 1)[1]] = counts.get(key.rsplit(":", 1)[1], 0) + n
+    assert counts == {"*": 2, "unknown": 1, "SE": 1}
+
+
 def test_row_policies_and_duplicates():
     model, product = setup(row_duplicates=True, row_items=3)
     warm_up(model, product)
