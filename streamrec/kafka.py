@@ -91,13 +91,21 @@ def required_topics(settings: Settings) -> list[str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
-    """Create any missing product topic on a real cluster; returns the ones created."""
-    admin = AdminClient(client_config(settings))
+    """Create any missing product topic on a real cluster; returns the ones created.
+
+    An unreachable cluster is one :class:`BrokerUnavailable` line after ``timeout_s``:
+    librdkafka's own log (a line per failed reconnect, ~290 for a worker's 15 s wait)
+    is only wanted with ``-v``."""
+    conf = client_config(settings)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        conf["log_level"] = 0
+    admin = AdminClient(conf)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
         raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc}"
+            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+            f"{timeout_s:g} s ({kafka_error_text(exc)}); is the broker running?"
         ) from exc
     missing = [t for t in required_topics(settings) if t not in existing]
     if not missing:

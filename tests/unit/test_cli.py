@@ -59,3 +59,21 @@ def test_help_lists_every_command(capsys, monkeypatch):
     assert code == 0
     for command in ("broker", "worker", "simulate", "replay", "demo", "recs", "features"):
         assert command in out
+
+
+def test_an_unreachable_cluster_is_one_line_not_librdkafkas_log(capfd):
+    """`streamrec worker` with KAFKA_BOOTSTRAP_SERVERS naming no broker checks the topics
+    first: that wait printed ~290 librdkafka reconnect lines before a
+    ``KafkaError{code=_TRANSPORT,...}`` repr; the README promises one line and exit 1."""
+    from streamrec.exceptions import BrokerUnavailable
+    from streamrec.kafka import ensure_topics
+    from streamrec.settings import Settings
+
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    with pytest.raises(BrokerUnavailable) as raised:
+        ensure_topics(settings, timeout_s=1.0)
+    message = str(raised.value)
+    assert message.startswith("Kafka at 127.0.0.1:1 did not answer within 1 s (")
+    assert "is the broker running?" in message and "KafkaError{" not in message
+    _, err = capfd.readouterr()
+    assert "|FAIL|" not in err and "Connection refused" not in err, err
