@@ -44,8 +44,18 @@ def format_record(topic: str, key: bytes | None, value: bytes | None, now: float
     if isinstance(obj, dict) and "reason" in obj and "offset" in obj:
         return (f"DEAD LETTER {obj.get('topic')}[{obj.get('partition')}]@{obj.get('offset')} "
                 f"{obj['reason']}: {obj.get('error')}")
+    if isinstance(obj, dict) and obj.get("type") == "new_episode" and "user_id" in obj:
+        name = f' "{obj["name"]}"' if obj.get("name") else ""
+        return (f"{obj['user_id']:>10}: new episode {obj.get('title_id')}{name} of series "
+                f"{obj.get('series_id')}")
     text = orjson.dumps(obj).decode()
-    return f"{(key or b'').decode(errors='replace'):>10}: {text[:160]}"
+    if len(text) > TEXT_WIDTH:  # visibly cut, not a value that seems to end mid-number
+        text = text[:TEXT_WIDTH - 3] + "..."
+    return f"{(key or b'').decode(errors='replace'):>10}: {text}"
+
+
+# Other records print as their JSON, cut to this many characters (--json prints them whole).
+TEXT_WIDTH = 160
 
 
 # Beyond this gap between an event's time and its list's, the event was not live (a replay
