@@ -94,3 +94,21 @@ def test_experiment_names_the_readme_reports_on_are_in_the_example_file():
     names = {e["name"] for e in tomllib.loads(example.read_text())["experiment"]}
     shown = re.findall(r"experiment report --name ([\w-]+)", README.read_text())
     assert shown and set(shown) <= names, (shown, names)
+
+
+def test_the_environment_table_gives_each_variables_real_default():
+    from streamrec.settings import ENV_VARS, Settings
+
+    section = README.read_text().split("<!-- env -->", 1)[1].split("\n## ", 1)[0]
+    table = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", section, flags=re.MULTILINE))
+    defaults = Settings.from_env({})
+    wrong = {}
+    for variable, (attr, _parse, _doc) in ENV_VARS.items():
+        value = defaults
+        for part in attr.split("."):
+            value = getattr(value, part)
+        shown = ("(unset)" if value is None else str(int(value)) if isinstance(value, bool)
+                 else str(value))
+        if table.get(variable) != shown:
+            wrong[variable] = (table.get(variable), shown)
+    assert wrong == {}
