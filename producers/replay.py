@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sources import CATALOG, EVENTS, FORMATS
-from streamrec.exceptions import ConfigError
+from streamrec.exceptions import ConfigError, Terminated
 from streamrec.schema import CATALOG_TYPES
 from streamrec.settings import Settings
 
@@ -235,8 +235,8 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                 break
     except ConfigError as exc:  # an unreadable file halfway through
         summary.stopped = str(exc)
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted"
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (streamrec.cli)
+        summary.stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
         if in_hand:  # waiting for its turn: neither sent nor skipped, so not read either
             read -= 1
     finally:
@@ -296,7 +296,7 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
         return 1
     if s.stopped:
         sys.stderr.write(f"streamrec replay: error: {s.stopped}\n")
-        return 130 if s.stopped == "interrupted" else 1
+        return {"interrupted": 130, "terminated": 143}.get(s.stopped, 1)
     return 0
 
 

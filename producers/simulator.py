@@ -188,21 +188,27 @@ def _to_files(args: argparse.Namespace, world: World, events: Iterator[Any], n_e
     began = time.monotonic()
     invalid = written = 0
     dumps = orjson.dumps
+    stopped: KeyboardInterrupt | None = None
     with open_output(args.out) as handle:
-        for record in _paced(events, n_events, pacer):
-            if isinstance(record, bytes):
-                invalid += 1
-                handle.write(record + b"\n")
-            else:
-                handle.write(dumps(record) + b"\n")
-            written += 1
-            if not written % check_every:
-                progress.update(written, written / max(n_events, 1))
+        try:
+            for record in _paced(events, n_events, pacer):
+                if isinstance(record, bytes):
+                    invalid += 1
+                    handle.write(record + b"\n")
+                else:
+                    handle.write(dumps(record) + b"\n")
+                written += 1
+                if not written % check_every:
+                    progress.update(written, written / max(n_events, 1))
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the file is closed whole
+            stopped = exc
     progress.close()
     seconds = time.monotonic() - began
     print(f"simulate: wrote {len(world.titles):,} titles to {catalog_out} and "
           f"{written:,} events ({invalid:,} deliberately invalid) to {args.out} "
           f"in {seconds:.2f} s ({written / max(seconds, 1e-9):,.0f} events/s)")
+    if stopped is not None:
+        raise stopped  # streamrec.cli: "interrupted" (130) or "terminated" (143)
     return 0
 
 
@@ -230,20 +236,30 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
     began = time.monotonic()
     invalid = sent = 0
     dumps = orjson.dumps
-    for record in _paced(events, n_events, pacer):
-        if isinstance(record, bytes):
-            invalid += 1
-            ok = sender.send(record, None)
-        else:
-            ok = sender.send(dumps(record), record["user_id"])
-        if not ok:
-            break
-        sent += 1
-        if not sent % check_every:
-            sender.poll(0)
-            if sender.failing:
+    stopped: KeyboardInterrupt | None = None
+    try:
+        for record in _paced(events, n_events, pacer):
+            if isinstance(record, bytes):
+                invalid += 1
+                ok = sender.send(record, None)
+            else:
+                ok = sender.send(dumps(record), record["user_id"])
+            if not ok:
                 break
-            progress.update(sent, sent / max(n_events, 1))
+            sent += 1
+            if not sent % check_every:
+                sender.poll(0)
+                if sender.failing:
+                    break
+                progress.update(sent, sent / max(n_events, 1))
+    except KeyboardInterrupt as exc:
+        # Ctrl-C, or SIGTERM (docker compose stop): the events already sent are delivered
+        # and counted before the command stops; dying here dropped librdkafka's queue.
+        stopped = exc
+        if sent:
+            sys.stderr.write(f"streamrec simulate: stopping; waiting up to "
+                             f"{sender.delivery_timeout_s:g} s for the broker to acknowledge "
+                             f"the events already sent\n")
     progress.close()
     result = sender.close()
     seconds = time.monotonic() - began
@@ -257,4 +273,6 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
                          f"delivered ({result.first_error}); {result.delivered:,} of "
                          f"{result.delivered + result.failed:,} delivered\n")
         return 1
+    if stopped is not None:
+        raise stopped  # streamrec.cli: "interrupted" (130) or "terminated" (143)
     return 0

@@ -12,10 +12,12 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
-from typing import NoReturn
+import threading
+from typing import Any, NoReturn
 
-from streamrec.exceptions import ConfigError, StreamrecError
+from streamrec.exceptions import ConfigError, StreamrecError, Terminated
 from streamrec.settings import Settings
 
 # name -> (module, one-line help). The module provides add_arguments() and run().
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    previous = _stop_on_sigterm_as_on_ctrl_c()
     try:
         settings = Settings.from_env(os.environ)
         configure_logging("DEBUG" if args.verbose else settings.log_level)
@@ -101,12 +104,33 @@ def main(argv: list[str] | None = None) -> int:
     except StreamrecError as exc:
         sys.stderr.write(f"streamrec {args.command}: error: {exc}\n")
         return 1
+    except Terminated:
+        sys.stderr.write(f"streamrec {args.command}: terminated\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write(f"streamrec {args.command}: interrupted\n")
         return 130
     except BrokenPipeError:
         # `streamrec tail | head`: the reader went away, which is not an error.
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm_as_on_ctrl_c() -> Any:
+    """Make SIGTERM raise :class:`Terminated` (a KeyboardInterrupt) in the main thread, so
+    that a command stopped by ``docker compose stop`` or ``kill`` flushes, counts and
+    reports as on Ctrl-C instead of dying with its buffers (Python's default for SIGTERM
+    is to exit at once). Commands with their own handlers (worker, sink, broker) replace
+    it. Returns the handler it replaced (None off the main thread, where it does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,9 @@ def _run_share(send: Any, stream: LoadedStream, models: dict[str, Recommender], 
     Forked with SIGINT blocked: it ignores SIGINT before unblocking it, so Ctrl-C is
     reported once, by the parent, which terminates this process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent stops this process with SIGTERM: die at once, not by streamrec.cli's
+    # handler (inherited through the fork), which would print a KeyboardInterrupt here.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:

@@ -432,3 +432,63 @@ def test_simulate_without_a_broker_warns_that_the_data_is_ephemeral(capsys, monk
     assert code == 0
     assert "lives only as long as the process" in err
     assert "20 events" in out
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_a_paced_simulate_with_every_sent_event_delivered_and_counted(
+        make_settings, tmp_path):
+    # `docker compose stop` sends SIGTERM: the events already sent must reach the broker
+    # and the summary must count them, as on Ctrl-C (Python's default dies at once,
+    # dropping librdkafka's queue and printing nothing).
+    settings = make_settings()
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS",
+                                                           "REDIS_URL")}
+    env.update(child_environment(settings, {}))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "simulate", "--users", "50", "--titles",
+         "40", "--rate", "500", "--duration", "120"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # Events are flowing once the catalogue is on its topic.
+        assert len(consume_all(settings.kafka_bootstrap_servers, settings.topics.catalog,
+                               40, 4, guard_s=30)) == 40
+        time.sleep(1.0)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, (out, err)
+    assert err.decode().strip().endswith("streamrec simulate: terminated"), err
+    produced = int(out.decode().split(" and ")[1].split(" events")[0].replace(",", ""))
+    assert 0 < produced < 500 * 120
+    events = consume_all(settings.kafka_bootstrap_servers, settings.topics.events,
+                         produced + 1, 4, guard_s=5)
+    assert len(events) == produced
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_a_paced_replay_with_its_summary_and_report(make_settings, tmp_path):
+    path, _, _ = simulated_file(tmp_path / "e.jsonl", 400)
+    report = tmp_path / "r.json"
+    settings = make_settings()
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS",
+                                                           "REDIS_URL")}
+    env.update(child_environment(settings, {}))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "replay", path, "--rate", "100", "--report",
+         str(report)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert consume_all(settings.kafka_bootstrap_servers, settings.topics.events, 1, 4,
+                           guard_s=30)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=40)
+    finally:
+        child.kill()
+    assert child.returncode == 143, (out, err)
+    summary = json.loads(report.read_text())
+    assert summary["stopped"] == "terminated" and 0 < summary["produced"] < 400
+    assert summary["read"] == summary["produced"] + summary["invalid"] + summary["skipped"] \
+        + summary["failed"]
+    events = consume_all(settings.kafka_bootstrap_servers, settings.topics.events,
+                         summary["produced"] + 1, 4, guard_s=5)
+    assert len(events) == summary["produced"]
