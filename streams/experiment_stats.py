@@ -27,11 +27,20 @@ users; it is ~1.55x the fixed-sample width there and grows only logarithmically 
 The matching always-valid p-value is ``min(1, 1/Lambda)`` with the mixture likelihood
 ratio ``Lambda = sqrt(r/(r+n)) * exp(z^2/2 * n/(n+r))``, ``z = estimate / sqrt(V)``.
 
-**Lift** against control is ``R_t / R_c - 1`` with the delta-method variance
-``var(R_t)/R_c^2 + R_t^2 var(R_c)/R_c^4``, and ``n = n_t + n_c``. A variant wins when
-its lift interval on the experiment's metric lies above 0 (control wins when every other
-variant's lies below 0); with more than two variants alpha is split between the
-comparisons (Bonferroni).
+**Lift** against control is ``R_t / R_c - 1``. Its test is on the difference
+``R_t - R_c``, with variance ``var(R_t) + var(R_c)`` and ``n = n_t + n_c`` in the
+boundary, and its interval is Fieller's: every ``rho`` with
+``|R_t - rho R_c| <= m sqrt(var(R_t) + rho^2 var(R_c))``, minus 1, so the interval
+excludes 0 exactly when the test rejects. (The delta method's ``var(R_t)/R_c^2 +
+R_t^2 var(R_c)/R_c^4`` drops control's noise when ``R_t`` is 0: an arm with no hits yet
+gave a lift of -100% with an interval of width 0.) When ``R_c`` itself is not clear of 0
+the interval has no upper end. No lift is computed before each arm has ``MIN_USERS``
+users measured (a denominator above 0: for ``recall_at_k``, users with a recall test):
+the boundary is asymptotic, and a handful of users can show a variance of 0.
+
+A variant wins when its lift interval on the experiment's metric lies above 0 (control
+wins when every other variant's lies below 0); with more than two variants alpha is split
+between the comparisons (Bonferroni).
 """
 
 from __future__ import annotations
@@ -44,6 +53,13 @@ ALPHA = 0.05
 # Users (both arms together, for a lift) at which the intervals are tightest: a typical
 # size for a first look at an experiment.
 TARGET_USERS = 1000
+# Users measured (the metric's denominator above 0) each arm needs before its lift
+# against control is computed. The boundary holds as users grow (a central limit); with a
+# few users a sample variance is often 0 (every user alike): A/A experiments looked at from
+# their first users named a false winner in 29-52% of runs, and in 34% when 1 user in 20
+# had a test (tests/unit/test_experiment_stats.py). 30: the usual rule of thumb for a mean
+# to be near normal; a clearly better variant still wins within ~40 users an arm.
+MIN_USERS = 30
 # metric -> (numerator measure, denominator measure), measures of streams.experiment_batch.
 RATIOS: dict[str, tuple[str, str]] = {
     "recall_at_k": ("recall_hits", "recall_tests"),
@@ -120,12 +136,14 @@ class Estimate:
 @dataclass(frozen=True)
 class ArmStats:
     """Sufficient statistics of one arm: users, and per-measure sums over users of
-    ``x``, ``x^2`` and of ``x*y`` for each metric's pair."""
+    ``x``, ``x^2`` and of ``x*y`` for each metric's pair; ``measured``: per measure, the
+    users whose total is above 0 (None: not kept, taken as every user)."""
 
     users: int
     sums: Mapping[str, float]
     squares: Mapping[str, float]
     cross: Mapping[tuple[str, str], float]
+    measured: Mapping[str, int] | None = None
 
     @classmethod
     def from_users(cls, rows: Iterable[Mapping[str, float]]) -> ArmStats:
@@ -136,21 +154,31 @@ class ArmStats:
         squares = {m: math.fsum(r.get(m, 0.0) ** 2 for r in rows) for m in names}
         cross = {pair: math.fsum(r.get(pair[0], 0.0) * r.get(pair[1], 0.0) for r in rows)
                  for pair in RATIOS.values()}
-        return cls(len(rows), sums, squares, cross)
+        measured = {m: sum(1 for r in rows if r.get(m, 0.0) > 0) for m in names}
+        return cls(len(rows), sums, squares, cross, measured)
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str | bytes]) -> ArmStats:
         """From the Redis hash ``streams.experiment_store`` keeps: ``users``, ``s:<m>``,
-        ``q:<m>``, ``c:<m1>:<m2>``."""
+        ``q:<m>``, ``c:<m1>:<m2>``, ``u:<m>``."""
         text = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
         sums = {k[2:]: v for k, v in text.items() if k.startswith("s:")}
         squares = {k[2:]: v for k, v in text.items() if k.startswith("q:")}
+        counts = {k[2:]: int(v) for k, v in text.items() if k.startswith("u:")}
+        # An arm written before ``u:`` was kept has sums but no counts: every user, as then.
+        measured = counts if counts or not sums else None
         cross = {}
         for key, value in text.items():
             if key.startswith("c:"):
                 a, _, b = key[2:].partition(":")
                 cross[(a, b)] = value
-        return cls(int(text.get("users", 0)), sums, squares, cross)
+        return cls(int(text.get("users", 0)), sums, squares, cross, measured)
+
+    def measured_users(self, metric: str) -> int:
+        """Users with the metric's denominator above 0 (e.g. a recall test)."""
+        if self.measured is None:
+            return self.users
+        return self.measured.get(RATIOS[metric][1], 0)
 
     def ratio(self, metric: str) -> Estimate | None:
         """The metric's value and delta-method variance; None when its denominator is 0."""
@@ -186,6 +214,34 @@ def lift(treatment: Estimate, control: Estimate) -> Estimate | None:
     return Estimate(t / c - 1.0, variance, treatment.n + control.n)
 
 
+def lift_interval(treatment: Estimate, control: Estimate, alpha: float = ALPHA
+                  ) -> tuple[float, float]:
+    """Fieller's confidence sequence for ``t/c - 1``: every ``rho`` with
+    ``(t - rho c)^2 <= m^2 (var_t + rho^2 var_c)``, ``m`` the boundary's multiplier at
+    ``n_t + n_c``. Unbounded above while ``c`` is not clear of 0.
+
+    Examples
+    --------
+    >>> low, high = lift_interval(Estimate(0.05, 0.0001, 100), Estimate(0.1, 0.0004, 100))
+    >>> round(low, 3), round(high, 3)
+    (-0.851, 0.678)
+    >>> lift_interval(Estimate(0.05, 0.0001, 100), Estimate(0.1, 0.004, 100))
+    (-inf, inf)
+    """
+    t, c = treatment.value, control.value
+    var_t, var_c = treatment.variance, control.variance
+    m2 = multiplier(treatment.n + control.n, alpha) ** 2
+    if not (math.isfinite(var_t) and math.isfinite(var_c) and math.isfinite(m2)):
+        return (-math.inf, math.inf)
+    a = c * c - m2 * var_c
+    if a <= 0:
+        return (-math.inf, math.inf)
+    # The roots of a rho^2 - 2 t c rho + (t^2 - m^2 var_t); their discriminant over 4 is
+    # m^2 (a var_t + t^2 var_c) >= 0 when a > 0.
+    half = math.sqrt(m2 * (a * var_t + t * t * var_c))
+    return ((t * c - half) / a - 1.0, (t * c + half) / a - 1.0)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One metric of one variant against control."""
@@ -201,19 +257,23 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
             comparisons: int = 1) -> Comparison:
     """``arm``'s value of ``metric`` (interval at level ``alpha``) and its lift against
     ``control`` (interval at ``alpha / comparisons``, p-value multiplied by
-    ``comparisons``: Bonferroni over the treatments)."""
+    ``comparisons``: Bonferroni over the treatments). No lift while either arm has fewer
+    than ``MIN_USERS`` users measured."""
     value = arm.ratio(metric)
     ci = clip(value.interval(alpha), *BOUNDS[metric]) if value is not None else None
-    if control is None or value is None:
+    if (control is None or value is None
+            or min(arm.measured_users(metric), control.measured_users(metric)) < MIN_USERS):
         return Comparison(value, ci, None, None, None)
     base = control.ratio(metric)
     change = lift(value, base) if base is not None else None
-    if change is None:
+    if base is None or change is None:
         return Comparison(value, ci, None, None, None)
     lift_alpha = alpha / comparisons
-    p = p_value(change.value, change.variance, change.n, lift_alpha)
+    p = p_value(value.value - base.value, value.variance + base.variance, change.n,
+                lift_alpha)
     # A lift is never below -100% (metrics are >= 0).
-    return Comparison(value, ci, change, clip(change.interval(lift_alpha), -1.0, math.inf),
+    return Comparison(value, ci, change,
+                      clip(lift_interval(value, base, lift_alpha), -1.0, math.inf),
                       min(1.0, p * comparisons))
 
 

@@ -9,7 +9,8 @@ Key scheme (``{app}`` is ``STREAMREC_APP_ID``, ``{uid}`` the user id, as in
                                     control, metric), written when a worker starts
 ``sr:xp:{app}:{exp}:v:{variant}``   HASH of the arm's sufficient statistics over users:
                                     ``users``, ``s:<m>`` (sum), ``q:<m>`` (sum of squares),
-                                    ``c:<m1>:<m2>`` (sum of products), ``lists``
+                                    ``c:<m1>:<m2>`` (sum of products), ``u:<m>`` (users
+                                    whose ``<m>`` is above 0), ``lists``
 ``sr:u:{uid}:xp``                   HASH ``<exp>|<variant>|<m>`` -> the user's running totals
                                     (what updating the squares needs); expires with the
                                     user's state (``state_ttl_s``): bounded per user by
@@ -92,6 +93,9 @@ for r = 0, n_rows - 1 do
       changed = true
       redis.call('HINCRBYFLOAT', arm, 's:' .. names[i], d)
       redis.call('HINCRBYFLOAT', arm, 'q:' .. names[i], n[i] * n[i] - o[i] * o[i])
+      if o[i] == 0 and n[i] ~= 0 then
+        redis.call('HINCRBY', arm, 'u:' .. names[i], 1)
+      end
       redis.call('HSET', ukey, f .. names[i], string.format('%.17g', n[i]))
     end
   end

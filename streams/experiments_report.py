@@ -22,7 +22,7 @@ import redis
 
 from streamrec.exceptions import ConfigError, StateStoreUnavailable
 from streamrec.settings import Settings
-from streams.experiment_stats import ALPHA, RATIOS, ArmStats, compare, winner
+from streams.experiment_stats import ALPHA, MIN_USERS, RATIOS, ArmStats, compare, winner
 from streams.experiments import METRICS
 
 # Display formats per metric: rates as shares, watch time in seconds.
@@ -43,9 +43,10 @@ def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
     """The report of one experiment as read by ``read_experiments``: the ``--json`` shape.
 
     ``{"experiment", "winner", "metric", "control", "alpha", "variants": {name: {"users",
-    "share", "model", "lists", <metric>: {"value", "ci_low", "ci_high", "lift_vs_control",
-    "lift_ci_low", "lift_ci_high", "p_value"}}}}``; a value that cannot be computed yet
-    (no denominator, or it is control's own lift) is null.
+    "share", "model", "lists", <metric>: {"measured_users", "value", "ci_low", "ci_high",
+    "lift_vs_control", "lift_ci_low", "lift_ci_high", "p_value"}}}}``; a value that cannot
+    be computed yet (no denominator, fewer than ``MIN_USERS`` users measured in an arm, or
+    it is control's own lift) is null.
     """
     arms: dict[str, ArmStats] = {name: stats for name, (stats, _) in experiment["arms"].items()}
     control_name = experiment["control"]
@@ -61,6 +62,7 @@ def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
             result = compare(stats, None if name == control_name else control, metric,
                              alpha, treatments)
             entry[metric] = {
+                "measured_users": stats.measured_users(metric),
                 "value": _num(result.value.value if result.value else None),
                 "ci_low": _num(result.ci[0] if result.ci else None),
                 "ci_high": _num(result.ci[1] if result.ci else None),
@@ -89,6 +91,12 @@ def _num(value: float | None) -> float | None:
 def verdict(report: dict[str, Any]) -> str:
     """One plain sentence: is there a winner yet?"""
     metric, control, best = report["metric"], report["control"], report["winner"]
+    few = [f"{name}: {entry[metric]['measured_users']}"
+           for name, entry in report["variants"].items()
+           if entry[metric]["measured_users"] < MIN_USERS]
+    if best is None and few:
+        return (f"no winner yet: {metric} is compared once each variant has {MIN_USERS} "
+                f"users measured ({', '.join(few)}); keep the experiment running")
     if best is None:
         return (f"no winner yet: no variant's {metric} differs from {control}'s with 95% "
                 "confidence; keep the experiment running (these intervals stay valid "

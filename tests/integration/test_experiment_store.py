@@ -60,6 +60,9 @@ def test_running_sums_match_a_recount_and_users_are_counted_once(redis_url, redi
             assert got.squares[name] == pytest.approx(expected.squares[name], rel=1e-9)
         for pair in RATIOS.values():
             assert got.cross[pair] == pytest.approx(expected.cross[pair], rel=1e-9)
+        # Users with each measure above 0: what decides when a lift is computed.
+        assert got.measured == expected.measured
+        assert 0 < got.measured_users("recall_at_k") < got.users
         for metric in RATIOS:
             mine, recount = got.ratio(metric), expected.ratio(metric)
             assert mine is not None and recount is not None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streams.experiment_stats import (
+    MIN_USERS,
     RATIOS,
     ArmStats,
     Estimate,
@@ -53,15 +54,18 @@ def test_bernoulli_interval_by_hand() -> None:
 
 
 def test_lift_interval_by_hand() -> None:
-    # Treatment 45/100 against control 60/100: lift = 0.45 / 0.6 - 1 = -0.25.
-    # var = var_t / c^2 + t^2 var_c / c^4
-    #     = (0.2475/99) / 0.36 + 0.2025 * (0.24/99) / 0.1296 = 0.0107323
-    # n = 200: m = 3.363888; half-width = sqrt(0.0107323) * 3.363888 = 0.348488.
+    # Treatment 45/100 against control 60/100: lift = 0.45 / 0.6 - 1 = -0.25, with the
+    # delta-method variance var_t / c^2 + t^2 var_c / c^4
+    #     = (0.2475/99) / 0.36 + 0.2025 * (0.24/99) / 0.1296 = 0.0107323.
+    # The interval is Fieller's, at n = 200: m = 3.363888, m^2 = 11.315743;
+    # a = c^2 - m^2 var_c = 0.36 - 11.315743 * 0.00242424 = 0.332568;
+    # half = sqrt(m^2 (a var_t + t^2 var_c)) = sqrt(11.315743 * 0.00132233) = 0.122324;
+    # rho = (t c -/+ half) / a = (0.27 -/+ 0.122324) / 0.332568 = 0.444048, 1.179680.
     result = compare(bernoulli(45, 100), bernoulli(60, 100), "recall_at_k")
     assert result.lift is not None and result.lift_ci is not None
     assert result.lift.value == pytest.approx(-0.25)
     assert result.lift.variance == pytest.approx(0.0107323, rel=1e-5)
-    assert result.lift_ci == pytest.approx((-0.598488, 0.098488), abs=1e-6)
+    assert result.lift_ci == pytest.approx((-0.555952, 0.179680), abs=1e-6)
     # The interval includes 0, so the always-valid p-value is above 0.05; and the
     # p-value is below 0.05 exactly when the interval excludes 0.
     assert result.p_value is not None and result.p_value > 0.05
@@ -75,6 +79,40 @@ def test_p_value_agrees_with_the_interval(z: float) -> None:
     estimate = Estimate(z * math.sqrt(variance), variance, n)
     low, _ = estimate.interval()
     assert (p_value(estimate.value, variance, n) < 0.05) == (low > 0)
+
+
+def test_an_arm_with_no_hits_yet_is_not_a_certain_loser() -> None:
+    # 0 of 40 users against 6 of 40 is common in A/A tests of a rate near 7.5%. The delta
+    # method's lift variance, var_t / c^2 + t^2 var_c / c^4, is 0 when t and var_t are:
+    # this read as -100% [-100%, -100%], p<0.001, and control the winner.
+    arms = {"control": bernoulli(6, 40), "t": bernoulli(0, 40)}
+    result = compare(arms["t"], arms["control"], "recall_at_k")
+    assert result.lift is not None and result.lift.value == -1.0
+    # |0 - 0.15| < m(80) * sqrt(var_c) = 4.09 * 0.0572 = 0.234: not clear of 0, so Fieller's
+    # interval has no upper end.
+    assert result.lift_ci == (-1.0, math.inf)
+    assert result.p_value is not None and result.p_value > 0.05
+    assert winner(arms, "control", "recall_at_k") is None
+    # Once control is clear of 0 by its own noise, the difference is a real one.
+    arms = {"control": bernoulli(24, 40), "t": bernoulli(0, 40)}
+    assert winner(arms, "control", "recall_at_k") == "control"
+
+
+def test_no_lift_before_each_arm_has_min_users() -> None:
+    # 3 of 5 users against 0 of 5: both variances are 1/n-sized guesses (the treatment's
+    # is 0); this was "control wins" after ten users.
+    small = {"control": bernoulli(3, 5), "t": bernoulli(0, 5)}
+    result = compare(small["t"], small["control"], "recall_at_k")
+    assert result.value is not None and result.ci is not None
+    assert result.lift is None and result.lift_ci is None and result.p_value is None
+    assert winner(small, "control", "recall_at_k") is None
+    assert compare(bernoulli(0, MIN_USERS), bernoulli(3, MIN_USERS), "recall_at_k"
+                   ).lift is not None
+    # Users who are enrolled but have no recall test yet do not count.
+    idle = ArmStats.from_users([{"recall_tests": 1.0}] * (MIN_USERS - 1) + [{}] * 100)
+    assert compare(idle, bernoulli(3, MIN_USERS), "recall_at_k").lift is None
+    assert compare(bernoulli(0, MIN_USERS - 1), bernoulli(3, MIN_USERS), "recall_at_k"
+                   ).lift is None
 
 
 def test_ratio_variance_is_the_user_level_delta_method() -> None:
@@ -128,7 +166,8 @@ def test_winner_rules() -> None:
 def _arm_stats(tests: np.ndarray, hits: np.ndarray) -> ArmStats:
     return ArmStats(len(tests), {"recall_tests": tests.sum(), "recall_hits": hits.sum()},
                     {"recall_tests": (tests**2).sum(), "recall_hits": (hits**2).sum()},
-                    {("recall_hits", "recall_tests"): (hits * tests).sum()})
+                    {("recall_hits", "recall_tests"): (hits * tests).sum()},
+                    {"recall_tests": int((tests > 0).sum()), "recall_hits": int((hits > 0).sum())})
 
 
 def test_aa_experiments_looked_at_after_every_batch_rarely_find_a_winner() -> None:
@@ -157,3 +196,68 @@ def test_aa_experiments_looked_at_after_every_batch_rarely_find_a_winner() -> No
         naive_false_winners += naive
     assert false_winners / experiments < 0.05
     assert naive_false_winners / experiments > 0.10
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.1, 0.3])
+def test_aa_experiments_looked_at_from_their_first_users_rarely_find_a_winner(
+        rate: float) -> None:
+    """A report can be read after the first batch: 200 A/A experiments looked at after
+    every one of their first 20 users an arm, then every 10 up to 1,000, declare a winner
+    at some look in under 5% of them (0.5%, 1% and 2.5% at rates 0.02, 0.1 and 0.3; before:
+    52%, 47% and 29%, most at the first looks, from an arm with no hits yet or a few users
+    alike)."""
+    rng = np.random.default_rng(9)
+    looks = [*range(2, 20), *range(20, 1001, 10)]
+    experiments, false_winners = 200, 0
+    for _ in range(experiments):
+        arms = []
+        for _arm in range(2):
+            tests = rng.poisson(1.0, looks[-1]).astype(float) + 1.0
+            arms.append((tests, rng.binomial(tests.astype(int), rate).astype(float)))
+        false_winners += any(
+            winner({"a": _arm_stats(arms[0][0][:n], arms[0][1][:n]),
+                    "b": _arm_stats(arms[1][0][:n], arms[1][1][:n])}, "a", "recall_at_k")
+            is not None for n in looks)
+    assert false_winners / experiments < 0.05
+
+
+def test_the_report_says_no_winner_until_each_arm_has_min_users() -> None:
+    from streams.experiments_report import build, verdict
+
+    # 200 users an arm, of whom 5 and 12 had a recall test: all of control's hits, none of
+    # the weak arm's (each variance 0, so the difference looked certain).
+    idle = [{}] * 195
+    control = ArmStats.from_users([{"recall_tests": 1.0, "recall_hits": 1.0}] * 5 + idle)
+    weak = ArmStats.from_users([{"recall_tests": 1.0}] * 12 + idle[:188])
+    experiment = {"name": "ab", "control": "control", "metric": "recall_at_k",
+                  "variants": [{"name": "control", "share": 0.5, "model": "default"},
+                               {"name": "weak", "share": 0.5, "model": "random"}],
+                  "arms": {"control": (control, 5), "weak": (weak, 12)}}
+    report = build(experiment)
+    assert report["winner"] is None
+    weak_recall = report["variants"]["weak"]["recall_at_k"]
+    assert weak_recall["measured_users"] == 12 and weak_recall["lift_ci_low"] is None
+    assert report["variants"]["weak"]["users"] == 200
+    assert verdict(report) == ("no winner yet: recall_at_k is compared once each variant has "
+                               "30 users measured (control: 5, weak: 12); keep the experiment "
+                               "running")
+
+
+def test_aa_experiments_where_few_users_are_measured_rarely_find_a_winner() -> None:
+    """Users enrol at their first event but many have no recall test yet (a worker taking
+    big batches): with 1 user in 20 measured, 34% of 200 A/A experiments declared a winner
+    when only enrolled users were counted."""
+    rng = np.random.default_rng(3)
+    looks = [*range(2, 20), *range(20, 1001, 10)]
+    experiments, false_winners = 200, 0
+    for _ in range(experiments):
+        arms = []
+        for _arm in range(2):
+            tested = rng.random(looks[-1]) < 0.05
+            tests = np.where(tested, rng.poisson(1.0, looks[-1]) + 1.0, 0.0)
+            arms.append((tests, rng.binomial(tests.astype(int), 0.5).astype(float)))
+        false_winners += any(
+            winner({"a": _arm_stats(arms[0][0][:n], arms[0][1][:n]),
+                    "b": _arm_stats(arms[1][0][:n], arms[1][1][:n])}, "a", "recall_at_k")
+            is not None for n in looks)
+    assert false_winners / experiments < 0.05
