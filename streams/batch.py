@@ -211,7 +211,7 @@ def learn_and_rank(
             "popularity": [t for t in popular if t not in stored.profile.completed][:RECALL_K],
         }
         if xb is not None:
-            xb.annotate(uid, recs, message, lists)
+            xb.annotate(uid, recs, message, lists, stored)
         if product is not None:  # rows and artwork added, and the message encoded
             decorating = time.perf_counter()
             value = product.encode(message, stored, recs, event,

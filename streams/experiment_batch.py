@@ -18,9 +18,16 @@ or after the experiment's start), against the list last served to that user:
 ``clicks``         ``click`` events on a title in the served list
 ``plays``          ``play`` events of a title in the served list (plays started)
 ``watch_s``        seconds watched of served titles: position at ``stop``/``complete``
-                   minus the position the viewing started from
-``completions``    completions (``complete``, or stopped at >= 95%) of served titles
+                   minus the position the viewing started from (its ``play``, or the
+                   previous ``stop``)
+``completions``    completions (``complete``, or stopped at >= 95%) of served titles,
+                   one per viewing (a pause at 96% then ``complete`` is one)
 =================  ===================================================================
+
+A viewing can span batches (a worker that keeps up takes a few events at a time), so
+where each open viewing started, and whether it was completed, is kept per user in the
+stored lists (``VIEWINGS``, the ``VIEWINGS_CAP`` most recent titles): a viewing counts the
+same wherever the batch boundaries fall.
 
 Only applied events are tallied (redeliveries are recognised by ``event_id`` before this
 runs), so a tally is never counted twice. The pure part stops here:
@@ -36,6 +43,7 @@ from typing import Any
 from models.hybrid import Hybrid, Recommendation
 from streams.experiments import Experiment, ExperimentConfig, Variant, deciding
 from streams.profile import is_completion
+from streams.rows import PLAYBACK_TYPES
 from streams.state import StoredProfile
 from streams.variants import VariantRanker
 
@@ -45,6 +53,14 @@ MEASURES = ("recall_tests", "recall_hits", "impressions", "clicks", "plays", "wa
 _INDEX = {name: i for i, name in enumerate(MEASURES)}
 # The key of the full served list in the user's stored "last lists".
 SERVED = "served"
+# The key of the user's open viewings there: flat [title, start position (s), completed
+# (0/1), ...], oldest first.
+VIEWINGS = "viewings"
+# Most viewings remembered per user: the most recent titles. A client starting a new
+# title in every event must not grow a user's state without bound; 20 titles being
+# watched at once is far beyond a viewer's habits, and an evicted viewing only counts
+# from its last resume point if it ends later.
+VIEWINGS_CAP = 20
 
 
 @dataclass
@@ -93,8 +109,9 @@ class ExperimentBatch:
         self.tallies = ExperimentTallies()
         self._ranker = VariantRanker(model)
         self._recall_checked: set[str] = set()
-        # (user, title) -> position the current viewing started from (this batch).
-        self._started_at: dict[tuple[str, str], float] = {}
+        # user -> title -> [position the viewing's current stretch started from, whether
+        # it was completed]: the stored viewings, updated by this batch's events.
+        self._viewings: dict[str, dict[str, list[Any]]] = {}
         self._deciding: dict[str, tuple[Experiment, Variant] | None] = {}
         self._enrolled: dict[str, list[tuple[Experiment, Variant]]] = {}
         self._assigned: dict[str, list[tuple[Experiment, Variant]]] = {}
@@ -155,8 +172,7 @@ class ExperimentBatch:
             deltas[_INDEX["recall_tests"]] = 1.0
             if title in listed[: self.recall_k]:
                 deltas[_INDEX["recall_hits"]] = 1.0
-        if kind == "play":
-            self._started_at[(uid, title)] = float(event.get("position_s", 0.0))
+        watched, completed = self._view(event, stored)
         if title not in members:
             return deltas
         deltas = deltas or [0.0] * len(MEASURES)
@@ -166,17 +182,40 @@ class ExperimentBatch:
             deltas[_INDEX["clicks"]] = 1.0
         elif kind == "play":
             deltas[_INDEX["plays"]] = 1.0
-        elif kind in ("stop", "complete"):
-            start = self._started_at.pop((uid, title), None)
-            if start is None:  # the play was in an earlier batch: resume point, else 0
-                start = stored.in_progress.get(title, (0.0, 0.0, 0.0))[0]
+        deltas[_INDEX["watch_s"]] = watched
+        deltas[_INDEX["completions"]] = completed
+        return deltas
+
+    def _view(self, event: dict[str, Any], stored: StoredProfile) -> tuple[float, float]:
+        """Follow the event's viewing: seconds watched that it ends (``stop``/``complete``)
+        and 1.0 if it first completes the viewing."""
+        kind = event["type"]
+        if kind not in PLAYBACK_TYPES:
+            return 0.0, 0.0
+        uid, title = event["user_id"], event["title_id"]
+        viewings = self._viewings.get(uid)
+        if viewings is None:
+            viewings = self._viewings[uid] = stored_viewings(stored)
+        viewing = viewings.pop(title, None)  # re-inserted last: the most recent
+        if kind == "play":
+            viewing = [float(event.get("position_s") or 0.0), False]
+        elif viewing is None:  # its play is older than what is remembered: resume point
+            viewing = [stored.in_progress.get(title, (0.0, 0.0, 0.0))[0], False]
+        watched = 0.0
+        if kind in ("stop", "complete"):
             end = event.get("position_s")
             if end is None or (kind == "complete" and not end):
-                end = event.get("duration_s") or start
-            deltas[_INDEX["watch_s"]] = max(0.0, float(end) - start)
-        if is_completion(event):
-            deltas[_INDEX["completions"]] = 1.0
-        return deltas
+                end = event.get("duration_s") or viewing[0]
+            watched = max(0.0, float(end) - viewing[0])
+            viewing[0] = float(end)  # a resume after a stop watches on from here
+        completed = 0.0
+        if is_completion(event) and not viewing[1]:
+            viewing[1] = True
+            completed = 1.0
+        viewings[title] = viewing
+        if len(viewings) > VIEWINGS_CAP:
+            del viewings[next(iter(viewings))]
+        return watched, completed
 
     # -- serving -------------------------------------------------------------------------------
     def recommend_all(self, profiles: Mapping[str, StoredProfile],
@@ -207,9 +246,9 @@ class ExperimentBatch:
         return decision[1].row_policy if decision is not None else "learned"
 
     def annotate(self, uid: str, recs: list[Recommendation], message: dict[str, Any],
-                 lists: dict[str, Any]) -> None:
+                 lists: dict[str, Any], stored: StoredProfile) -> None:
         """Label the message with the user's experiment and variant, and remember the
-        full served list (for the next batch's tallies)."""
+        full served list and the open viewings (for the next batch's tallies)."""
         decision = self._deciding.get(uid)
         if decision is None:
             return
@@ -218,6 +257,20 @@ class ExperimentBatch:
         message["variant"] = variant.name
         message["experiments"] = {e.name: v.name for e, v in self._enrolled[uid]}
         lists[SERVED] = [r.title_id for r in recs]
+        viewings = self._viewings.get(uid)
+        if viewings is None:  # no playback in this batch: keep what was stored
+            lists[VIEWINGS] = stored.last_lists.get(VIEWINGS) or []
+        else:
+            lists[VIEWINGS] = [x for title, (start, done) in viewings.items()
+                               for x in (title, start, int(done))]
         counts = self.tallies.lists
         for e, v in self._enrolled[uid]:
             counts[(e.name, v.name)] = counts.get((e.name, v.name), 0) + 1
+
+
+def stored_viewings(stored: StoredProfile) -> dict[str, list[Any]]:
+    """The user's open viewings as stored by :meth:`ExperimentBatch.annotate`:
+    title -> [start position, completed], oldest first."""
+    flat: Any = stored.last_lists.get(VIEWINGS) or []
+    return {title: [float(start), bool(done)]
+            for title, start, done in zip(flat[::3], flat[1::3], flat[2::3], strict=False)}

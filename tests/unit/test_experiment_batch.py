@@ -7,8 +7,9 @@ import orjson
 from models.base import UserProfile
 from models.hybrid import Hybrid
 from streams.batch import learn_and_rank
-from streams.experiment_batch import MEASURES, SERVED
+from streams.experiment_batch import MEASURES, SERVED, VIEWINGS, VIEWINGS_CAP
 from streams.experiments import parse
+from streams.rows import update_in_progress
 from streams.state import StoredProfile
 from streams.variants import hybrid_view, popularity_list
 from tests.experiment_toml import DEFAULT, RANDOM, two_arms
@@ -231,3 +232,75 @@ model = { rows = "fixed" }
         else:
             learned_orders.append(ranks == sorted(ranks))
     assert learned_orders and not all(learned_orders)  # the bandit orders them otherwise
+
+
+def measured(ranked, uid: str, arm: tuple[str, str] = ("ab", "control")) -> dict[str, float]:
+    assert ranked.experiments is not None
+    return dict(zip(MEASURES, ranked.experiments.users[arm][uid], strict=True))
+
+
+def in_batches(uid: str, batches: list[list[dict]], served: list[str]) -> dict[str, float]:
+    """Run ``batches`` one after another as the worker does (the stored lists and resume
+    points of one are what the next reads; ``served`` stays the list shown), and add up
+    the user's tallies."""
+    profile = stored(uid, served)
+    totals = dict.fromkeys(MEASURES, 0.0)
+    model = trained_model()
+    for events in batches:
+        ranked = run(events, {uid: profile}, model)
+        for name, value in measured(ranked, uid).items():
+            totals[name] += value
+        lists = {**orjson.loads(ranked.last_lists[uid]), SERVED: served}
+        in_progress = dict(profile.in_progress)
+        for e in events:
+            update_in_progress(in_progress, e)
+        profile = StoredProfile(profile.profile, in_progress, 0, lists)
+    return totals
+
+
+def viewing(uid: str, n0: int, *steps: tuple[str, float], title: str = "t3",
+            duration: float = 4000.0) -> list[dict]:
+    return [event(uid, kind, title, n0 + i, position_s=position, duration_s=duration)
+            for i, (kind, position) in enumerate(steps)]
+
+
+def test_a_viewing_counts_the_same_wherever_the_batches_split_it() -> None:
+    uid = user_in("control")
+    served = [f"t{i}" for i in range(2, 22)]
+    steps = viewing(uid, 0, ("play", 0.0), ("pause", 1000.0), ("resume", 1000.0),
+                    ("stop", 3000.0), ("play", 3000.0), ("pause", 3850.0),  # 96%
+                    ("resume", 3850.0), ("complete", 4000.0))
+    whole = in_batches(uid, [steps], served)
+    assert (whole["watch_s"], whole["completions"], whole["plays"]) == (4000.0, 1.0, 2.0)
+    # A worker that keeps up takes a few events at a time. Before, the stop after a
+    # pause counted from the pause (2,000 s, not 3,000), and the pause at 96% and the
+    # complete were two completions of one viewing.
+    for cut in range(1, len(steps)):
+        split = in_batches(uid, [steps[:cut], steps[cut:]], served)
+        assert (split["watch_s"], split["completions"]) == (4000.0, 1.0), cut
+    one_by_one = in_batches(uid, [[e] for e in steps], served)
+    assert (one_by_one["watch_s"], one_by_one["completions"]) == (4000.0, 1.0)
+
+
+def test_a_resume_after_a_stop_and_a_rewatch_are_counted_once_each() -> None:
+    uid = user_in("control")
+    served = [f"t{i}" for i in range(2, 22)]
+    # Stopped at 1,000, resumed without a new play: 1,000 + 1,500 s, not 1,000 + 2,500.
+    resumed = viewing(uid, 0, ("play", 0.0), ("stop", 1000.0), ("resume", 1000.0),
+                      ("stop", 2500.0))
+    assert in_batches(uid, [resumed[:2], resumed[2:]], served)["watch_s"] == 2500.0
+    assert in_batches(uid, [resumed], served)["watch_s"] == 2500.0
+    # Watching a finished title again is a new viewing, and completes again.
+    twice = viewing(uid, 0, ("play", 0.0), ("complete", 4000.0), ("play", 0.0),
+                    ("seek", 3900.0), ("complete", 4000.0))
+    totals = in_batches(uid, [twice[:2], twice[2:4], twice[4:]], served)
+    assert (totals["completions"], totals["watch_s"]) == (2.0, 8000.0)
+
+
+def test_viewings_remembered_per_user_are_capped() -> None:
+    uid = user_in("control")
+    plays = [event(uid, "play", f"t{i}", i, position_s=10.0) for i in range(VIEWINGS_CAP + 5)]
+    ranked = run(plays, {uid: stored(uid)})
+    flat = orjson.loads(ranked.last_lists[uid])[VIEWINGS]
+    assert flat[0::3] == [f"t{i}" for i in range(5, VIEWINGS_CAP + 5)]  # the most recent
+    assert flat[1::3] == [10.0] * VIEWINGS_CAP and flat[2::3] == [0] * VIEWINGS_CAP
