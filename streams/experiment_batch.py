@@ -9,7 +9,9 @@
   message.
 
 What is measured, per user, in every experiment the user is enrolled in (event time at
-or after the experiment's start), against the list last served to that user:
+or after the experiment's start), against the list last served to that user, if it was
+served while the user was in the same arm (not before the experiment started, nor in
+another arm before the experiments file changed):
 
 =================  ===================================================================
 ``recall_tests``   the user's first engagement (play, resume, complete, click) in a
@@ -53,6 +55,10 @@ MEASURES = ("recall_tests", "recall_hits", "impressions", "clicks", "plays", "wa
 _INDEX = {name: i for i, name in enumerate(MEASURES)}
 # The key of the full served list in the user's stored "last lists".
 SERVED = "served"
+# The key of {experiment: variant} for every experiment the user was in when that list was
+# served: a list served before an experiment started, or in another arm before the file
+# changed, is not that arm's to measure.
+SERVED_BY = "served_by"
 # The key of the user's open viewings there: flat [title, start position (s), completed
 # (0/1), ...], oldest first.
 VIEWINGS = "viewings"
@@ -140,22 +146,27 @@ class ExperimentBatch:
         deltas = self._deltas(event, stored, served) if "title_id" in event else None
         ts = event["ts"]
         for slot in slots:
-            experiment, variant, row = slot
+            experiment, variant, row, served_here = slot
             if row is None:
                 if not experiment.started(ts):
                     continue
                 # Enrolled from its first event after the start, even with nothing to count.
                 row = slot[2] = self.tallies.users.setdefault(
                     (experiment.name, variant.name), {}).setdefault(uid, [0.0] * len(MEASURES))
-            if deltas is not None:
+            if deltas is not None and served_here:
                 for i, d in enumerate(deltas):
                     row[i] += d
 
     def _user(self, uid: str, stored: StoredProfile
               ) -> tuple[list[list[Any]], tuple[list[str], set[str]]]:
-        """Per batch and user: a slot per experiment ``[experiment, variant, row]`` (row:
-        the user's deltas in that arm, once enrolled) and the served list."""
-        slots = [[e, v, None] for e, v in self._assigned_to(uid)]
+        """Per batch and user: a slot per experiment ``[experiment, variant, row,
+        served_here]`` (row: the user's deltas in that arm, once enrolled; served_here:
+        whether the served list was made while the user was in this arm) and the served
+        list."""
+        served_by: Any = stored.last_lists.get(SERVED_BY)
+        # Lists stored before SERVED_BY was kept count as served in the user's arms.
+        slots = [[e, v, None, served_by is None or served_by.get(e.name) == v.name]
+                 for e, v in self._assigned_to(uid)]
         listed = stored.last_lists.get(SERVED) or []
         return slots, (listed, set(listed))
 
@@ -257,6 +268,7 @@ class ExperimentBatch:
         message["variant"] = variant.name
         message["experiments"] = {e.name: v.name for e, v in self._enrolled[uid]}
         lists[SERVED] = [r.title_id for r in recs]
+        lists[SERVED_BY] = message["experiments"]
         viewings = self._viewings.get(uid)
         if viewings is None:  # no playback in this batch: keep what was stored
             lists[VIEWINGS] = stored.last_lists.get(VIEWINGS) or []

@@ -7,7 +7,7 @@ import orjson
 from models.base import UserProfile
 from models.hybrid import Hybrid
 from streams.batch import learn_and_rank
-from streams.experiment_batch import MEASURES, SERVED, VIEWINGS, VIEWINGS_CAP
+from streams.experiment_batch import MEASURES, SERVED, SERVED_BY, VIEWINGS, VIEWINGS_CAP
 from streams.experiments import parse
 from streams.rows import update_in_progress
 from streams.state import StoredProfile
@@ -304,3 +304,37 @@ def test_viewings_remembered_per_user_are_capped() -> None:
     flat = orjson.loads(ranked.last_lists[uid])[VIEWINGS]
     assert flat[0::3] == [f"t{i}" for i in range(5, VIEWINGS_CAP + 5)]  # the most recent
     assert flat[1::3] == [10.0] * VIEWINGS_CAP and flat[2::3] == [0] * VIEWINGS_CAP
+
+
+def test_a_list_is_measured_only_by_the_arm_that_served_it() -> None:
+    uid = user_in("control")
+    served = [f"t{i}" for i in range(2, 22)]
+    after = LATER.start_ts + 60  # "later" has started by these events
+    events = [event(uid, "impression", "t2", 0, ts=after, row="r", artwork_id="a"),
+              event(uid, "click", "t2", 1, ts=after + 1, row="r", artwork_id="a")]
+    later_arm = ("later", LATER.assign(uid).name)
+    # The list was served while the user was in "ab"'s control and "later" had not started:
+    # "ab" measures it; "later" enrols the user but its arm did not serve that list.
+    profile = stored(uid, served)
+    profile.last_lists[SERVED_BY] = {"ab": "control"}
+    ranked = run(events, {uid: profile})
+    assert measured(ranked, uid)["clicks"] == 1.0
+    assert measured(ranked, uid, later_arm) == dict.fromkeys(MEASURES, 0.0)
+    # The next list was served in both arms: both measure what happens to it.
+    lists = orjson.loads(ranked.last_lists[uid])
+    assert lists[SERVED_BY] == {"ab": "control", "later": later_arm[1]}
+    again = [event(uid, "click", lists[SERVED][0], 2, ts=after + 2, row="r", artwork_id="a")]
+    ranked = run(again, {uid: StoredProfile(profile.profile, {}, 0, lists)})
+    assert measured(ranked, uid)["clicks"] == measured(ranked, uid, later_arm)["clicks"] == 1.0
+
+
+def test_a_user_moved_by_a_changed_file_is_not_measured_on_the_old_arms_list() -> None:
+    uid = user_in("control")
+    served = [f"t{i}" for i in range(2, 22)]
+    # Served while a share (since changed) put the user in "random": before, its clicks
+    # and recall hit counted for control, which never served it.
+    profile = stored(uid, served)
+    profile.last_lists[SERVED_BY] = {"ab": "random"}
+    ranked = run([event(uid, "click", "t2", 0, row="r", artwork_id="a")], {uid: profile})
+    assert measured(ranked, uid) == dict.fromkeys(MEASURES, 0.0)  # enrolled, nothing counted
+    assert ("ab", "random") not in ranked.experiments.users
