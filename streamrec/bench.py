@@ -686,6 +686,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(kafka_bootstrap_servers=None, redis_url=None)
     _validate(args, settings.partitions)
     from streamrec.runtime import Services
+    from streams.experiments import load as load_experiments
+
+    # The workers it starts would refuse a bad file; say why here, before anything runs.
+    load_experiments(settings.experiments_path)
 
     if args.mode == "state":
         return run_state_mode(args, settings)

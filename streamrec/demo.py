@@ -243,6 +243,10 @@ def _child(
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     _validate(args)
+    from streams.experiments import load as load_experiments
+
+    # The worker it starts would refuse a bad file; say why here, before any service starts.
+    load_experiments(settings.experiments_path)
     import tempfile
 
     from producers.simulator import generate_events, generate_world

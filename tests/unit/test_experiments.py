@@ -171,16 +171,21 @@ def test_missing_file_is_one_line() -> None:
     assert load(None) is None
 
 
-def test_worker_refuses_a_bad_file_with_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+# demo and bench start workers that inherit STREAMREC_EXPERIMENTS: they check it first (it
+# was "the worker exited at start-up (see .../worker.log)" and exit 1, services started).
+@pytest.mark.parametrize("command", [["worker"], ["demo", "--users", "5", "--events", "50"],
+                                     ["bench", "--events", "1000"]])
+def test_a_bad_file_is_refused_with_one_line_and_exit_2(command, tmp_path, capsys,
+                                                         monkeypatch):
     path = tmp_path / "exp.toml"
     path.write_text(AB.replace('"random"', '"best"'))
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STREAMREC_EXPERIMENTS", str(path))
-    assert main(["worker"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"{path}: experiment 'ab': variant 'treatment': model 'best'" in err
+    assert main(command) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.out == ""
+    assert f"{path}: experiment 'ab': variant 'treatment': model 'best'" in captured.err
 
 
 def test_report_without_redis_is_one_line(capsys, monkeypatch) -> None:
