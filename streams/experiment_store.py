@@ -43,7 +43,7 @@ from streamrec.metrics import REDIS_ERRORS, REDIS_SECONDS
 from streamrec.settings import Settings
 from streams.experiment_batch import MEASURES, ExperimentTallies
 from streams.experiment_stats import RATIOS, ArmStats
-from streams.experiments import ExperimentConfig, load
+from streams.experiments import ExperimentConfig, changes_since, load
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,15 @@ return new_users
 """
 
 
+def _load(raw: bytes | str) -> dict[str, Any]:
+    """A stored snapshot; one that does not parse is none (nothing to compare)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def prefix(app_id: str) -> str:
     return f"sr:xp:{app_id}:"
 
@@ -146,8 +155,14 @@ class ExperimentStore:
         self._script = client.register_script(RECORD_LUA)
 
     async def publish(self, config: ExperimentConfig) -> None:
-        """Store each experiment's snapshot (what the report reads)."""
+        """Store each experiment's snapshot (what the report reads), after saying in the
+        log what editing the file changed for users already in an experiment."""
+        keys = [f"{prefix(self.app_id)}{e.name}:config" for e in config.experiments]
         try:
+            previous = await self._client.mget(keys)
+            for experiment, raw in zip(config.experiments, previous, strict=True):
+                for change in changes_since(_load(raw), experiment) if raw else ():
+                    logger.warning("%s", change)
             async with self._client.pipeline(transaction=True) as pipe:
                 for experiment in config.experiments:
                     pipe.sadd(f"{prefix(self.app_id)}index", experiment.name)

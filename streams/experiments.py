@@ -196,6 +196,69 @@ def deciding(enrolments: list[tuple[Experiment, Variant]]
     return enrolments[0] if enrolments else None
 
 
+def changes_since(previous: Mapping[str, Any], experiment: Experiment) -> list[str]:
+    """What editing the file changed for users already in ``experiment``, one sentence
+    each, against ``previous`` (the :meth:`Experiment.snapshot` a worker last published).
+
+    Results add up per variant name, so a user moved to another variant keeps what they
+    did so far in the old one and joins the new one as a new user; a variant whose model
+    changed mixes both models' results.
+
+    Examples
+    --------
+    >>> ab = parse('''
+    ... [[experiment]]
+    ... name = "ab"
+    ... [[experiment.variant]]
+    ... name = "b"
+    ... share = 0.5
+    ... model = "random"
+    ... [[experiment.variant]]
+    ... name = "a"
+    ... share = 0.5
+    ... model = "default"
+    ... ''').experiments[0]
+    >>> before = {"variants": [{"name": "a", "share": 0.5, "model": "default"},
+    ...                        {"name": "b", "share": 0.5, "model": "random"}]}
+    >>> changes_since(before, ab)[0][:60]
+    "experiment 'ab': 100.0% of its users are now in another vari"
+    """
+    old = [(v["name"], float(v["share"])) for v in previous.get("variants", [])]
+    if not old:
+        return []
+    bounds, low = [], 0.0
+    for i, (name, share) in enumerate(old):
+        high = 1.0 if i == len(old) - 1 else min(1.0, low + share)
+        bounds.append((high, name))
+        low = high
+    cuts = sorted({0.0, 1.0, *(h for h, _ in bounds), *(v.high for v in experiment.variants)})
+    flows: dict[tuple[str, str], float] = {}
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        if end <= start:
+            continue
+        was = next((name for high, name in bounds if start < high), bounds[-1][1])
+        now = next((v.name for v in experiment.variants if start < v.high),
+                   experiment.variants[-1].name)
+        if was != now:
+            flows[(was, now)] = flows.get((was, now), 0.0) + (end - start)
+    out = []
+    moved = math.fsum(flows.values())
+    if moved > 1e-12:
+        detail = ", ".join(f"{a} -> {b} {share:.1%}" for (a, b), share in flows.items())
+        out.append(f"experiment {experiment.name!r}: {moved:.1%} of its users are now in "
+                   f"another variant than when a worker last served it ({detail}); what they "
+                   "did so far stays in the old variant's results and they join the new one "
+                   "as new users: rename the experiment to start afresh on fresh users")
+    models = {v["name"]: v.get("model") for v in previous.get("variants", [])}
+    for variant in experiment.variants:
+        before = models.get(variant.name)
+        if before is not None and before != variant.describe():
+            out.append(f"experiment {experiment.name!r}: variant {variant.name!r} now ranks "
+                       f"with {variant.describe()} (was {before}); its results mix both: "
+                       "rename the experiment to measure the new one alone")
+    return out
+
+
 # -- loading and validation ---------------------------------------------------------------
 
 def load(path: str | None) -> ExperimentConfig | None:

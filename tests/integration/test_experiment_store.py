@@ -71,3 +71,25 @@ def test_running_sums_match_a_recount_and_users_are_counted_once(redis_url, redi
     some_user = next(iter(totals[next(iter(totals))]))
     assert 0 < redis_client.ttl(f"sr:u:{{{some_user}}}:xp") <= 3600
     assert redis_client.exists(arm_key(app, "store-test", "a"))
+
+
+def test_a_worker_starting_with_an_edited_file_says_what_moved(redis_url, redis_client,
+                                                              caplog):
+    app = f"xp-{uuid.uuid4().hex[:8]}"
+    swapped = parse(two_arms("store-test", ("b", RANDOM), ("a", '"default"')))
+
+    async def start(config) -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await ExperimentStore(client, app, ttl_s=3600).publish(config)
+        await client.aclose()
+
+    with caplog.at_level("WARNING", logger="streams.experiment_store"):
+        asyncio.run(start(CONFIG))
+        asyncio.run(start(CONFIG))  # a restart with the same file: nothing to say
+        assert caplog.messages == []
+        asyncio.run(start(swapped))
+    (said,) = caplog.messages
+    assert said.startswith("experiment 'store-test': 100.0% of its users are now in another "
+                           "variant")
+    (stored,) = read_experiments(redis_client, app)
+    assert [v["name"] for v in stored["variants"]] == ["b", "a"]

@@ -6,7 +6,7 @@ import pytest
 
 from streamrec.cli import main
 from streamrec.exceptions import ConfigError
-from streams.experiments import hash_unit, load, parse
+from streams.experiments import changes_since, hash_unit, load, parse
 
 USERS = [f"user-{i}" for i in range(20_000)]
 
@@ -91,6 +91,39 @@ def test_renaming_a_variant_moves_nobody_renaming_the_experiment_reshuffles() ->
                                    ("treatment", 0.5, '"random"')))
     changed = sum(before[u] != fresh[u] for u in USERS) / len(USERS)
     assert abs(changed - 0.5) < 0.02
+
+
+def changes(before: str, after: str) -> list[str]:
+    (old,) = parse(before).experiments
+    (new,) = parse(after).experiments
+    return changes_since(old.snapshot(), new)
+
+
+def test_a_worker_says_what_an_edit_changed_for_users_already_in() -> None:
+    # Results add up by variant name: before, a reordered file (which the README offered as
+    # the way to start over) silently mixed every user's old and new variant.
+    assert changes(AB, AB) == []
+    assert changes(AB, AB.replace("0.5", "0.50")) == []
+    swapped = experiment("ab", ("treatment", 0.5, '"random"'), ("control", 0.5, '"default"'))
+    (reordered,) = changes(AB, swapped)
+    assert reordered.startswith("experiment 'ab': 100.0% of its users are now in another "
+                                "variant than when a worker last served it (control -> "
+                                "treatment 50.0%, treatment -> control 50.0%); what they "
+                                "did so far stays in the old variant's results")
+    assert reordered.endswith("rename the experiment to start afresh on fresh users")
+    shares = experiment("ab", ("control", 0.4, '"default"'), ("treatment", 0.6, '"random"'))
+    assert "10.0% of its users" in changes(AB, shares)[0]
+    assert "(control -> treatment 10.0%)" in changes(AB, shares)[0]
+    appended = experiment("ab", ("control", 0.5, '"default"'), ("treatment", 0.3, '"random"'),
+                          ("new", 0.2, '"popularity"'))
+    assert "20.0% of its users" in changes(AB, appended)[0]
+    renamed = experiment("ab", ("baseline", 0.5, '"default"'), ("treatment", 0.5, '"random"'))
+    assert "(control -> baseline 50.0%)" in changes(AB, renamed)[0]
+    tuned = experiment("ab", ("control", 0.5, '"default"'),
+                       ("treatment", 0.5, "{ exploration = 0.3 }"))
+    assert changes(AB, tuned) == [
+        "experiment 'ab': variant 'treatment' now ranks with exploration=0.3 (was random); "
+        "its results mix both: rename the experiment to measure the new one alone"]
 
 
 def test_start_time_gates_enrolment() -> None:
