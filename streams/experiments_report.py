@@ -22,7 +22,16 @@ import redis
 
 from streamrec.exceptions import ConfigError, StateStoreUnavailable
 from streamrec.settings import Settings
-from streams.experiment_stats import ALPHA, MIN_USERS, RATIOS, ArmStats, compare, winner
+from streams.experiment_stats import (
+    ALPHA,
+    MIN_USERS,
+    RATIOS,
+    SRM_ALPHA,
+    ArmStats,
+    compare,
+    sample_ratio_p,
+    winner,
+)
 from streams.experiments import METRICS
 
 # Display formats per metric: rates as shares, watch time in seconds.
@@ -42,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
     """The report of one experiment as read by ``read_experiments``: the ``--json`` shape.
 
-    ``{"experiment", "winner", "metric", "control", "alpha", "variants": {name: {"users",
+    ``{"experiment", "winner", "metric", "control", "alpha", "sample_ratio": {"p_value",
+    "mismatch"}, "variants": {name: {"users",
     "share", "model", "lists", <metric>: {"measured_users", "value", "ci_low", "ci_high",
     "lift_vs_control", "lift_ci_low", "lift_ci_high", "p_value"}}}}``; a value that cannot
     be computed yet (no denominator, fewer than ``MIN_USERS`` users measured in an arm, or
@@ -72,12 +82,15 @@ def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
                 "p_value": _num(result.p_value),
             }
         variants[name] = entry
+    srm = sample_ratio_p([variants[v["name"]]["users"] for v in experiment["variants"]],
+                         [v["share"] for v in experiment["variants"]])
     return {
         "experiment": experiment["name"],
         "winner": winner(arms, control_name, experiment["metric"], alpha),
         "metric": experiment["metric"],
         "control": control_name,
         "alpha": alpha,
+        "sample_ratio": {"p_value": _num(srm), "mismatch": srm < SRM_ALPHA},
         "variants": variants,
     }
 
@@ -89,7 +102,24 @@ def _num(value: float | None) -> float | None:
 
 
 def verdict(report: dict[str, Any]) -> str:
-    """One plain sentence: is there a winner yet?"""
+    """One plain sentence: is there a winner yet? (After a warning, if users are not split
+    as the shares say.)"""
+    said = _verdict(report)
+    if not report["sample_ratio"]["mismatch"]:
+        return said
+    return (f"sample ratio mismatch: {_split(report)} is not the split the shares say "
+            f"(p{_p(report['sample_ratio']['p_value'])}), so the variants' users are not "
+            "comparable and no result can be trusted; find why (an edited share or order "
+            f"moves users; see the worker's log) and rename the experiment to start afresh\n"
+            f"{said}")
+
+
+def _split(report: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {entry['users']} ({entry['share']:g})"
+                     for name, entry in report["variants"].items())
+
+
+def _verdict(report: dict[str, Any]) -> str:
     metric, control, best = report["metric"], report["control"], report["winner"]
     few = [f"{name}: {entry[metric]['measured_users']}"
            for name, entry in report["variants"].items()
@@ -126,7 +156,10 @@ def _fmt(metric: str, value: float | None) -> str:
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"experiment {report['experiment']}: decided by {report['metric']}, control "
-             f"{report['control']}; 95% confidence sequences (valid at every look)"]
+             f"{report['control']}; 95% confidence sequences (valid at every look)",
+             "  sample ratio (users per variant against the shares): "
+             f"{'MISMATCH' if report['sample_ratio']['mismatch'] else 'as expected'}, "
+             f"p{_p(report['sample_ratio']['p_value'])}"]
     for name, entry in report["variants"].items():
         lines.append(f"  {name} ({entry['model']}, share {entry['share']:g}): "
                      f"{entry['users']} users, {entry['lists']} lists")

@@ -10,12 +10,14 @@ import pytest
 from streams.experiment_stats import (
     MIN_USERS,
     RATIOS,
+    SRM_ALPHA,
     ArmStats,
     Estimate,
     compare,
     lift,
     multiplier,
     p_value,
+    sample_ratio_p,
     winner,
 )
 
@@ -261,3 +263,49 @@ def test_aa_experiments_where_few_users_are_measured_rarely_find_a_winner() -> N
                     "b": _arm_stats(arms[1][0][:n], arms[1][1][:n])}, "a", "recall_at_k")
             is not None for n in looks)
     assert false_winners / experiments < 0.05
+
+
+def test_sample_ratio_mismatch_on_known_inputs() -> None:
+    assert sample_ratio_p([151, 147], [0.5, 0.5]) == 1.0
+    assert sample_ratio_p([317, 77], [0.8, 0.2]) == 1.0
+    # 5,200 of 10,000 where 5,000 were due: a fixed-sample chi-square says p = 6e-5.
+    assert sample_ratio_p([5200, 4800], [0.5, 0.5]) == pytest.approx(0.003648, rel=1e-3)
+    assert sample_ratio_p([600, 400], [0.5, 0.5]) < SRM_ALPHA
+    assert sample_ratio_p([10, 0], [1.0, 0.0]) == 1.0
+    assert sample_ratio_p([10, 1], [1.0, 0.0]) == 0.0  # a variant that owns no users has one
+
+
+def test_sample_ratio_checked_at_every_look_rarely_alarms_when_users_follow_the_shares(
+        ) -> None:
+    rng = np.random.default_rng(12)
+    alarms = 0
+    for _ in range(200):
+        arms = rng.choice(2, size=5000, p=[0.8, 0.2])
+        counts = np.cumsum(np.eye(2, dtype=int)[arms], axis=0)
+        alarms += any(sample_ratio_p(list(counts[n]), [0.8, 0.2]) < SRM_ALPHA
+                      for n in range(49, 5000, 50))
+    assert alarms <= 2  # 1% of 200; the bound is 0.1% at every look
+
+
+def test_the_report_leads_with_a_sample_ratio_mismatch() -> None:
+    from streams.experiments_report import build, render
+
+    # A share edited from 0.5 to 0.2 half-way: control kept its users, the treatment
+    # gained the moved ones (and counts them again as new).
+    experiment = {"name": "ab", "control": "control", "metric": "recall_at_k",
+                  "variants": [{"name": "control", "share": 0.2, "model": "default"},
+                               {"name": "t", "share": 0.8, "model": "random"}],
+                  "arms": {"control": (bernoulli(300, 1100), 9), "t": (bernoulli(100, 1500), 7)}}
+    report = build(experiment)
+    assert report["sample_ratio"]["mismatch"] and report["sample_ratio"]["p_value"] < 1e-6
+    lines = render(report).splitlines()
+    assert lines[1] == ("  sample ratio (users per variant against the shares): MISMATCH, "
+                        "p<0.001")
+    assert lines[-2].startswith("sample ratio mismatch: control 1100 (0.2), t 1500 (0.8) is "
+                                "not the split the shares say (p<0.001)")
+    assert lines[-1].startswith("winner: control")
+    fine = build({**experiment, "variants": [{**v, "share": 0.5}
+                                             for v in experiment["variants"]],
+                  "arms": {"control": (bernoulli(300, 1000), 9), "t": (bernoulli(100, 1010), 7)}})
+    assert not fine["sample_ratio"]["mismatch"]
+    assert render(fine).splitlines()[1].endswith("as expected, p=1")
