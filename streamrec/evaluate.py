@@ -77,7 +77,12 @@ def _model_names(text: str | None, known: list[str], default: list[str]) -> list
                           "--models streamrec,popularity")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"unknown model {unknown[0]!r} in --models; known: {', '.join(known)}")
+        hint = ""
+        if ":" in unknown[0] and not any(":" in name for name in known):
+            hint = ("; EXPERIMENT:VARIANT names come from the file STREAMREC_EXPERIMENTS "
+                    "names, and it is not set")
+        raise ConfigError(f"unknown model {unknown[0]!r} in --models{hint}; known: "
+                          f"{', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
