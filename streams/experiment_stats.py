@@ -257,10 +257,13 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
             comparisons: int = 1) -> Comparison:
     """``arm``'s value of ``metric`` (interval at level ``alpha``) and its lift against
     ``control`` (interval at ``alpha / comparisons``, p-value multiplied by
-    ``comparisons``: Bonferroni over the treatments). No lift while either arm has fewer
-    than ``MIN_USERS`` users measured."""
+    ``comparisons``: Bonferroni over the treatments). No interval while the arm has fewer
+    than ``MIN_USERS`` users measured, and no lift while either arm has."""
     value = arm.ratio(metric)
-    ci = clip(value.interval(alpha), *BOUNDS[metric]) if value is not None else None
+    # An interval needs as many users as a lift does: with a few, the variance is a guess
+    # (0 when they are alike, which read as "0.0000 [0.0000, 0.0000]").
+    ci = (clip(value.interval(alpha), *BOUNDS[metric])
+          if value is not None and arm.measured_users(metric) >= MIN_USERS else None)
     if (control is None or value is None
             or min(arm.measured_users(metric), control.measured_users(metric)) < MIN_USERS):
         return Comparison(value, ci, None, None, None)

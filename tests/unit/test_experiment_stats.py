@@ -105,7 +105,8 @@ def test_no_lift_before_each_arm_has_min_users() -> None:
     # is 0); this was "control wins" after ten users.
     small = {"control": bernoulli(3, 5), "t": bernoulli(0, 5)}
     result = compare(small["t"], small["control"], "recall_at_k")
-    assert result.value is not None and result.ci is not None
+    # The value, but no interval: it read 0.0000 [0.0000, 0.0000] (a variance of 0).
+    assert result.value is not None and result.value.value == 0.0 and result.ci is None
     assert result.lift is None and result.lift_ci is None and result.p_value is None
     assert winner(small, "control", "recall_at_k") is None
     assert compare(bernoulli(0, MIN_USERS), bernoulli(3, MIN_USERS), "recall_at_k"
