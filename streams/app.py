@@ -26,7 +26,7 @@ from streamrec.redis_conn import async_client
 from streamrec.schema import dead_letter, decode_catalog
 from streamrec.settings import Settings
 from streams.catalog_reader import CatalogReader
-from streams.checkpoint import Checkpointer
+from streams.checkpoint import Checkpointer, apps_sharing_users
 from streams.experiment_store import start_experiments
 from streams.faust_compat import limit_consumer_thread_stop, patch_aiokafka
 from streams.model_sync import ModelSync
@@ -79,6 +79,17 @@ class WorkerRuntime:
         self.checkpointer = Checkpointer(self.redis, settings.app_id)
         self.sync = ModelSync(self.redis, settings.app_id, settings.model_sync_interval_s,
                               self._save_checkpoint, settings.checkpoint_interval_s)
+        now = time.time()
+        seen = await self._retry(lambda: self.checkpointer.note_app(now))
+        sharing = apps_sharing_users(seen, settings.app_id, now, settings.state_ttl_s)
+        if sharing:
+            logger.warning(
+                "this Redis database also holds the per-user state of app(s) %s (seen within "
+                "STREAMREC_STATE_TTL_S): per-user state is not scoped by STREAMREC_APP_ID, so "
+                "apps on one database share profiles and each other's event ids count as "
+                "duplicates; give each app its own database (REDIS_URL ending in /N) unless "
+                "they are meant to share users", ", ".join(sharing[:5])
+                + (f" and {len(sharing) - 5} more" if len(sharing) > 5 else ""))
         restored = await self._retry(self.checkpointer.load)
         if restored is not None:
             self.model = restored

@@ -5,7 +5,10 @@ incremented on every save, continuing from the version restored), ``saved_at``,
 ``log_id`` (the position in the model log, ``streams.model_sync``, that the model
 reflects exactly: the precise identity of a checkpoint when several workers save) and
 ``offsets`` (``topic[partition]`` -> the next events offset the model has learned).
-``sr:catalog:<app_id>`` holds title_id -> catalogue JSON.
+``sr:catalog:<app_id>`` holds title_id -> catalogue JSON. ``sr:apps`` holds app_id -> when
+a worker of that app last started or saved a checkpoint on this Redis database: per-user
+state (``sr:u:{uid}:*``) is not scoped by app, so a worker warns when another app used the
+same database recently (:func:`apps_sharing_users`).
 
 Pickle is only ever read back from the product's own Redis; anyone who can write there
 can already rewrite every user's state, so this adds no new trust boundary.
@@ -35,6 +38,22 @@ def model_key(app_id: str) -> str:
 
 def catalog_key(app_id: str) -> str:
     return f"sr:catalog:{app_id}"
+
+
+APPS_KEY = "sr:apps"
+
+
+def apps_sharing_users(seen: dict[str, float], app_id: str, now: float,
+                       within_s: float) -> list[str]:
+    """The other apps of ``seen`` (app_id -> last seen) seen within ``within_s`` of ``now``
+    (the state TTL: their users' state is still there), sorted.
+
+    Examples
+    --------
+    >>> apps_sharing_users({"prod": 990.0, "old": 10.0, "me": 1000.0}, "me", 1000.0, 100.0)
+    ['prod']
+    """
+    return sorted(a for a, ts in seen.items() if a != app_id and now - ts < within_s)
 
 
 class Checkpointer:
@@ -74,16 +93,38 @@ class Checkpointer:
                     model.size().get("titles", 0), self.log_id, self.offsets)
         return model
 
+    async def note_app(self, now: float) -> dict[str, float]:
+        """Record that this app uses this Redis database as of ``now``; returns every app
+        recorded (app_id -> when last seen), this one included."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(APPS_KEY, self.app_id, now)
+            pipe.hgetall(APPS_KEY)
+            _, seen = await pipe.execute()
+        except redis.RedisError as exc:
+            REDIS_ERRORS.labels(op="checkpoint_load").inc()
+            raise StateStoreUnavailable(f"could not record this app in {APPS_KEY}: {exc}") from exc
+        out = {}
+        for app, ts in seen.items():
+            try:
+                out[app.decode() if isinstance(app, bytes) else app] = float(ts)
+            except ValueError:  # not written by streamrec: not an app to warn about
+                continue
+        return out
+
     async def save(self, model: Hybrid, offsets: dict[str, int] | None = None,
                    log_id: str | None = None) -> int:
         blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         self.version += 1
         saved_at = time.time()
         try:
-            await self._client.hset(model_key(self.app_id), mapping={
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(model_key(self.app_id), mapping={
                 "blob": blob, "version": self.version, "saved_at": saved_at,
                 "offsets": orjson.dumps(offsets or {}), "log_id": log_id or "",
             })
+            pipe.hset(APPS_KEY, self.app_id, saved_at)  # still using this database
+            await pipe.execute()
         except redis.RedisError as exc:
             REDIS_ERRORS.labels(op="checkpoint_save").inc()
             raise StateStoreUnavailable(f"could not save the model checkpoint: {exc}") from exc

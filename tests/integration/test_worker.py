@@ -75,6 +75,12 @@ def test_worker_learns_emits_and_dead_letters(make_settings, start_worker, redis
     for title in catalog:
         producer.produce(settings.topics.catalog, orjson.dumps(title), title["title_id"])
     producer.flush()
+    # Another app used this Redis database a minute ago, a third one long before the
+    # state TTL: the worker warns about the first only (per-user state is not per app).
+    redis_client.delete("sr:apps")  # (the apps of earlier tests; only warnings read it)
+    long_ago = time.time() - 2 * settings.state_ttl_s
+    redis_client.hset("sr:apps", mapping={f"other-{run_id}": time.time() - 60,
+                                           f"gone-{run_id}": long_ago})
     worker = start_worker(settings)
     time.sleep(1.0)
     for event in events:
@@ -88,6 +94,9 @@ def test_worker_learns_emits_and_dead_letters(make_settings, start_worker, redis
     records = consume_until_idle(
         settings, [settings.topics.recommendations, settings.topics.dlq], idle_s=3, limit_s=60)
     assert worker.stop() == 0
+    log = open(worker.log_path, encoding="utf-8", errors="replace").read()
+    warning = next(line for line in log.splitlines() if "per-user state of app(s)" in line)
+    assert f"app(s) other-{run_id} (seen within" in warning
 
     recs = [orjson.loads(r.value()) for r in records
             if r.topic() == settings.topics.recommendations]
