@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ from unittest import mock
 
 import pytest
 import redis
+import redis.asyncio
 from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -137,37 +139,36 @@ def test_new_title_recall_is_smoothed_and_counted_like_online_recall() -> None:
 
 # ------------------------------------------------------------------- the checkpoint gauge
 
-class FakeRedis:
-    """The two hash commands the checkpointer uses, in memory; ``down`` makes them fail."""
+def _with_checkpointer(url: str, app_id: str, call: Any) -> Any:
+    async def run() -> Any:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            return await call(Checkpointer(client, app_id))
+        finally:
+            await client.aclose()
 
-    def __init__(self) -> None:
-        self.hashes: dict[str, dict[bytes, bytes]] = {}
-        self.down = False
-
-    async def hset(self, key: str, mapping: dict[str, Any]) -> None:
-        if self.down:
-            raise redis.ConnectionError("down")
-        self.hashes[key] = {k.encode(): v if isinstance(v, bytes) else str(v).encode()
-                            for k, v in mapping.items()}
-
-    async def hgetall(self, key: str) -> dict[bytes, bytes]:
-        return dict(self.hashes.get(key, {}))
+    return asyncio.run(run())
 
 
-def test_checkpoint_gauge_follows_saves_and_restores() -> None:
-    client: Any = FakeRedis()
+def test_checkpoint_gauge_follows_saves_and_restores(redis_url: str) -> None:
+    app_id = f"gauge-{uuid.uuid4().hex[:6]}"
     before = time.time()
-    asyncio.run(Checkpointer(client, "gauge-app").save(Hybrid()))
+    _with_checkpointer(redis_url, app_id, lambda c: c.save(Hybrid()))
     assert before <= series("streamrec_last_checkpoint_timestamp_seconds")[0] <= time.time()
 
-    client.hashes[model_key("gauge-app")][b"saved_at"] = b"1700000000.5"
-    assert asyncio.run(Checkpointer(client, "gauge-app").load()) is not None
-    assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        plain.hset(model_key(app_id), "saved_at", "1700000000.5")
+        assert _with_checkpointer(redis_url, app_id, lambda c: c.load()) is not None
+        assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
 
-    client.down = True
-    with pytest.raises(StateStoreUnavailable):
-        asyncio.run(Checkpointer(client, "gauge-app").save(Hybrid()))
-    assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
+        with pytest.raises(StateStoreUnavailable):  # nothing listens on port 1
+            _with_checkpointer("redis://127.0.0.1:1/0", app_id, lambda c: c.save(Hybrid()))
+        assert series("streamrec_last_checkpoint_timestamp_seconds") == [1700000000.5]
+    finally:
+        plain.delete(model_key(app_id))
+        plain.hdel("sr:apps", app_id)
+        plain.close()
 
 
 # ------------------------------------------------------------- who serves what
