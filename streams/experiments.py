@@ -130,9 +130,32 @@ class Variant:
             k: v for k, v in self.model.items() if k != "rows"}
 
     def describe(self) -> str:
+        """How the variant ranks, readably: the preset, or ``key=value`` per override
+        (``exploration=0.2, weights.content=0.6``)."""
+        if isinstance(self.model, str):
+            return self.model
+        return ", ".join(f"{k}={_show(v)}" for k, v in sorted(_flat(self.model).items()))
+
+    def _described_before(self) -> str:
+        """:meth:`describe` as workers stored it before it flattened tables
+        (``weights={'content': 0.6}``): the same model, not a change."""
         if isinstance(self.model, str):
             return self.model
         return ", ".join(f"{k}={v}" for k, v in sorted(self.model.items()))
+
+
+def _flat(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -252,7 +275,8 @@ def changes_since(previous: Mapping[str, Any], experiment: Experiment) -> list[s
     models = {v["name"]: v.get("model") for v in previous.get("variants", [])}
     for variant in experiment.variants:
         before = models.get(variant.name)
-        if before is not None and before != variant.describe():
+        if before is not None and before not in (variant.describe(),
+                                                 variant._described_before()):
             out.append(f"experiment {experiment.name!r}: variant {variant.name!r} now ranks "
                        f"with {variant.describe()} (was {before}); its results mix both: "
                        "rename the experiment to measure the new one alone")

@@ -126,6 +126,22 @@ def test_a_worker_says_what_an_edit_changed_for_users_already_in() -> None:
         "its results mix both: rename the experiment to measure the new one alone"]
 
 
+def test_an_override_variant_is_described_readably() -> None:
+    # The report and the worker's log printed a Python dict: weights={'content': 0.6}.
+    tuned = experiment("ab", ("control", 0.5, '"default"'), (
+        "treatment", 0.5, '{ exploration = 0.2, max_per_genre = 3, rows = "fixed", '
+                          "weights = { content = 0.6, trending = 0.1 } }"))
+    (ab,) = parse(tuned).experiments
+    assert ab.variant("treatment").describe() == (
+        "exploration=0.2, max_per_genre=3, rows=fixed, weights.content=0.6, "
+        "weights.trending=0.1")
+    # A worker that stored the old description sees the same model, not a change.
+    before = ab.snapshot()
+    before["variants"][1]["model"] = ("exploration=0.2, max_per_genre=3, rows=fixed, "
+                                      "weights={'content': 0.6, 'trending': 0.1}")
+    assert changes_since(before, ab) == []
+
+
 def test_start_time_gates_enrolment() -> None:
     text = ('[[experiment]]\nname = "later"\nstart = 2024-05-01T02:00:00+02:00\n'
             + AB.split("\n", 2)[2])
