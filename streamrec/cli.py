@@ -42,12 +42,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Namespace attribute naming the (sub)command whose arguments were not recognised.
+_UNRECOGNISED_BY = "_streamrec_unrecognised_by"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line, not a usage dump."""
+    """argparse, but a usage mistake is one line, not a usage dump, pointing at the help of
+    the command that was given it (``streamrec experiment report --help``)."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self._fail(self.prog, message)
+
+    @staticmethod
+    def _fail(prog: str, message: str) -> NoReturn:
+        sys.stderr.write(f"{prog}: error: {message} (see {prog} --help)\n")
         sys.exit(2)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        # argparse hands a subcommand's unknown arguments up to the top parser, which
+        # reported them as its own; the innermost parser with some returns first.
+        if extras and not hasattr(namespace, _UNRECOGNISED_BY):
+            setattr(namespace, _UNRECOGNISED_BY, self.prog)
+        return namespace, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = vars(namespace).pop(_UNRECOGNISED_BY, self.prog)
+        if extras:
+            self._fail(prog, f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
 
 
 def _selected_command(argv: list[str]) -> str | None:

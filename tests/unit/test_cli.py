@@ -48,6 +48,18 @@ def test_mistakes_get_one_line_and_nonzero_exit(argv, fragment, capsys, monkeypa
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(("argv", "prog"), [
+    (["experiment", "report", "--bogus"], "streamrec experiment report"),
+    (["worker", "--bogus"], "streamrec worker"),
+    (["--bogus", "worker"], "streamrec"),
+])
+def test_an_unknown_option_points_at_its_commands_help(argv, prog, capsys, monkeypatch):
+    # It said "(see streamrec --help)", whose page does not list any command's options.
+    code, _, err = run(argv, capsys, monkeypatch)
+    assert code == 2
+    assert err == f"{prog}: error: unrecognized arguments: --bogus (see {prog} --help)\n"
+
+
 def test_bad_environment_is_one_line(capsys, monkeypatch):
     code, _, err = run(["tail"], capsys, monkeypatch, {"STREAMREC_BATCH_SIZE": "x"})
     assert code == 2
