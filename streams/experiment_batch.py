@@ -9,9 +9,9 @@
   message.
 
 What is measured, per user, in every experiment the user is enrolled in (event time at
-or after the experiment's start), against the list last served to that user, if it was
-served while the user was in the same arm (not before the experiment started, nor in
-another arm before the experiments file changed):
+or after the experiment's start and before its end), against the list last served to
+that user, if it was served while the user was in the same arm (not before the
+experiment started, nor in another arm before the experiments file changed):
 
 =================  ===================================================================
 ``recall_tests``   the user's first engagement (play, resume, complete, click) in a
@@ -132,8 +132,8 @@ class ExperimentBatch:
         return assigned
 
     def _enrolments(self, uid: str, ts: float) -> list[tuple[Experiment, Variant]]:
-        """The user's variants in the experiments started by ``ts``."""
-        return [pair for pair in self._assigned_to(uid) if pair[0].started(ts)]
+        """The user's variants in the experiments running at ``ts``."""
+        return [pair for pair in self._assigned_to(uid) if pair[0].running(ts)]
 
     # -- measuring ---------------------------------------------------------------------------
     def observe(self, event: dict[str, Any], stored: StoredProfile) -> None:
@@ -147,9 +147,9 @@ class ExperimentBatch:
         ts = event["ts"]
         for slot in slots:
             experiment, variant, row, served_here = slot
+            if not experiment.running(ts):
+                continue
             if row is None:
-                if not experiment.started(ts):
-                    continue
                 # Enrolled from its first event after the start, even with nothing to count.
                 row = slot[2] = self.tallies.users.setdefault(
                     (experiment.name, variant.name), {}).setdefault(uid, [0.0] * len(MEASURES))

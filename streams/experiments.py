@@ -5,6 +5,7 @@ The file named by ``STREAMREC_EXPERIMENTS`` declares experiments::
     [[experiment]]
     name = "ranker-test"
     start = 2024-05-01T00:00:00Z    # optional; events before it are served and measured as usual
+    end = 2024-06-01T00:00:00Z      # optional; from then on, as if it were not in the file
     control = "control"             # optional; default: the first variant
     metric = "recall_at_k"          # optional; the metric that decides the winner
     [[experiment.variant]]
@@ -30,8 +31,8 @@ boundary:
 * reordering variants, or renaming the experiment, reshuffles everyone: a rename is how
   to start a fresh experiment on new users.
 
-A user takes part in every experiment that has started (independent hashes, so
-experiments are orthogonal). The list a user is served is ranked by the variant of the
+A user takes part in every experiment that is running at the event's time: started and
+not yet ended (independent hashes, so experiments are orthogonal). The list a user is served is ranked by the variant of the
 first experiment, in file order, whose variant for them changes the model; the others
 still measure their own arms, balanced across the first one's.
 """
@@ -79,7 +80,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_EXPERIMENTS = 20
 MAX_VARIANTS = 10
 
-_EXPERIMENT_KEYS = {"name", "start", "control", "metric", "variant"}
+_EXPERIMENT_KEYS = {"name", "start", "end", "control", "metric", "variant"}
 _VARIANT_KEYS = {"name", "share", "model"}
 
 
@@ -165,6 +166,8 @@ class Experiment:
     control: str
     metric: str = DEFAULT_METRIC
     start_ts: float | None = None
+    # Event time from which it no longer serves variants nor counts (None: never).
+    end_ts: float | None = None
     _highs: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +175,13 @@ class Experiment:
 
     def started(self, ts: float) -> bool:
         return self.start_ts is None or ts >= self.start_ts
+
+    def ended(self, ts: float) -> bool:
+        return self.end_ts is not None and ts >= self.end_ts
+
+    def running(self, ts: float) -> bool:
+        """Whether an event at time ``ts`` is served and measured by this experiment."""
+        return self.started(ts) and not self.ended(ts)
 
     def assign(self, user_id: str) -> Variant:
         """The variant owning ``user_id``'s hash (see the module docstring)."""
@@ -188,7 +198,7 @@ class Experiment:
         """What the report needs to know of this experiment (stored in Redis)."""
         return {
             "name": self.name, "control": self.control, "metric": self.metric,
-            "start_ts": self.start_ts,
+            "start_ts": self.start_ts, "end_ts": self.end_ts,
             "variants": [{"name": v.name, "share": v.share, "model": v.describe()}
                          for v in self.variants],
         }
@@ -202,8 +212,8 @@ class ExperimentConfig:
     path: str = "<string>"
 
     def enrolments(self, user_id: str, ts: float) -> list[tuple[Experiment, Variant]]:
-        """The user's variant in every experiment started by event time ``ts``."""
-        return [(e, e.assign(user_id)) for e in self.experiments if e.started(ts)]
+        """The user's variant in every experiment running at event time ``ts``."""
+        return [(e, e.assign(user_id)) for e in self.experiments if e.running(ts)]
 
     def __bool__(self) -> bool:
         return bool(self.experiments)
@@ -364,7 +374,10 @@ def _experiment(table: dict[str, Any], path: str, number: int) -> Experiment:
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; "
                           f"known: {', '.join(sorted(_EXPERIMENT_KEYS))}")
-    start_ts = _start(table["start"], where) if "start" in table else None
+    start_ts = _time(table["start"], where, "start") if "start" in table else None
+    end_ts = _time(table["end"], where, "end") if "end" in table else None
+    if start_ts is not None and end_ts is not None and end_ts <= start_ts:
+        raise ConfigError(f"{where}: end {iso(end_ts)} is not after start {iso(start_ts)}")
     raw_variants = table.get("variant")
     if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):
         raise ConfigError(f"{where}: variants must be [[experiment.variant]] tables")
@@ -391,7 +404,7 @@ def _experiment(table: dict[str, Any], path: str, number: int) -> Experiment:
     metric = table.get("metric", DEFAULT_METRIC)
     if metric not in METRICS:
         raise ConfigError(f"{where}: metric {metric!r} is unknown; known: {', '.join(METRICS)}")
-    return Experiment(name, variants, control, metric, start_ts)
+    return Experiment(name, variants, control, metric, start_ts, end_ts)
 
 
 def _with_ranges(variants: list[Variant]) -> tuple[Variant, ...]:
@@ -404,20 +417,27 @@ def _with_ranges(variants: list[Variant]) -> tuple[Variant, ...]:
     return tuple(out)
 
 
-def _start(value: Any, where: str) -> float:
+def _time(value: Any, where: str, key: str) -> float:
+    """``start`` or ``end``: a TOML date-time (or ISO 8601 string) with a time zone."""
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ConfigError(f"{where}: start {value!r} is not a date-time; write e.g. "
-                              "start = 2024-05-01T00:00:00Z") from None
+            raise ConfigError(f"{where}: {key} {value!r} is not a date-time; write e.g. "
+                              f"{key} = 2024-05-01T00:00:00Z") from None
     if not isinstance(value, dt.datetime):
-        raise ConfigError(f"{where}: start must be a date-time with a time zone, e.g. "
-                          f"start = 2024-05-01T00:00:00Z, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be a date-time with a time zone, e.g. "
+                          f"{key} = 2024-05-01T00:00:00Z, got {value!r}")
     if value.tzinfo is None:
-        raise ConfigError(f"{where}: start {value.isoformat()} has no time zone; "
-                          "add one, e.g. start = 2024-05-01T00:00:00Z")
+        raise ConfigError(f"{where}: {key} {value.isoformat()} has no time zone; "
+                          f"add one, e.g. {key} = 2024-05-01T00:00:00Z")
     return value.timestamp()
+
+
+def iso(ts: float) -> str:
+    """An event time as the file writes it: ``2024-05-01T00:00:00Z``."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
 
 
 def _variant(table: dict[str, Any], where: str, number: int) -> Variant:

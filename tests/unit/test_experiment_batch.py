@@ -150,6 +150,37 @@ def test_the_first_experiment_that_changes_the_model_decides() -> None:
         assert message["experiments"] == {"aa": aa.assign(uid).name, "ab": ab.assign(uid).name}
 
 
+def test_from_its_end_an_experiment_neither_serves_nor_counts() -> None:
+    ended = two_arms("ab", ("control", DEFAULT), ("weak", RANDOM)).replace(
+        'name = "ab"\n', 'name = "ab"\nend = 2024-05-01T00:01:00Z\n')  # TS + 60
+    config = parse(ended + two_arms("aa"))
+    ab, aa = config.experiments
+    uid = next(u for u in (f"u{i}" for i in range(100)) if ab.assign(u).name == "weak")
+    before = run([event(uid, "search", None, 59, query="x")], {uid: stored(uid)},
+                 experiments=config)
+    assert messages(before)[uid]["experiment"] == "ab"
+    assert messages(before)[uid]["experiments"] == {"ab": "weak", "aa": aa.assign(uid).name}
+    served = orjson.loads(before.last_lists[uid])[SERVED]
+    # At its end: the user's list is what a user outside "ab" gets, and "ab" counts nothing,
+    # not even what happens to the list its arm served before.
+    events = [event(uid, "click", served[0], 60, row="r", artwork_id="a"),
+              event(uid, "play", served[0], 61)]
+    def profile(lists: bytes = before.last_lists[uid]) -> StoredProfile:
+        return StoredProfile(stored(uid).profile, {}, 0, orjson.loads(lists))
+
+    after = run(events, {uid: profile()}, experiments=config)
+    message = messages(after)[uid]
+    assert (message["experiment"], message["experiments"]) == ("aa", {"aa": aa.assign(uid).name})
+    assert after.experiments is not None
+    assert [arm for arm in after.experiments.users] == [("aa", aa.assign(uid).name)]
+    assert after.experiments.lists == {("aa", aa.assign(uid).name): 1}
+    outside = run(events, {uid: profile(b"{}")}, experiments=None)
+    assert [i["title_id"] for i in message["items"] if i["reason"] != "explore"] == [
+        i["title_id"] for i in messages(outside)[uid]["items"] if i["reason"] != "explore"]
+    alone = run(events, {uid: profile()}, experiments=parse(ended))
+    assert "experiment" not in messages(alone)[uid] and not alone.experiments
+
+
 def test_tallies_count_what_happened_to_the_served_list() -> None:
     uid = user_in("control")
     served = [f"t{i}" for i in range(2, 22)]  # t2..t21; the top 10 are t2..t11

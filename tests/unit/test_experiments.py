@@ -157,6 +157,18 @@ def test_start_time_gates_enrolment() -> None:
     assert parse(as_text).experiments[0].start_ts == 1_714_521_600.0
 
 
+def test_end_time_stops_enrolment() -> None:
+    text = ('[[experiment]]\nname = "over"\nend = 2024-05-01T00:00:00Z\n'
+            + AB.split("\n", 2)[2])
+    config = parse(text + experiment("always", ("x", 0.5, '"random"'),
+                                     ("y", 0.5, '"popularity"')))
+    over = config.experiments[0]
+    assert over.end_ts == 1_714_521_600.0 and over.snapshot()["end_ts"] == over.end_ts
+    assert over.running(1_714_521_599.0) and not over.running(1_714_521_600.0)
+    assert [e.name for e, _ in config.enrolments("u1", 1_714_521_599.0)] == ["over", "always"]
+    assert [e.name for e, _ in config.enrolments("u1", 1_714_521_600.0)] == ["always"]
+
+
 # ----------------------------------------------------------------------- config mistakes
 
 def _without(text: str, line: str) -> str:
@@ -195,6 +207,13 @@ BAD = [
      "experiment 'ab': start 2024-05-01T00:00:00 has no time zone"),
     (AB.replace('name = "ab"', 'name = "ab"\nstart = "next tuesday"'),
      "experiment 'ab': start 'next tuesday' is not a date-time"),
+    (AB.replace('name = "ab"', 'name = "ab"\nend = 2024-05-01'),
+     "experiment 'ab': end must be a date-time with a time zone"),
+    (AB.replace('name = "ab"', 'name = "ab"\nend = "soon"'),
+     "experiment 'ab': end 'soon' is not a date-time"),
+    (AB.replace('name = "ab"', 'name = "ab"\nstart = 2024-05-01T00:00:00Z\n'
+                'end = 2024-05-01T01:00:00+01:00'),
+     "experiment 'ab': end 2024-05-01T00:00:00Z is not after start 2024-05-01T00:00:00Z"),
     (AB.replace('name = "ab"', 'name = "ab"\ncontrol = "nobody"'),
      "experiment 'ab': control 'nobody' is not one of its variants"),
     (AB.replace('name = "ab"', 'name = "ab"\nmetric = "happiness"'),
