@@ -32,9 +32,10 @@ boundary:
   to start a fresh experiment on new users.
 
 A user takes part in every experiment that is running at the event's time: started and
-not yet ended (independent hashes, so experiments are orthogonal). The list a user is served is ranked by the variant of the
-first experiment, in file order, whose variant for them changes the model; the others
-still measure their own arms, balanced across the first one's.
+not yet ended (independent hashes, so experiments are orthogonal). The list a user is
+served is ranked by the variant of the first experiment, in file order, whose variant for
+them changes the model; the others still measure their own arms, balanced across the
+first one's.
 """
 
 from __future__ import annotations
