@@ -76,9 +76,12 @@ class ExperimentTallies:
     users: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)
     # (experiment, variant) -> recommendation messages emitted in this batch.
     lists: dict[tuple[str, str], int] = field(default_factory=dict)
+    # The latest event time applied in this batch: how far the stream has gone, which
+    # tells the report whether an experiment's end has come (ends are in event time).
+    latest_ts: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.users) or bool(self.lists)
+        return bool(self.users) or bool(self.lists) or self.latest_ts is not None
 
     def totals(self) -> dict[tuple[str, str], list[float]]:
         """Per-arm sums of the deltas (for the Prometheus counters)."""
@@ -145,6 +148,8 @@ class ExperimentBatch:
         slots, served = user
         deltas = self._deltas(event, stored, served) if "title_id" in event else None
         ts = event["ts"]
+        if self.tallies.latest_ts is None or ts > self.tallies.latest_ts:
+            self.tallies.latest_ts = ts
         for slot in slots:
             experiment, variant, row, served_here = slot
             if not experiment.running(ts):

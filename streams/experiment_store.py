@@ -5,8 +5,14 @@ Key scheme (``{app}`` is ``STREAMREC_APP_ID``, ``{uid}`` the user id, as in
 
 ==================================  =========================================================
 ``sr:xp:{app}:index``               SET of experiment names
+``sr:xp:{app}:serving``             STRING JSON list of the experiments in the file the
+                                    latest worker started with (``[]`` without a file): an
+                                    indexed one not in it was removed from the file
+``sr:xp:{app}:latest_ts``           STRING the latest event time a worker has tallied: an
+                                    experiment whose ``end_ts`` it has reached has ended
 ``sr:xp:{app}:{exp}:config``        STRING JSON snapshot of the experiment (variants, shares,
-                                    control, metric), written when a worker starts
+                                    control, metric, start and end), written when a worker
+                                    starts
 ``sr:xp:{app}:{exp}:v:{variant}``   HASH of the arm's sufficient statistics over users:
                                     ``users``, ``s:<m>`` (sum), ``q:<m>`` (sum of squares),
                                     ``c:<m1>:<m2>`` (sum of products), ``u:<m>`` (users
@@ -66,6 +72,12 @@ for i = 0, n_lists - 1 do
   redis.call('HINCRBY', prefix .. ARGV[b + 1] .. ':v:' .. ARGV[b + 2], 'lists', ARGV[b + 3])
 end
 base = base + 1 + n_lists * 3
+local latest = tonumber(ARGV[base + 1])
+if latest then
+  local was = tonumber(redis.call('GET', prefix .. 'latest_ts'))
+  if not was or latest > was then redis.call('SET', prefix .. 'latest_ts', ARGV[base + 1]) end
+end
+base = base + 1
 local stride = 3 + nm
 local n_rows = (#ARGV - base) / stride
 local new_users = {}
@@ -139,6 +151,7 @@ def record_args(tallies: ExperimentTallies, app_id: str, ttl_s: int) -> list[Any
     args.append(len(tallies.lists))
     for (experiment, variant), count in tallies.lists.items():
         args += (experiment, variant, count)
+    args.append("" if tallies.latest_ts is None else repr(float(tallies.latest_ts)))
     for (experiment, variant), by_user in tallies.users.items():
         for uid, deltas in by_user.items():
             args += (experiment, variant, uid, *(repr(float(d)) for d in deltas))
@@ -156,14 +169,21 @@ class ExperimentStore:
 
     async def publish(self, config: ExperimentConfig) -> None:
         """Store each experiment's snapshot (what the report reads), after saying in the
-        log what editing the file changed for users already in an experiment."""
+        log what editing the file changed for users already in an experiment, and which
+        experiments the file holds (the report marks the others removed)."""
         keys = [f"{prefix(self.app_id)}{e.name}:config" for e in config.experiments]
+        serving = orjson.dumps([e.name for e in config.experiments])
         try:
+            if not config:  # no file: every recorded experiment was removed, if any
+                if await self._client.exists(f"{prefix(self.app_id)}index"):
+                    await self._client.set(f"{prefix(self.app_id)}serving", serving)
+                return
             previous = await self._client.mget(keys)
             for experiment, raw in zip(config.experiments, previous, strict=True):
                 for change in changes_since(_load(raw), experiment) if raw else ():
                     logger.warning("%s", change)
             async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(f"{prefix(self.app_id)}serving", serving)
                 for experiment in config.experiments:
                     pipe.sadd(f"{prefix(self.app_id)}index", experiment.name)
                     pipe.set(f"{prefix(self.app_id)}{experiment.name}:config",
@@ -194,10 +214,19 @@ class ExperimentStore:
 def read_experiments(client: redis.Redis, app_id: str, names: Iterable[str] | None = None
                      ) -> list[dict[str, Any]]:
     """Every stored experiment (or ``names``), each ``snapshot + {"arms": {variant:
-    (ArmStats, lists)}}``, for the report (synchronous client)."""
+    (ArmStats, lists)}, "status"}``, for the report (synchronous client).
+
+    ``status`` is ``removed`` when the latest worker started with a file without it,
+    ``ended`` when workers have tallied an event at or after its ``end_ts``, else
+    ``running``. (Results recorded before workers kept the list of what they serve count
+    as running.)"""
     wanted = sorted(names) if names is not None else sorted(
         m.decode() if isinstance(m, bytes) else m
         for m in client.smembers(f"{prefix(app_id)}index"))
+    serving_raw, latest_raw = client.mget([f"{prefix(app_id)}serving",
+                                           f"{prefix(app_id)}latest_ts"])
+    serving = None if serving_raw is None else set(orjson.loads(serving_raw))
+    latest_ts = None if latest_raw is None else float(latest_raw)
     out = []
     for name in wanted:
         raw = client.get(f"{prefix(app_id)}{name}:config")
@@ -212,6 +241,13 @@ def read_experiments(client: redis.Redis, app_id: str, names: Iterable[str] | No
             lists = int(stored.pop(b"lists", 0) or 0)
             arms[variant["name"]] = (ArmStats.from_hash(stored), lists)
         snapshot["arms"] = arms
+        end_ts = snapshot.get("end_ts")
+        if serving is not None and name not in serving:
+            snapshot["status"] = "removed"
+        elif end_ts is not None and latest_ts is not None and latest_ts >= end_ts:
+            snapshot["status"] = "ended"
+        else:
+            snapshot["status"] = "running"
         out.append(snapshot)
     return out
 
@@ -249,10 +285,10 @@ async def start_experiments(settings: Settings, client: redis.asyncio.Redis
     checks the file before starting anything, so this is for other embedders).
     """
     config = load(settings.experiments_path)
+    store = ExperimentStore(client, settings.app_id, settings.state_ttl_s)
+    await store.publish(config or ExperimentConfig(()))
     if not config:
         return None
-    store = ExperimentStore(client, settings.app_id, settings.state_ttl_s)
-    await store.publish(config)
     # Every arm's series exists at zero from start-up, so rates and dashboards see it.
     counters = [metrics.EXPERIMENT_USERS, metrics.EXPERIMENT_LISTS,
                 *metrics.EXPERIMENT_MEASURES.values()]

@@ -5,6 +5,7 @@ machine with ``REDIS_URL`` (and the same ``STREAMREC_APP_ID``)::
 
     streamrec experiment report --name ranker-test
     streamrec experiment report --json
+    streamrec experiment report --running     # leave out ended and removed experiments
 
 The statistics (user-level delta-method variances, confidence sequences that stay valid
 however often you look, Bonferroni over treatments) are in ``streams.experiment_stats``.
@@ -32,7 +33,7 @@ from streams.experiment_stats import (
     sample_ratio_p,
     winner,
 )
-from streams.experiments import METRICS
+from streams.experiments import METRICS, iso
 
 # Display formats per metric: rates as shares, watch time in seconds.
 _FORMAT = {"watch_s_per_impression": "{:.1f}"}
@@ -46,17 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only experiment E (default: every experiment in Redis)")
     report.add_argument("--json", action="store_true",
                         help="print JSON (one object per experiment, one per line)")
+    report.add_argument("--running", action="store_true",
+                        help="leave out experiments that have ended or were removed from "
+                             "the experiments file (shown by default, with a final verdict)")
 
 
 def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
     """The report of one experiment as read by ``read_experiments``: the ``--json`` shape.
 
-    ``{"experiment", "winner", "metric", "control", "alpha", "sample_ratio": {"p_value",
-    "mismatch"}, "variants": {name: {"users",
+    ``{"experiment", "status", "end", "winner", "metric", "control", "alpha",
+    "sample_ratio": {"p_value", "mismatch"}, "variants": {name: {"users",
     "share", "model", "lists", <metric>: {"measured_users", "value", "ci_low", "ci_high",
     "lift_vs_control", "lift_ci_low", "lift_ci_high", "p_value"}}}}``; a value that cannot
     be computed yet (no denominator, fewer than ``MIN_USERS`` users measured in an arm, or
-    it is control's own lift) is null.
+    it is control's own lift) is null. ``status`` is ``running``, ``ended`` (its ``end``
+    has come, in event time) or ``removed`` (no longer in the experiments file); ``end`` is
+    its end time (``2024-06-01T00:00:00Z``) or null.
     """
     arms: dict[str, ArmStats] = {name: stats for name, (stats, _) in experiment["arms"].items()}
     control_name = experiment["control"]
@@ -84,8 +90,11 @@ def build(experiment: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
         variants[name] = entry
     srm = sample_ratio_p([variants[v["name"]]["users"] for v in experiment["variants"]],
                          [v["share"] for v in experiment["variants"]])
+    end_ts = experiment.get("end_ts")
     return {
         "experiment": experiment["name"],
+        "status": experiment.get("status", "running"),
+        "end": None if end_ts is None else iso(end_ts),
         "winner": winner(arms, control_name, experiment["metric"], alpha),
         "metric": experiment["metric"],
         "control": control_name,
@@ -121,23 +130,45 @@ def _split(report: dict[str, Any]) -> str:
 
 def _verdict(report: dict[str, Any]) -> str:
     metric, control, best = report["metric"], report["control"], report["winner"]
+    final = report["status"] != "running"
     few = [f"{name}: {entry[metric]['measured_users']}"
            for name, entry in report["variants"].items()
            if entry[metric]["measured_users"] < MIN_USERS]
+    if best is None and few and final:
+        return (f"final: no winner: it ended before each variant had {MIN_USERS} users "
+                f"measured on {metric} ({', '.join(few)}), so they were never compared; "
+                "run it again under a new name, for longer")
     if best is None and few:
         return (f"no winner yet: {metric} is compared once each variant has {MIN_USERS} "
                 f"users measured ({', '.join(few)}); keep the experiment running")
+    if best is None and final:
+        return (f"final: no winner: no variant's {metric} differed from {control}'s with 95% "
+                "confidence; a longer run, under a new name, could detect smaller "
+                "differences")
     if best is None:
         return (f"no winner yet: no variant's {metric} differs from {control}'s with 95% "
                 "confidence; keep the experiment running (these intervals stay valid "
                 "however often you look)")
+    said = "final: winner" if final else "winner"
     if best == control:
-        return (f"winner: {control}, the control: every other variant's {metric} is lower, "
+        return (f"{said}: {control}, the control: every other variant's {metric} is lower, "
                 "and each lift interval excludes 0")
     lift = report["variants"][best][metric]
-    return (f"winner: {best}: {metric} {_pct(lift['lift_vs_control'])} vs {control} "
+    return (f"{said}: {best}: {metric} {_pct(lift['lift_vs_control'])} vs {control} "
             f"[{_pct(lift['lift_ci_low'])}, {_pct(lift['lift_ci_high'])}], an interval "
             "that excludes 0")
+
+
+def _status(report: dict[str, Any]) -> str | None:
+    """The line saying the experiment has ended (or when it will), if it has an end."""
+    final = "it no longer serves variants nor counts, so its results are final"
+    if report["status"] == "removed":
+        return f"  ended: no longer in the experiments file; {final}"
+    if report["status"] == "ended":
+        return f"  ended at {report['end']} (event time); {final}"
+    if report["end"] is not None:
+        return f"  ends at {report['end']} (event time)"
+    return None
 
 
 def _pct(value: float | None) -> str:
@@ -160,6 +191,9 @@ def render(report: dict[str, Any]) -> str:
              "  sample ratio (users per variant against the shares): "
              f"{'MISMATCH' if report['sample_ratio']['mismatch'] else 'as expected'}, "
              f"p{_p(report['sample_ratio']['p_value'])}"]
+    status = _status(report)
+    if status is not None:
+        lines.insert(1, status)
     for name, entry in report["variants"].items():
         lines.append(f"  {name} ({entry['model']}, share {entry['share']:g}): "
                      f"{entry['users']} users, {entry['lists']} lists")
@@ -193,7 +227,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"Redis at {redacted(settings.redis_url)} did not answer: {exc}") from exc
     finally:
         client.close()
+    hidden = []
+    if args.running and args.name is None:
+        hidden = [e["name"] for e in experiments if e["status"] != "running"]
+        experiments = [e for e in experiments if e["status"] == "running"]
     if not experiments:
+        if hidden:
+            print(f"streamrec experiment report: no experiment is running (ended or removed: "
+                  f"{', '.join(hidden)}; leave out --running to see them)", file=sys.stderr)
+            return 1
         if args.name is not None:
             names = ", ".join(e["name"] for e in known) or "none"
             raise ConfigError(f"no experiment named {args.name!r} in Redis for app "

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import numpy as np
+import orjson
 import pytest
 import redis.asyncio
 
@@ -93,3 +94,62 @@ def test_a_worker_starting_with_an_edited_file_says_what_moved(redis_url, redis_
                            "variant")
     (stored,) = read_experiments(redis_client, app)
     assert [v["name"] for v in stored["variants"]] == ["b", "a"]
+
+
+def test_the_report_says_an_experiment_ended_or_was_removed(redis_url, redis_client,
+                                                             monkeypatch, capsys):
+    from streamrec.cli import main
+    from streamrec.settings import Settings
+    from streams.experiment_store import start_experiments
+
+    app = f"xp-{uuid.uuid4().hex[:8]}"
+    ending = two_arms("ending").replace('name = "ending"\n',
+                                        'name = "ending"\nend = 2024-06-01T00:00:00Z\n')
+    end_ts = 1_717_200_000.0
+
+    async def worker(config, latest_ts: float | None = None) -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        store = ExperimentStore(client, app, ttl_s=3600)
+        await store.publish(config)
+        if latest_ts is not None:
+            await store.record(ExperimentTallies(latest_ts=latest_ts))
+        await client.aclose()
+
+    def status() -> dict[str, str]:
+        return {e["name"]: e["status"] for e in read_experiments(redis_client, app)}
+
+    both = parse(ending + two_arms("kept"))
+    asyncio.run(worker(both, end_ts - 1))
+    assert status() == {"ending": "running", "kept": "running"}
+    asyncio.run(worker(both, end_ts))  # event time reaches the end
+    asyncio.run(worker(both, end_ts - 5))  # a late event does not turn it back
+    assert status() == {"ending": "ended", "kept": "running"}
+    asyncio.run(worker(parse(two_arms("kept"))))  # "ending" taken out of the file
+    assert status() == {"ending": "removed", "kept": "running"}
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("STREAMREC_APP_ID", app)
+    assert main(["experiment", "report"]) == 0
+    out = capsys.readouterr().out
+    assert ("experiment ending: decided by recall_at_k, control a; 95% confidence sequences "
+            "(valid at every look)\n  ended: no longer in the experiments file;") in out
+    assert "final: no winner: it ended before" in out and out.count("final:") == 1
+    assert main(["experiment", "report", "--running", "--json"]) == 0
+    (kept,) = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (kept["experiment"], kept["status"], kept["end"]) == ("kept", "running", None)
+
+    # A worker started without STREAMREC_EXPERIMENTS serves none of them.
+    async def bare_worker() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        settings = Settings.from_env({"REDIS_URL": redis_url, "STREAMREC_APP_ID": app})
+        assert await start_experiments(settings, client) is None
+        await client.aclose()
+
+    asyncio.run(bare_worker())
+    assert status() == {"ending": "removed", "kept": "removed"}
+    assert main(["experiment", "report", "--running"]) == 1
+    assert capsys.readouterr().err == (
+        "streamrec experiment report: no experiment is running (ended or removed: ending, "
+        "kept; leave out --running to see them)\n")
+    assert main(["experiment", "report", "--name", "ending", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["status"] == "removed"

@@ -178,7 +178,11 @@ def test_from_its_end_an_experiment_neither_serves_nor_counts() -> None:
     assert [i["title_id"] for i in message["items"] if i["reason"] != "explore"] == [
         i["title_id"] for i in messages(outside)[uid]["items"] if i["reason"] != "explore"]
     alone = run(events, {uid: profile()}, experiments=parse(ended))
-    assert "experiment" not in messages(alone)[uid] and not alone.experiments
+    assert "experiment" not in messages(alone)[uid]
+    assert alone.experiments is not None
+    assert (alone.experiments.users, alone.experiments.lists) == ({}, {})
+    # Still written: how far event time has gone tells the report that "ab" has ended.
+    assert alone.experiments.latest_ts == TS + 61
 
 
 def test_tallies_count_what_happened_to_the_served_list() -> None:

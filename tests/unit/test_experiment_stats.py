@@ -310,3 +310,50 @@ def test_the_report_leads_with_a_sample_ratio_mismatch() -> None:
                   "arms": {"control": (bernoulli(300, 1000), 9), "t": (bernoulli(100, 1010), 7)}})
     assert not fine["sample_ratio"]["mismatch"]
     assert render(fine).splitlines()[1].endswith("as expected, p=1")
+
+
+@pytest.mark.parametrize(("status", "end", "line"), [
+    ("ended", 1_717_200_000.0, "  ended at 2024-06-01T00:00:00Z (event time); it no longer "
+                               "serves variants nor counts, so its results are final"),
+    ("removed", None, "  ended: no longer in the experiments file; it no longer serves "
+                      "variants nor counts, so its results are final"),
+])
+def test_an_ended_experiments_verdict_is_final(status, end, line) -> None:
+    from streams.experiments_report import build, render
+
+    # Before, an experiment that could no longer gather users read "keep the experiment
+    # running" forever.
+    def report(control: ArmStats, treatment: ArmStats) -> dict:
+        return build({"name": "ab", "control": "control", "metric": "recall_at_k",
+                      "end_ts": end, "status": status,
+                      "variants": [{"name": "control", "share": 0.5, "model": "default"},
+                                   {"name": "t", "share": 0.5, "model": "random"}],
+                      "arms": {"control": (control, 9), "t": (treatment, 7)}})
+
+    few = report(bernoulli(3, 10), bernoulli(2, 12))
+    assert (few["status"], few["end"]) == (status, end and "2024-06-01T00:00:00Z")
+    lines = render(few).splitlines()
+    assert lines[1] == line
+    assert lines[-1] == ("final: no winner: it ended before each variant had 30 users "
+                         "measured on recall_at_k (control: 10, t: 12), so they were never "
+                         "compared; run it again under a new name, for longer")
+    same = render(report(bernoulli(100, 400), bernoulli(101, 400))).splitlines()[-1]
+    assert same.startswith("final: no winner: no variant's recall_at_k differed from "
+                           "control's with 95% confidence")
+    won = render(report(bernoulli(300, 1000), bernoulli(100, 1000))).splitlines()[-1]
+    assert won.startswith("final: winner: control, the control")
+    assert all("keep the experiment running" not in text
+               for text in (lines[-1], same, won))
+
+
+def test_a_running_experiment_says_when_it_ends() -> None:
+    from streams.experiments_report import build, render
+
+    running = build({"name": "ab", "control": "control", "metric": "recall_at_k",
+                     "end_ts": 1_717_200_000.0, "status": "running",
+                     "variants": [{"name": "control", "share": 0.5, "model": "default"},
+                                  {"name": "t", "share": 0.5, "model": "random"}],
+                     "arms": {"control": (bernoulli(3, 10), 9), "t": (bernoulli(2, 12), 7)}})
+    lines = render(running).splitlines()
+    assert lines[1] == "  ends at 2024-06-01T00:00:00Z (event time)"
+    assert lines[-1].endswith("keep the experiment running")
