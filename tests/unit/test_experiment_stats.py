@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -201,6 +202,22 @@ def test_aa_experiments_looked_at_after_every_batch_rarely_find_a_winner() -> No
     assert naive_false_winners / experiments > 0.10
 
 
+def _false_winner_share(arm: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                        experiments: int = 200) -> float:
+    """Share of ``experiments`` A/A experiments (two arms drawn alike by ``arm(users)``:
+    each user's recall tests and hits) that declare a winner at some look, after each of
+    their first 20 users an arm, then every 10 up to 1,000."""
+    looks = [*range(2, 20), *range(20, 1001, 10)]
+    false_winners = 0
+    for _ in range(experiments):
+        (a_tests, a_hits), (b_tests, b_hits) = arm(looks[-1]), arm(looks[-1])
+        false_winners += any(
+            winner({"a": _arm_stats(a_tests[:n], a_hits[:n]),
+                    "b": _arm_stats(b_tests[:n], b_hits[:n])}, "a", "recall_at_k")
+            is not None for n in looks)
+    return false_winners / experiments
+
+
 @pytest.mark.parametrize("rate", [0.02, 0.1, 0.3])
 def test_aa_experiments_looked_at_from_their_first_users_rarely_find_a_winner(
         rate: float) -> None:
@@ -210,18 +227,12 @@ def test_aa_experiments_looked_at_from_their_first_users_rarely_find_a_winner(
     52%, 47% and 29%, most at the first looks, from an arm with no hits yet or a few users
     alike)."""
     rng = np.random.default_rng(9)
-    looks = [*range(2, 20), *range(20, 1001, 10)]
-    experiments, false_winners = 200, 0
-    for _ in range(experiments):
-        arms = []
-        for _arm in range(2):
-            tests = rng.poisson(1.0, looks[-1]).astype(float) + 1.0
-            arms.append((tests, rng.binomial(tests.astype(int), rate).astype(float)))
-        false_winners += any(
-            winner({"a": _arm_stats(arms[0][0][:n], arms[0][1][:n]),
-                    "b": _arm_stats(arms[1][0][:n], arms[1][1][:n])}, "a", "recall_at_k")
-            is not None for n in looks)
-    assert false_winners / experiments < 0.05
+
+    def arm(users: int) -> tuple[np.ndarray, np.ndarray]:
+        tests = rng.poisson(1.0, users).astype(float) + 1.0
+        return tests, rng.binomial(tests.astype(int), rate).astype(float)
+
+    assert _false_winner_share(arm) < 0.05
 
 
 def test_the_report_says_no_winner_until_each_arm_has_min_users() -> None:
@@ -251,19 +262,13 @@ def test_aa_experiments_where_few_users_are_measured_rarely_find_a_winner() -> N
     big batches): with 1 user in 20 measured, 34% of 200 A/A experiments declared a winner
     when only enrolled users were counted."""
     rng = np.random.default_rng(3)
-    looks = [*range(2, 20), *range(20, 1001, 10)]
-    experiments, false_winners = 200, 0
-    for _ in range(experiments):
-        arms = []
-        for _arm in range(2):
-            tested = rng.random(looks[-1]) < 0.05
-            tests = np.where(tested, rng.poisson(1.0, looks[-1]) + 1.0, 0.0)
-            arms.append((tests, rng.binomial(tests.astype(int), 0.5).astype(float)))
-        false_winners += any(
-            winner({"a": _arm_stats(arms[0][0][:n], arms[0][1][:n]),
-                    "b": _arm_stats(arms[1][0][:n], arms[1][1][:n])}, "a", "recall_at_k")
-            is not None for n in looks)
-    assert false_winners / experiments < 0.05
+
+    def arm(users: int) -> tuple[np.ndarray, np.ndarray]:
+        tested = rng.random(users) < 0.05
+        tests = np.where(tested, rng.poisson(1.0, users) + 1.0, 0.0)
+        return tests, rng.binomial(tests.astype(int), 0.5).astype(float)
+
+    assert _false_winner_share(arm) < 0.05
 
 
 def test_sample_ratio_mismatch_on_known_inputs() -> None:
