@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
-from streamrec.kafka import consumer_config, kafka_error_text
+from streamrec.kafka import consumer_config, kafka_error_text, not_answering
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -123,10 +123,7 @@ def check_topic(consumer: Consumer, settings: Settings, topic: str) -> list[int]
     try:
         metadata = within(deadline, lambda t: consumer.list_topics(topic, timeout=t))
     except KafkaException as exc:
-        raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
-            f"{METADATA_TIMEOUT_S:g} s ({kafka_error_text(exc)}); is the broker running?"
-        ) from exc
+        raise not_answering(settings.kafka_bootstrap_servers, METADATA_TIMEOUT_S, exc) from exc
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ConfigError(f"topic {topic!r} does not exist at "

@@ -35,7 +35,7 @@ from consumers.common import (
 )
 from streamrec import metrics
 from streamrec.exceptions import ConfigError
-from streamrec.kafka import consumer_config
+from streamrec.kafka import consumer_config, librdkafka_log
 from streamrec.redis_conn import ping, sync_client
 from streamrec.settings import Settings
 from streams.state import user_key
@@ -176,12 +176,8 @@ class Sink:
         self._client = sync_client(self.settings)
         extra: dict[str, Any] = {"error_cb": self._watch.on_error,
                                  "on_commit": self._on_commit}
-        # librdkafka logs every failed reconnect (one line per 50 ms with the broker
-        # gone); the sink logs each outage once, so librdkafka's log is for -v only.
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            extra["logger"] = logging.getLogger("librdkafka")
-        else:
-            extra["log_level"] = 0
+        # The sink logs each outage once: librdkafka's own log with -v only.
+        extra.update(librdkafka_log())
         self._consumer = Consumer(consumer_config(self.settings, self.group_id, **extra))
         try:
             check_topic(self._consumer, self.settings, self.topic)

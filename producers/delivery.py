@@ -19,7 +19,12 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from streamrec.exceptions import BrokerUnavailable, ConfigError
-from streamrec.kafka import ensure_topics, kafka_error_text, make_producer
+from streamrec.kafka import (
+    ensure_topics,
+    librdkafka_log,
+    make_producer,
+    not_answering,
+)
 from streamrec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,12 +86,8 @@ class Sender:
             "error_cb": self._on_error,
             "message.timeout.ms": max(1, int(delivery_timeout_s * 1000)),
         }
-        # librdkafka logs every failed reconnect to stderr; the error callback already
-        # tells us once, so its own log is only wanted when debugging.
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            config["logger"] = logging.getLogger("librdkafka")
-        else:
-            config["log_level"] = 0
+        # The error callback says a broker outage once: librdkafka's own log with -v only.
+        config.update(librdkafka_log())
         config.update(overrides)
         self._settings = settings
         self._producer = make_producer(settings, **config)
@@ -118,10 +119,7 @@ class Sender:
         try:
             metadata = self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"Kafka at {self.bootstrap} did not answer within {timeout_s:g} s "
-                f"({kafka_error_text(exc)}); is the broker running?"
-            ) from exc
+            raise not_answering(self.bootstrap, timeout_s, exc) from exc
         topic = metadata.topics.get(self.topic)
         return None if topic is None or topic.error is not None else topic
 

@@ -28,6 +28,22 @@ def kafka_error_text(exc: Exception) -> str:
     return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
+def not_answering(bootstrap: str | None, timeout_s: float, exc: Exception
+                  ) -> BrokerUnavailable:
+    """The one line for a broker that did not answer a metadata request in time."""
+    return BrokerUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s:g} s "
+                             f"({kafka_error_text(exc)}); is the broker running?")
+
+
+def librdkafka_log() -> dict[str, Any]:
+    """Client config for librdkafka's own log: it logs every failed reconnect (a line per
+    50 ms with the broker gone), and our commands say an outage once themselves, so it is
+    only wanted with ``-v`` (then through the ``librdkafka`` logger), else off."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return {"logger": logging.getLogger("librdkafka")}
+    return {"log_level": 0}
+
+
 def client_config(settings: Settings) -> dict[str, Any]:
     """Connection and security options common to every confluent-kafka client."""
     if not settings.kafka_bootstrap_servers:
@@ -95,7 +111,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
 
     An unreachable cluster is one :class:`BrokerUnavailable` line after ``timeout_s``:
     librdkafka's own log (a line per failed reconnect, ~290 for a worker's 15 s wait)
-    is only wanted with ``-v``."""
+    is only wanted with ``-v``. (Not :func:`librdkafka_log`: an admin client's log
+    callback runs only when it is polled, so with ``-v`` its lines would be lost.)"""
     conf = client_config(settings)
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         conf["log_level"] = 0
@@ -103,10 +120,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
-            f"{timeout_s:g} s ({kafka_error_text(exc)}); is the broker running?"
-        ) from exc
+        raise not_answering(settings.kafka_bootstrap_servers, timeout_s, exc) from exc
     missing = [t for t in required_topics(settings) if t not in existing]
     if not missing:
         return []
