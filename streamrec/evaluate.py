@@ -217,17 +217,20 @@ def _score_cache_hints(path: str, k: int) -> dict[str, Any]:
     import orjson
 
     from producers.formats import open_text
+    from streamrec.exceptions import InvalidRecord
+    from streamrec.schema import validate_event
     from streams.cache_hints import evaluate_cache_hints
 
     def events() -> Any:
+        # The events the worker would accept, as it reads them (country in upper case).
         with open_text(path) as handle:
             for line in handle:
                 try:
                     event = orjson.loads(line)
-                except orjson.JSONDecodeError:
+                    if isinstance(event, dict):
+                        yield validate_event(event)
+                except (orjson.JSONDecodeError, InvalidRecord):
                     continue  # already counted as invalid by the main evaluation
-                if isinstance(event, dict) and isinstance(event.get("ts"), int | float):
-                    yield event
 
     return evaluate_cache_hints(events(), k=k)
 

@@ -225,6 +225,11 @@ def _check_optional_ids(obj: dict[str, Any]) -> dict[str, Any]:
         value = get(name)
         if value is not None and (value.__class__ is not str or len(value) > MAX_ID_CHARS):
             _optional_str(obj, name, MAX_ID_CHARS)
+    country = get("country")
+    if country is not None and not country.isupper():
+        # One spelling per country for trending, cache hints and insights: events saying
+        # "gb" and "GB" are the same viewers' country (ISO 3166 codes are upper case).
+        obj["country"] = country.upper()
     return obj
 
 

@@ -35,6 +35,20 @@ def test_cache_hints_are_scored_and_reported(tmp_path, capsys):
     assert hints["recall"] == 1.0  # the same three titles every hour
 
 
+def test_a_country_spelt_in_two_cases_gets_one_forecast(tmp_path, capsys):
+    # Half the events say "se", half "SE": one country's hours, not two half-sized ones.
+    events = tmp_path / "events.jsonl"
+    write_plays(events)
+    lines = events.read_bytes().splitlines()
+    mixed = [line.replace(b'"SE"', b'"se"') if i % 2 else line for i, line in enumerate(lines)]
+    events.write_bytes(b"\n".join(mixed) + b"\n")
+    assert main(["evaluate", str(events), "--models", "popularity", "--k", "3",
+                 "--cache-hints", "--report", str(tmp_path / "out")]) == 0
+    hints = json.loads((tmp_path / "out" / "report.json").read_text())["cache_hints"]
+    assert hints["hours"] == 5  # the 6 hours of SE after the first, as when all say "SE"
+    assert hints["recall"] == 1.0
+
+
 def test_cache_hints_need_our_events(tmp_path, capsys):
     ratings = tmp_path / "ratings.csv"
     ratings.write_text("userId,movieId,rating,timestamp\n1,1,5.0,964982703\n")

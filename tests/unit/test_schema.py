@@ -41,6 +41,14 @@ def test_complete_without_position_is_at_the_end():
     assert out["position_s"] == 1200.0
 
 
+def test_country_is_one_spelling_whatever_the_case():
+    # Trending, cache hints and insights key on the country: "gb" and "GB" are one.
+    for spelling in ("gb", "Gb", "GB"):
+        assert validate_event(event(country=spelling), now=NOW)["country"] == "GB"
+    assert validate_event(event(type="search", title_id=None, query="x", country="se"),
+                          now=NOW)["country"] == "SE"
+
+
 def test_search_needs_a_query_but_no_title():
     out = validate_event({"event_id": "e", "type": "search", "user_id": "u", "ts": NOW,
                           "query": "heat"}, now=NOW)
