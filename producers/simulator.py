@@ -20,20 +20,12 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sessions import DEFAULT_START_TS, generate_events
 from producers.sources import open_output
-from producers.world import (
-    BYTES_PER_USER,
-    GENRES,
-    SimUser,
-    World,
-    generate_world,
-    memory_needed,
-)
+from producers.world import GENRES, SimUser, World, build_world, generate_world
 from streamrec.exceptions import ConfigError
 from streamrec.settings import Settings
 
@@ -78,12 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     n_events, realtime = _check(args)
-    _check_memory(args.users, args.titles, _available_memory())
-    try:
-        world = generate_world(args.users, args.titles, args.seed)
-    except MemoryError as exc:  # where the memory available is not known (not Linux)
-        raise ConfigError(f"--users {args.users:,} with --titles {args.titles:,} do not fit in "
-                          f"memory ({exc}); use fewer --users") from exc
+    world = build_world(args.users, args.titles, args.seed)
     events = generate_events(world, n_events, seed=args.seed, realtime=realtime,
                              invalid_fraction=args.invalid_fraction)
     from producers.pacing import Pacer
@@ -116,42 +103,6 @@ def _check(args: argparse.Namespace) -> tuple[int, bool]:
     if n_events < 0:
         raise ConfigError(f"--events must be >= 0, got {n_events}")
     return n_events, False
-
-
-def _check_memory(users: int, titles: int, available: int | None) -> None:
-    """One line before any work when the world would not fit in the memory available
-    (a MemoryError traceback, or the kernel's OOM killer, partway through otherwise)."""
-    needed = memory_needed(users, titles)
-    if available is None or needed <= available:
-        return
-    where = (f"--users {users:,} with --titles {titles:,} need about {needed / 2**30:,.1f} GiB "
-             f"of memory, and {available / 2**30:,.1f} GiB is available")
-    room = available - memory_needed(0, titles)
-    if room < BYTES_PER_USER:
-        raise ConfigError(f"{where}: use fewer --titles")
-    fit = room // BYTES_PER_USER
-    fit -= fit % 10 ** max(len(str(fit)) - 2, 0)  # two significant digits, rounded down
-    raise ConfigError(f"{where}: use fewer --users (about {fit:,} fit)")
-
-
-def _available_memory() -> int | None:
-    """Bytes this process may still take: the kernel's MemAvailable, or what is left of a
-    cgroup (v2) memory limit if that is less; None when neither is known (not Linux)."""
-    known = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                known.append(int(line.split()[1]) * 1024)  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = Path("/sys/fs/cgroup/memory.current").read_text()
-            known.append(int(limit) - int(used))
-    except (OSError, ValueError):
-        pass
-    return min(known) if known else None
 
 
 def catalog_path_for(out: str) -> str:

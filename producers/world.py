@@ -24,9 +24,12 @@ import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
+
+from streamrec.exceptions import ConfigError
 
 GENRES: tuple[str, ...] = (
     "Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama",
@@ -291,6 +294,49 @@ def memory_needed(n_users: int, n_titles: int) -> int:
     return n_users * BYTES_PER_USER + n_titles * BYTES_PER_TITLE + BASE_BYTES
 
 
+def check_world_fits(n_users: int, n_titles: int, available: int | None = None, *,
+                     users_option: str = "--users", titles_option: str = "--titles",
+                     copies: int = 1) -> None:
+    """One line before any work when ``copies`` worlds of this size would not fit in the
+    memory available (a MemoryError traceback, or the kernel's OOM killer, partway through
+    otherwise); ``available`` defaults to :func:`available_memory`. The options named
+    are the ones to tell the user to lower."""
+    if available is None:
+        available = available_memory()
+    needed = copies * memory_needed(n_users, n_titles)
+    if available is None or needed <= available:
+        return
+    where = (f"{users_option} {n_users:,} with {titles_option} {n_titles:,} need about "
+             f"{needed / 2**30:,.1f} GiB of memory, and {available / 2**30:,.1f} GiB is "
+             "available")
+    room = available // copies - memory_needed(0, n_titles)
+    if room < BYTES_PER_USER:
+        raise ConfigError(f"{where}: use fewer {titles_option}")
+    fit = room // BYTES_PER_USER
+    fit -= fit % 10 ** max(len(str(fit)) - 2, 0)  # two significant digits, rounded down
+    raise ConfigError(f"{where}: use fewer {users_option} (about {fit:,} fit)")
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: the kernel's MemAvailable, or what is left of a
+    cgroup (v2) memory limit if that is less; None when neither is known (not Linux)."""
+    known = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                known.append(int(line.split()[1]) * 1024)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = Path("/sys/fs/cgroup/memory.current").read_text()
+            known.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return min(known) if known else None
+
+
 def generate_world(n_users: int, n_titles: int, seed: int = 0) -> World:
     """A catalogue of ``n_titles`` titles (movies and series episodes) and ``n_users``
     viewers with hidden tastes, all determined by ``seed``.
@@ -462,3 +508,15 @@ def _preferred_hour(rng: random.Random) -> int:
     if slot < 0.85:
         return int(rng.gauss(12.5, 1.5)) % 24
     return rng.randrange(24)
+
+
+def build_world(n_users: int, n_titles: int, seed: int = 0, *, users_option: str = "--users",
+                titles_option: str = "--titles") -> World:
+    """:func:`generate_world` for a command: one line naming the options to lower, instead
+    of a traceback or the OOM killer, when the world does not fit in memory."""
+    check_world_fits(n_users, n_titles, users_option=users_option, titles_option=titles_option)
+    try:
+        return generate_world(n_users, n_titles, seed)
+    except MemoryError as exc:  # where the memory available is not known (not Linux)
+        raise ConfigError(f"{users_option} {n_users:,} with {titles_option} {n_titles:,} do "
+                          f"not fit in memory ({exc}); use fewer {users_option}") from exc

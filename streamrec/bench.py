@@ -138,6 +138,9 @@ def _validate(args: argparse.Namespace, partitions: int) -> None:
                           "a worker without a partition has nothing to do)")
     if args.latency_seconds <= 0:
         raise ConfigError("--latency-seconds must be positive")
+    from producers.world import check_world_fits
+
+    check_world_fits(args.users, args.titles)  # the simulated world, before any process starts
     if args.core_batch <= 0:
         raise ConfigError("--core-batch must be a positive whole number (e.g. --core-batch 5)")
     if args.paced_rates is not None:
@@ -200,9 +203,10 @@ def renamed(data: Dataset, k: int, n: int) -> Dataset:
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:
-    from producers.simulator import generate_events, generate_world
+    from producers.simulator import generate_events
+    from producers.world import build_world
 
-    world = generate_world(args.users, args.titles, seed=args.seed)
+    world = build_world(args.users, args.titles, seed=args.seed)
     events = [e for e in generate_events(world, args.events, seed=args.seed)
               if isinstance(e, dict)]
     return Dataset(titles=list(world.titles), events=events,

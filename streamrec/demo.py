@@ -65,6 +65,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("--invalid-fraction must be within 0..1 (e.g. 0.01)")
     if args.rate <= 0:
         raise ConfigError("--rate must be positive")
+    from producers.world import check_world_fits
+
+    check_world_fits(args.users, args.titles)  # the simulated world, before any process starts
 
 
 def _free_port() -> int:
@@ -249,7 +252,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     load_experiments(settings.experiments_path)
     import tempfile
 
-    from producers.simulator import generate_events, generate_world
+    from producers.simulator import generate_events
+    from producers.world import build_world
     from streamrec.charts import RunTimeline, png_path_for
     from streamrec.kafka import make_producer
     from streamrec.redis_conn import redacted
@@ -277,7 +281,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             tail = threading.Thread(target=_tail, args=(settings, tail_state, stop_tail),
                                     daemon=True)
             tail.start()
-            world = generate_world(args.users, args.titles, seed=args.seed)
+            world = build_world(args.users, args.titles, seed=args.seed)
             producer = make_producer(settings)
             for title in world.titles:
                 producer.produce(settings.topics.catalog, orjson.dumps(title),

@@ -109,6 +109,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             world = parse_world(args.oracle)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        from producers.world import check_world_fits
+
+        check_world_fits(world[0], world[1], users_option="--oracle USERS",
+                         titles_option="TITLES", copies=2)  # each oracle has its own world
         oracles = {"oracle": Oracle(*world), "oracle_exposure": Oracle(*world, exposure=True)}
     fmt = args.format or streams.detect_format(args.file)
     if getattr(args, "cache_hints", False) and fmt != "jsonl":

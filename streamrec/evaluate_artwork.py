@@ -351,11 +351,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write_simulated(args: argparse.Namespace) -> None:
     from producers.artwork_logs import generate_artwork_logs
-    from producers.world import generate_world
+    from producers.world import build_world
 
     if args.users <= 0 or args.titles <= 0 or args.impressions <= 0:
         raise ConfigError("--users, --titles and --impressions must be positive whole numbers")
-    world = generate_world(args.users, args.titles, args.sim_seed)
+    world = build_world(args.users, args.titles, args.sim_seed)
     catalog_out = args.catalog or catalog_path_for(args.file)
     opener = gzip.open if catalog_out.endswith(".gz") else open
     try:

@@ -311,8 +311,7 @@ def test_simulate_a_world_too_big_for_memory_is_one_line_up_front(available, tmp
                                                                    monkeypatch):
     # Memory available known (Linux): said before any work. Unknown: numpy's MemoryError
     # for the first array that cannot be had (10**15 viewers: more than any address space).
-    monkeypatch.setattr(producers.simulator, "_available_memory", lambda: available,
-                        raising=False)
+    monkeypatch.setattr(producers.world, "available_memory", lambda: available)
     out = tmp_path / "e.jsonl"
     code, _, err = run_cli(["simulate", "--users", str(10**15), "--events", "10",
                             "--out", str(out)], capsys, monkeypatch)
@@ -320,3 +319,28 @@ def test_simulate_a_world_too_big_for_memory_is_one_line_up_front(available, tmp
     assert "--users 1,000,000,000,000,000" in err and "use fewer --users" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["demo", "--users", "10000000000"], "use fewer --users (about"),
+    (["bench", "--events", "1000", "--users", "10000000000"], "use fewer --users (about"),
+    (["evaluate-artwork", "ART.jsonl", "--simulate", "--users", "10000000000"],
+     "use fewer --users (about"),
+    (["evaluate", "ART.jsonl", "--oracle", "10000000000,50,1"],
+     "use fewer --oracle USERS (about"),
+], ids=["demo", "bench", "evaluate-artwork", "evaluate-oracle"])
+def test_other_commands_say_a_world_too_big_for_memory_up_front(argv, fragment, tmp_path,
+                                                                capsys, monkeypatch):
+    # The commands that simulate a world check it as simulate does: one line, exit 2,
+    # before a broker, worker or file exists (they died on numpy's MemoryError before).
+    monkeypatch.setattr(producers.world, "available_memory", lambda: 2**30)
+    art = tmp_path / "art.jsonl"
+    if argv[0] == "evaluate":
+        art.write_text("")  # evaluate checks its options before reading the file
+    argv = [a.replace("ART.jsonl", str(art)) for a in argv]
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 2
+    assert "10,000,000,000 with" in err and fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == (["art.jsonl"] if argv[0] == "evaluate"
+                                                    else [])
