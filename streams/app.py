@@ -91,13 +91,19 @@ class WorkerRuntime:
                 "they are meant to share users", ", ".join(sharing[:5])
                 + (f" and {len(sharing) - 5} more" if len(sharing) > 5 else ""))
         restored = await self._retry(self.checkpointer.load)
+        # The catalogue copy is read once: whole for a model without a checkpoint or for
+        # the product layer's title index, else only its ids.
+        titles: list[dict[str, Any]] = []
+        if restored is None or self.product is not None:
+            titles = await self._retry(self.checkpointer.load_catalog)
         if restored is not None:
             self.model = restored
             # (The catalogue agent may apply a record while this waits: a removed title
             # read back here only means a batch naming it does not wait for the reader.)
-            self.catalogued.update(await self._retry(self.checkpointer.catalogued_ids))
+            self.catalogued.update(
+                [t["title_id"] for t in titles] if self.product is not None
+                else await self._retry(self.checkpointer.catalogued_ids))
         else:
-            titles = await self._retry(self.checkpointer.load_catalog)
             for title in titles:
                 self.sync.add_title(self.model, title)
             self.catalogued.update(title["title_id"] for title in titles)
@@ -115,7 +121,7 @@ class WorkerRuntime:
         if settings.pipeline == "batched":  # titles ahead of the events that name them
             self.pipeline.catalog = CatalogReader(settings, self.apply_catalog_title)
         if self.product is not None:
-            await self._retry(self.product.restore)
+            await self._retry(lambda: self.product.restore(titles))
             self.product.follows_catalog_topic = self.pipeline.catalog is not None
             self.pipeline.product = self.product
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,18 +253,13 @@ class ProductLayer:
         self.notifier = Notifier(client, self.settings.notify_window_s,
                                  self.settings.notify_max_per_day)
 
-    async def restore(self) -> None:
-        """Learned state from the last checkpoint, and every title of the catalogue copy
-        in Redis (titles the catalogue agent already added are simply replaced)."""
-        from streams.checkpoint import catalog_key
-
+    async def restore(self, titles: Iterable[dict[str, Any]]) -> None:
+        """Learned state from the last checkpoint, and ``titles``, every title of the
+        catalogue copy in Redis as the worker read it at start-up (titles the catalogue
+        agent already added are simply replaced)."""
         await self.load()
-        try:
-            raw = await self._client.hgetall(catalog_key(self.settings.app_id))
-        except redis.RedisError as exc:
-            raise StateStoreUnavailable(f"could not read the catalogue copy: {exc}") from exc
-        for value in raw.values():
-            self.add_title(orjson.loads(value))
+        for title in titles:
+            self.add_title(title)
         for kind in ROW_PRIORS:  # counters at zero, so rate() sees the first impressions
             metrics.ROW_IMPRESSIONS.labels(row_type=kind)
             metrics.ROW_CLICKS.labels(row_type=kind)

@@ -271,3 +271,38 @@ def test_a_refresh_never_undoes_titles_the_worker_applied_itself(redis_url):
     during, after = asyncio.run(_refresh_during_catalogue_load(settings, redis_url))
     assert during == {"t1", "t2"}
     assert after == {"t1"}
+
+
+async def _start_twice(settings: Settings) -> list[tuple[str, set[str], set[str], set[str]]]:
+    """(model's titles, product's titles, catalogued ids) of a worker started on a
+    catalogue copy in Redis: first without a model checkpoint, then with one."""
+    from streams.app import WorkerRuntime
+    from streams.checkpoint import catalog_key
+
+    client = redis.asyncio.Redis.from_url(settings.redis_url.reveal())
+    await client.hset(catalog_key(settings.app_id), mapping={
+        f"t{i}": orjson.dumps({"title_id": f"t{i}", "name": f"Title {i}", "ts": T0 + i,
+                               "genres": ["Drama"], "artwork_ids": [f"a{i}"]})
+        for i in range(4)})
+    await client.aclose()
+    seen = []
+    for _ in range(2):
+        runtime = WorkerRuntime(settings)
+        await runtime.start()
+        assert runtime.product is not None
+        seen.append((runtime.model_version(), set(runtime.model._items.index),
+                     set(runtime.product.titles.by_id),
+                     set(runtime.catalogued)))
+        await runtime.checkpoint(final=True)  # the second start restores this checkpoint
+        await runtime.stop()
+    return seen
+
+
+def test_a_starting_worker_knows_the_catalogue_copy_with_or_without_a_checkpoint(redis_url):
+    # The model, the product layer's title index (rows, artwork) and the ids that let a
+    # batch through all come from one read of the catalogue copy.
+    settings = Settings(redis_url=Secret(redis_url), app_id=f"boot-{uuid.uuid4().hex[:6]}",
+                        metrics_port=0, pipeline="per-record")
+    titles = {f"t{i}" for i in range(4)}
+    assert asyncio.run(_start_twice(settings)) == [("hybrid-v0", titles, titles, titles),
+                                                   ("hybrid-v1", titles, titles, titles)]
