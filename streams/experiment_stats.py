@@ -36,7 +36,9 @@ R_t^2 var(R_c)/R_c^4`` drops control's noise when ``R_t`` is 0: an arm with no h
 gave a lift of -100% with an interval of width 0.) When ``R_c`` itself is not clear of 0
 the interval has no upper end. No lift is computed before each arm has ``MIN_USERS``
 users measured (a denominator above 0: for ``recall_at_k``, users with a recall test):
-the boundary is asymptotic, and a handful of users can show a variance of 0.
+the boundary is asymptotic, and a handful of users can show a variance of 0. Past that,
+an arm whose users are all alike (no event of the metric yet) borrows the other arm's
+per-user variation (:func:`_noisy_as`) rather than claim a variance of 0.
 
 A variant wins when its lift interval on the experiment's metric lies above 0 (control
 wins when every other variant's lies below 0); with more than two variants alpha is split
@@ -242,6 +244,34 @@ def lift_interval(treatment: Estimate, control: Estimate, alpha: float = ALPHA
     return ((t * c - half) / a - 1.0, (t * c + half) / a - 1.0)
 
 
+def _noisy_as(estimate: Estimate, arm: ArmStats, other: Estimate, other_arm: ArmStats,
+              metric: str) -> Estimate:
+    """``estimate`` (``arm``'s value of ``metric``), with a variance of 0 (every user
+    alike: typically no event of the metric yet, e.g. no recall hit in 40 users' tests)
+    replaced by the one it would have if its users varied about their ratio as
+    ``other_arm``'s do. A variance of 0 made a lift of "-100% [-100%, -100%]": certain,
+    where 40 users without a hit say little.
+
+    Examples
+    --------
+    >>> quiet = ArmStats.from_users([{"recall_tests": 2.0}] * 40)
+    >>> busy = ArmStats.from_users([{"recall_tests": 2.0, "recall_hits": 1.0}] * 20
+    ...                            + [{"recall_tests": 2.0}] * 20)
+    >>> e = _noisy_as(quiet.ratio("recall_at_k"), quiet, busy.ratio("recall_at_k"), busy,
+    ...               "recall_at_k")
+    >>> e.value, round(e.variance, 6) == round(busy.ratio("recall_at_k").variance, 6)
+    (0.0, True)
+    """
+    if estimate.variance > 0 or not other.variance > 0 or not math.isfinite(other.variance):
+        return estimate
+    # var(R) = var_per_user(x - R y) / (n ybar^2), y the denominator: the per-user
+    # residual variance is taken from the other arm, n and ybar are the arm's own.
+    y = RATIOS[metric][1]
+    ybar, other_ybar = arm.sums[y] / arm.users, other_arm.sums[y] / other_arm.users
+    residual = other.variance * other_arm.users * other_ybar**2
+    return Estimate(estimate.value, residual / (arm.users * ybar**2), estimate.n)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One metric of one variant against control."""
@@ -260,6 +290,10 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
     ``comparisons``: Bonferroni over the treatments). No interval while the arm has fewer
     than ``MIN_USERS`` users measured, and no lift while either arm has."""
     value = arm.ratio(metric)
+    base = control.ratio(metric) if control is not None else None
+    if value is not None and base is not None and control is not None:
+        value, base = (_noisy_as(value, arm, base, control, metric),
+                       _noisy_as(base, control, value, arm, metric))
     # An interval needs as many users as a lift does: with a few, the variance is a guess
     # (0 when they are alike, which read as "0.0000 [0.0000, 0.0000]").
     ci = (clip(value.interval(alpha), *BOUNDS[metric])
@@ -267,7 +301,6 @@ def compare(arm: ArmStats, control: ArmStats | None, metric: str, alpha: float =
     if (control is None or value is None
             or min(arm.measured_users(metric), control.measured_users(metric)) < MIN_USERS):
         return Comparison(value, ci, None, None, None)
-    base = control.ratio(metric)
     change = lift(value, base) if base is not None else None
     if base is None or change is None:
         return Comparison(value, ci, None, None, None)

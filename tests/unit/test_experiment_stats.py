@@ -362,3 +362,20 @@ def test_a_running_experiment_says_when_it_ends() -> None:
     lines = render(running).splitlines()
     assert lines[1] == "  ends at 2024-06-01T00:00:00Z (event time)"
     assert lines[-1].endswith("keep the experiment running")
+
+
+def test_an_arm_without_a_hit_gets_a_lift_interval_that_says_how_unsure_it_is() -> None:
+    """40 users a variant, all with recall tests; control's hit in half of them, the
+    treatment's in none. Every treatment user alike made its variance 0 and its lift read
+    "-100% [-100%, -100%]", as certain as a lift can be; now the interval's upper end is
+    where the users' variation puts it, and control still wins."""
+    control = ArmStats.from_users([{"recall_tests": 2.0, "recall_hits": 1.0}] * 20
+                                  + [{"recall_tests": 2.0}] * 20)
+    quiet = ArmStats.from_users([{"recall_tests": 2.0}] * 40)
+    result = compare(quiet, control, "recall_at_k")
+    assert result.lift is not None and result.lift.value == -1.0
+    assert result.lift_ci is not None
+    low, high = result.lift_ci
+    assert low == -1.0 and -0.5 < high < 0  # below 0, but far from a certain -100%
+    assert result.ci is not None and result.ci[1] > 0.05  # the arm's own recall: not [0, 0]
+    assert winner({"control": control, "quiet": quiet}, "control", "recall_at_k") == "control"
