@@ -119,22 +119,38 @@ def test_failed_deliveries_are_counted_per_topic() -> None:
 def test_new_title_recall_is_smoothed_and_counted_like_online_recall() -> None:
     pipeline = _pipeline()
     model = "rolling-m"
-    # (hits, tests): the first batch sets each gauge, the next moves it by tests / window
+    # (hits, tests): the first batch sets each gauge to its ratio
     pipeline._update_metrics(RankedBatch(recall={model: [6, 10]},
                                          recall_new_titles={model: [1, 4]}), {}, 10)
     assert series("streamrec_online_recall_at_k", model=model) == [0.6]
     assert series("streamrec_online_recall_new_titles_at_k", model=model) == [0.25]
     pipeline._update_metrics(RankedBatch(recall={model: [0, 500]},
                                          recall_new_titles={model: [500, 500]}), {}, 500)
-    alpha = 500 / RECALL_WINDOW
+    # The next 500 tests count as much as the first 10 each (the first 10 fading by
+    # 500 / window): 6 hits in 510 tests reads about 1%, not 45% as when the ratio itself
+    # was smoothed from the first batch's.
+    keep = 1 - 500 / RECALL_WINDOW
     assert series("streamrec_online_recall_at_k", model=model) == [
-        pytest.approx((1 - alpha) * 0.6)]
+        pytest.approx(keep * 6 / (keep * 10 + 500))]
+    assert series("streamrec_online_recall_at_k", model=model)[0] < 0.01
     assert series("streamrec_online_recall_new_titles_at_k", model=model) == [
-        pytest.approx((1 - alpha) * 0.25 + alpha)]
+        pytest.approx((keep * 1 + 500) / (keep * 4 + 500))]
     assert series("streamrec_online_recall_tests_total", model=model) == [510.0]
     assert series("streamrec_online_recall_hits_total", model=model) == [6.0]
     assert series("streamrec_online_recall_new_titles_tests_total", model=model) == [504.0]
     assert series("streamrec_online_recall_new_titles_hits_total", model=model) == [501.0]
+
+
+def test_online_recall_gauge_is_not_ruled_by_the_first_batch() -> None:
+    """A worker's first batch often holds one or two recall tests: a lucky hit must not
+    keep the gauge high (nor a miss low) through the thousands of tests after it, or a
+    restarted worker trips the recall alerts on noise."""
+    pipeline = _pipeline()
+    model = "first-batch-m"
+    pipeline._update_metrics(RankedBatch(recall={model: [1, 1]}), {}, 1)
+    for _ in range(100):  # 1,000 tests at 10% recall, 10 per batch
+        pipeline._update_metrics(RankedBatch(recall={model: [1, 10]}), {}, 10)
+    assert series("streamrec_online_recall_at_k", model=model) == [pytest.approx(0.1, abs=0.01)]
 
 
 # ------------------------------------------------------------------- the checkpoint gauge
