@@ -77,6 +77,10 @@ OUTPUT_LINGER_MS = 0
 IDLE_SAVE_AFTER_S = 0.05
 # Rolling online recall: exponential smoothing over roughly this many tests.
 RECALL_WINDOW = 2000
+# Longest wait for a partition's end offset from the broker while consumption is paused,
+# seconds: it runs on the event loop, and the loopback or in-cluster round trip is a
+# millisecond or two.
+LAG_QUERY_TIMEOUT_S = 0.5
 # Consumer errors that mean the broker cannot be reached (as opposed to a bad record).
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
@@ -659,10 +663,15 @@ class EventsPipeline:
         assignment = self._consumer.assignment()
         if not assignment:
             return
+        # Paused partitions are not fetched, so the end offsets fetches cache stop moving:
+        # while paused by a Redis outage, ask the broker (one request per partition per
+        # tick), or the lag panel and StreamrecConsumerLagGrowing see no backlog at all.
+        cached = not self._redis_paused
         for tp in self._consumer.position(assignment):
             try:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            except Exception:  # noqa: BLE001, S112 - no cached watermark yet; next tick
+                _, high = self._consumer.get_watermark_offsets(
+                    tp, timeout=LAG_QUERY_TIMEOUT_S, cached=cached)
+            except Exception:  # noqa: BLE001, S112 - no watermark yet, or no answer; next tick
                 continue
             if high < 0:
                 continue

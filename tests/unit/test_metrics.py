@@ -107,6 +107,31 @@ def test_revoked_partitions_lose_their_lag_series() -> None:
     assert series("streamrec_consumer_lag", topic="revoke-t", partition="1") == [3.0]
 
 
+class _PausedConsumer:
+    """A consumer paused by a Redis outage since offset 100 while producers went on to
+    offset 5,000: fetches stopped, so the end offset they cached is still 100."""
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("paused-t", 0)]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition("paused-t", 0, 100)]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float | None = None,
+                              cached: bool = False) -> tuple[int, int]:
+        return (0, 100) if cached else (0, 5000)
+
+
+def test_lag_keeps_growing_while_a_redis_outage_pauses_consumption() -> None:
+    """The lag panel and StreamrecConsumerLagGrowing must see the backlog an outage
+    builds (they read 0 throughout one before: the gauge came from cached end offsets)."""
+    pipeline = _pipeline()
+    pipeline._consumer = _PausedConsumer()  # type: ignore[assignment]
+    pipeline._redis_paused = True
+    pipeline.update_lag()
+    assert series("streamrec_consumer_lag", topic="paused-t", partition="0") == [4900.0]
+
+
 def test_failed_deliveries_are_counted_per_topic() -> None:
     before = sum(series("streamrec_delivery_failures_total", topic="deliver-t"))
     message = SimpleNamespace(topic=lambda: "deliver-t")
