@@ -56,7 +56,7 @@ from confluent_kafka import (
 
 from streamrec import metrics
 from streamrec.exceptions import InvalidRecord
-from streamrec.kafka import consumer_config
+from streamrec.kafka import consumer_config, librdkafka_log
 from streamrec.schema import decode_catalog
 from streamrec.settings import Settings
 
@@ -114,10 +114,16 @@ class CatalogReader:
             self.settings, f"{self.settings.app_id}-catalog-reader",
             # Never joins the group (assign, not subscribe) and never commits: every start
             # reads the whole topic, which the compacted catalogue keeps small.
-            **{"enable.auto.offset.store": False, "fetch.wait.max.ms": FETCH_WAIT_MS}))
-        # Never assigned anything: it only asks where the catalogue ends (see above).
+            **{"enable.auto.offset.store": False, "fetch.wait.max.ms": FETCH_WAIT_MS},
+            # With the broker gone librdkafka logs every failed reconnect; the pipeline
+            # says the outage once.
+            **librdkafka_log()))
+        # Never assigned anything: it only asks where the catalogue ends (see above). Never
+        # polled either, so a log callback would never run: its log goes to stderr with
+        # -v, as ensure_topics' does, and is off otherwise.
+        quiet = {} if logger.isEnabledFor(logging.DEBUG) else {"log_level": 0}
         self._ends_client = Consumer(consumer_config(
-            self.settings, f"{self.settings.app_id}-catalog-reader"))
+            self.settings, f"{self.settings.app_id}-catalog-reader", **quiet))
         self._assign()
 
     def _assign(self) -> None:

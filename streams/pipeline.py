@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from models.hybrid import Hybrid
 from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
-from streamrec.kafka import consumer_config, make_producer
+from streamrec.kafka import consumer_config, librdkafka_log, make_producer
 from streamrec.settings import Settings
 from streams.batch import RankedBatch, decode_batch, feedbacks_for_store, learn_and_rank
 from streams.catalog_reader import CatalogReader
@@ -231,6 +231,8 @@ class EventsPipeline:
             # Prefetch generously: the loop takes what is buffered without waiting.
             **{"queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": FETCH_WAIT_MS,
                "on_commit": self._on_commit, "error_cb": self._on_client_error},
+            # An outage is said once (_set_broker_down), not per failed reconnect.
+            **librdkafka_log(),
         )
         self._consumer = Consumer(conf)
         self._consumer.subscribe(
@@ -242,7 +244,8 @@ class EventsPipeline:
         # and offsets wait for their delivery.
         self._producer = make_producer(self.settings, **{"message.timeout.ms": 0,
                                                          "linger.ms": OUTPUT_LINGER_MS,
-                                                         "error_cb": self._on_client_error})
+                                                         "error_cb": self._on_client_error},
+                                       **librdkafka_log())
         metrics.PIPELINE_UP.set(1)
 
     def request_stop(self) -> None:
