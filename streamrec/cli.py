@@ -108,6 +108,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level.upper() != "DEBUG":  # -v shows every retry
+        from streamrec.log_repeats import install
+
+        install(logging.getLogger().handlers)
 
 
 def main(argv: list[str] | None = None) -> int:
