@@ -106,6 +106,11 @@ def required_topics(settings: Settings) -> list[str]:
     return settings.topics.all() + internal_topics(settings.app_id)
 
 
+def _cannot_create_topics(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError._UNSUPPORTED_FEATURE
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     """Create any missing product topic on a real cluster; returns the ones created.
 
@@ -134,6 +139,15 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
         try:
             future.result(timeout=timeout_s)
         except KafkaException as exc:
+            if _cannot_create_topics(exc):
+                # The embedded broker (a librdkafka mock): it holds only the topics it was
+                # started with, named by the settings of the shell that started it.
+                raise ConfigError(
+                    f"topic {topic!r} does not exist and the broker at "
+                    f"{settings.kafka_bootstrap_servers} cannot create topics (the embedded "
+                    "`streamrec broker` creates its own at start-up): start the broker with "
+                    "the same STREAMREC_APP_ID and STREAMREC_TOPIC_* as this command, or "
+                    "create the topic on the cluster") from None
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerUnavailable(f"could not create topic {topic!r}: {exc}") from exc
     logger.info("created topics %s", missing)

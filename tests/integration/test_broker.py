@@ -77,3 +77,24 @@ def test_port_in_use_is_one_clear_line():
     assert process.returncode == 2
     assert "cannot listen on" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_a_worker_with_another_app_id_than_the_broker_is_told_how_to_fix_it(broker):
+    """The embedded broker cannot create topics: it holds what it was started with, faust's
+    '<app id>-__assignor-__leader' included. An app id it was not started with was
+    'could not create topic ...: Topic Admin API (KIP-4) not supported by broker'."""
+    from streamrec.exceptions import ConfigError
+    from streamrec.kafka import ensure_topics
+    from streamrec.settings import Settings
+
+    settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers,
+                        app_id="app-the-broker-never-saw")
+    broker.create_topics(settings.topics.all())
+    with pytest.raises(ConfigError) as raised:
+        ensure_topics(settings, timeout_s=10)
+    message = str(raised.value)
+    assert message.startswith("topic 'app-the-broker-never-saw-__assignor-__leader' does not "
+                              f"exist and the broker at {broker.bootstrap_servers} cannot "
+                              "create topics")
+    assert "same STREAMREC_APP_ID" in message
+    assert "\n" not in message
