@@ -235,13 +235,34 @@ def test_sink_lag_per_partition_from_cached_watermarks() -> None:
             # Partition 1 has no position yet (nothing fetched): counted as caught up.
             return [TopicPartition("sink-t", 0, 5), TopicPartition("sink-t", 1, -1001)]
 
-        def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float | None = None,
+                                  cached: bool = False) -> tuple[int, int]:
             assert cached, "the sink must not make a broker round trip per partition"
             return (0, 12) if tp.partition == 0 else (0, 7)
 
     update_lag(FakeConsumer())
     assert series("streamrec_sink_lag", topic="sink-t", partition="0") == [7.0]
     assert series("streamrec_sink_lag", topic="sink-t", partition="1") == [0.0]
+
+
+def test_sink_lag_keeps_growing_while_a_redis_outage_pauses_it() -> None:
+    from consumers.sink import Sink
+
+    class PausedConsumer(_PausedConsumer):
+        def assignment(self) -> list[TopicPartition]:
+            return [TopicPartition("paused-sink-t", 0)]
+
+        def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+            return [TopicPartition("paused-sink-t", 0, 100)]
+
+        def pause(self, partitions: list[TopicPartition]) -> None:
+            pass
+
+    sink = Sink(Settings(), "sink-group", mock.Mock())
+    sink._consumer = PausedConsumer()  # type: ignore[assignment]
+    sink._pause(True)  # as _wait does while Redis is down
+    sink._tick()
+    assert series("streamrec_sink_lag", topic="paused-sink-t", partition="0") == [4900.0]
 
 
 def test_a_taken_metrics_port_is_one_clear_error() -> None:
