@@ -46,3 +46,25 @@ def test_the_worker_keeps_which_titles_it_has_catalogued_without_the_product_lay
     runtime.apply_catalog_title({"event_id": "c3", "type": "title_removed", "ts": 1.7e9,
                                  "title_id": "t1"})
     assert runtime.catalogued == {"t2"}
+
+
+def test_a_redis_outage_is_logged_when_it_starts_and_ends_not_per_retry(caplog, monkeypatch):
+    from streamrec.exceptions import StateStoreUnavailable
+
+    runtime = WorkerRuntime(Settings(product_features=False))
+    failures = iter(range(20))
+
+    async def save() -> str:
+        if next(failures, None) is not None:
+            raise StateStoreUnavailable("could not save a catalogue title: Connection refused")
+        return "saved"
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda delay: real_sleep(0))  # backoff not waited
+    with caplog.at_level("WARNING", logger="streams.app"):
+        assert asyncio.run(runtime._retry(save)) == "saved"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "could not save a catalogue title: Connection refused; retrying until "
+                  "Redis answers"),
+        ("WARNING", "Redis is back; done after 20 failed attempts"),
+    ]
