@@ -669,7 +669,9 @@ class EventsPipeline:
         # Paused partitions are not fetched, so the end offsets fetches cache stop moving:
         # while paused by a Redis outage, ask the broker (one request per partition per
         # tick), or the lag panel and StreamrecConsumerLagGrowing see no backlog at all.
-        cached = not self._redis_paused
+        # Not while the broker is down too: each request would wait out its timeout on
+        # the event loop.
+        cached = not self._redis_paused or self._broker_down
         for tp in self._consumer.position(assignment):
             try:
                 _, high = self._consumer.get_watermark_offsets(
