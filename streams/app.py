@@ -13,6 +13,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -261,6 +262,21 @@ def faust_broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def pipeline_ended(task: asyncio.Future[None],
+                   crash: Callable[[BaseException], Awaitable[None]]) -> None:
+    """When the events pipeline's task ends on an error, say so and crash the worker (a
+    non-zero exit, so it is restarted). Nothing awaits that task until shutdown: an
+    error there left a worker running, serving metrics and its faust agents, with no
+    events consumed and nothing in the log."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    assert error is not None
+    logger.error("the events pipeline stopped on an error; stopping the worker so that it "
+                 "is restarted: %r", error, exc_info=error)
+    asyncio.ensure_future(crash(error))
+
+
 def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
     """The faust app for ``settings`` (Kafka and Redis addresses already resolved)."""
     # A name of its own: a parameter narrowed from Optional stays Optional to mypy inside
@@ -320,6 +336,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faus
             assert worker.pipeline is not None
             if settings.pipeline == "batched":
                 self._task = asyncio.ensure_future(worker.pipeline.run())
+                self._task.add_done_callback(lambda task: pipeline_ended(task, self.crash))
 
         async def on_stop(self) -> None:
             if worker.pipeline is not None:

@@ -236,8 +236,8 @@ class EventsPipeline:
         )
         self._consumer = Consumer(conf)
         self._consumer.subscribe(
-            [self.settings.topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke
-        )
+            [self.settings.topics.events], on_assign=self._on_assign,
+            on_revoke=self._on_revoke, on_lost=self._on_lost)
         if self.catalog is not None:
             self.catalog.start()
         # Outputs are retried forever rather than dropped: an accepted record is never lost,
@@ -581,6 +581,24 @@ class EventsPipeline:
             self._producer.flush(10)
         self._release_acknowledged()
         self._commit(asynchronous=False)
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The assignment was lost (the broker out of reach past the session timeout):
+        # nothing can be delivered or committed now, and flushing and committing as on a
+        # revocation would block the event loop (a 10 s stall measured, metrics and
+        # timers included). The outputs stay queued for when the broker is back; their
+        # offsets stay uncommitted, so the next owner repeats those events, which the
+        # state's dedup window and the outputs' event_id make harmless.
+        queued = len(self._producer) if self._producer is not None else 0
+        logger.warning("partitions %s lost (the group went on without this worker); %d "
+                       "outputs still queued; their events will be read again by the "
+                       "partitions' next owner",
+                       [f"{p.topic}[{p.partition}]" for p in partitions], queued)
+        self._release_acknowledged()
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self._expected.pop((p.topic, p.partition), None)
             # The new owner reports this partition's lag; a stale series here would

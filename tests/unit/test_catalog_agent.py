@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from unittest import mock
 
 import orjson
@@ -68,3 +69,33 @@ def test_a_redis_outage_is_logged_when_it_starts_and_ends_not_per_retry(caplog, 
                   "Redis answers"),
         ("WARNING", "Redis is back; done after 20 failed attempts"),
     ]
+
+
+def test_a_pipeline_that_ends_on_an_error_crashes_the_worker(caplog) -> None:
+    # Nothing awaits the pipeline's task until shutdown: an error in it left the worker
+    # running with no events consumed and nothing in the log.
+    from streams.app import pipeline_ended
+
+    crashed: list[BaseException] = []
+
+    async def crash(error: BaseException) -> None:
+        crashed.append(error)
+
+    async def scenario() -> None:
+        async def broken_pipeline() -> None:
+            raise RuntimeError("boom")
+
+        async def stopped_pipeline() -> None:
+            return None
+
+        for run in (broken_pipeline, stopped_pipeline):
+            task = asyncio.ensure_future(run())
+            task.add_done_callback(lambda t: pipeline_ended(t, crash))
+            await asyncio.wait([task])
+            await asyncio.sleep(0)  # the crash is scheduled from the callback
+
+    with caplog.at_level(logging.ERROR, logger="streams.app"):
+        asyncio.run(scenario())
+    assert [repr(e) for e in crashed] == ["RuntimeError('boom')"]  # not for a clean stop
+    assert "the events pipeline stopped on an error" in caplog.text
+    assert "boom" in caplog.text

@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 import redis
 import redis.asyncio
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -105,6 +105,23 @@ def test_revoked_partitions_lose_their_lag_series() -> None:
     _pipeline()._on_revoke(mock.Mock(), [TopicPartition("revoke-t", 0)])
     assert series("streamrec_consumer_lag", topic="revoke-t", partition="0") == []
     assert series("streamrec_consumer_lag", topic="revoke-t", partition="1") == [3.0]
+
+
+def test_partitions_lost_with_the_broker_are_not_flushed_or_committed() -> None:
+    # The broker gone past the session timeout: librdkafka reports the assignment lost
+    # (on_lost). Flushing the outputs and committing would wait on a broker that cannot
+    # answer (10 s with the event loop blocked); a normal revocation still does both.
+    pipeline = _pipeline()
+    pipeline._producer = mock.Mock(spec=Producer)
+    pipeline._producer.__len__ = lambda self: 3
+    pipeline._consumer = mock.Mock(spec=Consumer)
+    pipeline._pending = {("lost-t", 0): 42}
+    pipeline._on_lost(pipeline._consumer, [TopicPartition("lost-t", 0)])
+    pipeline._producer.flush.assert_not_called()
+    pipeline._consumer.commit.assert_not_called()
+    pipeline._on_revoke(pipeline._consumer, [TopicPartition("lost-t", 0)])
+    pipeline._producer.flush.assert_called_once()
+    pipeline._consumer.commit.assert_called_once()
 
 
 class _PausedConsumer:
