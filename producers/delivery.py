@@ -152,6 +152,10 @@ class Sender:
         """Serve delivery reports and errors; call now and then (not per record)."""
         self._producer.poll(timeout_s)
 
+    def in_flight(self) -> int:
+        """Records queued or sent that the broker has not acknowledged yet."""
+        return len(self._producer)
+
     @property
     def failing(self) -> bool:
         """True once any record has failed or the producer hit a fatal error."""

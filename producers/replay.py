@@ -33,6 +33,7 @@ from streamrec.schema import CATALOG_TYPES
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
+    from producers.backlog import BacklogGuard
     from producers.delivery import Sender
     from producers.sources import Source
 
@@ -100,6 +101,7 @@ class ReplaySummary:
     first_error: str | None = None
     invalid_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     lateness_ms: dict[str, float] | None = None
+    waits_for_worker: int | None = None  # None: no worker's backlog was guarded
 
     @property
     def events_per_s(self) -> float:
@@ -115,6 +117,8 @@ class ReplaySummary:
         }
         if self.lateness_ms is not None:
             report["lateness_ms"] = self.lateness_ms
+        if self.waits_for_worker is not None:
+            report["waits_for_worker"] = self.waits_for_worker
         if self.stopped:
             report["stopped"] = self.stopped
         if self.first_error:
@@ -148,13 +152,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         overrides = {} if (args.speed or args.rate) else {"linger.ms": _BULK_LINGER_MS}
         sender = Sender(target, topic, args.delivery_timeout, **overrides)
         sender.check_topic()
-        summary = replay(sources, args, topic, sender)
+        from producers.backlog import BacklogGuard
+
+        guard = BacklogGuard.open(target, topic)
+        try:
+            summary = replay(sources, args, topic, sender, guard)
+        finally:
+            if guard is not None:
+                guard.close()
         return _finish(summary, args, destination=f" at {target.kafka_bootstrap_servers}")
 
 
 def replay(sources: list[Source], args: argparse.Namespace, topic: str,
-           sender: Sender | None) -> ReplaySummary:
-    """Send every valid record of ``sources`` through ``sender`` (``None``: dry run)."""
+           sender: Sender | None, guard: BacklogGuard | None = None) -> ReplaySummary:
+    """Send every valid record of ``sources`` through ``sender`` (``None``: dry run);
+    with a ``guard``, wait whenever the worker is too far behind for the broker to keep
+    what it has not consumed (:mod:`producers.backlog`)."""
     from producers.pacing import Pacer
     from producers.progress import Progress
 
@@ -185,6 +198,20 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
         if sender is not None:
             sender.poll(0)
         progress.update(sent, done_fraction())
+
+    shown_waits = 0
+
+    def waiting_for_worker(why: str) -> None:
+        nonlocal shown_waits
+        if guard is not None and not shown_waits:  # once: the summary counts the rest
+            shown_waits = guard.waits
+            progress.message(f"replay: {why}; resuming as it catches up")
+        idle()
+
+    # Records that may still be sent before the guard measures the worker's backlog
+    # again, and the bytes sent so far (the guard's budget depends on record size).
+    guard_room = guard_bytes = 0
+    guard = guard if sender is not None else None
 
     began = time.monotonic()
     try:
@@ -221,6 +248,12 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                         break
                     in_hand = False
                     sent += 1
+                    if guard is not None and sender is not None:
+                        guard_bytes += len(value) + len(key or "")
+                        guard_room -= 1
+                        if guard_room <= 0:
+                            guard_room = guard.room(sender.in_flight, guard_bytes / sent,
+                                                    waiting_for_worker)
                     if sent == limit:
                         break
                 if not read & check_mask:
@@ -255,6 +288,8 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
     summary.seconds = time.monotonic() - began
     if pacer is not None:
         summary.lateness_ms = pacer.lateness_ms()
+    if guard is not None:
+        summary.waits_for_worker = guard.waits
     return summary
 
 
@@ -277,6 +312,9 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
         lat = s.lateness_ms
         print(f"replay: lateness against the schedule: p50 {lat['p50']:.3f} ms, "
               f"p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms")
+    if s.waits_for_worker:
+        print(f"replay: paused {s.waits_for_worker:,} times for the worker to catch up: the "
+              f"embedded broker keeps only 5 MiB per partition, and drops the oldest")
     if args.report:
         import orjson
 

@@ -492,3 +492,62 @@ def test_sigterm_stops_a_paced_replay_with_its_summary_and_report(make_settings,
     events = consume_all(settings.kafka_bootstrap_servers, settings.topics.events,
                          summary["produced"] + 1, 4, guard_s=5)
     assert len(events) == summary["produced"]
+
+
+@pytest.mark.timeout(120)
+def test_replay_waits_for_a_slow_worker_instead_of_letting_the_broker_drop_events(
+        tmp_path, capsys, monkeypatch):
+    # One partition of the embedded broker keeps about 5 MiB; 12,000 records of ~1.1 KB
+    # that lz4 cannot shrink much are more than twice that. A "worker" (the worker's
+    # consumer group) reads slowly and commits as it goes: before the fix replay ran
+    # ahead, the broker dropped records the worker had not read and replay still said
+    # every one was produced.
+    from streamrec.settings import Settings, Topics
+
+    count = 12_000
+    path = tmp_path / "wide.jsonl"
+    with open(path, "wb") as handle:
+        for i in range(count):
+            handle.write(orjson.dumps({
+                "event_id": f"w{i}", "type": "click", "user_id": f"u{i % 50}",
+                "ts": 1.7e9 + i, "title_id": "t1", "pad": os.urandom(500).hex()}) + b"\n")
+    with EmbeddedBroker(partitions=1) as broker:
+        topics = Topics(events=f"events-{uuid.uuid4().hex[:6]}")
+        broker.create_topics(topics.all())
+        settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers, topics=topics,
+                            partitions=1, app_id=f"slow-{uuid.uuid4().hex[:6]}",
+                            metrics_port=0)
+        worker = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                           "group.id": f"{settings.app_id}-events",
+                           "enable.auto.commit": False})
+        start = TopicPartition(topics.events, 0, 0)
+        worker.commit(offsets=[start], asynchronous=False)  # a worker that has started
+        worker.assign([start])
+        offsets: list[int] = []
+
+        def consume_slowly():
+            deadline = time.monotonic() + 90  # a hang guard, not a figure under test
+            while len(offsets) < count and time.monotonic() < deadline:
+                batch = [m for m in worker.consume(200, 0.1) if m.error() is None]
+                offsets.extend(m.offset() for m in batch)
+                if batch:
+                    worker.commit(offsets=[TopicPartition(topics.events, 0,
+                                                          batch[-1].offset() + 1)],
+                                  asynchronous=False)
+                time.sleep(0.05)
+
+        reader = threading.Thread(target=consume_slowly, daemon=True)
+        reader.start()
+        report = tmp_path / "r.json"
+        code, out, err = run_cli(["replay", str(path), "--report", str(report)], capsys,
+                                 monkeypatch, settings)
+        reader.join(timeout=100)
+        worker.close()
+    summary = json.loads(report.read_text())
+    assert code == 0, err
+    assert summary["produced"] == count
+    # Every record reached the worker: none dropped before it read them, none twice.
+    assert offsets == list(range(count))
+    assert summary["waits_for_worker"] >= 1
+    assert "waiting for the worker: " in err and "Traceback" not in err
+    assert "paused" in out
