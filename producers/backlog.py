@@ -1,4 +1,5 @@
-"""Keeping a fast producer from overrunning the embedded broker's retention.
+"""Keeping a fast producer from overrunning the embedded broker's retention, and saying
+so when it could not.
 
 librdkafka's mock cluster (``streamrec broker``, the embedded broker) keeps at most
 5 MiB of record batches per partition and silently drops the oldest beyond that. A
@@ -12,7 +13,8 @@ Only the events topic of the embedded broker (its cluster id starts ``mockCluste
 and only once a worker has committed offsets on it, is guarded: a real cluster retains
 by time or size and a lagging consumer is no reason to stall a backfill there, and
 without a worker nobody is consuming (a bulk load to ``record`` later keeps its
-documented capacity).
+documented capacity). What the broker dropped anyway before a worker committed it is
+counted by :meth:`BacklogGuard.dropped`, so replay can say so instead of "produced".
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class BacklogGuard:
         self.topic = topic
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
         self.waits = 0  # times the producer had to wait for the worker
+        self._start_lows = self._watermarks()[1]
 
     @classmethod
     def open(cls, settings: Settings, topic: str) -> BacklogGuard | None:
@@ -130,12 +133,24 @@ class BacklogGuard:
         committed = self.committed()
         if all(done is None for done in committed):
             return None
+        highs, lows = self._watermarks()
+        return fullest_backlog(highs, lows, committed)
+
+    def dropped(self) -> int:
+        """Records the broker dropped since the guard opened that no worker had committed:
+        with no worker, or one that started late, the oldest of a bulk load."""
+        committed = self.committed()
+        _, lows = self._watermarks()
+        return sum(max(0, low - max(start, done if done is not None else start))
+                   for low, start, done in zip(lows, self._start_lows, committed, strict=True))
+
+    def _watermarks(self) -> tuple[list[int], list[int]]:
         highs, lows = [], []
         for tp in self._partitions:
             low, high = self._probes[0].get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S)
             highs.append(high)
             lows.append(low)
-        return fullest_backlog(highs, lows, committed)
+        return highs, lows
 
     def room(self, in_flight: Callable[[], int], mean_record_bytes: float,
              idle: Callable[[str], None]) -> int:

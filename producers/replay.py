@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import logging
 import math
 import os
 import sys
@@ -26,11 +27,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import KafkaException
+
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sources import CATALOG, EVENTS, FORMATS
 from streamrec.exceptions import ConfigError, Terminated
 from streamrec.schema import CATALOG_TYPES
 from streamrec.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from producers.backlog import BacklogGuard
@@ -102,6 +107,7 @@ class ReplaySummary:
     invalid_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     lateness_ms: dict[str, float] | None = None
     waits_for_worker: int | None = None  # None: no worker's backlog was guarded
+    dropped: int | None = None  # produced, then dropped by the embedded broker unread
 
     @property
     def events_per_s(self) -> float:
@@ -119,6 +125,8 @@ class ReplaySummary:
             report["lateness_ms"] = self.lateness_ms
         if self.waits_for_worker is not None:
             report["waits_for_worker"] = self.waits_for_worker
+        if self.dropped is not None:
+            report["dropped"] = self.dropped
         if self.stopped:
             report["stopped"] = self.stopped
         if self.first_error:
@@ -290,6 +298,10 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
         summary.lateness_ms = pacer.lateness_ms()
     if guard is not None:
         summary.waits_for_worker = guard.waits
+        try:
+            summary.dropped = guard.dropped()
+        except KafkaException as exc:  # the broker went away: the delivery counts say so
+            logger.debug("could not count what the broker dropped: %s", exc)
     return summary
 
 
@@ -332,6 +344,14 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
             f"delivered to {s.topic!r}{destination}\n"
         )
         return 1
+    if s.dropped:
+        sys.stderr.write(
+            f"streamrec replay: error: the embedded broker dropped {s.dropped:,} records of "
+            f"{s.topic!r} that no worker had read (it keeps 5 MiB per partition and drops "
+            f"the oldest); run `streamrec worker` while replaying, or start the broker with "
+            f"more --partitions\n")
+        if not s.stopped:
+            return 1
     if s.stopped:
         sys.stderr.write(f"streamrec replay: error: {s.stopped}\n")
         return {"interrupted": 130, "terminated": 143}.get(s.stopped, 1)

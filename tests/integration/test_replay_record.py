@@ -494,6 +494,41 @@ def test_sigterm_stops_a_paced_replay_with_its_summary_and_report(make_settings,
     assert len(events) == summary["produced"]
 
 
+def _wide_events(path, count):
+    """``count`` valid events of ~1.1 KB each that lz4 can hardly shrink."""
+    with open(path, "wb") as handle:
+        for i in range(count):
+            handle.write(orjson.dumps({
+                "event_id": f"w{i}", "type": "click", "user_id": f"u{i % 50}",
+                "ts": 1.7e9 + i, "title_id": "t1", "pad": os.urandom(500).hex()}) + b"\n")
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_replay_says_what_the_embedded_broker_dropped_unread(tmp_path, capsys, monkeypatch):
+    # No worker: 12,000 records of ~1.1 KB into one partition, which keeps about 5 MiB.
+    # Before, replay said all 12,000 were produced and exited 0.
+    count = 12_000
+    path = _wide_events(tmp_path / "wide.jsonl", count)
+    with EmbeddedBroker(partitions=1) as broker:
+        settings = _settings_on(broker, None)
+        report = tmp_path / "r.json"
+        code, _, err = run_cli(["replay", str(path), "--report", str(report)], capsys,
+                               monkeypatch, settings)
+        probe = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                          "group.id": uuid.uuid4().hex})
+        low, high = probe.get_watermark_offsets(TopicPartition(settings.topics.events, 0),
+                                                timeout=5)
+        probe.close()
+    summary = json.loads(report.read_text())
+    assert high == count and low > 0  # the broker did drop the oldest
+    assert code == 1
+    assert summary["dropped"] == low
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == [errors[0]] and f"dropped {low:,} records" in errors[0]
+    assert "streamrec worker" in errors[0] and "Traceback" not in err
+
+
 @pytest.mark.timeout(120)
 def test_replay_waits_for_a_slow_worker_instead_of_letting_the_broker_drop_events(
         tmp_path, capsys, monkeypatch):
@@ -505,12 +540,7 @@ def test_replay_waits_for_a_slow_worker_instead_of_letting_the_broker_drop_event
     from streamrec.settings import Settings, Topics
 
     count = 12_000
-    path = tmp_path / "wide.jsonl"
-    with open(path, "wb") as handle:
-        for i in range(count):
-            handle.write(orjson.dumps({
-                "event_id": f"w{i}", "type": "click", "user_id": f"u{i % 50}",
-                "ts": 1.7e9 + i, "title_id": "t1", "pad": os.urandom(500).hex()}) + b"\n")
+    path = _wide_events(tmp_path / "wide.jsonl", count)
     with EmbeddedBroker(partitions=1) as broker:
         topics = Topics(events=f"events-{uuid.uuid4().hex[:6]}")
         broker.create_topics(topics.all())
@@ -548,6 +578,6 @@ def test_replay_waits_for_a_slow_worker_instead_of_letting_the_broker_drop_event
     assert summary["produced"] == count
     # Every record reached the worker: none dropped before it read them, none twice.
     assert offsets == list(range(count))
-    assert summary["waits_for_worker"] >= 1
+    assert summary["waits_for_worker"] >= 1 and summary["dropped"] == 0
     assert "waiting for the worker: " in err and "Traceback" not in err
     assert "paused" in out
