@@ -131,9 +131,16 @@ def check_source(path: str, fmt: str | None, kind: str) -> str:
         raise ConfigError("MovieLens ratings are viewer events; replay them to the events topic")
     with _open(path) as (reader, _raw):
         try:
+            head = reader.peek(4)[:4]
             first = reader.readline().decode("utf-8", "replace")
         except (OSError, EOFError, zlib.error) as exc:
             raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    encoding = _wide_encoding(head)
+    if encoding is not None:
+        suffix = os.path.splitext(path.removesuffix(".gz"))[1]
+        raise ConfigError(
+            f"{path} is {encoding} text; replay reads UTF-8: convert it first, e.g. "
+            f"iconv -f {encoding} -t UTF-8 {path} > converted{suffix}")
     if resolved == "movielens" and first.strip():
         try:
             detect_movielens_layout(first)
@@ -142,6 +149,34 @@ def check_source(path: str, fmt: str | None, kind: str) -> str:
     if resolved == "csv" and first.strip():
         _check_csv_header(path, next(csv.reader([first]), []), kind)
     return resolved
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """The UTF-16 or UTF-32 encoding (as iconv names it) a file starts like, from its
+    first 4 bytes: a byte-order mark, or ASCII with zero bytes between; else ``None``.
+    Read as UTF-8, such a file was one invalid record per line, and one more for the
+    zero byte left after the last newline.
+
+    Examples
+    --------
+    >>> [_wide_encoding("{".encode(e)) for e in ("utf-16", "utf-16-le", "utf-32-be")]
+    ['UTF-16', 'UTF-16LE', 'UTF-32BE']
+    >>> _wide_encoding(b'{"ev') is None
+    True
+    """
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    if len(head) == 4 and head[0] and not any(head[1:]):
+        return "UTF-32LE"
+    if len(head) == 4 and head[3] and not any(head[:3]):
+        return "UTF-32BE"
+    if len(head) >= 2 and head[0] and not head[1]:
+        return "UTF-16LE"
+    if len(head) >= 2 and head[1] and not head[0]:
+        return "UTF-16BE"
+    return None
 
 
 # -- sources -------------------------------------------------------------------------------

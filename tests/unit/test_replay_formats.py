@@ -397,6 +397,21 @@ def test_replay_mistakes_get_one_line_and_exit_2(tmp_path, capsys, monkeypatch, 
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+                                             ("utf-32", "UTF-32")])
+def test_a_utf16_file_is_one_line_saying_how_to_convert_it(tmp_path, capsys, monkeypatch,
+                                                         encoding, named):
+    # What Windows tools write as "Unicode". Read as UTF-8 it was one invalid record per
+    # line plus one more (3 lines: "read 4 records", all invalid), and exit 0.
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps(event(i)) + "\n" for i in range(3)),
+                    encoding=encoding)
+    code, out, err = run_cli(["replay", str(path), "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"is {named} text" in err and f"iconv -f {named} -t UTF-8 {path}" in err
+
+
 def test_missing_file_is_one_line_before_anything_is_sent(tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
     code, out, err = run_cli(["replay", path, str(tmp_path / "nope.jsonl")], capsys,
