@@ -353,9 +353,20 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
         if not s.stopped:
             return 1
     if s.stopped:
-        sys.stderr.write(f"streamrec replay: error: {s.stopped}\n")
+        sys.stderr.write(f"streamrec replay: error: {s.stopped}{_resume_hint(s, args)}\n")
         return {"interrupted": 130, "terminated": 143}.get(s.stopped, 1)
     return 0
+
+
+def _resume_hint(s: ReplaySummary, args: argparse.Namespace) -> str:
+    """How to go on after a Ctrl-C or SIGTERM: every record read was produced, invalid or
+    skipped (none failed, or the run would have ended on that), so skipping what was
+    read sends the rest, none twice."""
+    if s.stopped not in ("interrupted", "terminated") or s.failed or not s.read:
+        return ""
+    instead = f" instead of --skip {args.skip}" if args.skip else ""
+    return (f" after reading {s.read:,} records; to go on from there without sending any "
+            f"twice, run the same command with --skip {s.read}{instead}")
 
 
 # -- argument types (argparse turns their errors into one line and exit code 2) -----------

@@ -248,6 +248,36 @@ def test_counts_add_up_when_a_paced_replay_is_interrupted(tmp_path, capsys, monk
         + summary["failed"]
 
 
+def test_an_interrupted_replay_says_how_to_go_on_without_duplicates(tmp_path, capsys,
+                                                                   monkeypatch):
+    from producers import pacing
+
+    lines = [event(i * 100) for i in range(10)]
+    lines.insert(2, b"{broken")  # invalid records are counted as read too
+    path = write_jsonl(tmp_path / "e.jsonl", lines)
+    waited = []
+
+    def wait(self, ts, idle=None):  # Ctrl-C while the 5th valid record waits its turn
+        waited.append(ts)
+        if len(waited) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pacing.Pacer, "wait", wait)
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(["replay", path, "--dry-run", "--speed", "1", "--skip", "1",
+                            "--report", str(report)], capsys, monkeypatch)
+    assert code == 130
+    assert json.loads(report.read_text())["read"] == 6  # 1 skipped, 4 sent, 1 invalid
+    assert err.strip().splitlines()[-1] == (
+        "streamrec replay: error: interrupted after reading 6 records; to go on from there "
+        "without sending any twice, run the same command with --skip 6 instead of --skip 1")
+    monkeypatch.undo()
+    code, _, _ = run_cli(["replay", path, "--dry-run", "--skip", "6", "--report",
+                          str(report)], capsys, monkeypatch)
+    summary = json.loads(report.read_text())
+    assert code == 0 and summary["produced"] == 5 and summary["invalid"] == 0  # the rest
+
+
 def test_limit_stops_after_n_records(tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "e.jsonl", [event(i) for i in range(100)])
     report = tmp_path / "r.json"
