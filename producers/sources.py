@@ -47,6 +47,9 @@ RECORD_WRAPPER_PREFIX = b'{"__record__"'
 _READ_BUFFER = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
+# Bytes of a file's first line read to tell its format and encoding: an event is a few
+# hundred bytes; a longer first line is not one (and is not read whole just to say so).
+_SNIFF_BYTES = 1 << 20
 
 Record = tuple[int, Any, bytes, float, InvalidRecord | None]
 # What the readers read lines from: the file, or a gzip stream over it (GzipFile is not an
@@ -132,7 +135,8 @@ def check_source(path: str, fmt: str | None, kind: str) -> str:
     with _open(path) as (reader, _raw):
         try:
             head = reader.peek(4)[:4]
-            first = reader.readline().decode("utf-8", "replace")
+            first_line = reader.readline(_SNIFF_BYTES)
+            first = first_line.decode("utf-8", "replace")
         except (OSError, EOFError, zlib.error) as exc:
             raise ConfigError(f"{path}: cannot read it: {exc}") from None
     encoding = _wide_encoding(head)
@@ -141,6 +145,12 @@ def check_source(path: str, fmt: str | None, kind: str) -> str:
         raise ConfigError(
             f"{path} is {encoding} text; replay reads UTF-8: convert it first, e.g. "
             f"iconv -f {encoding} -t UTF-8 {path} > converted{suffix}")
+    if resolved == "jsonl" and _json_array(first_line):
+        name = os.path.basename(path.removesuffix(".gz"))
+        raise ConfigError(
+            f"{path} is one JSON array; replay reads JSON Lines, one event object per "
+            f"line: convert it first, e.g. jq -c '.[]' {path} > {os.path.splitext(name)[0]}"
+            f".jsonl")
     if resolved == "movielens" and first.strip():
         try:
             detect_movielens_layout(first)
@@ -149,6 +159,31 @@ def check_source(path: str, fmt: str | None, kind: str) -> str:
     if resolved == "csv" and first.strip():
         _check_csv_header(path, next(csv.reader([first]), []), kind)
     return resolved
+
+
+def _json_array(first_line: bytes) -> bool:
+    r"""Whether a would-be JSONL file is one JSON array of events (an export, pretty-printed
+    or on one line) rather than an object per line, judging by its first line (at most
+    :data:`_SNIFF_BYTES`). Read as JSONL it was one "oversized" record, or an invalid
+    record per line of the pretty print, and the one-line kind was read whole into memory.
+
+    Examples
+    --------
+    >>> [_json_array(line) for line in (b"[\n", b'[{"a": 1},\n', b'[{"a":1},{"b":2}]\n')]
+    [True, True, True]
+    >>> [_json_array(line) for line in (b'{"a": 1}\n', b'["a"]\n', b"")]
+    [False, False, False]
+    """
+    line = first_line.strip()
+    if not line.startswith(b"["):
+        return False
+    if line == b"[" or not first_line.endswith(b"\n") or line.endswith((b",", b"{")):
+        return True  # the opening of a pretty print, or a line too long to be one event
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line.startswith(b"[{")  # an array's first element(s), then a line break
+    return bool(value) and all(isinstance(item, dict) for item in value)
 
 
 def _wide_encoding(head: bytes) -> str | None:

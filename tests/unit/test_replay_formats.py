@@ -442,6 +442,20 @@ def test_a_utf16_file_is_one_line_saying_how_to_convert_it(tmp_path, capsys, mon
     assert f"is {named} text" in err and f"iconv -f {named} -t UTF-8 {path}" in err
 
 
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_export_is_one_line_saying_how_to_convert_it(tmp_path, capsys,
+                                                                  monkeypatch, indent):
+    # Before: on one line, one "oversized" record (the whole file read into memory);
+    # pretty-printed, an invalid record per line; exit 0 either way.
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([event(i) for i in range(5)], indent=indent))
+    code, out, err = run_cli(["replay", str(path), "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "is one JSON array; replay reads JSON Lines" in err
+    assert f"jq -c '.[]' {path} > export.jsonl" in err
+
+
 def test_missing_file_is_one_line_before_anything_is_sent(tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
     code, out, err = run_cli(["replay", path, str(tmp_path / "nope.jsonl")], capsys,
