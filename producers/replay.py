@@ -213,7 +213,8 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
         nonlocal shown_waits
         if guard is not None and not shown_waits:  # once: the summary counts the rest
             shown_waits = guard.waits
-            progress.message(f"replay: {why}; resuming as it catches up")
+            progress.message(f"replay: {why}; resuming as it catches up (if no "
+                             f"`streamrec worker` is running, start one, or Ctrl-C)")
         idle()
 
     # Records that may still be sent before the guard measures the worker's backlog
@@ -325,7 +326,8 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
         print(f"replay: lateness against the schedule: p50 {lat['p50']:.3f} ms, "
               f"p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms")
     if s.waits_for_worker:
-        print(f"replay: paused {s.waits_for_worker:,} times for the worker to catch up: the "
+        times = "once" if s.waits_for_worker == 1 else f"{s.waits_for_worker:,} times"
+        print(f"replay: paused {times} for the worker to catch up: the "
               f"embedded broker keeps only 5 MiB per partition, and drops the oldest")
     if args.report:
         import orjson
