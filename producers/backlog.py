@@ -77,6 +77,13 @@ def fullest_backlog(highs: Sequence[int], lows: Sequence[int],
     return worst
 
 
+def dropped_line(dropped: int, topic: str) -> str:
+    """The error line for records the embedded broker dropped before a worker read them."""
+    return (f"the embedded broker dropped {dropped:,} records of {topic!r} that no worker "
+            f"had read (it keeps 5 MiB per partition and drops the oldest); run `streamrec "
+            f"worker` while producing, or start the broker with more --partitions")
+
+
 class BacklogGuard:
     """Makes a producer wait while the worker is too far behind (see the module doc).
 
@@ -94,6 +101,9 @@ class BacklogGuard:
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
         self.waits = 0  # times the producer had to wait for the worker
         self._start_lows = self._watermarks()[1]
+        # Records that may still be sent before measuring again, and the records and
+        # bytes sent so far (the budget depends on their mean size).
+        self._room = self._count = self._bytes = 0
 
     @classmethod
     def open(cls, settings: Settings, topic: str) -> BacklogGuard | None:
@@ -152,6 +162,16 @@ class BacklogGuard:
             lows.append(low)
         return highs, lows
 
+    def sent(self, nbytes: int, in_flight: Callable[[], int],
+             idle: Callable[[str], None]) -> None:
+        """Count one record of ``nbytes`` (key + value) just handed to the producer; when
+        the room measured last is used up, measure again (see :meth:`room`)."""
+        self._count += 1
+        self._bytes += nbytes
+        self._room -= 1
+        if self._room <= 0:
+            self._room = self.room(in_flight, self._bytes / self._count, idle)
+
     def room(self, in_flight: Callable[[], int], mean_record_bytes: float,
              idle: Callable[[str], None]) -> int:
         """Records that may be sent before the next call; waits while there is too little,
@@ -186,6 +206,15 @@ class BacklogGuard:
                  f"records it has not consumed, about all that the embedded broker's "
                  f"{PARTITION_BYTES >> 20} MiB per partition keeps for certain")
             self._sleep(WAIT_POLL_S)
+
+    def dropped_or_none(self) -> int | None:
+        """:meth:`dropped`, or ``None`` if the broker cannot say (it went away: the
+        delivery counts say what matters then)."""
+        try:
+            return self.dropped()
+        except KafkaException as exc:
+            logger.debug("could not count what the broker dropped: %s", exc)
+            return None
 
     def close(self) -> None:
         for probe in self._probes:

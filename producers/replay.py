@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import logging
 import math
 import os
 import sys
@@ -27,15 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaException
-
 from producers.delivery import DEFAULT_DELIVERY_TIMEOUT_S
 from producers.sources import CATALOG, EVENTS, FORMATS
 from streamrec.exceptions import ConfigError, Terminated
 from streamrec.schema import CATALOG_TYPES
 from streamrec.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from producers.backlog import BacklogGuard
@@ -217,9 +212,6 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                              f"`streamrec worker` is running, start one, or Ctrl-C)")
         idle()
 
-    # Records that may still be sent before the guard measures the worker's backlog
-    # again, and the bytes sent so far (the guard's budget depends on record size).
-    guard_room = guard_bytes = 0
     guard = guard if sender is not None else None
 
     began = time.monotonic()
@@ -258,11 +250,8 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
                     in_hand = False
                     sent += 1
                     if guard is not None and sender is not None:
-                        guard_bytes += len(value) + len(key or "")
-                        guard_room -= 1
-                        if guard_room <= 0:
-                            guard_room = guard.room(sender.in_flight, guard_bytes / sent,
-                                                    waiting_for_worker)
+                        guard.sent(len(value) + len(key or ""), sender.in_flight,
+                                   waiting_for_worker)
                     if sent == limit:
                         break
                 if not read & check_mask:
@@ -299,10 +288,7 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
         summary.lateness_ms = pacer.lateness_ms()
     if guard is not None:
         summary.waits_for_worker = guard.waits
-        try:
-            summary.dropped = guard.dropped()
-        except KafkaException as exc:  # the broker went away: the delivery counts say so
-            logger.debug("could not count what the broker dropped: %s", exc)
+        summary.dropped = guard.dropped_or_none()
     return summary
 
 
@@ -347,11 +333,9 @@ def _finish(summary: ReplaySummary, args: argparse.Namespace, destination: str) 
         )
         return 1
     if s.dropped:
-        sys.stderr.write(
-            f"streamrec replay: error: the embedded broker dropped {s.dropped:,} records of "
-            f"{s.topic!r} that no worker had read (it keeps 5 MiB per partition and drops "
-            f"the oldest); run `streamrec worker` while replaying, or start the broker with "
-            f"more --partitions\n")
+        from producers.backlog import dropped_line
+
+        sys.stderr.write(f"streamrec replay: error: {dropped_line(s.dropped, s.topic)}\n")
         if not s.stopped:
             return 1
     if s.stopped:

@@ -182,22 +182,38 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
         return 1
     overrides = {} if pacer is not None else {"linger.ms": _BULK_LINGER_MS}
     sender = Sender(settings, topics.events, args.delivery_timeout, **overrides)
+    from producers.backlog import BacklogGuard, dropped_line
+
+    # Waits for a worker that falls behind, so the embedded broker drops nothing unread.
+    guard = BacklogGuard.open(settings, topics.events)
     check_every = _CHECK_EVERY_LIVE if pacer is not None else _CHECK_EVERY
     progress = Progress("simulate")
     began = time.monotonic()
     invalid = sent = 0
     dumps = orjson.dumps
     stopped: KeyboardInterrupt | None = None
+    shown_wait = False
+
+    def waiting_for_worker(why: str) -> None:
+        nonlocal shown_wait
+        if not shown_wait:
+            shown_wait = True
+            progress.message(f"simulate: {why}; resuming as it catches up (if no "
+                             f"`streamrec worker` is running, start one, or Ctrl-C)")
+        sender.poll(0)
+        progress.update(sent, sent / max(n_events, 1))
     try:
         for record in _paced(events, n_events, pacer):
             if isinstance(record, bytes):
                 invalid += 1
-                ok = sender.send(record, None)
+                value, key = record, None
             else:
-                ok = sender.send(dumps(record), record["user_id"])
-            if not ok:
+                value, key = dumps(record), record["user_id"]
+            if not sender.send(value, key):
                 break
             sent += 1
+            if guard is not None:
+                guard.sent(len(value) + len(key or ""), sender.in_flight, waiting_for_worker)
             if not sent % check_every:
                 sender.poll(0)
                 if sender.failing:
@@ -214,6 +230,10 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
     progress.close()
     result = sender.close()
     seconds = time.monotonic() - began
+    dropped = None
+    if guard is not None:
+        dropped = guard.dropped_or_none()
+        guard.close()
     where = f"at {settings.kafka_bootstrap_servers}"
     print(f"simulate: produced {len(world.titles):,} titles to {topics.catalog!r} and "
           f"{result.delivered:,} events ({invalid:,} deliberately invalid) to "
@@ -224,6 +244,10 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
                          f"delivered ({result.first_error}); {result.delivered:,} of "
                          f"{result.delivered + result.failed:,} delivered\n")
         return 1
+    if dropped:
+        sys.stderr.write(f"streamrec simulate: error: {dropped_line(dropped, topics.events)}\n")
+        if stopped is None:
+            return 1
     if stopped is not None:
         raise stopped  # streamrec.cli: "interrupted" (130) or "terminated" (143)
     return 0

@@ -426,6 +426,29 @@ def test_simulate_to_kafka_sends_catalogue_then_keyed_events(make_settings, caps
     assert invalid > 0 and f"({invalid:,} deliberately invalid)" in out
 
 
+@pytest.mark.timeout(180)
+def test_simulate_says_what_the_embedded_broker_dropped_unread(tmp_path, capsys,
+                                                              monkeypatch):
+    # 150,000 simulated events into one partition, no worker: about a quarter do not fit
+    # in its 5 MiB. Before, simulate said all were produced and exited 0.
+    with EmbeddedBroker(partitions=1) as broker:
+        settings = _settings_on(broker, None)
+        code, out, err = run_cli(["simulate", "--users", "500", "--titles", "300",
+                                  "--events", "150000"], capsys, monkeypatch, settings)
+        probe = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                          "group.id": uuid.uuid4().hex})
+        low, high = probe.get_watermark_offsets(TopicPartition(settings.topics.events, 0),
+                                                timeout=5)
+        probe.close()
+    assert high == 150_000 and low > 0
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"streamrec simulate: error: the embedded broker dropped {low:,} records of "
+        f"'{settings.topics.events}' that no worker had read (it keeps 5 MiB per partition "
+        f"and drops the oldest); run `streamrec worker` while producing, or start the "
+        f"broker with more --partitions")
+
+
 def test_simulate_without_a_broker_warns_that_the_data_is_ephemeral(capsys, monkeypatch):
     code, out, err = run_cli(["simulate", "--users", "3", "--titles", "4", "--events", "20"],
                              capsys, monkeypatch)
