@@ -73,10 +73,29 @@ def decode_json_object(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) 
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecord("invalid_json", f"not valid UTF-8 JSON: {exc}") from None
+        raise InvalidRecord("invalid_json", _json_error(value, exc)) from None
     if not isinstance(obj, dict):
         raise InvalidRecord("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _json_error(value: bytes, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a value orjson could not parse. Bytes that are not UTF-8 are
+    named with their position: orjson's own words for them ("str is not valid UTF-8:
+    surrogates not allowed ... (char 0)") pointed at neither the byte nor the cause,
+    usually text saved in another encoding (Latin-1, Windows-1252).
+
+    Examples
+    --------
+    >>> _json_error(b'{"user_id": "Jos\\xe9"}', orjson.JSONDecodeError("x", "", 0))[:33]
+    'not UTF-8: byte 0xe9 at offset 16'
+    """
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (f"not UTF-8: byte 0x{value[bad.start]:02x} at offset {bad.start} (text "
+                f"saved in another encoding, e.g. Latin-1? convert it to UTF-8)")
+    return f"not valid UTF-8 JSON: {exc}"
 
 
 def _require_id(obj: dict[str, Any], name: str) -> str:

@@ -456,6 +456,18 @@ def test_a_json_array_export_is_one_line_saying_how_to_convert_it(tmp_path, caps
     assert f"jq -c '.[]' {path} > export.jsonl" in err
 
 
+def test_a_latin1_line_names_the_byte_and_the_likely_cause(tmp_path, capsys, monkeypatch):
+    # Before: "not valid UTF-8 JSON: str is not valid UTF-8: surrogates not allowed: line 1
+    # column 1 (char 0)", which named neither the byte nor the encoding.
+    path = write_jsonl(tmp_path / "e.jsonl", [event(1), json.dumps(event(2, user="José"),
+                                                                   ensure_ascii=False)
+                                              .encode("latin-1")])
+    code, _, err = run_cli(["replay", path, "--dry-run"], capsys, monkeypatch)
+    assert code == 0
+    assert (f"{path}:2: invalid record (invalid_json): not UTF-8: byte 0xe9 at offset 50 "
+            f"(text saved in another encoding, e.g. Latin-1? convert it to UTF-8)") in err
+
+
 def test_missing_file_is_one_line_before_anything_is_sent(tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
     code, out, err = run_cli(["replay", path, str(tmp_path / "nope.jsonl")], capsys,
