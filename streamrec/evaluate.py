@@ -256,4 +256,17 @@ def _protocol(args: argparse.Namespace, stream: Any, fmt: str) -> dict[str, Any]
         "candidates": "titles seen so far, minus the user's, plus the true title",
         "ties": "count against the model",
         "invalid_lines": stream.invalid,
+        # Figures are deterministic for a seed in one environment; the same code has given
+        # streamrec 0.1266 and 0.1265 on ml-latest-small in two (one hit in 9,248).
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    import numpy
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__,
+            "river": version("river"), "streamrec": version("streamrec")}

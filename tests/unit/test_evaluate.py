@@ -236,6 +236,8 @@ def test_report_files_and_plain_progress_lines(tmp_path, capsys):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(report["models"]) == {"popularity", "random"}
     assert report["protocol"]["k"] == 10 and report["protocol"]["min_rating"] == 5.0
+    # What to install to reproduce the figures to the last digit.
+    assert report["protocol"]["versions"]["numpy"] == np.__version__
     assert (tmp_path / "r" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "docs" / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluating: 100%" in err  # not a terminal: plain lines, no carriage returns
