@@ -129,6 +129,12 @@ class SeasonalForecaster:
             for title, _ in ranked[self.titles_per_country:]:
                 del shares[title]
 
+    def forget(self, title: str) -> None:
+        """Drop ``title`` from every country's shares (it left the catalogue); the
+        countries' volumes are unchanged."""
+        for shares in self._share.values():
+            shares.pop(title, None)
+
     def expected_volume(self, country: str, hour_start: float) -> float:
         level = self._level.get(country)
         if level is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -395,6 +395,10 @@ class Hybrid(Recommender):
         self._g2 = np.full_like(self._w, 1e-2)
         self._rng = np.random.default_rng(seed)
         self._positives_seen = 0
+        # Titles taken out of the catalogue (title_removed), oldest first, at most
+        # ``capacity``: events still name them (a stale client, a resume point), and
+        # learning those would bring a removed title back into every list.
+        self._removed: dict[str, None] = {}
         self._format = STATE_FORMAT
 
     def clone(self) -> Hybrid:
@@ -409,6 +413,8 @@ class Hybrid(Recommender):
                              f"reads format {STATE_FORMAT}; it has to learn afresh")
         # Components re-register with the shared table themselves when unpickled.
         self.__dict__.update(state)
+        if "_removed" not in state:  # pickled before removed titles were remembered
+            self._removed = {}
 
     def _components_and_explorer(self) -> list[Recommender]:
         return [self.trending, self.cooccurrence, self.mf, self.content, self.explorer,
@@ -448,8 +454,38 @@ class Hybrid(Recommender):
         self._rows_ensured = rows
 
     def add_title(self, title: dict[str, Any]) -> None:
+        self._removed.pop(title["title_id"], None)  # back in the catalogue
         self.content.add_title(title)  # adds the row to the shared table too
         self._ensure_rows()
+
+    def remove_title(self, title_id: str) -> None:
+        """A title left the catalogue: forgotten, and not learned again from events that
+        still name it (see :attr:`removed_titles`) until the catalogue adds it back."""
+        super().remove_title(title_id)
+        removed = self._removed
+        removed.pop(title_id, None)
+        removed[title_id] = None
+        if len(removed) > self.capacity:
+            del removed[next(iter(removed))]
+
+    @property
+    def removed_titles(self) -> Collection[str]:
+        """Titles the catalogue removed (the latest ``capacity`` of them). The events path
+        learns nothing from events naming one, so it is never ranked again; a title the
+        catalogue never had is different: a stub, learned and ranked like any other.
+
+        Examples
+        --------
+        >>> model = Hybrid()
+        >>> model.add_title({"title_id": "a", "genres": ["Drama"]})
+        >>> model.remove_title("a")
+        >>> "a" in model.removed_titles
+        True
+        >>> model.add_title({"title_id": "a", "genres": ["Drama"]})
+        >>> "a" in model.removed_titles
+        False
+        """
+        return self._removed.keys()
 
     def _learn_row(self, row, y, profile, ts):
         if y > 0:

@@ -123,6 +123,7 @@ class WorkerRuntime:
             self.pipeline.catalog = CatalogReader(settings, self.apply_catalog_title)
         if self.product is not None:
             await self._retry(lambda: self.product.restore(titles))
+            self.product.forget_removed(self.model.removed_titles)
             self.product.follows_catalog_topic = self.pipeline.catalog is not None
             self.pipeline.product = self.product
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent

@@ -127,6 +127,9 @@ def learn_and_rank(
     # Hot loop (every event of the batch): the outputs it fills, bound once.
     by_type, event_times = out.applied_by_type, out.event_times
     learned, recall, recall_new = learned_events.append, out.recall, out.recall_new_titles
+    # Titles the catalogue removed: events naming one change the user's state, but the
+    # model does not learn them (learning would bring the title back into every list).
+    removed = model.removed_titles
     for event, is_new in zip(events, applied, strict=True):
         uid = event["user_id"]
         last_event[uid] = event
@@ -157,7 +160,7 @@ def learn_and_rank(
         y = event_feedback(profile, event)
         # event_feedback is 0 for an event without a title, so the title test changes
         # nothing but tells the type checker the title is a str.
-        if y != 0.0 and title is not None:
+        if y != 0.0 and title is not None and title not in removed:
             # The history as it is just before this event; learned as one minibatch.
             learned((title, y, ts, profile.history[:MAX_HISTORY]))
         if product is not None:

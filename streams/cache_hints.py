@@ -58,17 +58,36 @@ class CacheHints:
         self._counts: dict[str, dict[str, int]] = {}
         self.published = 0
 
-    def observe(self, country: str | None, title: str, ts: float) -> list[tuple[bytes, bytes]]:
-        """Count one play; returns the hint messages (key, value) if an hour closed."""
+    def observe(self, country: str | None, title: str, ts: float,
+                count: bool = True) -> list[tuple[bytes, bytes]]:
+        """Count one play (``count=False``: only move the clock, e.g. a play of a title
+        the catalogue removed); returns the hint messages (key, value) if an hour closed."""
         hour = hour_start(ts)
         messages: list[tuple[bytes, bytes]] = []
         if self.current_hour is None:
             self.current_hour = hour
         elif hour > self.current_hour:
             messages = self.close_until(hour)
-        counts = self._counts.setdefault(country or UNKNOWN_COUNTRY, {})
-        counts[title] = counts.get(title, 0) + 1
+        if count:
+            counts = self._counts.setdefault(country or UNKNOWN_COUNTRY, {})
+            counts[title] = counts.get(title, 0) + 1
         return messages
+
+    def forget(self, title: str) -> None:
+        """The catalogue removed ``title``: no hint names it from now on.
+
+        Examples
+        --------
+        >>> hints = CacheHints(top=2)
+        >>> _ = [hints.observe("SE", t, 1000.0) for t in ("a", "a", "b")]
+        >>> hints.forget("a")
+        >>> (_, value), = hints.observe("SE", "b", 3605.0)
+        >>> [t["title_id"] for t in orjson.loads(value)["titles"]]
+        ['b']
+        """
+        for counts in self._counts.values():
+            counts.pop(title, None)
+        self.forecaster.forget(title)
 
     def close_until(self, hour: int) -> list[tuple[bytes, bytes]]:
         """Close every hour before ``hour``; hints for ``hour``."""

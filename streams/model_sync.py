@@ -121,9 +121,12 @@ def seed_rows(model: Hybrid, title_ids: Iterable[str]) -> None:
 
 
 def add_titles(model: Hybrid, title_ids: Iterable[str]) -> None:
-    """Create rows (deterministically started) for titles the model does not know yet."""
+    """Create rows (deterministically started) for titles the model does not know yet,
+    but for titles the catalogue removed: the events path does not learn those, and a
+    delta from a worker that learned one before it saw the removal must not bring it back."""
     items = model._items
-    new = [t for t in dict.fromkeys(title_ids) if t not in items.index]
+    removed = model.removed_titles
+    new = [t for t in dict.fromkeys(title_ids) if t not in items.index and t not in removed]
     if not new:
         return
     for title in new:

@@ -195,6 +195,7 @@ def gather(requests: Sequence[Request], *, newest: Sequence[str], resume: Resume
     whose source was only searched for (``searched``) becomes ``search``. ``trending``
     gives a country's trending titles (asked once per country)."""
     series_of = titles.series.get
+    removed = titles.removed
     out = Gathered([], {}, [], [], [], [], [], [], {}, [], [], [], [], newest, [])
     histories, rec_titles, rec_reasons = out.histories, out.rec_titles, out.rec_reasons
     resume_titles, countries, trend_lists = out.resume_titles, out.countries, out.trend_lists
@@ -225,8 +226,9 @@ def gather(requests: Sequence[Request], *, newest: Sequence[str], resume: Resume
         out.progresses.append(user_progress)
         if user_progress:
             episodes = [t for t in user_progress if series_of(t) is not None]
+            # A title the catalogue removed cannot be resumed: not in the row.
             ranked = [t for t in resume.rank(user_progress, ts, episodes)
-                      if t not in completed]
+                      if t not in completed and t not in removed]
             resume_titles += ranked
             out.resume_counts.append(len(ranked))
         else:

@@ -302,8 +302,19 @@ class ProductLayer:
         self._changed_here.add(title["title_id"])
 
     def remove_title(self, title_id: str) -> None:
-        self.titles.remove(title_id)
+        """The catalogue removed ``title_id``: out of the rows, trending and the cache
+        hints, and kept out (``TitleIndex.removed``) however many events still name it."""
+        self.titles.withdraw(title_id)
+        self.models.trending.forget(title_id)  # (also a stub title, never indexed)
+        self.models.hints.forget(title_id)
         self._changed_here.add(title_id)
+
+    def forget_removed(self, title_ids: Iterable[str]) -> None:
+        """Titles the catalogue removed before this worker started (the model checkpoint
+        remembers them; the catalogue copy in Redis has only the titles still in it)."""
+        for title_id in title_ids:
+            if title_id not in self.titles:
+                self.remove_title(title_id)
 
     def _forget_title(self, info: Any) -> None:
         self._contexts.clear()
@@ -342,7 +353,7 @@ class ProductLayer:
             self._observe_search(event, country)
         elif kind in PLAYBACK_TYPES and title is not None:
             self._observe_playback(event, kind, title, country, ts, stored)
-        if y > 0 and title is not None and country:
+        if y > 0 and title is not None and country and title not in self.titles.removed:
             self.models.trending.learn_one(country, title, y, ts)
         batch.seconds += time.perf_counter() - started
 
@@ -360,7 +371,10 @@ class ProductLayer:
             key = (info.series_id, uid)
             batch.watchers[key] = max(ts, batch.watchers.get(key, 0.0))
         if kind == "play":
-            for message in self.models.hints.observe(country, title, ts):
+            # A removed title's plays are not counted (it is not to be cached), but the
+            # play still moves the hints' clock.
+            for message in self.models.hints.observe(
+                    country, title, ts, count=title not in self.titles.removed):
                 self._messages.append(("cache_hints", *message))
             hour = hour_start(ts)
             plays = self._open_plays.setdefault((insight_country(country), hour), {})
@@ -658,7 +672,8 @@ class ProductLayer:
             return 0
         recent |= self._changed_here  # (applied while this refresh waited on Redis)
         for title_id in [t for t in titles.by_id if t not in present and t not in recent]:
-            titles.remove(title_id)
+            self.remove_title(title_id)
+            self._changed_here.discard(title_id)
             changed += 1
         if changed:
             logger.info("catalogue refresh: %d titles added or removed (now %d)", changed,

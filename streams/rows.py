@@ -161,7 +161,9 @@ def candidate_rows(inputs: RowInputs, titles: TitleIndex,
     resume: list[str] = []
     if inputs.resume_order:
         in_progress = inputs.in_progress
-        resume = [t for t in inputs.resume_order if t in in_progress and t not in completed]
+        removed = titles.removed  # (titles the catalogue removed cannot be resumed)
+        resume = [t for t in inputs.resume_order
+                  if t in in_progress and t not in completed and t not in removed]
         if resume:
             rows.append((Row(CONTINUE_WATCHING, CONTINUE_WATCHING, "Continue watching",
                              []), resume))

@@ -86,6 +86,11 @@ class TitleIndex:
         # looks every row title up in it).
         self.series: dict[str, str] = {}
         self._newest: list[tuple[float, str]] = []  # ascending (added_ts, title_id)
+        # Titles the catalogue removed (:meth:`withdraw`), oldest first, at most
+        # ``capacity`` (as the item models remember theirs): events still naming one (a
+        # stale client, a resume point) must not put it back on a page or in a cache
+        # hint. Read-only for callers (``title in index.removed``).
+        self.removed: dict[str, None] = {}
         self.on_add: list[Any] = []
         self.on_remove: list[Any] = []
 
@@ -117,6 +122,7 @@ class TitleIndex:
             # agent both add it; a replayed catalogue): removing it would make the
             # listeners forget what was learned about the title.
             return
+        self.removed.pop(info.title_id, None)  # (back) in the catalogue
         if info.title_id in self._titles:
             self.remove(info.title_id)
         elif len(self._titles) >= self.capacity:
@@ -143,6 +149,25 @@ class TitleIndex:
         for callback in self.on_remove:
             callback(info)
 
+    def withdraw(self, title_id: str) -> None:
+        """The catalogue removed ``title_id``: :meth:`remove` it, and remember that it is
+        gone (``removed``) until the catalogue adds it again. (:meth:`remove` alone is
+        also what an update or an eviction does.)
+
+        Examples
+        --------
+        >>> index = TitleIndex()
+        >>> index.add({"title_id": "a", "name": "Heat"})
+        >>> index.withdraw("a")
+        >>> "a" in index, "a" in index.removed
+        (False, True)
+        """
+        self.remove(title_id)
+        self.removed.pop(title_id, None)
+        self.removed[title_id] = None
+        if len(self.removed) > self.capacity:
+            del self.removed[next(iter(self.removed))]
+
     def newest(self, n: int) -> list[str]:
         """The ``n`` most recently added titles, newest first."""
         return [t for _, t in reversed(self._newest[-n:])] if n > 0 else []
@@ -152,6 +177,8 @@ class TitleIndex:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if "removed" not in state:  # pickled before removed titles were remembered
+            self.removed = {}
         if "series" not in state:  # pickled before the series map existed
             self.series = {t: i.series_id for t, i in self._titles.items()
                            if i.series_id is not None}
