@@ -10,7 +10,7 @@ lists last emitted, and ranks each touched user once. The async shell in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +24,7 @@ from streams.experiment_batch import ExperimentBatch, ExperimentTallies
 from streams.experiments import ExperimentConfig
 from streams.profile import apply_event, event_feedback
 from streams.signals import feedback
-from streams.state import StoredProfile
+from streams.state import StoredProfile, event_digest
 
 if TYPE_CHECKING:
     from streams.product import ProductLayer
@@ -98,6 +98,41 @@ class RankedBatch:
     experiments: ExperimentTallies | None = None
 
 
+def label_lists(last_event: dict[str, dict[str, Any]],
+                latest_applied: Mapping[str, dict[str, Any]],
+                duplicates: Sequence[dict[str, Any]],
+                profiles: Mapping[str, StoredProfile]) -> None:
+    """Which event each user's list is made for (its ``event_id`` and ``event_ts``): the
+    latest event of theirs that the state reflects. ``last_event`` (user -> their last
+    event in the batch, in the order users first appear) is changed in place.
+
+    A user with an event applied in this batch: the latest applied (a duplicate after it
+    changes nothing). A user whose events were all duplicates (a redelivery after a crash,
+    a producer's retry): the one that was applied last, found by its digest
+    (``StoredProfile.last_event_digest``); if none of them was, their state went on to
+    later events, whose lists say so, and this batch makes no list for them (one labelled
+    with an older event would say the list reflects less than it does, and go backwards in
+    ``event_ts``)."""
+    for uid, event in latest_applied.items():
+        last_event[uid] = event
+    if not duplicates:
+        return
+    only_duplicates: dict[str, list[dict[str, Any]]] = {}
+    for event in duplicates:
+        uid = event["user_id"]
+        if uid not in latest_applied:
+            only_duplicates.setdefault(uid, []).append(event)
+    for uid, events in only_duplicates.items():
+        digest = profiles[uid].last_event_digest
+        if digest is None:  # not known (no stored state): their last duplicate, as is
+            continue
+        latest = [e for e in events if event_digest(e["event_id"]) == digest]
+        if latest:
+            last_event[uid] = latest[-1]
+        else:
+            del last_event[uid]
+
+
 def learn_and_rank(
     events: Sequence[dict[str, Any]],
     applied: Sequence[bool],
@@ -114,7 +149,9 @@ def learn_and_rank(
     """Teach the model the applied events and rank once for every user in the batch.
 
     Users whose events were all duplicates (a redelivery) are re-ranked too: the
-    previous run may have crashed after writing state but before emitting. ``product``
+    previous run may have crashed after writing state but before emitting. Each list is
+    labelled with the latest event its user's state reflects (:func:`label_lists`).
+    ``product``
     (``streams.product``) learns from the applied events too and adds rows and artwork.
     """
     out = RankedBatch(recall={m: [0, 0] for m in RECALLED_MODELS},
@@ -130,12 +167,16 @@ def learn_and_rank(
     # Titles the catalogue removed: events naming one change the user's state, but the
     # model does not learn them (learning would bring the title back into every list).
     removed = model.removed_titles
+    latest_applied: dict[str, dict[str, Any]] = {}
+    duplicates: list[dict[str, Any]] = []
     for event, is_new in zip(events, applied, strict=True):
         uid = event["user_id"]
         last_event[uid] = event
         if not is_new:
             out.duplicates += 1
+            duplicates.append(event)
             continue
+        latest_applied[uid] = event
         kind = event["type"]
         by_type[kind] = by_type.get(kind, 0) + 1
         ts = event["ts"]
@@ -166,6 +207,7 @@ def learn_and_rank(
         if product is not None:
             product.observe(event, y, stored)
         apply_event(profile, event, y, history_cap)
+    label_lists(last_event, latest_applied, duplicates, profiles)
     if learned_events:
         learn_many(model, *zip(*learned_events, strict=True))
     learn_end = time.perf_counter()

@@ -22,7 +22,9 @@ others     any JSON a caller stores per user (``user_fields``), returned like ``
 =========  ===================================================================================
 
 For every user of a batch the script reads the hash (``HGETALL``), returns it *as it was
-before the batch* (every field but ``s``, as one JSON object), applies the user's events
+before the batch* (every field but ``s``, as one JSON object; of ``s``, for a user all of
+whose events in the batch are duplicates, the latest digest in hex:
+``StoredProfile.last_event_digest``), applies the user's events
 in order, skipping any whose event id digest is in ``s`` (or earlier in the batch), and
 writes the changed fields back (``HSET``, ``EXPIRE``): three Redis calls per user, where
 the key-per-list layout (version 1) made about 25. A redelivered batch is never applied
@@ -85,6 +87,7 @@ local users = cjson.decode(ARGV[8])
 local events = cjson.decode(ARGV[9])
 local digests = ARGV[10]
 local D = __DIGEST_BYTES__
+local HEX = string.rep('%02x', D)
 local prog_cap = __IN_PROGRESS_CAP__
 local device_cap = __DEVICE_CAP__
 
@@ -289,7 +292,6 @@ for u = 1, #users do
   for name, value in pairs(rec) do
     if name ~= 's' then parts[#parts + 1] = '"' .. name .. '":' .. value end
   end
-  replies[u] = '{' .. table.concat(parts, ',') .. '}'
 
   local seen = rec.s or ''
   local fresh, new_ids, applied = {}, {}, {}
@@ -304,6 +306,12 @@ for u = 1, #users do
       applied[#applied + 1] = i
     end
   end
+  if #applied == 0 and #seen >= D then
+    -- All the user's events were duplicates (a redelivery): of s, the digest of the latest
+    -- event applied, in hex, says which of them the state (and so the list) reflects last.
+    parts[#parts + 1] = '"s":"' .. string.format(HEX, string.byte(seen, -D, -1)) .. '"'
+  end
+  replies[u] = '{' .. table.concat(parts, ',') .. '}'
   if #applied > 0 then
     local p = rec.p and cjson.decode(rec.p) or {}
     apply(p, applied)
@@ -369,6 +377,10 @@ class StoredProfile:
     last_lists: dict[str, list[str]]
     # Fields other callers store per user (``StateStore.apply_batch(user_fields=...)``).
     fields: dict[str, Any] = field(default_factory=dict)
+    # For a user all of whose events in the batch were duplicates (a redelivery), the
+    # digest (``event_digest``) of the latest event applied to the state: which of them
+    # the state reflects last. None otherwise.
+    last_event_digest: bytes | None = None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -379,10 +391,12 @@ def _as_list(value: Any) -> list[Any]:
 def parse_profile(user_id: str, record: Mapping[str, Any]) -> StoredProfile:
     """One user's record as the script returns it (``p``, ``l`` and callers' fields)."""
     lists = record.get("l") or {}
-    extra = {k: v for k, v in record.items() if k != "p" and k != "l"}
+    extra = {k: v for k, v in record.items() if k != "p" and k != "l" and k != "s"}
+    latest = record.get("s")
+    digest = bytes.fromhex(latest) if isinstance(latest, str) else None
     data = record.get("p")
     if not data:  # a new user
-        return StoredProfile(UserProfile(user_id), {}, 0, lists, extra)
+        return StoredProfile(UserProfile(user_id), {}, 0, lists, extra, digest)
     flat = _as_list(data.get("h"))
     # JSON numbers: an affinity of 2.0 arrives as the int 2, so make every weight a float.
     history = list(zip(flat[0:3 * PROFILE_HISTORY:3],
@@ -395,7 +409,7 @@ def parse_profile(user_id: str, record: Mapping[str, Any]) -> StoredProfile:
         user_id, history, set(_as_list(data.get("d"))), data.get("dv") or None,
         data.get("c") or None, None, list(_as_list(data.get("q"))),
     )
-    return StoredProfile(profile, in_progress, int(data.get("n") or 0), lists, extra)
+    return StoredProfile(profile, in_progress, int(data.get("n") or 0), lists, extra, digest)
 
 
 def _encode_events(events: Sequence[dict[str, Any]], feedbacks: Sequence[float],

@@ -46,21 +46,26 @@ def test_per_record_worker_emits_one_list_per_event_and_dead_letters(
                "ts": now + j, "title_id": f"t{(k + j) % 12}", "position_s": 10.0,
                "duration_s": 100.0}
               for k, u in enumerate(users) for j in range(4)]
-    for event in events + events[:3]:  # the last three are redelivered duplicates
+    # The last four are redelivered duplicates: of the first user's four events, the
+    # latest last (its partition's records are handled in order, so once its list is
+    # there, any the other three made would be too).
+    for event in events + events[:4]:
         producer.produce(settings.topics.events, orjson.dumps(event), event["user_id"])
     producer.produce(settings.topics.events, b"{not json", b"bad")
     producer.flush()
 
     records = consume_until(settings, [settings.topics.recommendations, settings.topics.dlq],
-                            count=len(events) + 3 + 1, limit_s=60)
+                            count=len(events) + 1 + 1, limit_s=60)
     assert worker.stop() == 0
     recs = [orjson.loads(r.value()) for r in records
             if r.topic() == settings.topics.recommendations]
     dead = [orjson.loads(r.value()) for r in records if r.topic() == settings.topics.dlq]
     assert [d["reason"] for d in dead] == ["invalid_json"]
-    # One list per record, duplicates included (re-ranked, not re-applied).
-    assert len(recs) == len(events) + 3
+    # One list per record; a duplicate is re-ranked (not re-applied) only if it is the
+    # user's latest event: a list for an older one would take the user's event_ts back.
+    assert len(recs) == len(events) + 1
     assert {m["event_id"] for m in recs} == {e["event_id"] for e in events}
+    assert [m["event_id"] for m in recs].count(events[3]["event_id"]) == 2
     for message in recs:
         assert 0 < len(message["items"]) <= 5
         assert message["ts"] >= message["event_ts"]

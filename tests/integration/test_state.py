@@ -235,3 +235,20 @@ def test_a_profile_stored_with_json_numbers_reads_and_updates_as_before(redis_ur
     # What is stored now: the numbers of both lists as text.
     stored = orjson.loads(redis_client.hget(state_key(user), "p"))
     assert all(isinstance(v, str) for v in stored["h"] + stored["g"])
+
+
+def test_a_redelivery_says_which_event_was_applied_last(redis_url, redis_client):
+    # What a redelivered batch's lists are labelled with (streams.batch.label_lists): for
+    # a user whose events were all duplicates, the digest of the latest event applied.
+    from streams.state import event_digest
+
+    user, other = f"u-{uuid.uuid4().hex}", f"u-{uuid.uuid4().hex}"
+    events = events_for(user)
+    _, profiles = run(apply(redis_url, events[:3]))
+    assert profiles[user].last_event_digest is None  # new events (a new user)
+    _, profiles = run(apply(redis_url, [*events[:2], *events_for(other)[:1]]))
+    assert profiles[user].last_event_digest == event_digest(events[2]["event_id"])
+    assert profiles[user].fields == {}  # the digest is not a caller's field
+    assert profiles[other].last_event_digest is None
+    _, profiles = run(apply(redis_url, events[:4]))  # three redelivered, one new
+    assert profiles[user].last_event_digest is None
