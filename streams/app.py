@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 # How often lag and model-size gauges are refreshed, seconds.
 GAUGE_INTERVAL_S = 5.0
-# How often the catalogue agent checks whether start() has set the runtime up, seconds.
-STARTUP_POLL_S = 0.05
 # Longest a graceful shutdown may take to finish the batch, flush and commit, seconds.
 SHUTDOWN_TIMEOUT_S = 30.0
 
@@ -63,6 +61,8 @@ class WorkerRuntime:
         # Title ids this worker has catalogued (the copy in Redis at start, then every
         # catalogue record applied): batches naming others wait for the catalogue reader.
         self.catalogued: set[str] = set()
+        # Set when start() is done: the catalogue agent waits for it (see handle_catalog).
+        self.started = asyncio.Event()
 
     def model_version(self) -> str:
         version = self.checkpointer.version if self.checkpointer else 0
@@ -128,6 +128,7 @@ class WorkerRuntime:
             self.pipeline.product = self.product
         if settings.pipeline == "batched":  # per-record: streams/per_record.py's agent
             self.pipeline.start()
+        self.started.set()
 
     async def _retry(self, call: Any) -> Any:
         """Run a Redis call until it succeeds, with capped backoff (0.1 s doubling to 5 s).
@@ -180,6 +181,12 @@ class WorkerRuntime:
 
     async def handle_catalog(self, key: bytes | None, value: bytes | None, partition: int,
                              offset: int) -> None:
+        # faust may hand the agent a record before the EventsService has run start() (a
+        # worker starting with catalogue records waiting, e.g. releases sent while it was
+        # down): wait for it, for the model sync, the checkpointer and the producer of the
+        # dead letters and notifications. Before, such a dead letter was dropped, and such
+        # a release's notifications were claimed in Redis but never sent.
+        await self.started.wait()
         try:
             title = decode_catalog(value, self.settings.max_message_bytes)
         except InvalidRecord as exc:
@@ -192,10 +199,7 @@ class WorkerRuntime:
             logger.warning("catalog %s[%d]@%d dead-lettered: %s", self.settings.topics.catalog,
                            partition, offset, exc)
             return
-        # faust may hand the agent a record before the EventsService has run start():
-        # wait for the checkpointer and the model sync rather than fail on None.
-        while self.checkpointer is None or self.sync is None:
-            await asyncio.sleep(STARTUP_POLL_S)
+        assert self.checkpointer is not None and self.sync is not None, "start() made them"
         self.apply_catalog_title(title, share=True)
         if title["type"] == "title_removed":
             await self._retry(lambda: self.checkpointer.remove_title(title["title_id"]))
