@@ -227,18 +227,23 @@ def test_a_flood_of_invalid_lines_is_summarised_and_catalogue_records_get_a_hint
     assert "more invalid records are counted, not shown" in err
 
 
-def test_counts_add_up_when_a_paced_replay_is_interrupted(tmp_path, capsys, monkeypatch):
+def interrupt_pacer_at(monkeypatch, n: int) -> None:
+    """Ctrl-C while the ``n``-th record a paced replay sends waits for its turn."""
     from producers import pacing
 
-    path = write_jsonl(tmp_path / "e.jsonl", [event(i * 100) for i in range(10)])
     waited = []
 
-    def wait(self, ts, idle=None):  # Ctrl-C while the 4th record waits for its turn
+    def wait(self, ts, idle=None):
         waited.append(ts)
-        if len(waited) == 4:
+        if len(waited) == n:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(pacing.Pacer, "wait", wait)
+
+
+def test_counts_add_up_when_a_paced_replay_is_interrupted(tmp_path, capsys, monkeypatch):
+    path = write_jsonl(tmp_path / "e.jsonl", [event(i * 100) for i in range(10)])
+    interrupt_pacer_at(monkeypatch, 4)
     report = tmp_path / "r.json"
     code, out, _ = run_cli(["replay", path, "--dry-run", "--speed", "1", "--report",
                             str(report)], capsys, monkeypatch)
@@ -250,19 +255,10 @@ def test_counts_add_up_when_a_paced_replay_is_interrupted(tmp_path, capsys, monk
 
 def test_an_interrupted_replay_says_how_to_go_on_without_duplicates(tmp_path, capsys,
                                                                    monkeypatch):
-    from producers import pacing
-
     lines = [event(i * 100) for i in range(10)]
     lines.insert(2, b"{broken")  # invalid records are counted as read too
     path = write_jsonl(tmp_path / "e.jsonl", lines)
-    waited = []
-
-    def wait(self, ts, idle=None):  # Ctrl-C while the 5th valid record waits its turn
-        waited.append(ts)
-        if len(waited) == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(pacing.Pacer, "wait", wait)
+    interrupt_pacer_at(monkeypatch, 5)  # the 5th valid record
     report = tmp_path / "r.json"
     code, _, err = run_cli(["replay", path, "--dry-run", "--speed", "1", "--skip", "1",
                             "--report", str(report)], capsys, monkeypatch)
