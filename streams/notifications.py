@@ -7,7 +7,8 @@ Two halves, both keyed so one user's keys share a Redis Cluster slot:
   event time of their latest playback of any episode of the series, capped at
   ``AUDIENCE_CAP`` most recent watchers and expiring ``window_s`` after the last write;
 * the **notifier**, run by the catalogue agent on an ``episode_released`` event: every
-  user in the audience within ``window_s`` before the release who has not already
+  user in the audience within ``window_s`` before the release (or since: a release
+  processed late still reaches those who went on watching) who has not already
   played or completed that episode gets ``{"notification_id", "user_id", "type":
   "new_episode", "title_id", "series_id", "ts", "name"}`` on the ``notifications`` topic
   (key user_id).
