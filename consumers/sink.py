@@ -60,9 +60,6 @@ return #KEYS
 # Also how often, during a broker outage, a metadata request asks whether it is back, and
 # a failed offset commit is sent again.
 LAG_INTERVAL_S = 5.0
-# Longest wait for a partition's end offset from the broker while the sink is paused,
-# seconds (a millisecond or two on loopback or in a cluster).
-LAG_QUERY_TIMEOUT_S = 0.5
 # How long one consume() call waits for records, seconds: also how soon a SIGTERM is seen.
 POLL_S = 0.2
 # Redis retries: 0.1 s doubling to 5 s, as the worker's (streams/pipeline.py). A restarted
@@ -115,26 +112,6 @@ def store_latest(client: redis.Redis, latest: dict[str, tuple[float, bytes]], tt
         args += [repr(ts), value]
     args.append(ttl_s)
     client.eval(_STORE_IF_NEWER, len(keys), *keys, *args)
-
-
-def update_lag(consumer: Any, cached: bool = True) -> None:
-    """The sink's lag per assigned partition, from the watermarks its fetches cached or,
-    with ``cached`` false, from the broker: paused partitions are not fetched, so while a
-    Redis outage pauses them the cached ones stop moving and the lag with them."""
-    assignment = consumer.assignment()
-    if not assignment:
-        return
-    for tp in consumer.position(assignment):
-        try:
-            _, high = consumer.get_watermark_offsets(tp, timeout=LAG_QUERY_TIMEOUT_S,
-                                                     cached=cached)
-        except Exception:  # noqa: BLE001, S112 - no watermark yet, or no answer: next round
-            continue
-        if high < 0:
-            continue
-        position = tp.offset if tp.offset >= 0 else high
-        metrics.SINK_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-            max(0, high - position))
 
 
 def _forget_lag(consumer: Any, partitions: list[Any]) -> None:
@@ -242,7 +219,7 @@ class Sink:
                 logger.warning("Kafka reachable again; consuming")
         if self._commit_failing:
             self._commit()
-        update_lag(self._consumer, cached=not self._paused)
+        metrics.record_lag(self._consumer, metrics.SINK_LAG, cached=not self._paused)
 
     # -- storing ------------------------------------------------------------------------
     def _store(self, records: list[Message]) -> None:

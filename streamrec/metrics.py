@@ -327,6 +327,32 @@ def discard(metric: Any, *labelvalues: str) -> None:
         pass
 
 
+# Longest wait for a partition's end offset from the broker when it is asked (a paused
+# consumer), seconds: a millisecond or two on loopback or in a cluster.
+LAG_QUERY_TIMEOUT_S = 0.5
+
+
+def record_lag(consumer: Any, gauge: Any, cached: bool = True) -> None:
+    """``gauge`` (topic, partition) := end offset minus position, for every partition
+    assigned to ``consumer``. The end offsets are those its fetches cached or, with
+    ``cached`` false, asked of the broker: paused partitions are not fetched, so during
+    a Redis outage the cached ones stop moving and the lag with them. A partition with
+    no position yet counts as caught up; one with no end offset yet is skipped."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return
+    for tp in consumer.position(assignment):
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=LAG_QUERY_TIMEOUT_S,
+                                                     cached=cached)
+        except Exception:  # noqa: BLE001, S112 - no watermark yet, or no answer: next round
+            continue
+        if high < 0:
+            continue
+        position = tp.offset if tp.offset >= 0 else high
+        gauge.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - position))
+
+
 def init_worker_series(events_topic: str, output_topics: Iterable[str]) -> None:
     """Create the worker's labelled counters at zero for every known label value.
 

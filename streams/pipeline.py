@@ -77,10 +77,6 @@ OUTPUT_LINGER_MS = 0
 IDLE_SAVE_AFTER_S = 0.05
 # Rolling online recall: exponential smoothing over roughly this many tests.
 RECALL_WINDOW = 2000
-# Longest wait for a partition's end offset from the broker while consumption is paused,
-# seconds: it runs on the event loop, and the loopback or in-cluster round trip is a
-# millisecond or two.
-LAG_QUERY_TIMEOUT_S = 0.5
 # Consumer errors that mean the broker cannot be reached (as opposed to a bad record).
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
@@ -681,24 +677,10 @@ class EventsPipeline:
                 self._set_broker_down(False)
             except Exception:  # noqa: BLE001 - KafkaException: still down
                 return
-        assignment = self._consumer.assignment()
-        if not assignment:
-            return
         # Paused partitions are not fetched, so the end offsets fetches cache stop moving:
         # while paused by a Redis outage, ask the broker (one request per partition per
-        # tick), or the lag panel and StreamrecConsumerLagGrowing see no backlog at all.
-        # Not while the broker is down too: each request would wait out its timeout on
-        # the event loop.
-        cached = not self._redis_paused or self._broker_down
-        for tp in self._consumer.position(assignment):
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    tp, timeout=LAG_QUERY_TIMEOUT_S, cached=cached)
-            except Exception:  # noqa: BLE001, S112 - no watermark yet, or no answer; next tick
-                continue
-            if high < 0:
-                continue
-            position = tp.offset if tp.offset >= 0 else high
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, high - position)
-            )
+        # tick, at most metrics.LAG_QUERY_TIMEOUT_S each, on the event loop), or the lag
+        # panel and StreamrecConsumerLagGrowing see no backlog at all. Not while the
+        # broker is down too: each request would wait out its timeout.
+        metrics.record_lag(self._consumer, metrics.CONSUMER_LAG,
+                           cached=not self._redis_paused or self._broker_down)

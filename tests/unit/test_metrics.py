@@ -20,7 +20,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.sink import update_lag
 from models.hybrid import Hybrid
 from streamrec import metrics
 from streamrec.exceptions import StateStoreUnavailable
@@ -257,7 +256,7 @@ def test_sink_lag_per_partition_from_cached_watermarks() -> None:
             assert cached, "the sink must not make a broker round trip per partition"
             return (0, 12) if tp.partition == 0 else (0, 7)
 
-    update_lag(FakeConsumer())
+    metrics.record_lag(FakeConsumer(), metrics.SINK_LAG)
     assert series("streamrec_sink_lag", topic="sink-t", partition="0") == [7.0]
     assert series("streamrec_sink_lag", topic="sink-t", partition="1") == [0.0]
 
