@@ -35,12 +35,15 @@ def not_answering(bootstrap: str | None, timeout_s: float, exc: Exception
                              f"({kafka_error_text(exc)}); is the broker running?")
 
 
-def librdkafka_log() -> dict[str, Any]:
+def librdkafka_log(polled: bool = True) -> dict[str, Any]:
     """Client config for librdkafka's own log: it logs every failed reconnect (a line per
     50 ms with the broker gone), and our commands say an outage once themselves, so it is
-    only wanted with ``-v`` (then through the ``librdkafka`` logger), else off."""
+    only wanted with ``-v``, else off. With ``-v`` it goes through the ``librdkafka``
+    logger, but for a client that is never ``polled`` (an admin client, a consumer only
+    asked for offsets): its log callback would never run, so its lines go to stderr, as
+    librdkafka writes them by default."""
     if logging.getLogger().isEnabledFor(logging.DEBUG):
-        return {"logger": logging.getLogger("librdkafka")}
+        return {"logger": logging.getLogger("librdkafka")} if polled else {}
     return {"log_level": 0}
 
 
@@ -116,11 +119,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
 
     An unreachable cluster is one :class:`BrokerUnavailable` line after ``timeout_s``:
     librdkafka's own log (a line per failed reconnect, ~290 for a worker's 15 s wait)
-    is only wanted with ``-v``. (Not :func:`librdkafka_log`: an admin client's log
-    callback runs only when it is polled, so with ``-v`` its lines would be lost.)"""
-    conf = client_config(settings)
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        conf["log_level"] = 0
+    is only wanted with ``-v``."""
+    conf = {**client_config(settings), **librdkafka_log(polled=False)}
     admin = AdminClient(conf)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)

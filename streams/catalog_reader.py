@@ -118,12 +118,10 @@ class CatalogReader:
             # With the broker gone librdkafka logs every failed reconnect; the pipeline
             # says the outage once.
             **librdkafka_log()))
-        # Never assigned anything: it only asks where the catalogue ends (see above). Never
-        # polled either, so a log callback would never run: its log goes to stderr with
-        # -v, as ensure_topics' does, and is off otherwise.
-        quiet = {} if logger.isEnabledFor(logging.DEBUG) else {"log_level": 0}
+        # Never assigned anything: it only asks where the catalogue ends (see above).
         self._ends_client = Consumer(consumer_config(
-            self.settings, f"{self.settings.app_id}-catalog-reader", **quiet))
+            self.settings, f"{self.settings.app_id}-catalog-reader",
+            **librdkafka_log(polled=False)))
         self._assign()
 
     def _assign(self) -> None:
