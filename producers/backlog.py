@@ -84,6 +84,24 @@ def dropped_line(dropped: int, topic: str) -> str:
             f"worker` while producing, or start the broker with more --partitions")
 
 
+def waiting_notice(command: str, say: Callable[[str], None],
+                   idle: Callable[[], None]) -> Callable[[str], None]:
+    """The ``idle`` callback a producing command hands :meth:`BacklogGuard.sent`: says the
+    first wait once (through ``say``; the command's summary counts the waits), then,
+    every time, runs ``idle`` (serve delivery reports, update the progress line)."""
+    shown = False
+
+    def waiting(why: str) -> None:
+        nonlocal shown
+        if not shown:
+            shown = True
+            say(f"{command}: {why}; resuming as it catches up (if no `streamrec worker` is "
+                "running, start one, or Ctrl-C)")
+        idle()
+
+    return waiting
+
+
 class BacklogGuard:
     """Makes a producer wait while the worker is too far behind (see the module doc).
 

@@ -202,16 +202,9 @@ def replay(sources: list[Source], args: argparse.Namespace, topic: str,
             sender.poll(0)
         progress.update(sent, done_fraction())
 
-    shown_waits = 0
+    from producers.backlog import waiting_notice
 
-    def waiting_for_worker(why: str) -> None:
-        nonlocal shown_waits
-        if guard is not None and not shown_waits:  # once: the summary counts the rest
-            shown_waits = guard.waits
-            progress.message(f"replay: {why}; resuming as it catches up (if no "
-                             f"`streamrec worker` is running, start one, or Ctrl-C)")
-        idle()
-
+    waiting_for_worker = waiting_notice("replay", progress.message, idle)
     guard = guard if sender is not None else None
 
     began = time.monotonic()

@@ -182,7 +182,7 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
         return 1
     overrides = {} if pacer is not None else {"linger.ms": _BULK_LINGER_MS}
     sender = Sender(settings, topics.events, args.delivery_timeout, **overrides)
-    from producers.backlog import BacklogGuard, dropped_line
+    from producers.backlog import BacklogGuard, dropped_line, waiting_notice
 
     # Waits for a worker that falls behind, so the embedded broker drops nothing unread.
     guard = BacklogGuard.open(settings, topics.events)
@@ -192,16 +192,12 @@ def _to_kafka(args: argparse.Namespace, settings: Settings, world: World,
     invalid = sent = 0
     dumps = orjson.dumps
     stopped: KeyboardInterrupt | None = None
-    shown_wait = False
 
-    def waiting_for_worker(why: str) -> None:
-        nonlocal shown_wait
-        if not shown_wait:
-            shown_wait = True
-            progress.message(f"simulate: {why}; resuming as it catches up (if no "
-                             f"`streamrec worker` is running, start one, or Ctrl-C)")
+    def idle() -> None:  # while waiting for the worker
         sender.poll(0)
         progress.update(sent, sent / max(n_events, 1))
+
+    waiting_for_worker = waiting_notice("simulate", progress.message, idle)
     try:
         for record in _paced(events, n_events, pacer):
             if isinstance(record, bytes):
