@@ -428,3 +428,21 @@ def top_by_argmax(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def as_list(items: Iterable[str]) -> list[str]:
     return items if isinstance(items, list) else list(items)
+
+
+def remember(recent: dict[str, None], key: str, capacity: int) -> None:
+    """Add ``key`` to ``recent`` (an insertion-ordered set) as its newest entry, dropping
+    the oldest beyond ``capacity``: a bounded memory of, e.g., removed titles.
+
+    Examples
+    --------
+    >>> recent = {}
+    >>> for key in ("a", "b", "a", "c"):
+    ...     remember(recent, key, 2)
+    >>> list(recent)
+    ['a', 'c']
+    """
+    recent.pop(key, None)
+    recent[key] = None
+    if len(recent) > capacity:
+        del recent[next(iter(recent))]

@@ -16,6 +16,7 @@ from models.base import (
     Recommender,
     RowProfile,
     UserProfile,
+    remember,
     top_k,
 )
 from models.content import ContentModel
@@ -462,11 +463,7 @@ class Hybrid(Recommender):
         """A title left the catalogue: forgotten, and not learned again from events that
         still name it (see :attr:`removed_titles`) until the catalogue adds it back."""
         super().remove_title(title_id)
-        removed = self._removed
-        removed.pop(title_id, None)
-        removed[title_id] = None
-        if len(removed) > self.capacity:
-            del removed[next(iter(removed))]
+        remember(self._removed, title_id, self.capacity)
 
     @property
     def removed_titles(self) -> Collection[str]:

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.base import remember
+
 # Newest titles remembered for the new_releases row; a row shows far fewer.
 NEWEST_CAP = 200
 
@@ -163,10 +165,7 @@ class TitleIndex:
         (False, True)
         """
         self.remove(title_id)
-        self.removed.pop(title_id, None)
-        self.removed[title_id] = None
-        if len(self.removed) > self.capacity:
-            del self.removed[next(iter(self.removed))]
+        remember(self.removed, title_id, self.capacity)
 
     def newest(self, n: int) -> list[str]:
         """The ``n`` most recently added titles, newest first."""
